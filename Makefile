@@ -22,7 +22,7 @@ lint: $(STAMP)
 	$(BIN)/lint-imports
 
 test: $(STAMP) lint
-	$(BIN)/trial --jobs=2 tests
+	$(BIN)/python -m twisted.trial --jobs=2 tests
 
 clean:
 	rm -rf $(VENV) _trial_temp* build *.egg-info

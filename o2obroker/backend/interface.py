@@ -1,0 +1,89 @@
+"""The backend contract: one interface, an in-memory and a Redis implementation.
+
+Every call returns a Deferred, even where the in-memory backend could answer at
+once, so that a networked implementation fits without changing any caller.
+Calls take lists where a caller may have many items at once: the per-user actors
+batch their work, and one call per batch keeps Deferreds off the per-message path.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from zope.interface import Attribute, Interface
+
+
+@dataclass(frozen=True, slots=True)
+class StoredMessage:
+    """One inbox entry, as kept for a user: the msg frame minus its seq.
+
+    ``fields`` is the frame a recipient gets (t, mid, from, from_device, to or
+    room, body, ts). ``template`` is an opaque, process-local cache of its
+    encodings; backends that serialise the message drop it and rebuild from
+    ``fields``.
+    """
+
+    mid: str
+    ts: int
+    fields: dict[str, Any]
+    template: Any = None
+
+
+@dataclass(frozen=True, slots=True)
+class InboxState:
+    """What a resuming device needs to know about a user's inbox."""
+
+    last: int  # highest seq ever given (0 if none)
+    first: int  # lowest seq still kept (last + 1 when the inbox is empty)
+    epoch: str  # changes when the store is reset; a cursor from another epoch is void
+
+
+@dataclass(frozen=True, slots=True)
+class Receipt:
+    """The answer to an accepted send, kept so that a retried id gets it again."""
+
+    mid: str
+    ts: int
+    status: str | None  # None while the first delivery is still under way
+
+
+class IBackend(Interface):
+    """Cluster-wide state. Every method returns a Deferred."""
+
+    node_id = Attribute("This node's id.")
+
+    def append(user: str, messages: list[StoredMessage]) -> Any:
+        """Store messages in the user's inbox; fire with the list of seqs given."""
+
+    def read(user: str, after: int, limit: int) -> Any:
+        """Fire with up to ``limit`` (seq, StoredMessage) pairs with seq > after, in order."""
+
+    def inbox_state(user: str) -> Any:
+        """Fire with the user's InboxState."""
+
+    def cursor(user: str, device: str) -> Any:
+        """Fire with the device's cursor, or, for a device never seen, the highest
+        cursor of the user's other devices (0 if none)."""
+
+    def ack(user: str, device: str, seq: int) -> Any:
+        """Move the device's cursor to ``seq`` (never backwards; clamped to the
+        inbox's last seq) and drop what every recent device has acknowledged.
+        Fire with the new cursor."""
+
+    def claim(user: str, claims: list[tuple[str, Receipt]]) -> Any:
+        """For each (send id, receipt): record it if the id is new, else keep the
+        old one. Fire with a list holding None for each new id and the kept
+        Receipt for each repeated one."""
+
+    def settle(user: str, statuses: dict[str, str]) -> Any:
+        """Record the final status of accepted send ids."""
+
+    def join(room: str, user: str) -> Any:
+        """Make user a member of room; fire with the member count."""
+
+    def leave(room: str, user: str) -> Any:
+        """Remove user from room; fire with the member count left."""
+
+    def members(room: str) -> Any:
+        """Fire with the set of member user ids (empty when the room does not exist)."""

@@ -1,0 +1,205 @@
+"""The embedded backend: one process, nothing to install, nothing kept across restarts."""
+
+from __future__ import annotations
+
+import uuid
+from collections import deque
+from dataclasses import replace
+from typing import Any
+
+from twisted.internet.defer import Deferred, succeed
+from twisted.internet.interfaces import IReactorTime
+from zope.interface import implementer
+
+from o2obroker.backend.interface import IBackend, InboxState, Receipt, StoredMessage
+
+DAY = 24 * 3600.0
+
+
+class _Inbox:
+    __slots__ = ("cursors", "entries", "last")
+
+    def __init__(self) -> None:
+        self.entries: deque[tuple[int, StoredMessage]] = deque()
+        self.last = 0
+        # device -> [cursor, last seen (seconds)]
+        self.cursors: dict[str, list[float]] = {}
+
+
+@implementer(IBackend)
+class MemoryBackend:
+    """Inboxes, cursors, rooms and send-id dedupe in dicts.
+
+    Limits are the ones of PROTOCOL.md section 4: an inbox keeps at most
+    ``inbox_cap`` messages (oldest dropped first) for at most ``inbox_ttl``
+    seconds, and a message leaves once every device seen within
+    ``device_ttl`` has acknowledged it. Send ids are remembered for
+    ``dedupe_ttl`` seconds, at most ``dedupe_cap`` per user.
+    """
+
+    def __init__(
+        self,
+        clock: IReactorTime,
+        node_id: str = "n1",
+        *,
+        inbox_cap: int = 10_000,
+        inbox_ttl: float = 7 * DAY,
+        device_ttl: float = 7 * DAY,
+        dedupe_ttl: float = 600.0,
+        dedupe_cap: int = 100_000,
+    ) -> None:
+        self.node_id = node_id
+        self._clock = clock
+        self._inbox_cap = inbox_cap
+        self._inbox_ttl = inbox_ttl
+        self._device_ttl = device_ttl
+        self._dedupe_ttl = dedupe_ttl
+        self._dedupe_cap = dedupe_cap
+        self._epoch = uuid.uuid4().hex[:12]
+        self._inboxes: dict[str, _Inbox] = {}
+        self._sent: dict[str, dict[str, tuple[Receipt, float]]] = {}
+        self._rooms: dict[str, set[str]] = {}
+
+    # -- inbox -------------------------------------------------------------
+
+    def _inbox(self, user: str) -> _Inbox:
+        box = self._inboxes.get(user)
+        if box is None:
+            box = self._inboxes[user] = _Inbox()
+        return box
+
+    def _expire(self, box: _Inbox) -> None:
+        entries = self._entries_alive(box)
+        while len(entries) > self._inbox_cap:
+            entries.popleft()
+
+    def _entries_alive(self, box: _Inbox) -> deque[tuple[int, StoredMessage]]:
+        entries = box.entries
+        if entries:
+            horizon = (self._clock.seconds() - self._inbox_ttl) * 1000
+            while entries and entries[0][1].ts < horizon:
+                entries.popleft()
+        return entries
+
+    def append(self, user: str, messages: list[StoredMessage]) -> Deferred[list[int]]:
+        box = self._inbox(user)
+        first = box.last + 1
+        box.entries.extend(zip(range(first, first + len(messages)), messages, strict=True))
+        box.last += len(messages)
+        if len(box.entries) > self._inbox_cap:
+            self._expire(box)
+        return succeed(list(range(first, box.last + 1)))
+
+    def read(self, user: str, after: int, limit: int) -> Deferred[list[tuple[int, StoredMessage]]]:
+        box = self._inboxes.get(user)
+        if box is None:
+            return succeed([])
+        entries = self._entries_alive(box)
+        if not entries or entries[-1][0] <= after:
+            return succeed([])
+        # seqs in an inbox are consecutive, so the start is an index, not a search
+        start = max(0, after + 1 - entries[0][0])
+        out = []
+        for i in range(start, min(len(entries), start + limit)):
+            out.append(entries[i])
+        return succeed(out)
+
+    def inbox_state(self, user: str) -> Deferred[InboxState]:
+        box = self._inboxes.get(user)
+        if box is None:
+            return succeed(InboxState(last=0, first=1, epoch=self._epoch))
+        entries = self._entries_alive(box)
+        first = entries[0][0] if entries else box.last + 1
+        return succeed(InboxState(last=box.last, first=first, epoch=self._epoch))
+
+    def cursor(self, user: str, device: str) -> Deferred[int]:
+        box = self._inboxes.get(user)
+        if box is None:
+            return succeed(0)
+        known = box.cursors.get(device)
+        if known is not None:
+            return succeed(int(known[0]))
+        return succeed(int(max((c[0] for c in box.cursors.values()), default=0)))
+
+    def ack(self, user: str, device: str, seq: int) -> Deferred[int]:
+        box = self._inbox(user)
+        now = self._clock.seconds()
+        seq = min(seq, box.last)
+        known = box.cursors.get(device)
+        if known is None:
+            known = box.cursors[device] = [0, now]
+        known[1] = now
+        if seq > known[0]:
+            known[0] = seq
+            self._trim_acked(box, now)
+        return succeed(int(known[0]))
+
+    def _trim_acked(self, box: _Inbox, now: float) -> None:
+        horizon = now - self._device_ttl
+        for device in [d for d, (_, seen) in box.cursors.items() if seen < horizon]:
+            del box.cursors[device]
+        floor = min(c[0] for c in box.cursors.values())
+        entries = box.entries
+        while entries and entries[0][0] <= floor:
+            entries.popleft()
+
+    # -- send-id dedupe ----------------------------------------------------
+
+    def claim(self, user: str, claims: list[tuple[str, Receipt]]) -> Deferred[list[Receipt | None]]:
+        sent = self._sent.get(user)
+        if sent is None:
+            sent = self._sent[user] = {}
+        now = self._clock.seconds()
+        # dicts keep insertion order, so the oldest ids are at the front
+        while sent:
+            oldest = next(iter(sent))
+            if sent[oldest][1] > now and len(sent) < self._dedupe_cap:
+                break
+            del sent[oldest]
+        out: list[Receipt | None] = []
+        expires = now + self._dedupe_ttl
+        for send_id, receipt in claims:
+            kept = sent.get(send_id)
+            if kept is None:
+                sent[send_id] = (receipt, expires)
+                out.append(None)
+            else:
+                out.append(kept[0])
+        return succeed(out)
+
+    def settle(self, user: str, statuses: dict[str, str]) -> Deferred[None]:
+        sent = self._sent.get(user)
+        if sent:
+            for send_id, status in statuses.items():
+                kept = sent.get(send_id)
+                if kept is not None:
+                    sent[send_id] = (replace(kept[0], status=status), kept[1])
+        return succeed(None)
+
+    # -- rooms -------------------------------------------------------------
+
+    def join(self, room: str, user: str) -> Deferred[int]:
+        members = self._rooms.setdefault(room, set())
+        members.add(user)
+        return succeed(len(members))
+
+    def leave(self, room: str, user: str) -> Deferred[int]:
+        members = self._rooms.get(room)
+        if members is None:
+            return succeed(0)
+        members.discard(user)
+        if not members:
+            del self._rooms[room]
+        return succeed(len(members))
+
+    def members(self, room: str) -> Deferred[frozenset[str]]:
+        return succeed(frozenset(self._rooms.get(room, ())))
+
+    # -- for the console and tests ----------------------------------------
+
+    def stats(self) -> dict[str, Any]:
+        return {
+            "inboxes": len(self._inboxes),
+            "stored": sum(len(b.entries) for b in self._inboxes.values()),
+            "rooms": len(self._rooms),
+        }
