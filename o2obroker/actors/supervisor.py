@@ -654,6 +654,7 @@ class Supervisor(Actor):
         d: Deferred[None] = Deferred()
         self._waiters.append(d)
         if not self.draining:
+            self._refresh_redirect()
             self.draining = True
             self.gate.accepting = False
             self.log.warn("node {node} draining", node=self.node_id)
