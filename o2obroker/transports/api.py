@@ -1,0 +1,374 @@
+"""The server-side HTTP API (PROTOCOL.md section 8), health and metrics.
+
+Every answer is JSON (``/metrics`` is Prometheus text). ``/api/v1/...`` needs
+``Authorization: Bearer <api key>``; health, metrics and the free-host look-up
+are public. A publish goes through the sending user's actor exactly like a
+client's ``send``: the same id dedupe, routing, inbox and receipt.
+"""
+
+from __future__ import annotations
+
+import hmac
+import secrets
+from typing import Any
+from urllib.parse import urlsplit
+
+from prometheus_client import CONTENT_TYPE_LATEST
+from twisted.internet.defer import Deferred, maybeDeferred
+from twisted.internet.interfaces import IDelayedCall, IReactorTime
+from twisted.logger import Logger
+from twisted.web.resource import Resource
+from twisted.web.server import NOT_DONE_YET
+
+from o2obroker.backend.interface import Receipt
+from o2obroker.wire import ProtocolError, decode_json, encode_json, parse_frame, valid_user
+
+_JSON = b"application/json"
+PUBLISH_TIMEOUT = 30.0
+
+
+def _write(request: Any, code: int, obj: Any) -> None:
+    if request.finished or request._disconnected:
+        return
+    body = encode_json(obj).encode()
+    request.setResponseCode(code)
+    request.setHeader(b"content-type", _JSON)
+    request.setHeader(b"cache-control", b"no-store")
+    request.setHeader(b"content-length", b"%d" % len(body))
+    request.write(body)
+    request.finish()
+
+
+def _answer(request: Any, code: int, obj: Any) -> bytes:
+    request.setResponseCode(code)
+    request.setHeader(b"content-type", _JSON)
+    request.setHeader(b"cache-control", b"no-store")
+    return encode_json(obj).encode()
+
+
+def _args(request: Any, name: str) -> list[str]:
+    return [v.decode("utf-8", "replace") for v in request.args.get(name.encode(), [])]
+
+
+def _arg(request: Any, name: str) -> str | None:
+    values = _args(request, name)
+    return values[0] if values else None
+
+
+class _Endpoint(Resource):
+    """A leaf of the API: JSON for every answer, 405 for methods it does not serve."""
+
+    isLeaf = True
+    public = False
+
+    def __init__(self, node: Any, clock: IReactorTime) -> None:
+        super().__init__()
+        self.node = node
+        self.clock = clock
+
+    def render(self, request: Any) -> Any:
+        method = request.method.decode("ascii", "replace")
+        handler = getattr(self, f"render_{method}", None)
+        if handler is None:
+            request.setHeader(b"allow", b"GET, POST")
+            return _answer(request, 405, {"error": f"method {method} not allowed here"})
+        if not self.public and not self._authorised(request):
+            request.setHeader(b"www-authenticate", b'Bearer realm="o2obroker"')
+            return _answer(request, 401, {"error": "missing or wrong API key"})
+        return handler(request)
+
+    def _authorised(self, request: Any) -> bool:
+        config = self.node.config
+        key = config.api_key
+        if not key:
+            # no key configured: open in development mode only
+            return config.auth_mode == "none"
+        given = request.getHeader(b"authorization") or b""
+        scheme, _, token = given.partition(b" ")
+        return scheme.lower() == b"bearer" and hmac.compare_digest(token.strip(), key.encode())
+
+    def body(self, request: Any) -> dict[str, Any] | bytes:
+        """The JSON object of the body, or the 400 answer refusing it."""
+        try:
+            value = decode_json(request.content.read(), self.node.config.limits)
+        except ProtocolError as e:
+            return _answer(request, 413 if e.code == 413 else 400, {"error": e.reason})
+        if type(value) is not dict:
+            return _answer(request, 400, {"error": "the body must be a JSON object"})
+        return value
+
+
+def addresses(node: Any, request: Any) -> dict[str, str]:
+    """How clients reach this node, as seen by the request (the Host it used)."""
+    host = (request.getHeader(b"host") or b"127.0.0.1").decode("latin-1")
+    secure = request.isSecure()
+    hostname = urlsplit(f"//{host}").hostname or "127.0.0.1"
+    if ":" in hostname:
+        hostname = f"[{hostname}]"
+    tcp_port = getattr(node, "tcp_port", None) or _port_of(node.config.tcp)
+    return {
+        "ws": f"{'wss' if secure else 'ws'}://{host}/ws",
+        "lp": f"{'https' if secure else 'http'}://{host}/lp",
+        "tcp": f"{hostname}:{tcp_port}",
+    }
+
+
+def _port_of(endpoint: str) -> str:
+    parts = endpoint.split(":")
+    for part in parts[1:]:
+        if part.isdigit():
+            return part
+    return "9100"
+
+
+def _supervisor(node: Any) -> Any:
+    return getattr(node, "supervisor", None)
+
+
+class Publish(_Endpoint):
+    """``POST /api/v1/publish``: inject a message as a back-end service would."""
+
+    log = Logger()
+
+    def render_POST(self, request: Any) -> Any:
+        obj = self.body(request)
+        if type(obj) is bytes:
+            return obj
+        limits = self.node.config.limits
+        sender = obj.get("from", "system")
+        if not valid_user(sender, limits):
+            return _answer(request, 400, {"error": "from is not a valid user id"})
+        if ("to" in obj) == ("room" in obj):
+            return _answer(request, 400, {"error": "give exactly one of to and room"})
+        send_id = obj.get("id")
+        if send_id is None:
+            send_id = f"api-{secrets.token_hex(8)}"  # no id: no dedupe
+        frame = {"t": "send", "id": send_id, "body": obj.get("body")}
+        if "body" not in obj:
+            return _answer(request, 400, {"error": "body is missing"})
+        frame["to" if "to" in obj else "room"] = obj.get("to", obj.get("room"))
+        try:
+            send = parse_frame(frame, limits)
+        except ProtocolError as e:
+            return _answer(request, e.code, {"error": e.reason})
+        device = ServiceDevice(request, self.clock)
+        self.node.gateway.stats.msgs_in += 1
+        self.node.actors.user(sender).submit(device, send)
+        return NOT_DONE_YET
+
+
+class ServiceDevice:
+    """The sender side of an API publish, as the user's actor sees a device.
+
+    It is never attached to the actor (it receives no messages); it only takes
+    the receipt or the error that answers its one send. ``service`` lets it
+    publish to any room, as the HTTP API may.
+    """
+
+    kind = "service"
+    device = "api"
+    live = False
+    service = True
+    cursor = 0
+
+    def __init__(self, request: Any, clock: IReactorTime) -> None:
+        self.request = request
+        self._timer: IDelayedCall | None = clock.callLater(PUBLISH_TIMEOUT, self._late)
+
+    def _done(self, code: int, obj: Any) -> None:
+        if self._timer is not None:
+            if self._timer.active():
+                self._timer.cancel()
+            self._timer = None
+            _write(self.request, code, obj)
+
+    def _late(self) -> None:
+        self._timer = None
+        _write(self.request, 504, {"error": "no receipt in time; retry with the same id"})
+
+    def receipt(self, send_id: str, receipt: Receipt) -> None:
+        self._done(
+            200,
+            {
+                "t": "receipt",
+                "id": send_id,
+                "mid": receipt.mid,
+                "ts": receipt.ts,
+                "status": receipt.status,
+            },
+        )
+
+    def send_frame(self, frame: dict[str, Any]) -> None:
+        if frame.get("t") == "error":
+            self._done(frame.get("code", 400), {"error": frame.get("reason", ""), "frame": frame})
+
+    def send_msgs(self, items: list[Any]) -> None:
+        pass
+
+    def welcome(self, last: int, resumed: bool) -> None:
+        pass
+
+    def replaced(self) -> None:
+        pass
+
+    def may_join(self, room: str) -> bool:
+        return False
+
+
+class Presence(_Endpoint):
+    """``GET /api/v1/presence?user=a&user=b``, from the node's presence state."""
+
+    def render_GET(self, request: Any) -> Any:
+        users = _args(request, "user")
+        limits = self.node.config.limits
+        if not users:
+            return _answer(request, 400, {"error": "name at least one user"})
+        if len(users) > limits.max_watch:
+            return _answer(request, 400, {"error": f"at most {limits.max_watch} users"})
+        bad = [u for u in users if not valid_user(u, limits)]
+        if bad:
+            return _answer(request, 400, {"error": f"not a valid user id: {bad[0][:140]!r}"})
+        lookup = getattr(getattr(self.node, "presence", None), "lookup", None)
+        if lookup is None:
+            # no presence service on this node: nobody is known to be online
+            return _answer(request, 200, {"users": {u: dict(_OFFLINE) for u in users}})
+        d: Deferred[Any] = maybeDeferred(lookup, users)
+        d.addCallback(lambda found: _write(request, 200, {"users": _presence_map(users, found)}))
+        d.addErrback(lambda f: _write(request, 503, {"error": f.getErrorMessage()}))
+        return NOT_DONE_YET
+
+
+_OFFLINE = {"state": "offline", "status": "", "devices": 0}
+
+
+def _presence_map(users: list[str], found: dict[str, Any]) -> dict[str, Any]:
+    out = {}
+    for user in users:
+        p = found.get(user)
+        if p is None:
+            out[user] = dict(_OFFLINE)
+        else:
+            out[user] = {"state": p.state, "status": p.status, "devices": p.devices}
+    return out
+
+
+class Nodes(_Endpoint):
+    """``GET /api/v1/nodes``: every live node (on one node: this one)."""
+
+    def render_GET(self, request: Any) -> bytes:
+        return _answer(request, 200, {"nodes": [node_info(self.node, request, self.clock)]})
+
+
+def node_info(node: Any, request: Any, clock: IReactorTime) -> dict[str, Any]:
+    info: dict[str, Any] = {
+        "id": node.config.node,
+        "cluster": getattr(node.config, "cluster", None) or "default",
+        "addresses": addresses(node, request),
+        "connections": dict(node.gateway.connections),
+        "last_heartbeat": clock.seconds(),
+    }
+    sample = getattr(_supervisor(node), "last", None)
+    info["cpu"] = getattr(sample, "cpu", None)  # % of one core, at the last sample
+    info["memory"] = getattr(sample, "rss", None)  # bytes
+    return info
+
+
+class FreeHost(_Endpoint):
+    """``GET /getFreeHostAddress?room=r``: where a new client should connect, and how."""
+
+    public = True
+
+    def __init__(self, node: Any, clock: IReactorTime, origins: Any) -> None:
+        super().__init__(node, clock)
+        self.origins = origins
+
+    def render_GET(self, request: Any) -> bytes:
+        origin = request.getHeader(b"origin")
+        if origin is not None and self.origins.allows(
+            origin.decode("latin-1"), (request.getHeader(b"host") or b"").decode("latin-1")
+        ):
+            request.setHeader(b"access-control-allow-origin", origin)
+            request.setHeader(b"vary", b"Origin")
+        transport = "ws"
+        supervisor = _supervisor(self.node)
+        if supervisor is not None:
+            transport = supervisor.advice().get("transport", "ws")
+        answer = {"node": self.node.config.node, **addresses(self.node, request)}
+        answer["transport"] = transport
+        return _answer(request, 200, answer)
+
+
+class Route(_Endpoint):
+    """``GET /api/v1/route?cluster=c&user=u``: the node user u hashes to (one node: this)."""
+
+    def render_GET(self, request: Any) -> bytes:
+        user = _arg(request, "user")
+        if user is None or not valid_user(user, self.node.config.limits):
+            return _answer(request, 400, {"error": "user is missing or not a valid user id"})
+        cluster = _arg(request, "cluster") or "default"
+        return _answer(
+            request,
+            200,
+            {
+                "cluster": cluster,
+                "user": user,
+                "node": self.node.config.node,
+                "standby": None,
+                **addresses(self.node, request),
+            },
+        )
+
+
+class Drain(_Endpoint):
+    """``POST /api/v1/drain``: stop taking clients and move the connected ones elsewhere."""
+
+    def render_POST(self, request: Any) -> bytes:
+        supervisor = _supervisor(self.node)
+        if supervisor is not None:
+            d = maybeDeferred(supervisor.drain)
+            d.addErrback(lambda f: Logger().failure("drain failed", f))
+        else:
+            self.node.gateway.accepting = False
+        return _answer(request, 202, {"draining": True})
+
+
+class Health(_Endpoint):
+    """``GET /healthz``: 200 while the node takes clients, 503 while it drains."""
+
+    public = True
+
+    def render_GET(self, request: Any) -> bytes:
+        supervisor = _supervisor(self.node)
+        draining = (
+            bool(supervisor.draining) if supervisor is not None else not self.node.gateway.accepting
+        )
+        if draining:
+            return _answer(request, 503, {"status": "draining", "node": self.node.config.node})
+        return _answer(request, 200, {"status": "ok", "node": self.node.config.node})
+
+
+class Metrics(_Endpoint):
+    """``GET /metrics`` in the Prometheus text format."""
+
+    public = True
+
+    def render_GET(self, request: Any) -> bytes:
+        request.setHeader(b"content-type", CONTENT_TYPE_LATEST.encode())
+        request.setHeader(b"cache-control", b"no-store")
+        return self.node.metrics.render()
+
+
+def add_api(root: Resource, node: Any, clock: IReactorTime, origins: Any) -> None:
+    """Mount the API, health, metrics and free-host look-up under ``root``."""
+    api = Resource()
+    v1 = Resource()
+    api.putChild(b"v1", v1)
+    root.putChild(b"api", api)
+    v1.putChild(b"publish", Publish(node, clock))
+    v1.putChild(b"presence", Presence(node, clock))
+    v1.putChild(b"nodes", Nodes(node, clock))
+    v1.putChild(b"route", Route(node, clock))
+    v1.putChild(b"drain", Drain(node, clock))
+    root.putChild(b"getFreeHostAddress", FreeHost(node, clock, origins))
+    root.putChild(b"healthz", Health(node, clock))
+    root.putChild(b"metrics", Metrics(node, clock))

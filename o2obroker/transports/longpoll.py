@@ -1,0 +1,500 @@
+"""HTTP long-poll on ``/lp/...`` (PROTOCOL.md section 6), for browsers without WebSockets.
+
+A long-poll session is an IConnection like a socket, for the same
+:class:`~o2obroker.session.Session`: what the session writes goes into an
+outbound stream of numbered frames, encoded to JSON once; a poll takes every
+frame after the position it confirms, so a response lost in transit is sent
+again by the next poll. A poll with nothing to take is held (``NOT_DONE_YET``)
+until frames arrive or ``timeout`` passes, and released on ``notifyFinish()``
+when its client goes away. Held polls with new frames are answered together
+once per reactor turn, each with every frame that is ready for it.
+
+Session ids are 192 random bits made at the open of an authenticated session:
+a sid names exactly one session of one user and device, is never reused, and
+dies with the session.
+"""
+
+from __future__ import annotations
+
+import secrets
+from collections import deque
+from typing import Any
+
+from twisted.internet.interfaces import IDelayedCall, IReactorTime
+from twisted.logger import Logger
+from twisted.web.resource import Resource
+from twisted.web.server import NOT_DONE_YET
+
+from o2obroker.session import Gateway, Liveness, Session
+from o2obroker.transports.web import OriginPolicy, origin_of
+from o2obroker.transports.websocket import Flusher
+from o2obroker.wire import (
+    FrameTooLarge,
+    OutFrame,
+    ProtocolError,
+    decode_json,
+    encode_json,
+    json_array,
+)
+
+_JSON = b"application/json"
+
+
+def _body(obj: Any) -> bytes:
+    return encode_json(obj).encode()
+
+
+def _error_body(code: int, reason: str) -> bytes:
+    return _body({"frames": [{"t": "error", "code": code, "reason": reason}]})
+
+
+class _SendAnswer:
+    """The response of one ``/lp/send``: the receipts and errors for its frames."""
+
+    __slots__ = ("done", "frames", "request", "timer", "waiting")
+
+    def __init__(self, request: Any) -> None:
+        self.request = request
+        self.frames: list[str] = []
+        self.waiting = 0
+        self.timer: IDelayedCall | None = None
+        self.done = False
+
+
+class LongPollConnection:
+    """One long-poll session: the session's IConnection, and its outbound stream."""
+
+    kind = "web"
+    transport_name = "lp"
+    log = Logger()
+
+    def __init__(self, resource: LongPollResource, sid: str) -> None:
+        self.sid = sid
+        self._res = resource
+        self.session: Session | None = None
+        # the outbound stream: (number, JSON text), oldest first, until a poll confirms it
+        self._frames: deque[tuple[int, str]] = deque()
+        self._last = 0  # number of the last frame queued
+        self._carried = 0  # number of the last frame a response carried
+        self._size = 0  # characters held in _frames, against max_queue
+        self._poll: Any = None  # the held poll request
+        self._poll_pos = 0
+        self._poll_timer: IDelayedCall | None = None
+        self._opening: Any = None  # the /lp/open request, until the welcome
+        self._collect: list[dict[str, Any]] | None = None  # errors answering a request
+        self._waiting: dict[str, list[_SendAnswer]] = {}  # send id -> answers waiting
+        self._queued = False
+        self.closed = False
+        self.last_seen = resource.clock.seconds()
+        self._bucket: set[Any] | None = None
+
+    def __repr__(self) -> str:
+        return f"<LongPollConnection {self.sid[:6]}… {self.session!r}>"
+
+    # -- IConnection ------------------------------------------------------------
+
+    def send(self, frame: dict[str, Any] | OutFrame) -> None:
+        if type(frame) is OutFrame:
+            self._push(frame.json())
+            return
+        t = frame.get("t")
+        if t == "receipt" or t == "error":
+            key = frame.get("id") if t == "receipt" else frame.get("ref")
+            answers = self._waiting.get(key) if key is not None else None
+            if answers:
+                answer = answers.pop(0)
+                if not answers:
+                    del self._waiting[key]
+                answer.frames.append(encode_json(frame))
+                answer.waiting -= 1
+                if answer.waiting == 0:
+                    self._res.finish_send(answer)
+                return
+            if t == "error" and self._collect is not None:
+                self._collect.append(frame)
+                return
+        self._push(encode_json(frame))
+
+    def send_msgs(self, items: list[tuple[int, Any]]) -> None:
+        for seq, template in items:
+            self._push(template.json(seq))
+
+    def close(self) -> None:
+        """The session is over: the next poll gets what is left, then the sid is gone."""
+        if self.closed:
+            return
+        self.closed = True
+        self._wake()
+
+    def _push(self, text: str) -> None:
+        if self.closed:
+            return
+        self._last += 1
+        self._frames.append((self._last, text))
+        self._size += len(text)
+        if self._size > self._res.gateway.limits.max_queue and self.session is not None:
+            self.log.info("{conn!r}: slow consumer, closing", conn=self)
+            self.session.fail(ProtocolError(503, "slow consumer", fatal=True))
+            return
+        self._wake()
+
+    def _wake(self) -> None:
+        if (self._poll is not None or self._opening is not None) and not self._queued:
+            self._queued = True
+            self._res.flusher.add(self)
+
+    # -- the stream ------------------------------------------------------------
+
+    def confirm(self, pos: int) -> None:
+        """Everything up to ``pos`` arrived: forget it."""
+        frames = self._frames
+        while frames and frames[0][0] <= pos:
+            self._size -= len(frames.popleft()[1])
+
+    def take(self) -> tuple[int, str]:
+        """The position and JSON array of every frame not confirmed yet."""
+        frames = self._frames
+        if not frames:
+            return self._last, "[]"
+        last = frames[-1][0]
+        self._carried = max(self._carried, last)
+        return last, json_array([text for _, text in frames])
+
+    def flush(self) -> None:
+        """Answer the open or held poll with every frame that is ready (once per turn)."""
+        self._queued = False
+        if self._opening is not None:
+            request, self._opening = self._opening, None
+            pos, frames = self.take()
+            self._res.respond(
+                request,
+                200,
+                f'{{"sid":"{self.sid}","timeout":{self._res.timeout},"pos":{pos},'
+                f'"frames":{frames}}}'.encode(),
+            )
+            if self.closed:
+                self._res.forget(self)
+            return
+        if self._poll is not None and (self._frames or self.closed):
+            self.answer_poll()
+
+    def answer_poll(self) -> None:
+        request = self._end_poll()
+        if request is None:
+            return
+        pos, frames = self.take()
+        self._res.respond(request, 200, f'{{"pos":{pos},"frames":{frames}}}'.encode())
+        if self.closed:
+            self._res.forget(self)
+
+    def _end_poll(self) -> Any:
+        request, self._poll = self._poll, None
+        if self._poll_timer is not None:
+            if self._poll_timer.active():
+                self._poll_timer.cancel()
+            self._poll_timer = None
+        self.last_seen = self._res.clock.seconds()
+        return request
+
+    def poll(self, request: Any, pos: int | None) -> None:
+        """A poll confirming ``pos`` (None: all that was carried): answer or hold it."""
+        if self._poll is not None:
+            # a newer poll ends the held one, empty
+            old, old_pos = self._end_poll(), self._poll_pos
+            self._res.respond(old, 200, f'{{"pos":{old_pos},"frames":[]}}'.encode())
+        pos = self._carried if pos is None else min(pos, self._last)
+        self.confirm(pos)
+        self.last_seen = self._res.clock.seconds()
+        if self._frames or self.closed:
+            self._poll = request
+            self.answer_poll()
+            return
+        self._poll = request
+        self._poll_pos = pos
+        self._poll_timer = self._res.clock.callLater(self._res.timeout, self._poll_timeout, request)
+        request.notifyFinish().addBoth(self._poll_gone, request)
+
+    def _poll_timeout(self, request: Any) -> None:
+        self._poll_timer = None
+        if self._poll is request:
+            self.answer_poll()
+
+    def _poll_gone(self, _: Any, request: Any) -> None:
+        if self._poll is request:  # the client went away while its poll was held
+            self._end_poll()
+
+    # -- expiry (called by the resource's Liveness every few seconds) ------------
+
+    def check(self, now: float) -> None:
+        if self._poll is None and now - self.last_seen >= 2 * self._res.timeout:
+            self.log.info("{conn!r}: no poll for {s}s, expired", conn=self, s=2 * self._res.timeout)
+            self.expire()
+
+    def expire(self) -> None:
+        """End the session now; the device goes offline."""
+        self.closed = True
+        if self.session is not None:
+            self.session.lost()
+        self._res.forget(self)
+
+
+class LongPollResource(Resource):
+    """``/lp``: the children ``open``, ``poll``, ``send`` and ``close``."""
+
+    log = Logger()
+
+    def __init__(
+        self,
+        gateway: Gateway,
+        origins: OriginPolicy,
+        clock: IReactorTime,
+        *,
+        timeout: int = 25,
+    ) -> None:
+        super().__init__()
+        self.gateway = gateway
+        self.origins = origins
+        self.clock = clock
+        self.timeout = timeout
+        self.flusher = Flusher(clock)
+        self.sessions: dict[str, LongPollConnection] = {}
+        # expiry is checked in buckets, a slice of the sessions each second
+        self._expiry = Liveness(clock, max(1, timeout // 5))
+        self.putChild(b"open", _Open(self))
+        self.putChild(b"poll", _Poll(self))
+        self.putChild(b"send", _Send(self))
+        self.putChild(b"close", _Close(self))
+
+    # -- sessions ------------------------------------------------------------
+
+    def forget(self, conn: LongPollConnection) -> None:
+        if self.sessions.get(conn.sid) is conn:
+            del self.sessions[conn.sid]
+        if conn._bucket is not None:
+            conn._bucket.discard(conn)
+            conn._bucket = None
+        if not self.sessions:
+            self._expiry.stop()
+
+    def _register(self, conn: LongPollConnection) -> None:
+        self.sessions[conn.sid] = conn
+        conn._bucket = self._expiry.add(conn)
+        if len(self.sessions) == 1:
+            self._expiry.stop()
+            self._expiry.start()
+
+    def find(self, request: Any) -> LongPollConnection | None:
+        sid = request.args.get(b"sid", [b""])[0].decode("latin-1")
+        conn = self.sessions.get(sid)
+        if conn is None or (conn.closed and not conn._frames):
+            return None
+        return conn
+
+    # -- HTTP ------------------------------------------------------------------
+
+    def respond(self, request: Any, code: int, body: bytes) -> None:
+        if request.finished or request._disconnected:
+            return
+        request.setResponseCode(code)
+        request.setHeader(b"content-type", _JSON)
+        request.setHeader(b"cache-control", b"no-store")
+        request.setHeader(b"content-length", b"%d" % len(body))
+        request.write(body)
+        request.finish()
+
+    def finish_send(self, answer: _SendAnswer) -> None:
+        if answer.done:
+            return
+        answer.done = True
+        if answer.timer is not None and answer.timer.active():
+            answer.timer.cancel()
+        self.respond(answer.request, 200, f'{{"frames":{json_array(answer.frames)}}}'.encode())
+
+    def guard(self, request: Any) -> bytes | None:
+        """CORS and the origin check; the body of a refusal, or None to go on."""
+        origin, host = origin_of(request)
+        if not self.origins.allows(origin, host):
+            request.setResponseCode(403)
+            request.setHeader(b"content-type", _JSON)
+            return _error_body(403, "origin not allowed")
+        if origin is not None:
+            request.setHeader(b"access-control-allow-origin", origin.encode("latin-1"))
+            request.setHeader(b"vary", b"Origin")
+        return None
+
+    def preflight(self, request: Any) -> bytes:
+        refused = self.guard(request)
+        if refused is not None:
+            return refused
+        request.setResponseCode(204)
+        request.setHeader(b"access-control-allow-methods", b"GET, POST, OPTIONS")
+        request.setHeader(b"access-control-allow-headers", b"content-type")
+        request.setHeader(b"access-control-max-age", b"600")
+        return b""
+
+    def frames_of(self, request: Any) -> list[dict[str, Any]] | bytes:
+        """The body's frames, or the 400 body that refuses it."""
+        try:
+            value = decode_json(request.content.read(), self.gateway.limits)
+        except ProtocolError as e:
+            if isinstance(e, FrameTooLarge):
+                request.setResponseCode(413)
+            else:
+                request.setResponseCode(400)
+            request.setHeader(b"content-type", _JSON)
+            return _body({"frames": [e.frame()]})
+        return [value] if type(value) is dict else value
+
+
+class _Child(Resource):
+    isLeaf = True
+
+    def __init__(self, lp: LongPollResource) -> None:
+        super().__init__()
+        self.lp = lp
+
+    def render_OPTIONS(self, request: Any) -> bytes:
+        return self.lp.preflight(request)
+
+    def _session(self, request: Any) -> LongPollConnection | bytes:
+        conn = self.lp.find(request)
+        if conn is None:
+            request.setResponseCode(404)
+            request.setHeader(b"content-type", _JSON)
+            return _error_body(404, "unknown session")
+        return conn
+
+
+def _nonneg(request: Any, name: bytes) -> int | None:
+    raw = request.args.get(name)
+    if not raw:
+        return None
+    text = raw[0]
+    if not text.isdigit() or len(text) > 19:
+        raise ValueError(name.decode())
+    return int(text)
+
+
+class _Open(_Child):
+    def render_POST(self, request: Any) -> Any:
+        lp = self.lp
+        refused = lp.guard(request)
+        if refused is not None:
+            return refused
+        frames = lp.frames_of(request)
+        if type(frames) is bytes:
+            return frames
+        if len(frames) != 1:
+            request.setResponseCode(400)
+            request.setHeader(b"content-type", _JSON)
+            return _error_body(400, "the body of /lp/open is one hello frame")
+        conn = LongPollConnection(lp, secrets.token_urlsafe(24))
+        conn._collect = errors = []
+        session = conn.session = lp.gateway.connect(conn)
+        session.touch()
+        session.receive(frames[0])
+        conn._collect = None
+        if conn.closed or errors:
+            # the hello failed at once: the error frame says why
+            session.lost()
+            code = errors[0].get("code", 400) if errors else 400
+            request.setResponseCode(code if code in (401, 503) else 400)
+            request.setHeader(b"content-type", _JSON)
+            return _body({"frames": errors})
+        lp._register(conn)
+        conn._opening = request
+        return NOT_DONE_YET
+
+
+class _Poll(_Child):
+    def render_GET(self, request: Any) -> Any:
+        lp = self.lp
+        refused = lp.guard(request)
+        if refused is not None:
+            return refused
+        conn = self._session(request)
+        if type(conn) is bytes:
+            return conn
+        try:
+            pos = _nonneg(request, b"pos")
+            ack = _nonneg(request, b"ack")
+        except ValueError as e:
+            request.setResponseCode(400)
+            request.setHeader(b"content-type", _JSON)
+            return _error_body(400, f"{e} must be a non-negative integer")
+        conn.session.touch()
+        if ack is not None and not conn.closed:
+            conn.session.receive({"t": "ack", "seq": ack})
+        conn.poll(request, pos)
+        return NOT_DONE_YET
+
+
+class _Send(_Child):
+    def render_POST(self, request: Any) -> Any:
+        lp = self.lp
+        refused = lp.guard(request)
+        if refused is not None:
+            return refused
+        conn = self._session(request)
+        if type(conn) is bytes:
+            return conn
+        frames = lp.frames_of(request)
+        if type(frames) is bytes:
+            return frames
+        session = conn.session
+        session.touch()
+        conn.last_seen = lp.clock.seconds()
+        answer = _SendAnswer(request)
+        conn._collect = errors = []
+        try:
+            for frame in frames:
+                before = len(errors)
+                session.receive(frame)
+                send_id = frame.get("id")
+                if (
+                    frame.get("t") == "send"
+                    and type(send_id) is str
+                    and len(errors) == before
+                    and not conn.closed
+                ):
+                    answer.waiting += 1
+                    conn._waiting.setdefault(send_id, []).append(answer)
+                if conn.closed:
+                    break
+        finally:
+            conn._collect = None
+        answer.frames.extend(encode_json(f) for f in errors)
+        if answer.waiting == 0:
+            answer.done = True
+            return f'{{"frames":{json_array(answer.frames)}}}'.encode()
+        answer.timer = lp.clock.callLater(lp.timeout, self._late, conn, answer)
+        request.notifyFinish().addErrback(lambda _: self._late(conn, answer))
+        return NOT_DONE_YET
+
+    def _late(self, conn: LongPollConnection, answer: _SendAnswer) -> None:
+        """Receipts still missing go to the poll stream; answer with what is here."""
+        for key, answers in list(conn._waiting.items()):
+            if answer in answers:
+                answers[:] = [a for a in answers if a is not answer]
+                if not answers:
+                    del conn._waiting[key]
+        answer.timer = None
+        self.lp.finish_send(answer)
+
+
+class _Close(_Child):
+    def render_POST(self, request: Any) -> bytes:
+        lp = self.lp
+        refused = lp.guard(request)
+        if refused is not None:
+            return refused
+        conn = self._session(request)
+        if type(conn) is bytes:
+            return conn
+        conn.closed = True
+        if conn._poll is not None:
+            conn.answer_poll()
+        conn.session.lost()
+        lp.forget(conn)
+        request.setHeader(b"content-type", _JSON)
+        return b'{"frames":[{"t":"bye"}]}'

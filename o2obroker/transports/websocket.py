@@ -1,0 +1,304 @@
+"""WebSocket on ``/ws``: JSON text messages, or CBOR with subprotocol ``o2o.cbor.v1``.
+
+A thin Autobahn protocol around a :class:`~o2obroker.session.Session`, exactly
+like the binary TCP transport: it decodes messages into frame maps for the
+session and encodes what the session writes. Messages are encoded once per
+encoding (``MessageTemplate.json(seq)`` / ``.cbor(seq)``), never per
+recipient. A client whose hello says ``"batch": true`` gets everything that is
+ready for it in one reactor turn as one array message: Autobahn's cost is per
+WebSocket message, so batching is what makes a busy browser cheap.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from autobahn.twisted.resource import WebSocketResource
+from autobahn.twisted.websocket import WebSocketServerFactory, WebSocketServerProtocol
+from autobahn.websocket.compress import PerMessageDeflateOffer, PerMessageDeflateOfferAccept
+from autobahn.websocket.types import ConnectionDeny
+from twisted.internet.interfaces import IDelayedCall, IPushProducer, IReactorTime
+from twisted.logger import Logger
+from zope.interface import implementer
+
+from o2obroker.session import Gateway, Session
+from o2obroker.transports.tcp import unsent_bytes
+from o2obroker.transports.web import OriginPolicy
+from o2obroker.wire import (
+    OutFrame,
+    ProtocolError,
+    cbor_array,
+    decode_cbor_batch,
+    decode_json,
+    encode_cbor,
+    encode_json,
+    json_array,
+)
+
+CBOR_SUBPROTOCOL = "o2o.cbor.v1"
+
+
+class Flusher:
+    """Writes every batching connection's pending frames once per reactor turn.
+
+    One delayed call serves all connections that have output in this turn, so
+    batching costs no reactor call per connection or per message.
+    """
+
+    def __init__(self, clock: IReactorTime) -> None:
+        self._clock = clock
+        self._dirty: list[Any] = []
+        self._call: IDelayedCall | None = None
+        self.runs = 0
+
+    def add(self, conn: Any) -> None:
+        self._dirty.append(conn)
+        if self._call is None:
+            self._call = self._clock.callLater(0, self.run)
+
+    def run(self) -> None:
+        self._call = None
+        self.runs += 1
+        dirty, self._dirty = self._dirty, []
+        for conn in dirty:
+            conn.flush()
+
+
+@implementer(IPushProducer)
+class _Backpressure:
+    """Registered on the socket so Twisted says when the peer stops reading."""
+
+    __slots__ = ("paused",)
+
+    def __init__(self) -> None:
+        self.paused = False
+
+    def pauseProducing(self) -> None:
+        self.paused = True
+
+    def resumeProducing(self) -> None:
+        self.paused = False
+
+    def stopProducing(self) -> None:
+        self.paused = False
+
+
+class WebSocketConnection(WebSocketServerProtocol):
+    """One WebSocket client; the IConnection of its session."""
+
+    kind = "web"
+    transport_name = "ws"
+    log = Logger()
+
+    session: Session | None = None
+    cbor = False
+    batch = False
+    _hello_seen = False
+    _closing = False
+    _queued = False
+    _pressure: _Backpressure | None = None
+
+    def onConnect(self, request: Any) -> str | None:
+        factory = self.factory
+        if not factory.origins.allows(request.origin or None, request.host):
+            factory.refused_origins += 1
+            raise ConnectionDeny(ConnectionDeny.FORBIDDEN, "origin not allowed")
+        if CBOR_SUBPROTOCOL in request.protocols:
+            self.cbor = True
+            return CBOR_SUBPROTOCOL
+        return None
+
+    def onOpen(self) -> None:
+        self._out: list[Any] = []
+        transport = self.transport
+        if getattr(transport, "producer", None) is not None:
+            transport.unregisterProducer()  # the HTTP channel's, done with this socket
+        self._pressure = _Backpressure()
+        transport.registerProducer(self._pressure, True)
+        self.session = self.factory.gateway.connect(self)
+
+    def onMessage(self, payload: bytes, isBinary: bool) -> None:
+        session = self.session
+        if session is None or self._closing:
+            return
+        session.touch()
+        limits = self.factory.gateway.limits
+        try:
+            obj = decode_cbor_batch(payload, limits) if isBinary else decode_json(payload, limits)
+        except ProtocolError as e:
+            session.fail(e)
+            return
+        if type(obj) is dict:
+            if not self._hello_seen:
+                self._hello(obj)
+            session.receive(obj)
+            return
+        for frame in obj:
+            if not self._hello_seen:
+                self._hello(frame)
+            session.receive(frame)
+            if self._closing:
+                return
+
+    def _hello(self, frame: dict[str, Any]) -> None:
+        self._hello_seen = True
+        self.batch = frame.get("t") == "hello" and frame.get("batch") is True
+
+    def onClose(self, wasClean: bool, code: int | None, reason: str | None) -> None:
+        self._closing = True
+        self._out = []
+        if self.session is not None:
+            self.session.lost()
+
+    # -- IConnection ----------------------------------------------------------
+
+    def send(self, frame: dict[str, Any] | OutFrame) -> None:
+        if self._closing:
+            return
+        if type(frame) is OutFrame:  # encoded once for all its recipients
+            self._emit([frame.cbor() if self.cbor else frame.json()])
+        elif self.cbor:
+            self._emit([encode_cbor(frame)])
+        else:
+            self._emit([encode_json(frame)])
+
+    def send_msgs(self, items: list[tuple[int, Any]]) -> None:
+        if self._closing:
+            return
+        if self.cbor:
+            self._emit([template.cbor(seq) for seq, template in items])
+        else:
+            self._emit([template.json(seq) for seq, template in items])
+
+    def _emit(self, payloads: list[Any]) -> None:
+        """Write encoded frames: CBOR bytes, or JSON text (encoded to UTF-8 per message)."""
+        if self.batch:
+            self._out.extend(payloads)
+            if not self._queued:
+                self._queued = True
+                self.factory.flusher.add(self)
+            return
+        if self.cbor:
+            for payload in payloads:
+                self.sendMessage(payload, True)
+        else:
+            for payload in payloads:
+                self.sendMessage(payload.encode(), False)
+        if self._pressure.paused:
+            self._check_queue()
+
+    def flush(self) -> None:
+        """Write the frames of this turn as one array message (``batch`` clients)."""
+        self._queued = False
+        out = self._out
+        if not out or self._closing:
+            return
+        self._out = []
+        if self.cbor:
+            self.sendMessage(cbor_array(out), True)
+        else:
+            self.sendMessage(json_array(out).encode(), False)
+        if self._pressure.paused:
+            self._check_queue()
+
+    def close(self) -> None:
+        if self._closing:
+            return
+        if self.batch:
+            self.flush()  # the error frame that explains the close goes first
+        self._closing = True
+        self.sendClose(code=1000)
+
+    def _check_queue(self) -> None:
+        if unsent_bytes(self.transport) > self.factory.gateway.limits.max_queue:
+            self.log.info("{session!r}: slow consumer, closing", session=self.session)
+            self.session.fail(ProtocolError(503, "slow consumer", fatal=True))
+
+
+class _ClockTimer:
+    """Autobahn's timer interface on an injected clock (tests drive it with task.Clock)."""
+
+    def __init__(self, clock: IReactorTime) -> None:
+        self._clock = clock
+
+    def call_later(self, delay: float, func: Any, *args: Any, **kwargs: Any) -> IDelayedCall:
+        return self._clock.callLater(delay, func, *args, **kwargs)
+
+
+class WebSocketFactory(WebSocketServerFactory):
+    """Shared by every WebSocket connection of a node."""
+
+    protocol = WebSocketConnection
+
+    def __init__(
+        self,
+        gateway: Gateway,
+        origins: OriginPolicy,
+        reactor: IReactorTime,
+        *,
+        max_frame: int,
+        max_message: int,
+        auto_ping: float = 0.0,
+        auto_ping_timeout: float = 10.0,
+        handshake_timeout: float = 10.0,
+        compression: bool = False,
+    ) -> None:
+        super().__init__(reactor=reactor, protocols=[CBOR_SUBPROTOCOL])
+        self.gateway = gateway
+        self.origins = origins
+        self.flusher = Flusher(reactor)
+        self._batched_timer = _ClockTimer(reactor)
+        self.refused_origins = 0
+        options: dict[str, Any] = {
+            "maxFramePayloadSize": max_frame,
+            "maxMessagePayloadSize": max_message,
+            "openHandshakeTimeout": handshake_timeout,
+            "autoPingInterval": auto_ping,
+            "autoPingTimeout": auto_ping_timeout,
+            # the session's error frame says why; the socket then goes quickly
+            "closeHandshakeTimeout": 2,
+            "failByDrop": False,
+        }
+        if compression:
+            options["perMessageCompressionAccept"] = _accept_deflate
+        self.setProtocolOptions(**options)
+
+
+def _accept_deflate(offers: list[Any]) -> Any:
+    for offer in offers:
+        if isinstance(offer, PerMessageDeflateOffer):
+            return PerMessageDeflateOfferAccept(offer)
+    return None
+
+
+class WebSocketPath(WebSocketResource):
+    """``/ws`` in the web site: hands the socket to Autobahn, off the HTTP timers."""
+
+    def __init__(self, factory: WebSocketFactory) -> None:
+        super().__init__(factory)
+        self.factory = factory
+
+    def render(self, request: Any) -> Any:
+        channel = request.channel
+        result = super().render(request)
+        channel.setTimeout(None)  # the HTTP idle timer must not fire on a channel with no socket
+        return result
+
+
+def websocket_resource(
+    gateway: Gateway, config: Any, origins: OriginPolicy, reactor: IReactorTime
+) -> WebSocketPath:
+    """The ``/ws`` resource of a node, with the limits and timers of its config."""
+    max_frame = config.limits.max_frame
+    factory = WebSocketFactory(
+        gateway,
+        origins,
+        reactor,
+        max_frame=config.ws_max_frame or max_frame,
+        max_message=config.ws_max_message or max_frame,
+        auto_ping=config.ws_auto_ping,
+        auto_ping_timeout=config.ws_auto_ping_timeout,
+        handshake_timeout=config.ws_handshake_timeout,
+        compression=config.ws_compression,
+    )
+    return WebSocketPath(factory)

@@ -1,0 +1,1 @@
+"""Static files of the HTTP port: the browser client ``o2obroker.js`` and the demo page."""
