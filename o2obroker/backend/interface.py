@@ -48,6 +48,24 @@ class Receipt:
     status: str | None  # None while the first delivery is still under way
 
 
+@dataclass(frozen=True, slots=True)
+class Presence:
+    """A user's presence as watchers see it (PROTOCOL.md section 5).
+
+    ``devices`` counts the devices that are not invisible, so an invisible user
+    looks exactly like one with no device. ``ts`` (ms since the epoch) is when
+    ``state`` or ``status`` last changed.
+    """
+
+    state: str = "offline"
+    status: str = ""
+    devices: int = 0
+    ts: int = 0
+
+
+OFFLINE = Presence()
+
+
 class IBackend(Interface):
     """Cluster-wide state. Every method returns a Deferred."""
 
@@ -87,3 +105,22 @@ class IBackend(Interface):
 
     def members(room: str) -> Any:
         """Fire with the set of member user ids (empty when the room does not exist)."""
+
+    def set_presence(user: str, presence: Presence) -> Any:
+        """Record the user-level presence of ``user`` (OFFLINE forgets it)."""
+
+    def presence(users: list[str]) -> Any:
+        """Fire with {user: Presence} for every user asked (OFFLINE when unknown)."""
+
+    def watch(watcher: str, users: list[str], cap: int) -> Any:
+        """Add users to the watch list of ``watcher``. Fire with True, or with
+        False and no change when the list would pass ``cap`` users."""
+
+    def unwatch(watcher: str, users: list[str]) -> Any:
+        """Remove users from the watch list of ``watcher``."""
+
+    def watching(watcher: str) -> Any:
+        """Fire with the frozenset of users on the watch list of ``watcher``."""
+
+    def watchers(users: list[str]) -> Any:
+        """Fire with {user: frozenset of watchers}, leaving out users nobody watches."""

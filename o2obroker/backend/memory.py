@@ -11,7 +11,14 @@ from twisted.internet.defer import Deferred, succeed
 from twisted.internet.interfaces import IReactorTime
 from zope.interface import implementer
 
-from o2obroker.backend.interface import IBackend, InboxState, Receipt, StoredMessage
+from o2obroker.backend.interface import (
+    OFFLINE,
+    IBackend,
+    InboxState,
+    Presence,
+    Receipt,
+    StoredMessage,
+)
 
 DAY = 24 * 3600.0
 
@@ -59,6 +66,9 @@ class MemoryBackend:
         self._inboxes: dict[str, _Inbox] = {}
         self._sent: dict[str, dict[str, tuple[Receipt, float]]] = {}
         self._rooms: dict[str, set[str]] = {}
+        self._presence: dict[str, Presence] = {}
+        self._watching: dict[str, set[str]] = {}  # watcher -> users
+        self._watchers: dict[str, set[str]] = {}  # user -> watchers
 
     # -- inbox -------------------------------------------------------------
 
@@ -194,6 +204,52 @@ class MemoryBackend:
 
     def members(self, room: str) -> Deferred[frozenset[str]]:
         return succeed(frozenset(self._rooms.get(room, ())))
+
+    # -- presence ----------------------------------------------------------
+
+    def set_presence(self, user: str, presence: Presence) -> Deferred[None]:
+        if presence.devices == 0 and presence.state == "offline":
+            self._presence.pop(user, None)
+        else:
+            self._presence[user] = presence
+        return succeed(None)
+
+    def presence(self, users: list[str]) -> Deferred[dict[str, Presence]]:
+        known = self._presence
+        return succeed({u: known.get(u, OFFLINE) for u in users})
+
+    def watch(self, watcher: str, users: list[str], cap: int) -> Deferred[bool]:
+        watching = self._watching.get(watcher, set())
+        new = set(users) - watching
+        if len(watching) + len(new) > cap:
+            return succeed(False)
+        if new:
+            self._watching[watcher] = watching | new
+            for user in new:
+                self._watchers.setdefault(user, set()).add(watcher)
+        return succeed(True)
+
+    def unwatch(self, watcher: str, users: list[str]) -> Deferred[None]:
+        watching = self._watching.get(watcher)
+        if watching:
+            for user in users:
+                if user in watching:
+                    watching.discard(user)
+                    watchers = self._watchers[user]
+                    watchers.discard(watcher)
+                    if not watchers:
+                        del self._watchers[user]
+            if not watching:
+                del self._watching[watcher]
+        return succeed(None)
+
+    def watching(self, watcher: str) -> Deferred[frozenset[str]]:
+        return succeed(frozenset(self._watching.get(watcher, ())))
+
+    def watchers(self, users: list[str]) -> Deferred[dict[str, frozenset[str]]]:
+        index = self._watchers
+        # copies: the caller fans out over several reactor turns while lists change
+        return succeed({u: frozenset(index[u]) for u in users if u in index})
 
     # -- for the console and tests ----------------------------------------
 

@@ -1,0 +1,321 @@
+"""Presence (PROTOCOL.md section 5): the user-level rule and the fan-out to watchers.
+
+Presence is pushed, never pulled: devices report their own state, the user's
+actor folds its devices into one user-level state (``UserPresence``), and only
+a change of that state or its status text travels on. The node's
+``PresenceHub`` collects such changes for a short window, so a burst of
+changes of one user reaches its watchers as its last state only (or as
+nothing, when the burst ends where it began), and fans each change out in
+slices of a bounded number of watchers per reactor turn.
+
+Where things live, so that a cluster can move them: the user-level state and
+the watch lists are in the backend (``IBackend.set_presence``, ``watch``,
+``watchers``...); per-device entries live with the user's actor, which owns
+its devices; the hub keeps only the changes of the current window.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from collections.abc import Callable, Iterable, Iterator
+from typing import Any
+
+from twisted.internet.defer import Deferred
+from twisted.internet.interfaces import IDelayedCall, IReactorTime
+from twisted.logger import Logger
+
+from o2obroker.backend.interface import OFFLINE, IBackend, Presence
+from o2obroker.metrics import Stats
+from o2obroker.routing import Router
+from o2obroker.wire import OutFrame
+
+STATES = ("online", "busy", "away", "offline")
+#: how available a state is: the user-level state is its devices' best
+RANK = {"online": 3, "busy": 2, "away": 1, "offline": 0}
+
+
+class DeviceEntry:
+    """One device's own report. ``order`` grows with every report of the user,
+    so the latest report of a state wins its status text; ``until`` is set
+    while a lost device is kept for the grace period."""
+
+    __slots__ = ("order", "state", "status", "until")
+
+    def __init__(self, state: str, status: str, order: int) -> None:
+        self.state = state
+        self.status = status
+        self.order = order
+        self.until: float | None = None
+
+
+def aggregate(entries: Iterable[DeviceEntry]) -> tuple[str, str, int]:
+    """The user-level (state, status, visible device count) of PROTOCOL.md section 5.
+
+    Offline when no device is there or every one is invisible; else the most
+    available state (online > busy > away), with the status text of the
+    device that last reported that state. Invisible devices are not counted,
+    so an invisible user cannot be told from an absent one.
+    """
+    best: DeviceEntry | None = None
+    best_rank = 0
+    count = 0
+    for entry in entries:
+        rank = RANK[entry.state]
+        if rank == 0:
+            continue
+        count += 1
+        if rank > best_rank or (rank == best_rank and entry.order > best.order):  # type: ignore[union-attr]
+            best, best_rank = entry, rank
+    if best is None:
+        return "offline", "", 0
+    return best.state, best.status, count
+
+
+def presence_frame(user: str, presence: Presence) -> dict[str, Any]:
+    return {
+        "t": "presence",
+        "user": user,
+        "state": presence.state,
+        "status": presence.status,
+        "ts": presence.ts,
+        "devices": presence.devices,
+    }
+
+
+class UserPresence:
+    """The presence of one user's devices on this node, owned by the user's actor.
+
+    Every method is called from the actor's handlers, so one user's changes
+    are serialised. ``wake`` is how a grace-period timer gets back into the
+    actor's mailbox: the timer never touches the entries itself.
+    """
+
+    __slots__ = ("_call", "_order", "entries", "hub", "published", "user", "wake")
+
+    def __init__(self, user: str, hub: PresenceHub, wake: Callable[[], None]) -> None:
+        self.user = user
+        self.hub = hub
+        self.wake = wake
+        self.entries: dict[str, DeviceEntry] = {}
+        self.published: Presence = OFFLINE
+        self._order = 0
+        self._call: IDelayedCall | None = None
+
+    @property
+    def lingering(self) -> bool:
+        """Whether a lost device is still kept for its grace period."""
+        return self._call is not None
+
+    def attached(self, device: str, state: str = "online", status: str = "") -> None:
+        """A device got its welcome: it counts from now on (a device back within
+        its grace period just takes its old place)."""
+        self._order += 1
+        self.entries[device] = DeviceEntry(state, status, self._order)
+        self._update()
+
+    def report(self, device: str, state: str, status: str) -> None:
+        """A device reported its own presence."""
+        entry = self.entries.get(device)
+        if entry is None or entry.until is not None:
+            return
+        self._order += 1
+        entry.state, entry.status, entry.order = state, status, self._order
+        self._update()
+
+    def detached(self, device: str, linger: bool) -> None:
+        """A device is gone. With ``linger`` (the link dropped) it is kept for the
+        hub's grace period, so a quick reconnect shows nothing to watchers."""
+        entry = self.entries.get(device)
+        if entry is None:
+            return
+        hub = self.hub
+        if linger and hub.grace > 0 and not hub.naive and hub.running:
+            entry.until = hub.clock.seconds() + hub.grace
+            if self._call is None:
+                self._call = hub.clock.callLater(hub.grace, self._expired)
+                hub.lingering.add(self)
+            return
+        del self.entries[device]
+        self._update()
+
+    def _expired(self) -> None:
+        self._call = None
+        self.hub.lingering.discard(self)
+        self.wake()
+
+    def expire(self) -> None:
+        """Drop the devices whose grace period is over (from the actor's mailbox)."""
+        now = self.hub.clock.seconds()
+        gone = [n for n, e in self.entries.items() if e.until is not None and e.until <= now]
+        for name in gone:
+            del self.entries[name]
+        later = [e.until for e in self.entries.values() if e.until is not None]
+        if later and self._call is None and self.hub.running:
+            self._call = self.hub.clock.callLater(max(0.0, min(later) - now), self._expired)
+            self.hub.lingering.add(self)
+        if gone:
+            self._update()
+
+    def stop(self) -> None:
+        """The node stops: drop the grace timer (the entries go with the process)."""
+        if self._call is not None and self._call.active():
+            self._call.cancel()
+        self._call = None
+
+    def _update(self) -> None:
+        state, status, count = aggregate(self.entries.values())
+        old = self.published
+        changed = state != old.state or status != old.status
+        if not changed and count == old.devices and not self.hub.naive:
+            return
+        ts = self.hub.now_ms() if changed else old.ts
+        new = self.published = Presence(state, status, count, ts)
+        self.hub.record(self.user, old, new, changed)
+
+
+class PresenceHub:
+    """Records user-level changes and fans them out to watchers, coalesced and sliced.
+
+    ``window`` seconds of changes are gathered before the watchers are looked
+    up, one backend call for all the changed users; a user that changed
+    several times in the window is sent once, with its last state, and not at
+    all when it ended where it started. Deliveries are queued to the watchers'
+    actors, at most ``slice_size`` per reactor turn.
+
+    ``naive`` is the baseline the benchmark measures against: no grace
+    period, no coalescing, every device event sent to every watcher at once.
+    """
+
+    log = Logger()
+
+    def __init__(
+        self,
+        backend: IBackend,
+        router: Router,
+        clock: IReactorTime,
+        *,
+        window: float = 0.5,
+        grace: float = 20.0,
+        watch_cap: int = 1000,
+        slice_size: int = 1000,
+        naive: bool = False,
+        stats: Stats | None = None,
+    ) -> None:
+        self.backend = backend
+        self.router = router
+        self.clock = clock
+        self.window = window
+        self.grace = grace
+        self.watch_cap = watch_cap
+        self.slice_size = slice_size
+        self.naive = naive
+        self.stats = stats or Stats()
+        # user -> (state watchers last heard of, latest state), for this window
+        self._pending: dict[str, tuple[Presence, Presence]] = {}
+        self._timer: IDelayedCall | None = None
+        self._work: deque[tuple[OutFrame, Iterator[str]]] = deque()
+        self._pump_call: IDelayedCall | None = None
+        # users whose actor waits for a grace period to end, so that stop() ends them
+        self.lingering: set[UserPresence] = set()
+        self.running = True
+
+    def now_ms(self) -> int:
+        return int(self.clock.seconds() * 1000)
+
+    # -- from the users' actors ---------------------------------------------
+
+    def record(self, user: str, old: Presence, new: Presence, changed: bool) -> None:
+        """A user's presence record changed; ``changed`` when watchers must hear of it."""
+        self.backend.set_presence(user, new).addErrback(
+            lambda f: self.log.failure("recording presence of {user}", f, user=user)
+        )
+        if not changed and not self.naive or not self.running:
+            return
+        if self.naive:
+            self._look_up({user: new})
+            return
+        held = self._pending.get(user)
+        if held is not None:
+            self.stats.presence_coalesced += 1
+            self._pending[user] = (held[0], new)
+            return
+        self._pending[user] = (old, new)
+        if self._timer is None:
+            self._timer = self.clock.callLater(self.window, self._flush)
+
+    def _flush(self) -> None:
+        self._timer = None
+        pending, self._pending = self._pending, {}
+        changes = {}
+        for user, (before, after) in pending.items():
+            if before.state == after.state and before.status == after.status:
+                self.stats.presence_coalesced += 1  # a burst that ended where it began
+            else:
+                changes[user] = after
+        if changes:
+            self._look_up(changes)
+
+    def _look_up(self, changes: dict[str, Presence]) -> None:
+        d = self.backend.watchers(list(changes))
+        d.addCallback(self._queue, changes)
+        d.addErrback(lambda f: self.log.failure("looking up watchers", f))
+
+    def _queue(self, watchers: dict[str, frozenset[str]], changes: dict[str, Presence]) -> None:
+        for user, presence in changes.items():
+            those = watchers.get(user)
+            if those:
+                self._work.append((OutFrame(presence_frame(user, presence)), iter(those)))
+        if self._work and self._pump_call is None:
+            self._pump()
+
+    def _pump(self) -> None:
+        """Hand up to ``slice_size`` deliveries to watchers' actors, then yield the turn."""
+        self._pump_call = None
+        budget = self.slice_size
+        work = self._work
+        actors = self.router.actors
+        while work and budget > 0:
+            out, watchers = work[0]
+            for watcher in watchers:
+                actor = actors.get(watcher)
+                if actor is not None and actor.devices:
+                    actor.tell(("presence_out", out))
+                budget -= 1
+                if budget == 0:
+                    break
+            else:
+                work.popleft()
+        if work:
+            self._pump_call = self.clock.callLater(0, self._pump)
+
+    def stop(self) -> None:
+        """Cancel every timer of presence; changes from now on are only recorded."""
+        self.running = False
+        for call in (self._timer, self._pump_call):
+            if call is not None and call.active():
+                call.cancel()
+        self._timer = self._pump_call = None
+        self._work.clear()
+        self._pending.clear()
+        for user in list(self.lingering):
+            user.stop()
+        self.lingering.clear()
+
+    # -- look-ups served from the broker's state ------------------------------
+
+    def lookup(self, users: list[str]) -> Deferred[dict[str, Presence]]:
+        """The presence of each user, as the HTTP API and probes answer it."""
+        return self.backend.presence(users)
+
+    def room_presence(self, room: str) -> Deferred[dict[str, int]]:
+        """How many of a room's members are in each state (offline included)."""
+
+        def count(found: dict[str, Presence]) -> dict[str, int]:
+            counts = dict.fromkeys(STATES, 0)
+            for presence in found.values():
+                counts[presence.state] += 1
+            return counts
+
+        d = self.backend.members(room)
+        d.addCallback(lambda members: self.backend.presence(sorted(members)))
+        return d.addCallback(count)
