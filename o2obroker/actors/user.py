@@ -1,0 +1,484 @@
+"""UserActor: everything that happens to one user on this node, one thing at a time."""
+
+from __future__ import annotations
+
+import itertools
+import os
+from typing import Any, ClassVar
+
+from twisted.internet.defer import Deferred, gatherResults
+from twisted.internet.interfaces import IReactorTime
+from zope.interface import Attribute, Interface
+
+from o2obroker.actors.actor import Actor, Message, Scheduler
+from o2obroker.actors.presence import PresenceHub, UserPresence, presence_frame
+from o2obroker.backend.interface import IBackend, InboxState, Receipt, StoredMessage
+from o2obroker.routing import Envelope, Router
+from o2obroker.wire import MessageTemplate, OutFrame
+
+BACKLOG_PAGE = 500
+
+
+class IDevice(Interface):
+    """One connected device of a user, as its actor sees it (a session)."""
+
+    user = Attribute("The authenticated user id.")
+    device = Attribute("The device name, unique per user.")
+    kind = Attribute("'mobile' or 'web'.")
+    cursor = Attribute("Highest seq this device has acknowledged or been resumed at.")
+
+    def welcome(last: int, resumed: bool) -> None:
+        """The device is attached: send the welcome frame."""
+
+    def send_msgs(items: list[tuple[int, MessageTemplate]]) -> None:
+        """Write msg frames (seq, template) to the device, in order."""
+
+    def send_frame(frame: dict[str, Any]) -> None:
+        """Write one server frame."""
+
+    def send_presence(out: OutFrame) -> None:
+        """Write one presence frame, encoded once for all the watchers it goes to."""
+
+    def receipt(send_id: str, receipt: Receipt) -> None:
+        """Answer a send."""
+
+    def replaced() -> None:
+        """Another connection took this device's name: close with 409."""
+
+    def may_join(room: str) -> bool:
+        """Whether the device's credentials allow joining ``room``."""
+
+
+def template_of(message: StoredMessage) -> MessageTemplate:
+    """The cached encodings of a stored message, made once where missing."""
+    template = message.template
+    if template is None:
+        template = MessageTemplate(message.fields)
+        object.__setattr__(message, "template", template)
+    return template
+
+
+class MidSource:
+    """Message ids unique across a cluster: node, process incarnation, counter."""
+
+    def __init__(self, node_id: str) -> None:
+        self._prefix = f"{node_id}.{os.urandom(4).hex()}."
+        self._count = itertools.count(1)
+
+    def __call__(self) -> str:
+        return f"{self._prefix}{next(self._count):x}"
+
+
+class UserActor(Actor):
+    """Owns one user's devices on this node and serialises what happens to them.
+
+    Sends from the user's devices are claimed (deduplicated by id) and routed
+    in batches; messages for the user are stored in its inbox in batches and
+    written to every live device, each in its own encoding, from templates
+    encoded once. Connections never hold user state: a device handle is only a
+    way to reach a connection.
+    """
+
+    batched: ClassVar[frozenset[str]] = frozenset(
+        {"deliver", "submit", "receipt", "ack", "presence", "presence_out"}
+    )
+    handlers: ClassVar[dict[str, str]] = {
+        "deliver": "_on_deliver",
+        "submit": "_on_submit",
+        "receipt": "_on_receipt",
+        "ack": "_on_ack",
+        "attach": "_on_attach",
+        "detach": "_on_detach",
+        "join": "_on_join",
+        "leave": "_on_leave",
+        "presence": "_on_presence",
+        "presence_out": "_on_presence_out",
+        "presence_expire": "_on_presence_expire",
+        "watch": "_on_watch",
+        "unwatch": "_on_unwatch",
+        "probe": "_on_probe",
+    }
+
+    __slots__ = (
+        "_clock",
+        "_inflight",
+        "_mids",
+        "_router",
+        "backend",
+        "devices",
+        "presence",
+        "user",
+    )
+
+    def __init__(
+        self,
+        user: str,
+        scheduler: Scheduler,
+        router: Router,
+        clock: IReactorTime,
+        mids: MidSource,
+        presence: PresenceHub | None = None,
+    ) -> None:
+        super().__init__(scheduler)
+        hub = presence or PresenceHub(router.backend, router, clock)
+        self.presence = UserPresence(user, hub, lambda: self.tell(("presence_expire",)))
+        self.user = user
+        self.backend: IBackend = router.backend
+        self.devices: dict[str, Any] = {}
+        self._router = router
+        self._clock = clock
+        self._mids = mids
+        # send id -> (receipt, devices waiting for it) while its delivery is under way
+        self._inflight: dict[str, tuple[Receipt, list[Any]]] = {}
+
+    def __repr__(self) -> str:
+        return f"<UserActor {self.user} devices={sorted(self.devices)}>"
+
+    # -- the messages, for sessions and the router -------------------------
+
+    def deliver(self, envelope: Envelope) -> None:
+        self.tell(("deliver", envelope))
+
+    def submit(self, device: Any, send: Any) -> None:
+        self.tell(("submit", device, send))
+
+    def attach(self, device: Any, resume_last: int | None) -> None:
+        self.tell(("attach", device, resume_last))
+
+    def detach(self, device: Any, linger: bool = False) -> None:
+        """The device is gone; with ``linger`` (its link dropped) its presence
+        stays for the grace period, in case it comes straight back."""
+        self.tell(("detach", device, linger))
+
+    def ack(self, device: Any, seq: int) -> None:
+        self.tell(("ack", device, seq))
+
+    def join(self, device: Any, room: str) -> None:
+        self.tell(("join", device, room))
+
+    def leave(self, device: Any, room: str) -> None:
+        self.tell(("leave", device, room))
+
+    def report(self, device: Any, state: str, status: str) -> None:
+        self.tell(("presence", device, state, status))
+
+    def watch(self, device: Any, users: list[str]) -> None:
+        self.tell(("watch", device, users))
+
+    def unwatch(self, device: Any, users: list[str]) -> None:
+        self.tell(("unwatch", device, users))
+
+    def probe(self, device: Any, users: list[str]) -> None:
+        self.tell(("probe", device, users))
+
+    # -- incoming messages ------------------------------------------------
+
+    def _on_deliver(self, batch: list[Message]) -> Deferred[None]:
+        envelopes = [m[1] for m in batch]
+        d = self.backend.append(self.user, [e.message for e in envelopes])
+        return d.addCallback(self._write_delivered, envelopes)
+
+    def _write_delivered(self, seqs: list[int], envelopes: list[Envelope]) -> None:
+        devices = self.devices
+        written = [False] * len(envelopes)
+        if devices:
+            pairs = [
+                (seq, template_of(e.message), e) for seq, e in zip(seqs, envelopes, strict=True)
+            ]
+            for name, device in devices.items():
+                if not device.live:
+                    continue
+                items = []
+                for i, (seq, template, e) in enumerate(pairs):
+                    if e.exclude_device == name and e.sender == self.user:
+                        continue
+                    items.append((seq, template))
+                    written[i] = True
+                if items:
+                    device.send_msgs(items)
+        for e, w in zip(envelopes, written, strict=True):
+            e.done("delivered" if w else "stored")
+
+    def _on_submit(self, batch: list[Message]) -> Deferred[None]:
+        ts = int(self._clock.seconds() * 1000)
+        user = self.user
+        accepted: list[tuple[Any, Any, Receipt]] = []
+        for _, device, send in batch:
+            mid = self._mids()
+            accepted.append((device, send, Receipt(mid, ts, None)))
+        d = self.backend.claim(user, [(send.id, r) for _, send, r in accepted])
+        return d.addCallback(self._route_claimed, accepted)
+
+    def _route_claimed(self, kept: list[Receipt | None], accepted: list[Any]) -> Any:
+        rooms = {send.room for _, send, _ in accepted if send.room is not None}
+        if not rooms:
+            self._route(kept, accepted, {})
+            return None
+        names = sorted(rooms)
+        d = gatherResults([self.backend.members(r) for r in names])
+        return d.addCallback(
+            lambda found: self._route(kept, accepted, dict(zip(names, found, strict=True)))
+        )
+
+    def _route(
+        self,
+        kept: list[Receipt | None],
+        accepted: list[tuple[Any, Any, Receipt]],
+        members: dict[str, frozenset[str]],
+    ) -> None:
+        for (device, send, receipt), old in zip(accepted, kept, strict=True):
+            if old is not None:
+                self._repeat(device, send, old)
+                continue
+            self._dispatch(device, send, receipt, members)
+
+    def _dispatch(
+        self, device: Any, send: Any, receipt: Receipt, members: dict[str, frozenset[str]]
+    ) -> None:
+        user = self.user
+        if send.room is not None:
+            room_members = members.get(send.room, frozenset())
+            if not room_members:
+                device.send_frame(_error(404, "no such room", send.id))
+                return
+            # a back-end service (the HTTP API's publish) may publish to any room
+            if user not in room_members and not getattr(device, "service", False):
+                device.send_frame(_error(403, "not a member of this room", send.id))
+                return
+            fields = {
+                "t": "msg",
+                "mid": receipt.mid,
+                "from": user,
+                "from_device": device.device,
+                "room": send.room,
+                "body": send.body,
+                "ts": receipt.ts,
+            }
+        else:
+            room_members = None
+            fields = {
+                "t": "msg",
+                "mid": receipt.mid,
+                "from": user,
+                "from_device": device.device,
+                "to": send.to,
+                "body": send.body,
+                "ts": receipt.ts,
+            }
+        message = StoredMessage(receipt.mid, receipt.ts, fields, MessageTemplate(fields))
+        self._inflight[send.id] = (receipt, [device])
+        # only a room message skips the device that sent it
+        skip = device.device if room_members is not None else None
+        envelope = Envelope(message, user, send.id, self._settled, skip)
+        if room_members is None:
+            self._router.deliver(send.to, envelope)
+        else:
+            self._router.deliver_many(room_members, envelope)
+
+    def _repeat(self, device: Any, send: Any, old: Receipt) -> None:
+        """A send id seen before: answer with the first receipt, deliver nothing again."""
+        if old.status is not None:
+            device.receipt(send.id, old)
+            return
+        inflight = self._inflight.get(send.id)
+        if inflight is not None:
+            inflight[1].append(device)
+            return
+        # Claimed but never settled: the node that took it may have died before
+        # storing it. Deliver again under the same mid; clients drop duplicates.
+        if send.room is None:
+            self._dispatch(device, send, old, {})
+        else:
+            d = self.backend.members(send.room)
+            d.addCallback(lambda m: self._dispatch(device, send, old, {send.room: m}))
+
+    def _settled(self, send_id: str, status: str) -> None:
+        self.tell(("receipt", send_id, status))
+
+    def _on_receipt(self, batch: list[Message]) -> None:
+        statuses = {}
+        for _, send_id, status in batch:
+            statuses[send_id] = status
+            inflight = self._inflight.pop(send_id, None)
+            if inflight is None:
+                continue
+            receipt = Receipt(inflight[0].mid, inflight[0].ts, status)
+            for device in inflight[1]:
+                device.receipt(send_id, receipt)
+        self.backend.settle(self.user, statuses).addErrback(
+            lambda f: self.log.failure("settling receipts of {user}", f, user=self.user)
+        )
+
+    def _on_ack(self, batch: list[Message]) -> None:
+        highest: dict[Any, int] = {}
+        for _, device, seq in batch:
+            if seq > highest.get(device, -1):
+                highest[device] = seq
+        for device, seq in highest.items():
+            if seq <= device.cursor:
+                continue  # an ack below the cursor is ignored
+            device.cursor = seq
+            self.backend.ack(self.user, device.device, seq).addCallbacks(
+                _set_cursor(device),
+                lambda f: self.log.failure("ack of {user}", f, user=self.user),
+            )
+
+    def _on_attach(self, message: Message) -> Deferred[None]:
+        _, device, resume_last = message
+        old = self.devices.pop(device.device, None)
+        if old is not None and old is not device:
+            old.replaced()
+        user = self.user
+        if resume_last is not None:
+            d: Deferred[int] = self.backend.ack(user, device.device, resume_last)
+        else:
+            d = self.backend.cursor(user, device.device).addCallback(
+                lambda cursor: self.backend.ack(user, device.device, cursor)
+            )
+
+        def with_cursor(cursor: int) -> Deferred[None]:
+            return self.backend.inbox_state(user).addCallback(welcome, cursor)
+
+        def welcome(state: InboxState, cursor: int) -> Deferred[None] | None:
+            resumed = state.first <= cursor + 1
+            if resume_last is not None and resume_last > state.last:
+                # the client saw seqs this store never gave: the store was reset
+                resumed = False
+                cursor = 0
+            device.cursor = cursor
+            device.welcome(state.last, resumed)
+            return self._send_backlog(device, cursor)
+
+        return d.addCallback(with_cursor).addCallback(lambda _: self._attached(device))
+
+    def _send_backlog(self, device: Any, after: int) -> Deferred[None] | None:
+        def page(entries: list[tuple[int, StoredMessage]]) -> Deferred[None] | None:
+            if not entries:
+                return None
+            items = [
+                (seq, template_of(m))
+                for seq, m in entries
+                if not _own_room_message(m.fields, self.user, device.device)
+            ]
+            if items:
+                device.send_msgs(items)
+            if len(entries) < BACKLOG_PAGE:
+                return None
+            return self._send_backlog(device, entries[-1][0])
+
+        return self.backend.read(self.user, after, BACKLOG_PAGE).addCallback(page)
+
+    def _attached(self, device: Any) -> None:
+        if getattr(device, "live", True):
+            self.devices[device.device] = device
+            self.presence.attached(
+                device.device,
+                getattr(device, "presence_state", "online"),
+                getattr(device, "presence_status", ""),
+            )
+
+    def _on_detach(self, message: Message) -> None:
+        device = message[1]
+        if self.devices.get(device.device) is device:
+            del self.devices[device.device]
+            self.presence.detached(device.device, message[2] if len(message) > 2 else False)
+
+    def _on_join(self, message: Message) -> Deferred[None] | None:
+        _, device, room = message
+        if not device.may_join(room):
+            device.send_frame(_error(403, "room not allowed by token", None))
+            return None
+
+        def joined(count: int) -> None:
+            device.send_frame({"t": "joined", "room": room, "members": count})
+
+        return self.backend.join(room, self.user).addCallback(joined)
+
+    def _on_leave(self, message: Message) -> Deferred[None]:
+        _, device, room = message
+
+        def left(_: int) -> None:
+            device.send_frame({"t": "left", "room": room})
+
+        return self.backend.leave(room, self.user).addCallback(left)
+
+    # -- presence (PROTOCOL.md section 5; the rules are in presence.py) -------
+
+    def _on_presence(self, batch: list[Message]) -> None:
+        presence = self.presence
+        for _, device, state, status in batch:
+            if self.devices.get(device.device) is device:
+                presence.report(device.device, state, status)
+
+    def _on_presence_expire(self, message: Message) -> None:
+        self.presence.expire()
+
+    def _on_presence_out(self, batch: list[Message]) -> None:
+        """Changes of watched users, fanned out by the hub: to every live device."""
+        outs = [m[1] for m in batch]
+        for device in self.devices.values():
+            if device.live:
+                for out in outs:
+                    device.send_presence(out)
+
+    def _on_watch(self, message: Message) -> Deferred[None]:
+        _, device, users = message
+        hub = self.presence.hub
+
+        def added(ok: bool) -> Deferred[None] | None:
+            if not ok:
+                device.send_frame(
+                    _error(400, f"watch list full: at most {hub.watch_cap} users", None)
+                )
+                return None
+            return self._answer_presence(device, users)
+
+        return self.backend.watch(self.user, users, hub.watch_cap).addCallback(added)
+
+    def _on_unwatch(self, message: Message) -> Deferred[None]:
+        return self.backend.unwatch(self.user, message[2])
+
+    def _on_probe(self, message: Message) -> Deferred[None]:
+        _, device, users = message
+        return self._answer_presence(device, users)
+
+    def _answer_presence(self, device: Any, users: list[str]) -> Deferred[None]:
+        """The current state of each user, from the broker's own state."""
+
+        def answer(found: dict[str, Any]) -> None:
+            for user in dict.fromkeys(users):
+                device.send_presence(OutFrame(presence_frame(user, found[user])))
+
+        return self.presence.hub.lookup(users).addCallback(answer)
+
+    # -- life cycle -------------------------------------------------------
+
+    def idle(self) -> None:
+        if not self.devices and not self._inflight and not self.presence.lingering:
+            self._router.forget(self.user, self)
+
+    def _recover(self) -> None:
+        # device handles stay; anything half-done is answered by the client's
+        # retry (send ids dedupe) or its resume (inbox and cursor)
+        for device in [d for d in self.devices.values() if not getattr(d, "live", True)]:
+            del self.devices[device.device]
+            self.presence.detached(device.device, False)
+
+
+def _error(code: int, reason: str, ref: str | None) -> dict[str, Any]:
+    frame: dict[str, Any] = {"t": "error", "code": code, "reason": reason}
+    if ref is not None:
+        frame["ref"] = ref
+    return frame
+
+
+def _own_room_message(fields: dict[str, Any], user: str, device: str) -> bool:
+    """A device is never sent its own room message, not on resume either."""
+    return "room" in fields and fields["from"] == user and fields["from_device"] == device
+
+
+def _set_cursor(device: Any) -> Any:
+    def set_cursor(cursor: int) -> None:
+        device.cursor = max(device.cursor, cursor)
+
+    return set_cursor

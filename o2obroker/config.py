@@ -1,0 +1,263 @@
+"""Configuration: an ini file, command-line overrides, each key checked with a clear error."""
+
+from __future__ import annotations
+
+import configparser
+import ipaddress
+import re
+from dataclasses import dataclass, field, fields
+from typing import Any
+
+from o2obroker.wire.limits import Limits
+
+
+class ConfigError(ValueError):
+    """A configuration value is missing, unknown or out of range."""
+
+
+@dataclass
+class Config:
+    """Everything a node is built from. Names match the ini keys and the options."""
+
+    tcp: str = "tcp:9100:interface=127.0.0.1"
+    http: str = "tcp:8080:interface=127.0.0.1"
+    auth: str | None = None  # token | none; default: token when a secret is set
+    secret: str | None = None
+    api_key: str | None = None
+    node: str = "n1"
+    hb: int = 30
+    hello_timeout: float = 10.0
+    stall_timeout: float = 30.0
+    inbox_cap: int = 10_000
+    inbox_ttl: float = 7 * 24 * 3600.0
+    dedupe_ttl: float = 600.0
+    # presence (PROTOCOL.md section 5; doc/presence.md)
+    watch_cap: int = 1000  # users on one user's watch list
+    presence_grace: float = 20.0  # seconds a dropped device still counts, for quick reconnects
+    presence_window: float = 0.5  # seconds of changes coalesced before watchers are told
+    presence_naive: bool = False  # benchmark baseline only: no grace, no coalescing, ping all
+    transfer_rate: int = 32768  # bytes/s assumed of a link before its rate is measured
+    # HTTP port (doc/web.md): browser origins allowed, comma-separated, "*" for any;
+    # empty: any with auth token, loopback pages only with auth none.
+    allowed_origins: str = ""
+    ws_max_frame: int = 0  # largest WebSocket frame payload; 0: max_frame
+    ws_max_message: int = 0  # largest WebSocket message, after decompression; 0: max_frame
+    ws_auto_ping: float = 0.0  # seconds between WebSocket-level pings; 0: off
+    ws_auto_ping_timeout: float = 10.0  # close when a WebSocket ping gets no pong in time
+    ws_handshake_timeout: float = 10.0  # to finish the WebSocket opening handshake
+    ws_compression: bool = False  # accept permessage-deflate (CPU, and zlib state per socket)
+    lp_timeout: int = 25  # seconds a long-poll is held; a session expires after twice that
+    request_deadline: float = 30.0  # to deliver a whole HTTP request, however slowly
+    # supervisor (doc/operations.md); a threshold of 0 is off
+    sample_interval: float = 5.0
+    alert_connections: int = 0
+    alert_cpu: float = 90.0
+    alert_memory: float = 90.0
+    alert_clear: float = 0.8  # an alert ends when every metric is under threshold x this
+    alert_cooldown: float = 300.0
+    scale_out_command: str | None = None
+    scale_out_url: str | None = None
+    scale_in_command: str | None = None
+    scale_in_url: str | None = None
+    hook_timeout: float = 30.0
+    scale_in_connections: int = 0
+    scale_in_cpu: float = 10.0
+    scale_in_memory: float = 50.0
+    scale_in_after: float = 600.0
+    hard_connections: int = 0
+    hard_memory: float = 0.0
+    advice_async_above: float = 80.0
+    advice_duplex_below: float = 50.0
+    advice_min_connections: int = 1000
+    drain_rate: float = 200.0
+    # admin console (doc/operations.md): off unless an endpoint is given, loopback only
+    manhole: str | None = None
+    manhole_keys: str | None = None
+    manhole_host_key: str | None = None
+    manhole_telnet: str | None = None
+    manhole_passwd: str | None = None
+    limits: Limits = field(default_factory=Limits)
+
+    @property
+    def auth_mode(self) -> str:
+        if self.auth is not None:
+            return self.auth
+        return "token" if self.secret else "none"
+
+    def check(self) -> None:
+        """Raise ConfigError for any combination that cannot work."""
+        if self.auth not in (None, "token", "none"):
+            raise ConfigError(f"auth: must be 'token' or 'none', not {self.auth!r}")
+        if self.auth_mode == "token" and not self.secret:
+            raise ConfigError("auth: 'token' needs a secret (secret = ... or --secret)")
+        if self.hb < 1:
+            raise ConfigError(f"hb: must be at least 1 second, not {self.hb}")
+        for name in ("hello_timeout", "stall_timeout", "inbox_ttl", "dedupe_ttl"):
+            if getattr(self, name) <= 0:
+                raise ConfigError(f"{name}: must be positive")
+        for name in ("ws_auto_ping_timeout", "ws_handshake_timeout", "request_deadline"):
+            if getattr(self, name) <= 0:
+                raise ConfigError(f"{name}: must be positive")
+        for name in ("ws_max_frame", "ws_max_message", "ws_auto_ping"):
+            if getattr(self, name) < 0:
+                raise ConfigError(f"{name}: must be 0 (default) or positive")
+        if self.lp_timeout < 1:
+            raise ConfigError(f"lp_timeout: must be at least 1 second, not {self.lp_timeout}")
+        if self.inbox_cap < 1:
+            raise ConfigError("inbox_cap: must be at least 1")
+        if self.watch_cap < 1:
+            raise ConfigError(f"watch_cap: must be at least 1, not {self.watch_cap}")
+        if self.presence_grace < 0:
+            raise ConfigError(f"presence_grace: must not be negative, not {self.presence_grace}")
+        if not 0 < self.presence_window <= 60:
+            raise ConfigError(
+                f"presence_window: must be above 0 and at most 60 seconds, not {self.presence_window}"
+            )
+        if self.transfer_rate < 1:
+            raise ConfigError(f"transfer_rate: must be at least 1 byte/s, not {self.transfer_rate}")
+        if not self.node or "/" in self.node:
+            raise ConfigError(f"node: {self.node!r} is not a valid node id")
+        _check_supervisor(self)
+        _check_console(self)
+
+
+def _check_supervisor(c: Config) -> None:
+    for name in ("sample_interval", "hook_timeout", "drain_rate"):
+        if getattr(c, name) <= 0:
+            raise ConfigError(f"{name}: must be positive")
+    for name in (
+        "alert_connections",
+        "alert_cpu",
+        "alert_cooldown",
+        "scale_in_connections",
+        "scale_in_cpu",
+        "scale_in_after",
+        "hard_connections",
+        "advice_min_connections",
+    ):
+        if getattr(c, name) < 0:
+            raise ConfigError(f"{name}: must be 0 or positive, not {getattr(c, name)}")
+    for name in ("alert_memory", "scale_in_memory", "hard_memory"):
+        if not 0 <= getattr(c, name) <= 100:
+            raise ConfigError(f"{name}: a percentage of system memory, 0 to 100")
+    if not 0 < c.alert_clear <= 1:
+        raise ConfigError("alert_clear: a fraction of each threshold, above 0 and up to 1")
+    if not -100 <= c.advice_duplex_below <= c.advice_async_above <= 100:
+        raise ConfigError(
+            "advice_duplex_below, advice_async_above: need -100 <= duplex_below "
+            "<= async_above <= 100 (occupancy P in %)"
+        )
+    if c.hard_connections and c.hard_connections < c.alert_connections:
+        raise ConfigError("hard_connections: must not be below alert_connections")
+    for hook in ("scale_out", "scale_in"):
+        command, url = getattr(c, f"{hook}_command"), getattr(c, f"{hook}_url")
+        if command and url:
+            raise ConfigError(f"{hook}_command, {hook}_url: give one of them, not both")
+        if url and not url.startswith(("http://", "https://")):
+            raise ConfigError(f"{hook}_url: must be an http:// or https:// URL, not {url!r}")
+
+
+def _check_console(c: Config) -> None:
+    if c.manhole:
+        if not c.manhole_keys:
+            raise ConfigError(
+                "manhole: needs manhole_keys (--manhole-keys), an authorized_keys file; "
+                "a console without keys is refused"
+            )
+        if not local_endpoint(c.manhole):
+            raise ConfigError(
+                f"manhole: {c.manhole!r} is not on loopback; add interface=127.0.0.1 "
+                "and reach it from elsewhere through an SSH tunnel"
+            )
+    if c.manhole_telnet:
+        if not c.manhole_passwd:
+            raise ConfigError("manhole_telnet: needs manhole_passwd, a passwd(5)-style file")
+        if not local_endpoint(c.manhole_telnet):
+            raise ConfigError(
+                f"manhole_telnet: {c.manhole_telnet!r} is not on loopback; telnet is "
+                "plain text and only ever listens on 127.0.0.1 or ::1"
+            )
+
+
+def local_endpoint(description: str) -> bool:
+    """Whether a server endpoint description listens on loopback only.
+
+    ``tcp:``/``tcp6:`` need an ``interface=`` in 127.0.0.0/8 or ::1 (no
+    interface means every interface); ``unix:`` sockets are local by nature.
+    """
+    parts = [p.replace("\\:", ":") for p in re.split(r"(?<!\\):", description)]
+    kind = parts[0].lower()
+    if kind == "unix":
+        return True
+    if kind not in ("tcp", "tcp6"):
+        return False
+    for part in parts[1:]:
+        key, _, value = part.partition("=")
+        if key == "interface":
+            try:
+                return ipaddress.ip_address(value).is_loopback
+            except ValueError:
+                return value == "localhost"
+    return False
+
+
+_LIMIT_KEYS = {f.name for f in fields(Limits)}
+_TOP_KEYS = {f.name for f in fields(Config)} - {"limits"}
+
+
+def _convert(name: str, raw: str, like: Any) -> Any:
+    if like is None or isinstance(like, str):
+        return raw
+    try:
+        if isinstance(like, bool):
+            return raw.strip().lower() in ("1", "yes", "true", "on")
+        if isinstance(like, int):
+            return int(raw)
+        if isinstance(like, float):
+            return float(raw)
+    except ValueError:
+        raise ConfigError(f"{name}: {raw!r} is not a {type(like).__name__}") from None
+    return raw
+
+
+def load(path: str | None = None, overrides: dict[str, Any] | None = None) -> Config:
+    """Build a Config from an ini file's ``[broker]`` and ``[limits]`` sections,
+    then apply ``overrides`` (command-line values; None means not given)."""
+    config = Config()
+    limit_values: dict[str, Any] = {}
+    if path is not None:
+        parser = configparser.ConfigParser(interpolation=None)
+        try:
+            with open(path, encoding="utf-8") as f:
+                parser.read_file(f)
+        except OSError as e:
+            raise ConfigError(f"config: cannot read {path}: {e.strerror}") from None
+        except configparser.Error as e:
+            raise ConfigError(f"config: {path}: {e}") from None
+        for section in parser.sections():
+            if section not in ("broker", "limits"):
+                raise ConfigError(f"config: unknown section [{section}] in {path}")
+        for key, raw in parser.items("broker") if parser.has_section("broker") else []:
+            if key not in _TOP_KEYS:
+                raise ConfigError(f"[broker] {key}: unknown key")
+            setattr(config, key, _convert(key, raw, getattr(Config(), key)))
+        for key, raw in parser.items("limits") if parser.has_section("limits") else []:
+            if key not in _LIMIT_KEYS:
+                raise ConfigError(f"[limits] {key}: unknown key")
+            limit_values[key] = _convert(key, raw, getattr(Limits(), key))
+    for key, value in (overrides or {}).items():
+        if value is None:
+            continue
+        if key in _LIMIT_KEYS:
+            limit_values[key] = _convert(key, str(value), getattr(Limits(), key))
+        elif key in _TOP_KEYS:
+            setattr(config, key, _convert(key, str(value), getattr(Config(), key)))
+        else:
+            raise ConfigError(f"{key}: unknown setting")
+    if limit_values:
+        try:
+            config.limits = Limits(**limit_values)
+        except ValueError as e:
+            raise ConfigError(f"[limits]: {e}") from None
+    config.check()
+    return config

@@ -1,0 +1,130 @@
+"""Prometheus metrics of a node, read from plain counters at scrape time.
+
+Hot paths count with plain ``int`` attributes (``stats.msgs_in += n``), which
+costs nothing measurable; this collector turns them into Prometheus families
+only when ``/metrics`` is scraped. Each node has its own registry, so tests can
+build many nodes in one process.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Callable, Iterable
+from typing import Any
+
+from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+
+
+class Stats:
+    """Plain counters, bumped where things happen."""
+
+    __slots__ = (
+        "errors",
+        "frames_in",
+        "msgs_in",
+        "msgs_out",
+        "pings_saved_live",
+        "pings_saved_transfer",
+        "pings_sent",
+        "presence_bytes",
+        "presence_coalesced",
+        "presence_frames",
+        "receipts",
+    )
+
+    def __init__(self) -> None:
+        self.frames_in = 0
+        self.msgs_in = 0  # sends accepted
+        self.msgs_out = 0  # msg frames written to devices
+        self.receipts: Counter[str] = Counter()  # by status
+        self.errors: Counter[int] = Counter()  # error frames sent, by code
+        # presence load (PROTOCOL.md section 5)
+        self.presence_frames = 0  # presence frames written to devices
+        self.presence_bytes = 0  # their encoded size
+        self.presence_coalesced = 0  # changes never sent: superseded within a window
+        self.pings_sent = 0
+        self.pings_saved_live = 0  # heartbeat probes not needed: the device had spoken
+        self.pings_saved_transfer = 0  # probes held back during a large transfer
+
+
+class NodeCollector:
+    """Exports a node's Stats and gauges. ``gauges`` maps a metric name to
+    (help text, callable returning a number or a {label value: number} dict, label name)."""
+
+    def __init__(self, stats: Stats) -> None:
+        self.stats = stats
+        self.gauges: dict[str, tuple[str, Callable[[], Any], str | None]] = {}
+        self.counters: dict[str, tuple[str, Callable[[], Any], str]] = {}
+
+    def add_gauge(
+        self, name: str, doc: str, read: Callable[[], Any], label: str | None = None
+    ) -> None:
+        self.gauges[name] = (doc, read, label)
+
+    def add_counter(self, name: str, doc: str, read: Callable[[], Any], label: str) -> None:
+        """A labelled counter read at scrape time: ``read`` returns {label value: count}."""
+        self.counters[name] = (doc, read, label)
+
+    def collect(self) -> Iterable[Metric]:
+        s = self.stats
+        yield _counter("o2o_frames_in", "Frames received from clients.", s.frames_in)
+        yield _counter("o2o_messages_in", "Sends accepted.", s.msgs_in)
+        yield _counter("o2o_messages_out", "msg frames written to devices.", s.msgs_out)
+        receipts = CounterMetricFamily("o2o_receipts", "Receipts by status.", labels=["status"])
+        for status, n in sorted(s.receipts.items()):
+            receipts.add_metric([status], n)
+        yield receipts
+        yield _counter(
+            "o2o_presence_frames", "Presence frames written to devices.", s.presence_frames
+        )
+        yield _counter(
+            "o2o_presence_bytes", "Encoded bytes of presence frames written.", s.presence_bytes
+        )
+        yield _counter(
+            "o2o_presence_coalesced",
+            "Presence changes superseded within a window and never sent.",
+            s.presence_coalesced,
+        )
+        yield _counter("o2o_pings_sent", "Heartbeat pings sent.", s.pings_sent)
+        pings_saved = CounterMetricFamily(
+            "o2o_pings_saved", "Heartbeat pings not sent, by rule.", labels=["rule"]
+        )
+        pings_saved.add_metric(["liveness"], s.pings_saved_live)
+        pings_saved.add_metric(["transfer"], s.pings_saved_transfer)
+        yield pings_saved
+        errors = CounterMetricFamily("o2o_errors", "Error frames sent, by code.", labels=["code"])
+        for code, n in sorted(s.errors.items()):
+            errors.add_metric([str(code)], n)
+        yield errors
+        for name, (doc, read, label) in self.counters.items():
+            c = CounterMetricFamily(name, doc, labels=[label])
+            for key, v in sorted(read().items()):
+                c.add_metric([str(key)], v)
+            yield c
+        for name, (doc, read, label) in self.gauges.items():
+            value = read()
+            if label is None:
+                yield GaugeMetricFamily(name, doc, value=value)
+            else:
+                g = GaugeMetricFamily(name, doc, labels=[label])
+                for key, v in sorted(value.items()):
+                    g.add_metric([str(key)], v)
+                yield g
+
+
+def _counter(name: str, doc: str, value: float) -> CounterMetricFamily:
+    return CounterMetricFamily(name, doc, value=value)
+
+
+class Metrics:
+    """A node's registry: ``render()`` is the body of ``GET /metrics``."""
+
+    def __init__(self) -> None:
+        self.stats = Stats()
+        self.collector = NodeCollector(self.stats)
+        self.registry = CollectorRegistry(auto_describe=False)
+        self.registry.register(self.collector)
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)

@@ -1,0 +1,88 @@
+"""Who is this? HS256 JWTs in production, a plain user id in development."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import jwt
+
+from o2obroker.wire import ProtocolError
+from o2obroker.wire.frames import Hello, valid_user
+from o2obroker.wire.limits import Limits
+
+
+@dataclass(frozen=True, slots=True)
+class Identity:
+    """An authenticated user and what its credentials allow."""
+
+    user: str
+    rooms: frozenset[str] | None = None  # None: any room
+
+    def may_join(self, room: str) -> bool:
+        return self.rooms is None or room in self.rooms
+
+
+class Authenticator:
+    """Checks a hello's credentials; raises ProtocolError 401 when they fail.
+
+    ``mode`` is ``token`` (a JWT signed with ``secret``: ``sub`` names the
+    user, ``exp`` is honoured, ``rooms`` limits joins) or ``none``, where a
+    hello names its user and nothing is checked.
+    """
+
+    def __init__(self, mode: str, secret: str | None, limits: Limits) -> None:
+        if mode not in ("token", "none"):
+            raise ValueError(f"auth must be 'token' or 'none', not {mode!r}")
+        if mode == "token" and not secret:
+            raise ValueError("auth 'token' needs a secret")
+        self.mode = mode
+        self._secret = secret
+        self._limits = limits
+
+    def authenticate(self, hello: Hello) -> Identity:
+        if self.mode == "none":
+            user = hello.user
+            if user is None and hello.token is not None and self._secret:
+                return self._from_token(hello.token, hello.user)
+            if user is None:
+                raise ProtocolError(401, "hello needs a user (auth is none) or a token", fatal=True)
+            return Identity(user)
+        if hello.token is None:
+            raise ProtocolError(401, "hello needs a token", fatal=True)
+        return self._from_token(hello.token, hello.user)
+
+    def _from_token(self, token: str, claimed: str | None) -> Identity:
+        try:
+            claims = jwt.decode(
+                token,
+                self._secret,
+                algorithms=["HS256"],
+                options={"require": ["sub"]},
+            )
+        except jwt.ExpiredSignatureError:
+            raise ProtocolError(401, "token expired", fatal=True) from None
+        except jwt.PyJWTError as e:
+            raise ProtocolError(401, f"bad token: {e}", fatal=True) from None
+        user = claims.get("sub")
+        if not isinstance(user, str) or not valid_user(user, self._limits):
+            raise ProtocolError(401, "bad token: sub is not a valid user id", fatal=True)
+        if claimed is not None and claimed != user:
+            raise ProtocolError(401, "hello names another user than its token", fatal=True)
+        rooms = claims.get("rooms", "*")
+        if rooms == "*":
+            return Identity(user)
+        if not isinstance(rooms, list) or not all(isinstance(r, str) for r in rooms):
+            raise ProtocolError(401, "bad token: rooms must be a list of names or '*'", fatal=True)
+        return Identity(user, frozenset(rooms))
+
+
+def make_token(
+    secret: str, user: str, *, exp: float | None = None, rooms: list[str] | None = None
+) -> str:
+    """Sign a token as the broker expects it (for tools, tests and back ends)."""
+    claims: dict[str, object] = {"sub": user}
+    if exp is not None:
+        claims["exp"] = int(exp)
+    if rooms is not None:
+        claims["rooms"] = rooms
+    return jwt.encode(claims, secret, algorithm="HS256")

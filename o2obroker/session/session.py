@@ -1,0 +1,399 @@
+"""One device's session: hello, heartbeats, and the frames of an open session.
+
+Transport-free: a transport hands it decoded frame maps and gives it an
+IConnection to write to; the session hands the user's business to the user's
+actor and never touches another user's.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import TYPE_CHECKING, Any
+
+from twisted.logger import Logger
+
+from o2obroker.backend.interface import Receipt
+from o2obroker.session.transfer import LARGE, Transfer
+from o2obroker.wire import OutFrame, ProtocolError
+from o2obroker.wire.frames import (
+    Ack,
+    Bye,
+    Hello,
+    Join,
+    Leave,
+    Ping,
+    Pong,
+    PresenceReport,
+    Probe,
+    Send,
+    Unwatch,
+    Watch,
+    parse_frame,
+)
+
+if TYPE_CHECKING:
+    from o2obroker.session.gateway import Gateway
+
+# The states of a session, and which frames each one takes (h11-style: as data).
+HELLO, OPEN, CLOSED = "hello", "open", "closed"
+PING: dict[str, Any] = {"t": "ping"}
+PONG: dict[str, Any] = {"t": "pong"}
+BYE: dict[str, Any] = {"t": "bye"}
+
+
+class Session:
+    """The protocol state of one connection of one device."""
+
+    log = Logger()
+
+    __slots__ = (
+        "_bucket",
+        "_gateway",
+        "actor",
+        "conn",
+        "cursor",
+        "device",
+        "identity",
+        "kind",
+        "last_rx",
+        "next_probe",
+        "partial_since",
+        "pinged",
+        "presence_state",
+        "presence_status",
+        "since",
+        "state",
+        "transfer",
+        "user",
+    )
+
+    def __init__(self, gateway: Gateway, conn: Any) -> None:
+        self._gateway = gateway
+        self.conn = conn
+        self.kind: str = conn.kind
+        self.state = HELLO
+        self.user: str | None = None
+        self.device: str | None = None
+        self.identity: Any = None
+        self.actor: Any = None
+        self.cursor = 0
+        self.since = self.last_rx = gateway.liveness.now
+        self.partial_since: float | None = None
+        self.pinged = False
+        # when a ping-every-hb rule would probe next: what the counters of saved pings compare to
+        self.next_probe = self.since + gateway.hb
+        self.presence_state = "online"
+        self.presence_status = ""
+        self.transfer: Transfer | None = None  # made at the first large frame
+        self._bucket = gateway.liveness.add(self)
+
+    def __repr__(self) -> str:
+        return f"<Session {self.user}/{self.device} {self.conn.transport_name} {self.state}>"
+
+    @property
+    def live(self) -> bool:
+        return self.state == OPEN
+
+    # -- from the transport ---------------------------------------------
+
+    def touch(self) -> None:
+        """Bytes arrived: the device is alive."""
+        self.last_rx = self._gateway.liveness.now
+        self.pinged = False
+
+    def receive(self, obj: Any) -> None:
+        """One decoded frame map from the device."""
+        if self.state is OPEN:
+            try:
+                frame = parse_frame(obj, self._gateway.limits)
+            except ProtocolError as e:
+                self.fail(e)
+                return
+            handler = _OPEN_HANDLERS.get(type(frame))
+            if handler is None:
+                self.fail(ProtocolError(400, f"frame type not supported: {obj.get('t')}"))
+                return
+            if type(frame) is Send and "from" in obj and obj["from"] != self.user:
+                self.fail(ProtocolError(403, "sending as someone else", ref=frame.id))
+                return
+            handler(self, frame)
+        elif self.state is HELLO:
+            self._hello(obj)
+
+    def fail(self, error: ProtocolError) -> None:
+        """Answer a bad frame with an error; close when the error says so."""
+        if self.state is CLOSED:
+            return
+        self._gateway.stats.errors[error.code] += 1
+        self.conn.send(error.frame())
+        if error.fatal:
+            self.close()
+
+    def lost(self, linger: bool = True) -> None:
+        """The connection is gone. Unless we closed it (``linger`` false), the
+        device's presence stays for the grace period: it may be straight back."""
+        if self._bucket is not None:
+            self._bucket.discard(self)
+            self._bucket = None
+            self._gateway.disconnected(self.conn)
+        was_open = self.state is OPEN
+        self.state = CLOSED
+        if was_open:
+            self.actor.detach(self, linger)
+
+    def close(self) -> None:
+        """Close from our side; the device is gone at once."""
+        if self.state is CLOSED:
+            return
+        self.lost(linger=False)
+        self.conn.close()
+
+    # -- heartbeats -----------------------------------------------------
+
+    def check(self, now: float) -> None:
+        """Called by Liveness every few seconds."""
+        gw = self._gateway
+        silent = now - self.last_rx
+        if self.state is HELLO:
+            if silent >= gw.hello_timeout or now - self.since >= gw.hello_timeout:
+                self.fail(ProtocolError(401, "no hello in time", fatal=True))
+            return
+        held = self.transfer is not None and self.transfer.active and self._held(now)
+        if (
+            not held
+            and self.partial_since is not None
+            and now - self.partial_since >= gw.stall_timeout
+        ):
+            self.fail(ProtocolError(400, "frame stalled half-way", fatal=True))
+            return
+        silent = now - self.last_rx  # again: the end of a hold moves last_rx
+        stats = gw.stats
+        due = now >= self.next_probe
+        if due:
+            self.next_probe = now + gw.hb
+        if gw.naive_presence:
+            # the baseline of the presence benchmark: every device, every hb
+            if due:
+                stats.pings_sent += 1
+                self.conn.send(PING)
+            if silent >= 2 * gw.hb:
+                self.close()
+            return
+        if held:
+            if due:
+                stats.pings_saved_transfer += 1
+            return
+        if silent >= 2 * gw.hb:
+            self.log.info(
+                "{session!r} silent for {silent:.0f}s: closing", session=self, silent=silent
+            )
+            self.close()
+        elif silent >= gw.hb and not self.pinged:
+            self.pinged = True
+            stats.pings_sent += 1
+            self.conn.send(PING)
+        elif due and silent < gw.hb:
+            stats.pings_saved_live += 1
+
+    # -- the transfer hold (transfer.py) --------------------------------------
+
+    def receiving(self, size: int, have: int) -> None:
+        """The transport holds ``have`` bytes of an incoming frame of ``size``."""
+        if size < LARGE:
+            return
+        transfer = self.transfer
+        if transfer is None:
+            transfer = self.transfer = Transfer(self._gateway.transfer_rate)
+        if not transfer.active:
+            transfer.start("in", size, self._gateway.clock.seconds(), have)
+
+    def received(self) -> None:
+        """The incoming frame that started a hold is complete."""
+        transfer = self.transfer
+        if transfer is not None and transfer.direction == "in":
+            transfer.finish(self._gateway.clock.seconds())
+
+    def sending(self, size: int) -> None:
+        """The transport queued a write of ``size`` bytes to the device."""
+        if size < LARGE:
+            return
+        transfer = self.transfer
+        if transfer is None:
+            transfer = self.transfer = Transfer(self._gateway.transfer_rate)
+        now = self._gateway.clock.seconds()
+        if transfer.direction == "out":
+            transfer.extend(size, now)
+        elif not transfer.active:
+            queued = getattr(self.conn, "unsent", None)
+            transfer.start("out", max(size, queued() if queued is not None else size), now)
+
+    def _held(self, now: float) -> bool:
+        """Whether the transfer under way still holds the device; ends it when not."""
+        transfer = self.transfer
+        assert transfer is not None
+        if transfer.direction == "out":
+            queued = getattr(self.conn, "unsent", None)
+            if queued is None or queued() == 0:
+                transfer.finish(self._gateway.clock.seconds())
+                self._resume_probing(now)
+                return False
+        if now < transfer.until:
+            return True
+        transfer.lapse()
+        self._resume_probing(now)
+        return False
+
+    def _resume_probing(self, now: float) -> None:
+        # a held device was not asked: probe it now, close it only a full hb later
+        self.last_rx = max(self.last_rx, now - self._gateway.hb)
+
+    # -- hello ------------------------------------------------------------
+
+    def _hello(self, obj: Any) -> None:
+        gw = self._gateway
+        if not isinstance(obj, dict) or obj.get("t") != "hello":
+            self.fail(ProtocolError(401, "the first frame must be hello", fatal=True))
+            return
+        if obj.get("v", 1) != 1:
+            error = ProtocolError(400, "unsupported protocol version", fatal=True)
+            frame = error.frame()
+            frame["versions"] = [1]
+            self.conn.send(frame)
+            self.close()
+            return
+        try:
+            hello = parse_frame(obj, gw.limits)
+            assert isinstance(hello, Hello)
+            identity = gw.auth.authenticate(hello)
+        except ProtocolError as e:
+            self.fail(ProtocolError(e.code if e.code == 401 else 400, e.reason, fatal=True))
+            return
+        refusal = gw.refusal()
+        if refusal is not None:
+            self.fail(refusal)
+            return
+        self.identity = identity
+        self.user = identity.user
+        self.device = hello.device or f"{self.kind}-{os.urandom(4).hex()}"
+        self.state = OPEN
+        self.presence_state = hello.state
+        self.presence_status = hello.status
+        self.actor = gw.actors.user(identity.user)
+        self.actor.attach(self, hello.resume_last)
+
+    # -- for the user's actor (IDevice) -------------------------------------
+
+    def welcome(self, last: int, resumed: bool) -> None:
+        gw = self._gateway
+        self.conn.send(
+            {
+                "t": "welcome",
+                "user": self.user,
+                "device": self.device,
+                "session": f"{gw.node_id}/{id(self):x}",
+                "node": gw.node_id,
+                "hb": gw.hb,
+                "max_frame": gw.limits.max_frame,
+                "resumed": resumed,
+                "last": last,
+            }
+        )
+
+    def send_msgs(self, items: list[tuple[int, Any]]) -> None:
+        if self.state is OPEN:
+            self._gateway.stats.msgs_out += len(items)
+            self.conn.send_msgs(items)
+
+    def send_frame(self, frame: dict[str, Any]) -> None:
+        if self.state is OPEN:
+            self.conn.send(frame)
+
+    def send_presence(self, out: OutFrame) -> None:
+        if self.state is OPEN:
+            stats = self._gateway.stats
+            stats.presence_frames += 1
+            send_out = getattr(self.conn, "send_out", None)
+            if send_out is not None:
+                stats.presence_bytes += send_out(out)
+            else:
+                self.conn.send(out.frame)
+                stats.presence_bytes += len(out.cbor() if self.kind == "mobile" else out.json())
+
+    def receipt(self, send_id: str, receipt: Receipt) -> None:
+        self._gateway.stats.receipts[receipt.status] += 1
+        if self.state is OPEN:
+            self.conn.send(
+                {
+                    "t": "receipt",
+                    "id": send_id,
+                    "mid": receipt.mid,
+                    "ts": receipt.ts,
+                    "status": receipt.status,
+                }
+            )
+
+    def replaced(self) -> None:
+        if self.state is OPEN:
+            self.state = CLOSED  # the actor has already let go of this device
+            self.conn.send({"t": "error", "code": 409, "reason": "replaced"})
+            self.lost()
+            self.conn.close()
+
+    def may_join(self, room: str) -> bool:
+        return bool(self.identity.may_join(room))
+
+    # -- frames of an open session ---------------------------------------
+
+    def _on_send(self, frame: Send) -> None:
+        self._gateway.stats.msgs_in += 1
+        self.actor.submit(self, frame)
+
+    def _on_ack(self, frame: Ack) -> None:
+        self.actor.ack(self, frame.seq)
+
+    def _on_join(self, frame: Join) -> None:
+        self.actor.join(self, frame.room)
+
+    def _on_leave(self, frame: Leave) -> None:
+        self.actor.leave(self, frame.room)
+
+    def _on_ping(self, frame: Ping) -> None:
+        self.conn.send(PONG)
+
+    def _on_pong(self, frame: Pong) -> None:
+        pass
+
+    def _on_bye(self, frame: Bye) -> None:
+        self.conn.send(BYE)
+        self.close()
+
+    def _on_presence(self, frame: PresenceReport) -> None:
+        # a report without a status keeps the device's status text
+        if frame.status is not None:
+            self.presence_status = frame.status
+        self.presence_state = frame.state
+        self.actor.report(self, frame.state, self.presence_status)
+
+    def _on_watch(self, frame: Watch) -> None:
+        self.actor.watch(self, list(frame.users))
+
+    def _on_unwatch(self, frame: Unwatch) -> None:
+        self.actor.unwatch(self, list(frame.users))
+
+    def _on_probe(self, frame: Probe) -> None:
+        self.actor.probe(self, list(frame.users))
+
+
+_OPEN_HANDLERS: dict[type, Any] = {
+    Send: Session._on_send,
+    Ack: Session._on_ack,
+    Join: Session._on_join,
+    Leave: Session._on_leave,
+    Ping: Session._on_ping,
+    Pong: Session._on_pong,
+    Bye: Session._on_bye,
+    PresenceReport: Session._on_presence,
+    Watch: Session._on_watch,
+    Unwatch: Session._on_unwatch,
+    Probe: Session._on_probe,
+}

@@ -1,0 +1,1 @@
+"""Thin Twisted adapters: bytes to frames for a session, and back."""

@@ -1,0 +1,165 @@
+"""Binary TCP: 4-byte length prefix, one CBOR map per frame (PROTOCOL.md section 1)."""
+
+from __future__ import annotations
+
+import struct
+from typing import Any
+
+from twisted.internet.interfaces import IPushProducer, IReactorTime
+from twisted.internet.protocol import Factory, Protocol
+from twisted.logger import Logger
+from zope.interface import implementer
+
+from o2obroker.session import Gateway, Session
+from o2obroker.session.transfer import LARGE
+from o2obroker.wire import FrameSplitter, OutFrame, ProtocolError, decode_cbor, encode_cbor
+
+_prefix = struct.Struct(">I").pack
+
+
+def unsent_bytes(transport: Any) -> int:
+    """Bytes a Twisted socket transport holds that the peer has not taken yet."""
+    buffered = getattr(transport, "dataBuffer", b"")
+    return len(buffered) - getattr(transport, "offset", 0) + getattr(transport, "_tempDataLen", 0)
+
+
+@implementer(IPushProducer)
+class BinaryProtocol(Protocol):
+    """One binary TCP connection: split, decode, hand to the session; encode and write.
+
+    The protocol registers itself as the producer of its own transport, so
+    Twisted tells it when the peer stops reading; only then is the unsent
+    output measured, and past ``max_queue`` the connection is closed with 503
+    ("slow consumer"): its messages stay in the inbox for its resume.
+    """
+
+    kind = "mobile"
+    transport_name = "tcp"
+    log = Logger()
+
+    def __init__(self, gateway: Gateway) -> None:
+        self._gateway = gateway
+        self._splitter = FrameSplitter(gateway.limits.max_frame)
+        self._max_queue = gateway.limits.max_queue
+        self._paused = False
+        self._closing = False
+        self._abort: Any = None
+        self.session: Session | None = None
+
+    def connectionMade(self) -> None:
+        self.transport.registerProducer(self, True)
+        self.session = self._gateway.connect(self)
+
+    def dataReceived(self, data: bytes) -> None:
+        session = self.session
+        session.touch()
+        try:
+            payloads = self._splitter.feed(data)
+        except ProtocolError as e:
+            session.fail(e)
+            return
+        limits = self._gateway.limits
+        for payload in payloads:
+            try:
+                obj = decode_cbor(payload, limits)
+            except ProtocolError as e:
+                session.fail(e)
+                if e.fatal:
+                    return
+                continue
+            session.receive(obj)
+            if self._closing:
+                return
+        if payloads:
+            session.received()  # ends a transfer hold, if one was on
+        splitter = self._splitter
+        if splitter.buffered:
+            if session.partial_since is None:
+                session.partial_since = self._gateway.liveness.now
+            expected = splitter.expected
+            if expected >= LARGE:
+                session.receiving(expected, splitter.buffered - 4)
+        else:
+            session.partial_since = None
+
+    def connectionLost(self, reason: Any = None) -> None:
+        self._closing = True
+        if self._abort is not None and self._abort.active():
+            self._abort.cancel()
+        if self.session is not None:
+            self.session.lost()
+
+    # -- IConnection --------------------------------------------------------
+
+    def send(self, frame: dict[str, Any]) -> None:
+        if self._closing:
+            return
+        payload = encode_cbor(frame)
+        self.transport.write(_prefix(len(payload)) + payload)
+        if self._paused:
+            self._check_queue()
+
+    def send_msgs(self, items: list[tuple[int, Any]]) -> None:
+        if self._closing:
+            return
+        parts = []
+        for seq, template in items:
+            payload = template.cbor(seq)
+            parts.append(_prefix(len(payload)))
+            parts.append(payload)
+        data = b"".join(parts)
+        self.transport.write(data)
+        if len(data) >= LARGE:
+            self.session.sending(len(data))
+        if self._paused:
+            self._check_queue()
+
+    def send_out(self, out: OutFrame) -> int:
+        if self._closing:
+            return 0
+        payload = out.cbor()
+        self.transport.write(_prefix(len(payload)) + payload)
+        if self._paused:
+            self._check_queue()
+        return len(payload) + 4
+
+    def unsent(self) -> int:
+        return unsent_bytes(self.transport)
+
+    def close(self) -> None:
+        if not self._closing:
+            self._closing = True
+            self.transport.loseConnection()
+            # a peer that never reads would hold the socket open: cut it after a while
+            clock: IReactorTime = self._gateway.clock
+            self._abort = clock.callLater(10, self.transport.abortConnection)
+
+    def _check_queue(self) -> None:
+        if unsent_bytes(self.transport) > self._max_queue:
+            self.log.info("{session!r}: slow consumer, closing", session=self.session)
+            self.session.fail(ProtocolError(503, "slow consumer", fatal=True))
+
+    # -- IPushProducer: Twisted's word on the peer's reading ------------------
+
+    def pauseProducing(self) -> None:
+        self._paused = True
+
+    def resumeProducing(self) -> None:
+        self._paused = False
+
+    def stopProducing(self) -> None:
+        self._paused = False
+
+
+class BinaryFactory(Factory):
+    """Makes a BinaryProtocol per connection, all sharing the node's gateway."""
+
+    noisy = False
+
+    def __init__(self, gateway: Gateway) -> None:
+        self.gateway = gateway
+
+    def buildProtocol(self, addr: Any) -> BinaryProtocol:
+        proto = BinaryProtocol(self.gateway)
+        proto.factory = self
+        return proto
