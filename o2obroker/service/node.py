@@ -1,0 +1,103 @@
+"""A node: the backend, router, actors and gateway of one broker process, wired once."""
+
+from __future__ import annotations
+
+from twisted.internet.interfaces import IReactorTime
+
+from o2obroker.actors import ActorSystem
+from o2obroker.actors.presence import PresenceHub
+from o2obroker.actors.supervisor import (
+    SUPERVISOR_GAUGES,
+    PsutilSampler,
+    Supervisor,
+    SupervisorSettings,
+    make_hook,
+)
+from o2obroker.backend import IBackend, MemoryBackend
+from o2obroker.config import Config
+from o2obroker.metrics import Metrics
+from o2obroker.routing import Router
+from o2obroker.session import Authenticator, Gateway
+
+
+class Node:
+    """The live objects of a broker process; transports and the console use these."""
+
+    def __init__(
+        self, config: Config, clock: IReactorTime, backend: IBackend | None = None
+    ) -> None:
+        self.config = config
+        self.clock = clock
+        self.metrics = Metrics()
+        self.backend = backend or MemoryBackend(
+            clock,
+            config.node,
+            inbox_cap=config.inbox_cap,
+            inbox_ttl=config.inbox_ttl,
+            dedupe_ttl=config.dedupe_ttl,
+        )
+        self.router = Router(self.backend)
+        self.presence = PresenceHub(
+            self.backend,
+            self.router,
+            clock,
+            window=config.presence_window,
+            grace=config.presence_grace,
+            watch_cap=config.watch_cap,
+            naive=config.presence_naive,
+            stats=self.metrics.stats,
+        )
+        self.actors = ActorSystem(self.router, clock, self.presence)
+        self.gateway = Gateway(
+            self.actors,
+            Authenticator(config.auth_mode, config.secret, config.limits),
+            config.limits,
+            clock,
+            node_id=config.node,
+            hb=config.hb,
+            hello_timeout=config.hello_timeout,
+            stall_timeout=config.stall_timeout,
+            stats=self.metrics.stats,
+            transfer_rate=config.transfer_rate,
+            naive_presence=config.presence_naive,
+        )
+        gauges = self.metrics.collector
+        gauges.add_gauge(
+            "o2o_connections",
+            "Open connections by transport.",
+            lambda: dict(self.gateway.connections),
+            "transport",
+        )
+        gauges.add_gauge("o2o_actors", "User actors in memory.", lambda: len(self.actors))
+        self.supervisor = Supervisor(
+            self.actors.scheduler,
+            clock,
+            SupervisorSettings.from_config(config),
+            self.gateway,
+            sampler=PsutilSampler(),
+            node_id=config.node,
+            scale_out=make_hook(
+                clock, config.scale_out_command, config.scale_out_url, config.hook_timeout
+            ),
+            scale_in=make_hook(
+                clock, config.scale_in_command, config.scale_in_url, config.hook_timeout
+            ),
+        )
+        self.gateway.admission = self.supervisor.refusal
+        for name, doc in SUPERVISOR_GAUGES.items():
+            gauges.add_gauge(f"o2o_{name}", doc, lambda n=name: self.supervisor.gauges()[n])
+        gauges.add_counter(
+            "o2o_supervisor_events",
+            "Alerts, hook runs and failures, sessions sent away by a drain.",
+            lambda: dict(self.supervisor.counts),
+            "event",
+        )
+
+    def start(self) -> None:
+        self.gateway.start()
+        self.supervisor.start()
+
+    def stop(self) -> None:
+        self.gateway.stop()
+        self.presence.stop()
+        self.supervisor.stop()

@@ -1,0 +1,111 @@
+"""``twistd o2obroker``: options and the service tree (after twisted.conch.manhole_tap)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from twisted.application import service, strports
+from twisted.internet import reactor as global_reactor
+from twisted.logger import Logger
+from twisted.python import usage
+
+from o2obroker.config import ConfigError, load
+from o2obroker.service.console import console_service, namespace
+from o2obroker.service.node import Node
+from o2obroker.transports.tcp import BinaryFactory
+from o2obroker.transports.web import build_site
+
+
+class Options(usage.Options):
+    synopsis = "[options]"
+    longdesc = (
+        "Run an o2obroker node. Every option overrides the same key of the config "
+        "file; endpoints are Twisted endpoint descriptions. See doc/configuration.md."
+    )
+    optParameters = [
+        ["config", "c", None, "Path of an ini config file (see etc/o2obroker.ini)."],
+        ["tcp", None, None, "Binary TCP endpoint [default: tcp:9100:interface=127.0.0.1]."],
+        [
+            "http",
+            None,
+            None,
+            "HTTP endpoint for WebSocket, long-poll and the API "
+            "[default: tcp:8080:interface=127.0.0.1].",
+        ],
+        ["auth", None, None, "token|none [default: token when a secret is set, else none]."],
+        ["secret", None, None, "HS256 secret that signs client tokens."],
+        ["api-key", None, None, "Bearer key of the server-side HTTP API."],
+        ["node", None, None, "This node's id [default: n1]."],
+        ["max-frame", None, None, "Largest frame in bytes [default: 1048576]."],
+        ["hb", None, None, "Heartbeat interval in seconds [default: 30]."],
+        [
+            "manhole",
+            None,
+            None,
+            "Admin console over SSH on this endpoint, loopback only "
+            "(e.g. tcp:2222:interface=127.0.0.1); needs --manhole-keys. Off by default.",
+        ],
+        ["manhole-keys", None, None, "authorized_keys file of the admin console."],
+    ]
+
+    def postOptions(self) -> None:
+        overrides = {
+            "tcp": self["tcp"],
+            "http": self["http"],
+            "auth": self["auth"],
+            "secret": self["secret"],
+            "api_key": self["api-key"],
+            "node": self["node"],
+            "max_frame": self["max-frame"],
+            "hb": self["hb"],
+            "manhole": self["manhole"],
+            "manhole_keys": self["manhole-keys"],
+        }
+        try:
+            self["settings"] = load(self["config"], overrides)
+        except ConfigError as e:
+            raise usage.UsageError(str(e)) from None
+
+
+class NodeService(service.Service):
+    """Starts and stops a node's timers; says loudly when it runs without auth."""
+
+    log = Logger()
+
+    def __init__(self, node: Node) -> None:
+        self.node = node
+
+    def startService(self) -> None:
+        super().startService()
+        config = self.node.config
+        if config.auth_mode == "none":
+            self.log.warn(
+                "DEVELOPMENT MODE: auth is 'none', any client may claim any user. "
+                "Set a secret (--secret) before real clients connect."
+            )
+        self.node.start()
+        self.log.info("node {node} started", node=config.node)
+
+    def stopService(self) -> None:
+        self.node.stop()
+        return super().stopService()
+
+
+def makeService(options: dict[str, Any], reactor: Any = None) -> service.MultiService:
+    """The service tree of one node: the node itself and one service per listener."""
+    reactor = reactor or global_reactor
+    config = options["settings"]
+    node = Node(config, reactor)
+    top = service.MultiService()
+    top.node = node  # for the console and tests
+    NodeService(node).setServiceParent(top)
+    tcp = strports.service(config.tcp, BinaryFactory(node.gateway), reactor=reactor)
+    tcp.setName("tcp")
+    tcp.setServiceParent(top)
+    http = strports.service(config.http, build_site(node, reactor), reactor=reactor)
+    http.setName("http")
+    http.setServiceParent(top)
+    console = console_service(config, namespace(node, top), reactor)
+    if console is not None:
+        console.setServiceParent(top)
+    return top
