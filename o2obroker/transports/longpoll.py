@@ -494,7 +494,7 @@ class _Close(_Child):
         conn.closed = True
         if conn._poll is not None:
             conn.answer_poll()
-        conn.session.lost()
+        conn.session.lost(linger=False)  # a clean close, like bye: offline at once
         lp.forget(conn)
         request.setHeader(b"content-type", _JSON)
         return b'{"frames":[{"t":"bye"}]}'
