@@ -106,6 +106,10 @@ class UserPresence:
         """Whether a lost device is still kept for its grace period."""
         return self._call is not None
 
+    def is_lingering(self, device: str) -> bool:
+        entry = self.entries.get(device)
+        return entry is not None and entry.until is not None
+
     def attached(self, device: str, state: str = "online", status: str = "") -> None:
         """A device got its welcome: it counts from now on (a device back within
         its grace period just takes its old place)."""
@@ -229,7 +233,7 @@ class PresenceHub:
         self.backend.set_presence(user, new).addErrback(
             lambda f: self.log.failure("recording presence of {user}", f, user=user)
         )
-        if not changed and not self.naive or not self.running:
+        if (not changed and not self.naive) or not self.running:
             return
         if self.naive:
             self._look_up({user: new})
@@ -278,7 +282,8 @@ class PresenceHub:
             out, watchers = work[0]
             for watcher in watchers:
                 actor = actors.get(watcher)
-                if actor is not None and actor.devices:
+                # a watcher whose device dropped a moment ago keeps what it misses
+                if actor is not None and (actor.devices or actor.presence.lingering):
                     actor.tell(("presence_out", out))
                 budget -= 1
                 if budget == 0:

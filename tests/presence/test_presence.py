@@ -332,3 +332,36 @@ class LookupTests(PresenceCase):
         self.assertEqual(found["dave"].state, "offline")
         counts = self.successResultOf(self.h.node.presence.room_presence("r"))
         self.assertEqual(counts, {"online": 1, "busy": 0, "away": 1, "offline": 1})
+
+
+class KeptThroughDropTests(PresenceCase):
+    def test_changes_missed_in_a_short_drop_arrive_on_return(self) -> None:
+        alice = self.watching("alice", "bob", "carol")
+        bob = self.login("bob")
+        self.settle()
+        self.presence(alice)
+        alice.lose()
+        bob.write({"t": "presence", "state": "away", "status": "1"})
+        self.settle()
+        bob.write({"t": "presence", "state": "busy", "status": "2"})
+        self.login("carol")
+        self.settle()
+        back = self.h.login("alice")
+        frames = back.read()
+        self.assertIs(frames[0]["presence_kept"], True)
+        # the latest of each watched user that changed, not the whole list
+        self.assertEqual(
+            sorted((f["user"], f["state"], f["status"]) for f in frames if f["t"] == "presence"),
+            [("bob", "busy", "2"), ("carol", "online", "")],
+        )
+
+    def test_after_the_grace_period_nothing_is_kept(self) -> None:
+        alice = self.watching("alice", "bob")
+        alice.lose()
+        self.login("bob")
+        self.settle(25)
+        back = self.h.login("alice")
+        frames = back.read()
+        self.assertNotIn("presence_kept", frames[0])
+        self.assertEqual([f["t"] for f in frames], ["welcome"])
+        self.assertEqual(self.h.node.router.actors["alice"]._missed, {})
