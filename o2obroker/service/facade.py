@@ -1,0 +1,204 @@
+"""``broker``: what an operator types at the admin console.
+
+A handful of questions and actions over the live node, safe on a big node
+(nothing walks every user in one call) and answering with plain dicts that
+read well in a terminal. Calls that wait on the backend return a Deferred;
+the console prints its result when it fires. The live objects (``node``,
+``node.gateway``, ``node.router``...) are in the console's namespace too, for
+debugging.
+"""
+
+from __future__ import annotations
+
+import os
+from itertools import islice
+from typing import Any
+
+from twisted.internet.defer import Deferred
+
+from o2obroker.backend.interface import Receipt
+from o2obroker.wire import ProtocolError, parse_frame, valid_user
+
+MAX_PAGE = 1000
+
+
+class ConsoleDevice:
+    """The sender side of ``broker.send``, as the sending user's actor sees a device.
+
+    Never attached (it gets no messages); it takes the one receipt or error
+    that answers its send and fires ``result`` with it.
+    """
+
+    kind = "service"
+    device = "console"
+    live = False
+    service = True  # may publish to any room, like the HTTP API
+    cursor = 0
+
+    def __init__(self) -> None:
+        self.result: Deferred[dict[str, Any]] = Deferred()
+
+    def receipt(self, send_id: str, receipt: Receipt) -> None:
+        if not self.result.called:
+            self.result.callback(
+                {"id": send_id, "mid": receipt.mid, "ts": receipt.ts, "status": receipt.status}
+            )
+
+    def send_frame(self, frame: dict[str, Any]) -> None:
+        if frame.get("t") == "error" and not self.result.called:
+            self.result.callback(frame)
+
+    def send_msgs(self, items: list[Any]) -> None:
+        pass
+
+    def welcome(self, last: int, resumed: bool) -> None:
+        pass
+
+    def replaced(self) -> None:
+        pass
+
+    def may_join(self, room: str) -> bool:
+        return False
+
+
+class Broker:
+    """The console facade. ``broker`` alone prints this help.
+
+    broker.stats()                  node figures: connections, actors, messages, load, advice
+    broker.users(limit=50, start=0) a page of the users with an actor here, and their count
+    broker.user("alice")            alice's devices on this node
+    broker.inbox("alice")           alice's inbox state (Deferred)
+    broker.kick("alice")            close alice's connections here (503; clients reconnect)
+    broker.send("alice", body)      send a message from "system" (Deferred of the receipt)
+    broker.alerts(n=20)             the supervisor's recent alerts
+    broker.drain()                  stop taking clients and send them away (Deferred: empty)
+    broker.resume()                 take clients again after a drain
+    """
+
+    def __init__(self, node: Any) -> None:
+        self._node = node
+
+    def __repr__(self) -> str:
+        return (type(self).__doc__ or "").strip()
+
+    # -- questions -------------------------------------------------------------
+
+    def stats(self) -> dict[str, Any]:
+        """One look at the node, from counters it keeps anyway."""
+        node = self._node
+        stats = node.metrics.stats
+        supervisor = getattr(node, "supervisor", None)
+        out: dict[str, Any] = {
+            "node": node.config.node,
+            "connections": dict(node.gateway.connections),
+            "actors": len(node.actors),
+            "frames_in": stats.frames_in,
+            "messages_in": stats.msgs_in,
+            "messages_out": stats.msgs_out,
+            "receipts": dict(stats.receipts),
+            "errors": dict(stats.errors),
+            "accepting": node.gateway.accepting,
+        }
+        if supervisor is not None:
+            last = supervisor.last
+            out["load"] = (
+                None
+                if last is None
+                else {
+                    "cpu": last.cpu,
+                    "rss": last.rss,
+                    "memory": last.memory,
+                    "occupancy": last.occupancy,
+                    "at": last.ts,
+                }
+            )
+            out["state"] = supervisor.state
+            out["advice"] = supervisor.advice()["transport"]
+            out["draining"] = supervisor.draining
+        return out
+
+    def users(self, limit: int = 50, start: int = 0) -> dict[str, Any]:
+        """A page of users with an actor on this node (in arrival order) and how many there are.
+
+        Pages are at most MAX_PAGE long, so a node with a million users costs
+        one page, not a million entries.
+        """
+        limit = max(0, min(int(limit), MAX_PAGE))
+        start = max(0, int(start))
+        actors = self._node.router.actors
+        return {
+            "count": len(actors),
+            "start": start,
+            "users": list(islice(actors, start, start + limit)),
+        }
+
+    def user(self, user: str) -> dict[str, Any] | None:
+        """The user's devices on this node, or None when it has no actor here."""
+        actor = self._node.router.actors.get(user)
+        if actor is None:
+            return None
+        devices = {}
+        for name, device in list(actor.devices.items())[:MAX_PAGE]:
+            conn = getattr(device, "conn", None)
+            devices[name] = {
+                "kind": device.kind,
+                "transport": getattr(conn, "transport_name", None),
+                "cursor": device.cursor,
+                "live": getattr(device, "live", None),
+            }
+        return {"user": user, "devices": devices}
+
+    def inbox(self, user: str) -> Deferred[dict[str, Any]]:
+        """The user's inbox state in the backend: highest seq given, lowest kept."""
+        d = self._node.backend.inbox_state(user)
+        return d.addCallback(lambda s: {"user": user, "last": s.last, "first": s.first})
+
+    def alerts(self, n: int = 20) -> list[dict[str, Any]]:
+        """The supervisor's most recent alerts, recoveries and hook failures."""
+        supervisor = getattr(self._node, "supervisor", None)
+        if supervisor is None:
+            return []
+        return supervisor.alerts()[-max(0, int(n)) :] if n else []
+
+    # -- actions -------------------------------------------------------------------
+
+    def kick(self, user: str, reason: str = "disconnected by the operator") -> int:
+        """Close every connection of ``user`` on this node with a 503; how many closed.
+
+        Nothing is lost: the messages stay in the inbox for the client's resume.
+        """
+        actor = self._node.router.actors.get(user)
+        if actor is None:
+            return 0
+        devices = [d for d in actor.devices.values() if hasattr(d, "fail")]
+        for device in devices:
+            device.fail(ProtocolError(503, reason, fatal=True))
+        return len(devices)
+
+    def send(
+        self, user: str, body: Any, sender: str = "system", id: str | None = None
+    ) -> Deferred[dict[str, Any]]:
+        """Send ``body`` to ``user`` from ``sender`` through the same path as a client's send.
+
+        Fires with the receipt (or the error frame). ``id`` dedupes like a
+        send's: repeating it returns the first receipt and delivers nothing.
+        """
+        node = self._node
+        limits = node.config.limits
+        if not valid_user(sender, limits):
+            raise ValueError(f"{sender!r} is not a valid user id")
+        frame = {"t": "send", "id": id or f"console-{os.urandom(8).hex()}", "to": user}
+        frame["body"] = body
+        send = parse_frame(frame, limits)  # the same checks as a client's send
+        device = ConsoleDevice()
+        node.gateway.stats.msgs_in += 1
+        node.actors.user(sender).submit(device, send)
+        return device.result
+
+    def drain(self) -> Deferred[None]:
+        """Stop taking clients and send the connected ones elsewhere; fires when empty."""
+        return self._node.supervisor.drain()
+
+    def resume(self) -> None:
+        """Take clients again after a drain."""
+        self._node.supervisor.resume()

@@ -1,0 +1,238 @@
+"""The admin console: a real SSH client logs in with a key on loopback and talks to the manhole."""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+from cryptography.hazmat.primitives.asymmetric import ed25519
+from twisted.conch.ssh import connection, keys, session, userauth
+from twisted.conch.ssh.channel import SSHChannel
+from twisted.conch.ssh.transport import SSHClientTransport
+from twisted.internet import defer, protocol, reactor
+from twisted.internet.defer import Deferred, inlineCallbacks
+from twisted.internet.endpoints import TCP4ClientEndpoint
+from twisted.python import usage
+from twisted.trial import unittest
+
+from o2obroker.config import Config, ConfigError
+from o2obroker.service import tap
+from o2obroker.service.console import console_service, namespace, read_authorized_keys
+from tests.harness import Harness
+
+
+def new_key() -> keys.Key:
+    return keys.Key(ed25519.Ed25519PrivateKey.generate())
+
+
+class _Shell(SSHChannel):
+    """An interactive session with a pty, like ``ssh -t``; collects what the console prints."""
+
+    name = b"session"
+
+    def __init__(self, opened: Deferred[Any], **kw: Any) -> None:
+        super().__init__(**kw)
+        self.opened = opened
+        self.output = b""
+        self._wanted: list[tuple[bytes, Deferred[bytes]]] = []
+
+    def channelOpen(self, data: bytes) -> None:
+        pty = session.packRequest_pty_req(b"xterm", (24, 200, 0, 0), b"")
+        d = self.conn.sendRequest(self, b"pty-req", pty, wantReply=True)
+        d.addCallback(lambda _: self.conn.sendRequest(self, b"shell", b"", wantReply=True))
+        d.addCallbacks(lambda _: self.opened.callback(self), self.opened.errback)
+
+    def dataReceived(self, data: bytes) -> None:
+        self.output += data
+        for item in list(self._wanted):
+            if item[0] in self.output:
+                self._wanted.remove(item)
+                item[1].callback(self.output)
+
+    def wait_for(self, text: bytes) -> Deferred[bytes]:
+        d: Deferred[bytes] = Deferred()
+        if text in self.output:
+            d.callback(self.output)
+        else:
+            self._wanted.append((text, d))
+        return d.addTimeout(20, reactor)
+
+    def run(self, line: str) -> None:
+        self.write(line.encode() + b"\r")
+
+
+class _Connection(connection.SSHConnection):
+    def __init__(self, opened: Deferred[Any]) -> None:
+        super().__init__()
+        self.opened = opened
+
+    def serviceStarted(self) -> None:
+        self.openChannel(_Shell(self.opened, conn=self))
+
+
+class _KeyAuth(userauth.SSHUserAuthClient):
+    preferredOrder = [b"publickey"]
+
+    def __init__(self, user: bytes, conn: Any, key: keys.Key) -> None:
+        super().__init__(user, conn)
+        self._key: keys.Key | None = key
+
+    def getPublicKey(self) -> keys.Key | None:
+        key, self._key = self._key, None  # one key, one try
+        self._tried = key
+        return None if key is None else key.public()
+
+    def getPrivateKey(self) -> Deferred[keys.Key]:
+        return defer.succeed(self._tried)
+
+
+class _Client(SSHClientTransport):
+    def verifyHostKey(self, hostKey: bytes, fingerprint: bytes) -> Deferred[bool]:
+        if hostKey != self.factory.host_public.blob():
+            return defer.fail(ValueError("unknown host key"))
+        return defer.succeed(True)
+
+    def connectionSecure(self) -> None:
+        f = self.factory
+        self.requestService(_KeyAuth(b"admin", _Connection(f.opened), f.key))
+
+    def connectionLost(self, reason: Any) -> None:
+        super().connectionLost(reason)
+        if not self.factory.lost.called:
+            self.factory.lost.callback(None)
+
+
+class _ClientFactory(protocol.ClientFactory):
+    protocol = _Client
+
+    def __init__(self, key: keys.Key, host_public: keys.Key) -> None:
+        self.key = key
+        self.host_public = host_public
+        self.opened: Deferred[Any] = Deferred()
+        self.lost: Deferred[None] = Deferred()
+
+
+class SSHConsoleTests(unittest.TestCase):
+    def setUp(self) -> None:
+        self.harness = Harness()
+        self.admin = new_key()
+        self.keys_path = self.mktemp()
+        with open(self.keys_path, "wb") as f:
+            f.write(b"# the operators\n\n" + self.admin.public().toString("openssh") + b" ops\n")
+        self.host_key_path = self.mktemp()
+        config = Config(
+            manhole="tcp:0:interface=127.0.0.1",
+            manhole_keys=self.keys_path,
+            manhole_host_key=self.host_key_path,
+        )
+        config.check()
+        self.console = console_service(config, namespace(self.harness.node), reactor)
+        self.console.startService()
+        self.addCleanup(self.console.stopService)
+
+    @inlineCallbacks
+    def connect(self, key: keys.Key) -> Any:
+        ssh = self.console.getServiceNamed("ssh")
+        ports: list[Any] = []
+        ssh._waitingForPort.addCallback(lambda p: ports.append(p) or p)  # keep it for stop
+        port = ports[0]
+        host = keys.Key.fromFile(self.host_key_path)
+        factory = _ClientFactory(key, host.public())
+        endpoint = TCP4ClientEndpoint(reactor, "127.0.0.1", port.getHost().port)
+        client = yield endpoint.connect(factory)
+        self.addCleanup(lambda: factory.lost)  # cleanups run last first: close, then wait
+        self.addCleanup(client.transport.loseConnection)
+        return factory
+
+    @inlineCallbacks
+    def test_key_login_runs_broker_stats(self) -> Any:
+        self.harness.login("alice")
+        factory = yield self.connect(self.admin)
+        shell = yield factory.opened.addTimeout(20, reactor)
+        yield shell.wait_for(b">>> ")
+        shell.run("s = broker.stats(); print('CONN', s['connections'], 'ACTORS', s['actors'])")
+        out = yield shell.wait_for(b"ACTORS 1")
+        self.assertIn(b"CONN {'tcp': 1} ACTORS 1", out)
+        shell.run("broker.user('alice')['devices']['phone']['transport']")
+        out = yield shell.wait_for(b"'tcp'")
+        self.assertIn(b"'tcp'", out)
+
+    @inlineCallbacks
+    def test_unknown_key_is_refused(self) -> Any:
+        factory = yield self.connect(new_key())
+        yield factory.lost.addTimeout(20, reactor)
+        self.assertFalse(factory.opened.called)
+
+    def test_host_key_is_kept_for_the_next_start(self) -> None:
+        with open(self.host_key_path, "rb") as f:
+            first = f.read()
+        self.assertFalse(keys.Key.fromString(first).isPublic())
+        self.assertEqual(os.stat(self.host_key_path).st_mode & 0o777, 0o600)
+
+
+class ConsoleConfigTests(unittest.TestCase):
+    def keys_file(self) -> str:
+        path = self.mktemp()
+        with open(path, "wb") as f:
+            f.write(new_key().public().toString("openssh") + b"\n")
+        return path
+
+    def test_off_unless_configured(self) -> None:
+        self.assertIsNone(console_service(Config(), {}))
+
+    def test_ssh_without_keys_is_refused(self) -> None:
+        config = Config(manhole="tcp:2222:interface=127.0.0.1")
+        error = self.assertRaises(ConfigError, config.check)
+        self.assertIn("manhole_keys", str(error))
+
+    def test_ssh_off_loopback_is_refused(self) -> None:
+        keys_path = self.keys_file()
+        for endpoint in ("tcp:2222", "tcp:2222:interface=0.0.0.0", "tcp:2222:interface=10.1.2.3"):
+            config = Config(manhole=endpoint, manhole_keys=keys_path)
+            error = self.assertRaises(ConfigError, config.check)
+            self.assertIn("not on loopback", str(error))
+        for endpoint in (
+            "tcp:2222:interface=127.0.0.1",
+            r"tcp6:2222:interface=\:\:1",
+            "unix:/run/o2obroker/console.sock",
+        ):
+            Config(manhole=endpoint, manhole_keys=keys_path).check()
+
+    def test_telnet_needs_passwords_and_loopback(self) -> None:
+        config = Config(manhole_telnet="tcp:2323:interface=127.0.0.1")
+        self.assertIn("manhole_passwd", str(self.assertRaises(ConfigError, config.check)))
+        config = Config(manhole_telnet="tcp:2323", manhole_passwd="/etc/o2o-passwd")
+        self.assertIn("not on loopback", str(self.assertRaises(ConfigError, config.check)))
+        Config(manhole_telnet="tcp:2323:interface=127.0.0.1", manhole_passwd="/x").check()
+
+    def test_empty_or_bad_keys_file_is_refused(self) -> None:
+        empty = self.mktemp()
+        with open(empty, "wb") as f:
+            f.write(b"# nobody yet\n")
+        self.assertIn(
+            "holds no key", str(self.assertRaises(ConfigError, read_authorized_keys, empty))
+        )
+        bad = self.mktemp()
+        with open(bad, "wb") as f:
+            f.write(b"ssh-ed25519 not-base64!!\n")
+        self.assertIn("line 1", str(self.assertRaises(ConfigError, read_authorized_keys, bad)))
+        missing = self.mktemp()
+        self.assertIn(
+            "cannot read", str(self.assertRaises(ConfigError, read_authorized_keys, missing))
+        )
+
+    def test_options_build_the_console_into_the_service_tree(self) -> None:
+        options = tap.Options()
+        options.parseOptions(
+            ["--manhole", "tcp:0:interface=127.0.0.1", "--manhole-keys", self.keys_file()]
+        )
+        top = tap.makeService(options, reactor)
+        console = top.getServiceNamed("console")
+        self.assertEqual(console.getServiceNamed("ssh").endpoint._interface, "127.0.0.1")
+        self.assertFalse(console.running)
+
+    def test_options_refuse_a_console_without_keys(self) -> None:
+        options = tap.Options()
+        self.assertRaises(
+            usage.UsageError, options.parseOptions, ["--manhole", "tcp:2222:interface=127.0.0.1"]
+        )
