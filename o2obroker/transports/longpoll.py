@@ -84,6 +84,7 @@ class LongPollConnection:
         self._collect: list[dict[str, Any]] | None = None  # errors answering a request
         self._waiting: dict[str, list[_SendAnswer]] = {}  # send id -> answers waiting
         self._queued = False
+        self._overflow = False
         self.closed = False
         self.last_seen = resource.clock.seconds()
         self._bucket: set[Any] | None = None
@@ -132,11 +133,26 @@ class LongPollConnection:
         self._last += 1
         self._frames.append((self._last, text))
         self._size += len(text)
-        if self._size > self._res.gateway.limits.max_queue and self.session is not None:
+        if self._size > self._res.gateway.limits.max_queue and not self._overflow and self._slow():
+            # a client that stopped polling; its messages stay in the inbox for its resume
+            self._overflow = True
             self.log.info("{conn!r}: slow consumer, closing", conn=self)
             self.session.fail(ProtocolError(503, "slow consumer", fatal=True))
             return
         self._wake()
+
+    def _slow(self) -> bool:
+        """Past max_queue: is this client not taking its frames?
+
+        A client that polls is draining the stream, however large a backlog it
+        resumes with; one that has not polled for ``timeout`` seconds is not,
+        and neither is one that lets four times max_queue pile up.
+        """
+        if self._size > 4 * self._res.gateway.limits.max_queue:
+            return True
+        return (
+            self._poll is None and self._res.clock.seconds() - self.last_seen >= self._res.timeout
+        )
 
     def _wake(self) -> None:
         if (self._poll is not None or self._opening is not None) and not self._queued:

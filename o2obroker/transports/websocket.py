@@ -100,7 +100,7 @@ class WebSocketConnection(WebSocketServerProtocol):
 
     def onConnect(self, request: Any) -> str | None:
         factory = self.factory
-        if not factory.origins.allows(request.origin or None, request.host):
+        if not factory.origins.allows(request.origin or None, request.headers.get("host")):
             factory.refused_origins += 1
             raise ConnectionDeny(ConnectionDeny.FORBIDDEN, "origin not allowed")
         if CBOR_SUBPROTOCOL in request.protocols:
@@ -194,10 +194,21 @@ class WebSocketConnection(WebSocketServerProtocol):
         if not out or self._closing:
             return
         self._out = []
+        limit = self.maxMessagePayloadSize  # Autobahn applies it to what it sends, too
         if self.cbor:
-            self.sendMessage(cbor_array(out), True)
+            data = cbor_array(out)
+            if 0 < limit < len(data):
+                for part in _slices(out, limit, len):
+                    self.sendMessage(cbor_array(part), True)
+            else:
+                self.sendMessage(data, True)
         else:
-            self.sendMessage(json_array(out).encode(), False)
+            data = json_array(out).encode()
+            if 0 < limit < len(data):
+                for part in _slices(out, limit, _utf8_len):
+                    self.sendMessage(json_array(part).encode(), False)
+            else:
+                self.sendMessage(data, False)
         if self._pressure.paused:
             self._check_queue()
 
@@ -213,6 +224,27 @@ class WebSocketConnection(WebSocketServerProtocol):
         if unsent_bytes(self.transport) > self.factory.gateway.limits.max_queue:
             self.log.info("{session!r}: slow consumer, closing", session=self.session)
             self.session.fail(ProtocolError(503, "slow consumer", fatal=True))
+
+
+def _utf8_len(text: str) -> int:
+    return len(text.encode())
+
+
+def _slices(items: list[Any], limit: int, size: Any) -> list[list[Any]]:
+    """Cut a batch into arrays that each fit ``limit`` bytes (a lone frame always goes)."""
+    parts: list[list[Any]] = []
+    part: list[Any] = []
+    used = 2  # the array's brackets, or a CBOR head of up to 9 bytes minus the commas' slack
+    for item in items:
+        n = size(item) + 1
+        if part and used + n > limit - 8:
+            parts.append(part)
+            part, used = [], 2
+        part.append(item)
+        used += n
+    if part:
+        parts.append(part)
+    return parts
 
 
 class _ClockTimer:

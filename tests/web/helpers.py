@@ -6,11 +6,14 @@ import base64
 import json
 import os
 import struct
+import zlib
 from typing import Any
 
 import cbor2
 from twisted.internet.address import IPv4Address
+from twisted.internet.error import ConnectionDone
 from twisted.internet.testing import StringTransport
+from twisted.python.failure import Failure
 
 from o2obroker.transports.web import build_site
 from tests.harness import Harness
@@ -57,7 +60,7 @@ def ws_parse(data: bytes) -> tuple[list[tuple[int, bytes]], bytes]:
             i += 8
         if len(data) - i < n:
             break
-        out.append((b0 & 0x0F, data[i : i + n]))
+        out.append((b0 & 0x0F | (b0 & 0x40) << 2, data[i : i + n]))  # 0x100: compressed
         pos = i + n
     return out, data[pos:]
 
@@ -160,6 +163,7 @@ class WsClient:
         self.http.transport.clear()
         self.messages: list[Any] = []
         self.close_code: int | None = None
+        self._inflate: Any = None
 
     @property
     def transport(self) -> StringTransport:
@@ -182,6 +186,11 @@ class WsClient:
         frames, self._buf = ws_parse(self._buf)
         out = []
         for opcode, payload in frames:
+            if opcode & 0x100:
+                if self._inflate is None:
+                    self._inflate = zlib.decompressobj(-15)
+                payload = self._inflate.decompress(payload + b"\x00\x00\xff\xff")
+                opcode &= 0xFF
             if opcode == 1:
                 out.append(json.loads(payload))
             elif opcode == 2:
@@ -199,7 +208,7 @@ class WsClient:
         return out
 
     def lose(self) -> None:
-        self.transport.protocol.connectionLost(None)
+        self.transport.protocol.connectionLost(Failure(ConnectionDone()))
         self.web.flush()
 
 
