@@ -471,6 +471,7 @@ class Supervisor(Actor):
             occupancy=occupancy(duplex, async_),
         )
         self.last = sample
+        self.counts["samples"] += 1
         self._refresh_redirect()
         s = self.settings
         self._overloaded = bool(s.hard_memory and sample.memory >= s.hard_memory)

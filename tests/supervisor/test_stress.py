@@ -1,0 +1,93 @@
+"""A real node on loopback pushed past its connection threshold: the scale-out hook fires once."""
+
+from __future__ import annotations
+
+import json
+import shlex
+import sys
+from typing import Any
+
+from twisted.internet import reactor, task
+from twisted.internet.defer import Deferred, ensureDeferred, gatherResults, inlineCallbacks
+from twisted.trial import unittest
+
+from o2obroker.client.binary import connect
+from o2obroker.service import tap
+
+THRESHOLD = 50
+CLIENTS = 80
+APPEND = "import sys; open(sys.argv[1], 'a').write(sys.stdin.read())"
+
+
+def port_of(svc: Any) -> int:
+    ports: list[Any] = []
+    svc._waitingForPort.addCallback(lambda p: ports.append(p) or p)
+    return ports[0].getHost().port
+
+
+class StressTests(unittest.TestCase):
+    timeout = 60
+
+    @inlineCallbacks
+    def test_crossing_the_threshold_fires_the_hook_once(self) -> Any:
+        fired = self.mktemp()
+        command = shlex.join([sys.executable, "-c", APPEND, fired])
+        ini = self.mktemp()
+        with open(ini, "w", encoding="utf-8") as f:
+            f.write(
+                "[broker]\n"
+                "tcp = tcp:0:interface=127.0.0.1\n"
+                "http = tcp:0:interface=127.0.0.1\n"
+                "auth = none\n"
+                "sample_interval = 0.05\n"
+                f"alert_connections = {THRESHOLD}\n"
+                "alert_cooldown = 600\n"
+                f"scale_out_command = {command}\n"
+            )
+        options = tap.Options()
+        options.parseOptions(["--config", ini])
+        top = tap.makeService(options, reactor)
+        top.startService()
+        self.addCleanup(top.stopService)
+        supervisor = top.node.supervisor
+        endpoint = f"tcp:127.0.0.1:{port_of(top.getServiceNamed('tcp'))}"
+
+        clients = []
+        for batch in range(CLIENTS // 20):  # in waves, so samples see the load rise
+            wave = yield gatherResults(
+                [
+                    ensureDeferred(connect(reactor, endpoint, user=f"u{batch}-{i}", device="d"))
+                    for i in range(20)
+                ]
+            )
+            clients.extend(wave)
+            yield task.deferLater(reactor, 0.06, lambda: None)
+        for c in clients:
+            self.addCleanup(c.transport.loseConnection)
+        self.assertEqual(top.node.gateway.connections["tcp"], CLIENTS)
+
+        for _ in range(400):  # the hook's process writes its stdin, then exits
+            if supervisor.counts["scale_out_runs"] and "scale_out" not in supervisor._running:
+                break
+            yield task.deferLater(reactor, 0.05, lambda: None)
+        # many more samples over the threshold: nothing more fires
+        samples = supervisor.counts["samples"]
+        yield task.deferLater(reactor, 0.5, lambda: None)
+        self.assertGreaterEqual(supervisor.counts["samples"] - samples, 5)
+
+        with open(fired, encoding="utf-8") as f:
+            runs = [json.loads(line) for line in f.read().splitlines()]
+        self.assertEqual(len(runs), 1)
+        self.assertEqual(runs[0]["event"], "scale_out")
+        self.assertGreaterEqual(runs[0]["reasons"]["connections"][0], THRESHOLD)
+        self.assertEqual(supervisor.counts["scale_out_runs"], 1)
+        self.assertEqual(supervisor.counts["alerts"], 1)
+        self.assertEqual(supervisor.state, "alerting")
+        self.assertEqual(supervisor.last.duplex, CLIENTS)
+
+        # and the node drains them all, a few at a time, each told to go elsewhere
+        closed: list[Deferred[None]] = [c.closed for c in clients]
+        yield supervisor.drain()
+        yield gatherResults(closed)
+        self.assertEqual(top.node.gateway.connections["tcp"], 0)
+        self.assertTrue(all(c.frames[-1]["code"] == 503 for c in clients))
