@@ -31,7 +31,8 @@ from dataclasses import asdict, dataclass
 from itertools import islice
 from typing import Any, ClassVar
 
-from twisted.internet.defer import CancelledError, Deferred, succeed
+from twisted.internet.defer import CancelledError, Deferred, fail, succeed
+from twisted.internet.error import ProcessExitedAlready
 from twisted.internet.interfaces import IReactorTime
 from twisted.internet.protocol import ProcessProtocol
 from twisted.internet.task import LoopingCall
@@ -180,6 +181,7 @@ class _CommandProtocol(ProcessProtocol):
         self._stdin = stdin
         self._done = done
         self.output = bytearray()
+        self.killed: str | None = None  # why, when the hook killed it
 
     def connectionMade(self) -> None:
         self.transport.write(self._stdin)
@@ -192,10 +194,10 @@ class _CommandProtocol(ProcessProtocol):
     errReceived = outReceived
 
     def processEnded(self, reason: Failure) -> None:
-        if self._done.called:
-            return
         code = getattr(reason.value, "exitCode", None)
-        if code == 0:
+        if self.killed is not None:
+            self._done.errback(HookFailed(self.killed))
+        elif code == 0:
             self._done.callback(None)
         else:
             text = bytes(self.output).decode("utf-8", "replace").strip()
@@ -207,7 +209,9 @@ class CommandHook:
     """Runs a command with the payload as JSON on its stdin, through spawnProcess.
 
     The command is split like a shell would (no shell runs it); it inherits the
-    node's environment and is killed after ``timeout`` seconds.
+    node's environment and is killed after ``timeout`` seconds. The returned
+    Deferred fires once the process has ended, never before, so no process
+    outlives the hook's run unnoticed.
     """
 
     def __init__(self, reactor: Any, command: str | list[str], timeout: float = 30.0) -> None:
@@ -221,13 +225,15 @@ class CommandHook:
     def fire(self, payload: dict[str, Any]) -> Deferred[None]:
         done: Deferred[None] = Deferred()
         proto = _CommandProtocol(json.dumps(payload).encode() + b"\n", done)
-        process = self._reactor.spawnProcess(proto, self.argv[0], self.argv, env=None)
+        try:
+            process = self._reactor.spawnProcess(proto, self.argv[0], self.argv, env=None)
+        except Exception as e:
+            return fail(HookFailed(f"cannot start {self.argv[0]}: {e}"))
 
         def kill() -> None:
-            if not done.called:
-                with contextlib.suppress(Exception):  # already gone
-                    process.signalProcess("KILL")
-                done.errback(HookFailed(f"no exit after {self.timeout:g}s: killed"))
+            proto.killed = f"no exit after {self.timeout:g}s: killed"
+            with contextlib.suppress(ProcessExitedAlready):
+                process.signalProcess("KILL")
 
         timer = self._reactor.callLater(self.timeout, kill)
 

@@ -45,6 +45,11 @@ class CommandHookTests(unittest.TestCase):
         error = yield self.assertFailure(hook.fire({}), HookFailed)
         self.assertIn("killed", str(error))
 
+    @inlineCallbacks
+    def test_a_missing_command_is_a_failure(self) -> Any:
+        hook = CommandHook(reactor, [self.mktemp()], timeout=20)
+        yield self.assertFailure(hook.fire({}), HookFailed)
+
     def test_command_line_is_split_like_a_shell(self) -> None:
         hook = CommandHook(reactor, "/usr/local/bin/scale --pool 'shop a'")
         self.assertEqual(hook.argv, ["/usr/local/bin/scale", "--pool", "shop a"])
