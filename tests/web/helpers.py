@@ -115,6 +115,11 @@ class Http:
         self.send_raw(data)
 
     def response(self) -> tuple[int, dict[str, str], bytes] | None:
+        for _ in range(100):  # drive a pull producer (static files) as a socket would
+            producer = self.channel._requestProducer
+            if producer is None or self.channel._requestProducerStreaming:
+                break
+            producer.resumeProducing()
         parsed = parse_response(self.transport.value())
         if parsed is not None:
             self.transport.clear()
