@@ -28,7 +28,6 @@ import shlex
 from collections import Counter, deque
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import asdict, dataclass
-from itertools import islice
 from typing import Any, ClassVar
 
 from twisted.internet.defer import CancelledError, Deferred, fail, succeed
@@ -430,6 +429,9 @@ class Supervisor(Actor):
         self._loop = LoopingCall(self.tick)
         self._loop.clock = clock
         self._drain_loop: LoopingCall | None = None
+        self._drain_queue: deque[Any] = deque()
+        self._drain_group: Any = ()
+        self._drain_next = 0
 
     def __repr__(self) -> str:
         return f"<Supervisor {self.node_id} {self.state} transport={self.transport}>"
@@ -691,17 +693,38 @@ class Supervisor(Actor):
 
     def _drain_tick(self) -> None:
         budget = max(1, int(self.settings.drain_rate * 0.1))
-        batch: list[Any] = []
-        for group in self.gate.session_groups():
-            if len(batch) >= budget:
-                break
-            batch.extend(islice(group, budget - len(batch)))
+        batch = self._next_sessions(budget)
         error = Unavailable("node is draining", self._redirect)
         for session in batch:
             session.fail(error)
         self.counts["drained"] += len(batch)
         if self._empty():
             self._drained()
+
+    def _next_sessions(self, budget: int) -> list[Any]:
+        """Up to ``budget`` open sessions, one group (liveness bucket) copied at a time.
+
+        Taking the first few of a set again and again would walk the slots of
+        the sessions already gone each time (sets do not shrink), which grows
+        with the node; a copy of one group costs one pass over it, once.
+        """
+        groups = self.gate.session_groups()
+        queue = self._drain_queue
+        batch: list[Any] = []
+        refills = 0
+        while len(batch) < budget:
+            if not queue:
+                if refills == len(groups):
+                    break  # every group looked at in this slice: nothing left
+                refills += 1
+                self._drain_group = groups[self._drain_next % len(groups)]
+                self._drain_next += 1
+                queue.extend(self._drain_group)
+                continue
+            session = queue.popleft()
+            if session in self._drain_group:  # not gone on its own meanwhile
+                batch.append(session)
+        return batch
 
     def _drained(self) -> None:
         if self._drain_loop is not None and self._drain_loop.running:
