@@ -3,6 +3,8 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
+# the browser tests: Debian's chromium and playwright-core (package-lock.json)
+BROWSER := node_modules/.installed
 ARGS ?=
 
 .PHONY: run test lint bench clean
@@ -13,6 +15,12 @@ $(STAMP): setup.cfg pyproject.toml
 	$(BIN)/python -m pip install --quiet -e '.[test]'
 	touch $@
 
+$(BROWSER): package.json package-lock.json
+	command -v chromium >/dev/null 2>&1 || { apt-get update -qq && \
+		DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium; }
+	npm ci --no-audit --no-fund --loglevel=error
+	touch $@
+
 run: $(STAMP)
 	$(BIN)/twistd --nodaemon --pidfile= o2obroker $(ARGS)
 
@@ -21,8 +29,8 @@ lint: $(STAMP)
 	$(BIN)/ruff format --check .
 	$(BIN)/lint-imports
 
-test: $(STAMP) lint
+test: $(STAMP) $(BROWSER) lint
 	$(BIN)/python -m twisted.trial --jobs=2 tests
 
 clean:
-	rm -rf $(VENV) _trial_temp* build *.egg-info
+	rm -rf $(VENV) _trial_temp* build *.egg-info node_modules

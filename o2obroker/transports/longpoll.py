@@ -281,6 +281,15 @@ class LongPollResource(Resource):
         self.putChild(b"send", _Send(self))
         self.putChild(b"close", _Close(self))
 
+    def stop(self) -> None:
+        """The site stops: answer held polls and end every session."""
+        for conn in list(self.sessions.values()):
+            conn.closed = True
+            if conn._poll is not None:
+                conn.answer_poll()
+            conn.expire()
+        self._expiry.stop()
+
     # -- sessions ------------------------------------------------------------
 
     def forget(self, conn: LongPollConnection) -> None:

@@ -147,6 +147,13 @@ class WebSite(Site):
         self.max_body = max_body
         self.slow_requests = 0  # closed by the request deadline
         self.refused_bodies = 0  # refused with 413
+        self.longpoll: Any = None
+
+    def stopFactory(self) -> None:
+        # the port is closed: long-poll sessions have no way left to be polled
+        if self.longpoll is not None:
+            self.longpoll.stop()
+        super().stopFactory()
 
 
 class OriginPolicy:
