@@ -692,27 +692,19 @@ class Supervisor(Actor):
         return sum(self.gate.connections.values()) <= 0
 
     def _drain_tick(self) -> None:
-        budget = max(1, int(self.settings.drain_rate * 0.1))
-        batch = self._next_sessions(budget)
-        error = Unavailable("node is draining", self._redirect)
-        for session in batch:
-            session.fail(error)
-        self.counts["drained"] += len(batch)
-        if self._empty():
-            self._drained()
-
-    def _next_sessions(self, budget: int) -> list[Any]:
-        """Up to ``budget`` open sessions, one group (liveness bucket) copied at a time.
+        """Send up to drain_rate / 10 sessions away, from a copy of one group at a time.
 
         Taking the first few of a set again and again would walk the slots of
         the sessions already gone each time (sets do not shrink), which grows
-        with the node; a copy of one group costs one pass over it, once.
+        with the node; a copy of one group (liveness bucket) costs one pass
+        over it, once. A session leaves its group as soon as it is sent away.
         """
+        budget = max(1, int(self.settings.drain_rate * 0.1))
+        error = Unavailable("node is draining", self._redirect)
         groups = self.gate.session_groups()
         queue = self._drain_queue
-        batch: list[Any] = []
-        refills = 0
-        while len(batch) < budget:
+        sent = refills = 0
+        while sent < budget:
             if not queue:
                 if refills == len(groups):
                     break  # every group looked at in this slice: nothing left
@@ -723,8 +715,11 @@ class Supervisor(Actor):
                 continue
             session = queue.popleft()
             if session in self._drain_group:  # not gone on its own meanwhile
-                batch.append(session)
-        return batch
+                session.fail(error)
+                sent += 1
+        self.counts["drained"] += sent
+        if self._empty():
+            self._drained()
 
     def _drained(self) -> None:
         if self._drain_loop is not None and self._drain_loop.running:

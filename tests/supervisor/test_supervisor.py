@@ -344,6 +344,23 @@ class DrainTests(unittest.TestCase):
         self.assertEqual(rig.supervisor.counts["drained"], 1000)
         self.assertEqual(rig.clock.getDelayedCalls(), [])  # the drain timer stopped
 
+    def test_sessions_leaving_or_arriving_during_a_drain(self) -> None:
+        rig = Rig(drain_rate=100)  # 10 per slice
+        sessions = rig.gate.open("tcp", 100)
+        done = []
+        rig.supervisor.drain().addCallback(done.append)
+        gone = [s for s in sessions if not s.closed][:30]
+        for s in gone:  # these hang up on their own
+            s.fail(type("Bye", (), {"fatal": True, "frame": lambda self: {"t": "bye"}})())
+        late = rig.gate.open("tcp", 5)  # connected before their hello was refused
+        for _ in range(20):
+            rig.clock.advance(0.1)
+        self.assertEqual(done, [None])
+        self.assertTrue(all(s.closed for s in sessions + late))
+        self.assertEqual(rig.supervisor.counts["drained"], 100 - 30 + 5)
+        for s in gone:
+            self.assertEqual(s.frames, [{"t": "bye"}])
+
     def test_drain_of_an_empty_node_fires_at_once_and_again_later(self) -> None:
         rig = Rig()
         done = []
