@@ -216,6 +216,9 @@ class PresenceHub:
         self.stats = stats or Stats()
         # user -> (state watchers last heard of, latest state), for this window
         self._pending: dict[str, tuple[Presence, Presence]] = {}
+        # pending users whose state a watch or probe answered meanwhile: that
+        # watcher may know a state of the middle of the burst, so it is sent
+        self._read: set[str] = set()
         self._timer: IDelayedCall | None = None
         self._work: deque[tuple[OutFrame, Iterator[str]]] = deque()
         self._pump_call: IDelayedCall | None = None
@@ -250,9 +253,10 @@ class PresenceHub:
     def _flush(self) -> None:
         self._timer = None
         pending, self._pending = self._pending, {}
+        read, self._read = self._read, set()
         changes = {}
         for user, (before, after) in pending.items():
-            if before.state == after.state and before.status == after.status:
+            if before.state == after.state and before.status == after.status and user not in read:
                 self.stats.presence_coalesced += 1  # a burst that ended where it began
             else:
                 changes[user] = after
@@ -310,6 +314,14 @@ class PresenceHub:
 
     def lookup(self, users: list[str]) -> Deferred[dict[str, Presence]]:
         """The presence of each user, as the HTTP API and probes answer it."""
+        return self.backend.presence(users)
+
+    def answer(self, users: list[str]) -> Deferred[dict[str, Presence]]:
+        """Like ``lookup``, for a watch or probe: a burst under way for one of
+        these users is then sent even if it ends where it began."""
+        if self._pending:
+            pending = self._pending
+            self._read.update(u for u in users if u in pending)
         return self.backend.presence(users)
 
     def room_presence(self, room: str) -> Deferred[dict[str, int]]:

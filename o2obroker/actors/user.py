@@ -103,6 +103,7 @@ class UserActor(Actor):
         "_clock",
         "_inflight",
         "_mids",
+        "_missed",
         "_router",
         "backend",
         "devices",
@@ -122,6 +123,8 @@ class UserActor(Actor):
         super().__init__(scheduler)
         hub = presence or PresenceHub(router.backend, router, clock)
         self.presence = UserPresence(user, hub, lambda: self.tell(("presence_expire",)))
+        # device in its grace period -> {watched user: latest change it missed}
+        self._missed: dict[str, dict[str, OutFrame]] = {}
         self.user = user
         self.backend: IBackend = router.backend
         self.devices: dict[str, Any] = {}
@@ -328,6 +331,8 @@ class UserActor(Actor):
         old = self.devices.pop(device.device, None)
         if old is not None and old is not device:
             old.replaced()
+        # back within its grace period: what it missed of its watch list is kept for it
+        device.presence_kept = self.presence.is_lingering(device.device)
         user = self.user
         if resume_last is not None:
             d: Deferred[int] = self.backend.ack(user, device.device, resume_last)
@@ -376,6 +381,8 @@ class UserActor(Actor):
                 getattr(device, "presence_state", "online"),
                 getattr(device, "presence_status", ""),
             )
+            for out in self._missed.pop(device.device, {}).values():
+                device.send_presence(out)
 
     def _on_detach(self, message: Message) -> None:
         device = message[1]
@@ -412,6 +419,8 @@ class UserActor(Actor):
 
     def _on_presence_expire(self, message: Message) -> None:
         self.presence.expire()
+        for name in [n for n in self._missed if not self.presence.is_lingering(n)]:
+            del self._missed[name]
 
     def _on_presence_out(self, batch: list[Message]) -> None:
         """Changes of watched users, fanned out by the hub: to every live device."""
@@ -420,6 +429,13 @@ class UserActor(Actor):
             if device.live:
                 for out in outs:
                     device.send_presence(out)
+        if self.presence.lingering:
+            # a device that dropped a moment ago gets these when it is back
+            for name, entry in self.presence.entries.items():
+                if entry.until is not None and name not in self.devices:
+                    missed = self._missed.setdefault(name, {})
+                    for out in outs:
+                        missed[out.frame["user"]] = out
 
     def _on_watch(self, message: Message) -> Deferred[None]:
         _, device, users = message
@@ -449,7 +465,7 @@ class UserActor(Actor):
             for user in dict.fromkeys(users):
                 device.send_presence(OutFrame(presence_frame(user, found[user])))
 
-        return self.presence.hub.lookup(users).addCallback(answer)
+        return self.presence.hub.answer(users).addCallback(answer)
 
     # -- life cycle -------------------------------------------------------
 

@@ -59,6 +59,7 @@ class Session:
         "next_probe",
         "partial_since",
         "pinged",
+        "presence_kept",
         "presence_state",
         "presence_status",
         "since",
@@ -84,6 +85,7 @@ class Session:
         self.next_probe = self.since + gateway.hb
         self.presence_state = "online"
         self.presence_status = ""
+        self.presence_kept = False  # set by the actor: back within the grace period
         self.transfer: Transfer | None = None  # made at the first large frame
         self._bucket = gateway.liveness.add(self)
 
@@ -296,6 +298,8 @@ class Session:
                 "max_frame": gw.limits.max_frame,
                 "resumed": resumed,
                 "last": last,
+                # presence kept through a short drop: no need to watch again (doc/presence.md)
+                **({"presence_kept": True} if self.presence_kept else {}),
             }
         )
 

@@ -258,6 +258,19 @@ class CoalescingTests(PresenceCase):
         self.assertEqual(self.presence(alice), [])
         self.assertEqual(self.stats.presence_coalesced, 2)
 
+    def test_a_watcher_that_saw_the_middle_of_a_burst_gets_its_end(self) -> None:
+        bob = self.login("bob")
+        alice = self.watching("alice", "bob")
+        bob.write({"t": "presence", "state": "away"})
+        carol = self.login("carol")
+        carol.write({"t": "watch", "users": ["bob"]})
+        self.assertEqual(self.presence(carol), [("bob", "away", "", 1)])
+        bob.write({"t": "presence", "state": "online"})
+        self.settle()
+        self.assertEqual(self.presence(carol), [("bob", "online", "", 1)])
+        # the others hear the state they knew already: harmless, and rare
+        self.assertEqual(self.presence(alice), [("bob", "online", "", 1)])
+
     def test_counters_of_frames_and_bytes(self) -> None:
         alice = self.watching("alice", "bob", "carol")
         bob = self.login("bob")
