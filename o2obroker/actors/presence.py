@@ -104,7 +104,9 @@ class UserPresence:
     @property
     def lingering(self) -> bool:
         """Whether a lost device is still kept for its grace period."""
-        return self._call is not None
+        # from the entries, not the timer: between the timer firing and the
+        # actor handling it, the device is still in its grace period
+        return any(e.until is not None for e in self.entries.values())
 
     def is_lingering(self, device: str) -> bool:
         entry = self.entries.get(device)

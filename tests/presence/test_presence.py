@@ -209,6 +209,17 @@ class GraceTests(PresenceCase):
         # with nothing left to wait for, the actor leaves memory
         self.assertNotIn("bob", self.h.node.router.actors)
 
+    def test_grace_lasts_until_the_actor_has_handled_its_end(self) -> None:
+        bob = self.login("bob")
+        bob.lose()
+        presence = self.h.node.router.actors["bob"].presence
+        presence._call.cancel()
+        presence._expired()  # what the timer does; the actor's turn has not come yet
+        self.assertTrue(presence.lingering)  # changes for bob's watch list are still kept
+        self.h.clock.advance(20)
+        self.h.flush()
+        self.assertFalse(presence.lingering)
+
     def test_bye_goes_offline_at_once(self) -> None:
         bob = self.login("bob")
         alice = self.watching("alice", "bob")
