@@ -104,22 +104,22 @@ def _ignore_tag(value: Any, immutable: bool) -> None:
 
 _REFUSE_EVERY_TAG = _RefuseEveryTag()
 _IGNORE_EVERY_TAG = _IgnoreEveryTag()
-_EMPTY = BytesIO(b"")
-# Larger than any frame: the decoder then reads a payload in one call, which
-# BytesIO answers with the payload itself, not a copy.
+# Larger than any frame: the decoder then reads a payload in one call.
 _READ_SIZE = 1 << 30
-# Strict decoders by max_depth, per thread: building one costs more than
-# decoding a frame, and one decoder must not be shared by two threads.
+# Strict decoders by max_depth, per thread, each with its own BytesIO: building
+# a decoder costs more than decoding a frame, pointing it at a new file object
+# costs a third of a decode, and one decoder must not be shared by two threads.
 _local = threading.local()
 
 
-def _new_decoder(depth: int) -> CBORDecoder:
+def _new_decoder(depth: int) -> tuple[CBORDecoder, BytesIO]:
     try:
         cache = _local.decoders
     except AttributeError:
         cache = _local.decoders = {}
-    decoder = cache[depth] = CBORDecoder(
-        _EMPTY,
+    fp = BytesIO()
+    decoder = CBORDecoder(
+        fp,
         tag_hook=_refuse_tag,
         semantic_decoders=_REFUSE_EVERY_TAG,
         max_depth=depth,
@@ -130,7 +130,8 @@ def _new_decoder(depth: int) -> CBORDecoder:
         # crafted to collide and make building one map quadratic.
         strict_hashable_types=True,
     )
-    return decoder
+    cache[depth] = decoder, fp
+    return decoder, fp
 
 
 # The rest of cbor2's errors only come as messages; these two are value rules.
@@ -257,16 +258,18 @@ def _decode_cbor(payload: bytes, limits: Limits, depth: int) -> Any:
     if type(payload) is not bytes:
         payload = bytes(payload)
     try:
-        decoder = _local.decoders[depth]
+        decoder, fp = _local.decoders[depth]
     except (AttributeError, KeyError):
-        decoder = _new_decoder(depth)
-    fp = BytesIO(payload)
-    decoder.fp = fp
+        decoder, fp = _new_decoder(depth)
+    # Refill the decoder's own BytesIO (the pickle protocol's way to replace
+    # its contents in one call); a clean decode leaves nothing buffered.
+    fp.__setstate__((payload, 0, None))
     try:
         value = decoder.decode()
-    except CBORDecodeError as e:
-        raise _cbor_failure(e, payload, depth, limits) from None
-    except (ValueError, TypeError, OverflowError) as e:  # pragma: no cover - cbor2 wraps these
+    except Exception as e:
+        decoder.fp = fp  # a failed decode may leave bytes buffered: drop them
+        if isinstance(e, CBORDecodeError):
+            raise _cbor_failure(e, payload, depth, limits) from None
         raise DecodeError(f"not valid CBOR: {e}") from None
     if fp.tell() != n:
         raise DecodeError("trailing bytes after the CBOR item")

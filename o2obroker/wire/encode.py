@@ -88,7 +88,7 @@ class MessageTemplate:
     body above all) are encoded only once per encoding, on first use.
     """
 
-    __slots__ = ("_cbor_head", "_cbor_rest", "_json_rest", "fields", "rest")
+    __slots__ = ("_cbor_head", "_cbor_rest", "_json_rest", "_rest", "fields")
 
     def __init__(self, fields: dict[str, Any]) -> None:
         t = fields.get("t", "msg")
@@ -97,19 +97,19 @@ class MessageTemplate:
         if "seq" in fields:
             raise ValueError("a message template must not hold a seq")
         self.fields = fields
-        self.rest = {k: v for k, v in fields.items() if k != "t"}
+        self._rest = {k: v for k, v in fields.items() if k != "t"}
         self._cbor_head: bytes | None = None
         self._cbor_rest = b""
         self._json_rest: str | None = None
 
     def frame(self, seq: int) -> dict[str, Any]:
         """The frame as a map, for whoever needs the value rather than its bytes."""
-        return {"t": "msg", "seq": seq, **self.rest}
+        return {"t": "msg", "seq": seq, **self._rest}
 
     def cbor(self, seq: int) -> bytes:
         head = self._cbor_head
         if head is None:
-            rest = self.rest
+            rest = self._rest
             encoded = encode_cbor(rest)
             # Drop the map head cbor2 wrote for len(rest) entries; ours has 2 more.
             self._cbor_rest = encoded[len(_head(5, len(rest))) :]
@@ -121,7 +121,7 @@ class MessageTemplate:
     def json(self, seq: int) -> str:
         rest = self._json_rest
         if rest is None:
-            rest = self._json_rest = "," + encode_json(self.rest)[1:] if self.rest else "}"
+            rest = self._json_rest = "," + encode_json(self._rest)[1:] if self._rest else "}"
         if seq.__class__ is not int:
             raise TypeError("seq must be an int")
         return f'{{"t":"msg","seq":{seq}{rest}'

@@ -159,7 +159,17 @@ class DecodeTests(CBORTestCase):
 
     def test_decoder_recovers_after_errors(self) -> None:
         good = cbor2.dumps({"t": "ping"})
-        for bad in (b"\xa1" + KEY_A, good + b"\x00", cbor2.dumps({"a": CBORTag(1, 0)})):
+        bad_ones = (
+            b"\xa1" + KEY_A,
+            good + b"\x00",
+            cbor2.dumps({"a": CBORTag(1, 0)}),
+            # Errors with bytes left over, which must not leak into the next decode:
+            cbor2.dumps({"a": CBORTag(1, 0), "b": "x" * 50}),
+            b"\xa3" + KEY_A + b"\x00" + KEY_A + b"\x01\x61b\x02",
+            b"\xa2\x01\x00" + KEY_A + b"\x00",
+            b"\xa2" + KEY_A + b"\xff\x61b\x00",
+        )
+        for bad in bad_ones:
             with self.assertRaises((DecodeError, BadFrame)):
                 decode_cbor(bad, LIMITS)
             self.assertEqual(decode_cbor(good, LIMITS), {"t": "ping"})
