@@ -62,12 +62,14 @@ class OutFrame:
         self._json: str | None = None
 
     def cbor(self) -> bytes:
+        """The frame as CBOR, encoded on first use."""
         data = self._cbor
         if data is None:
             data = self._cbor = encode_cbor(self.frame)
         return data
 
     def json(self) -> str:
+        """The frame as JSON text, encoded on first use."""
         data = self._json
         if data is None:
             data = self._json = encode_json(self.frame)
@@ -107,6 +109,7 @@ class MessageTemplate:
         return {"t": "msg", "seq": seq, **self._rest}
 
     def cbor(self, seq: int) -> bytes:
+        """The CBOR ``msg`` frame for one recipient's ``seq``."""
         head = self._cbor_head
         if head is None:
             rest = self._rest
@@ -119,6 +122,7 @@ class MessageTemplate:
         return b"".join((head, _cbor_uint(seq), self._cbor_rest))
 
     def json(self, seq: int) -> str:
+        """The JSON ``msg`` frame for one recipient's ``seq``."""
         rest = self._json_rest
         if rest is None:
             rest = self._json_rest = "," + encode_json(self._rest)[1:] if self._rest else "}"
