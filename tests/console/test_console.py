@@ -6,6 +6,7 @@ import os
 from typing import Any
 
 from cryptography.hazmat.primitives.asymmetric import ed25519
+from twisted.conch import telnet
 from twisted.conch.ssh import connection, keys, session, userauth
 from twisted.conch.ssh.channel import SSHChannel
 from twisted.conch.ssh.transport import SSHClientTransport
@@ -205,6 +206,21 @@ class ConsoleConfigTests(unittest.TestCase):
         self.assertIn("not on loopback", str(self.assertRaises(ConfigError, config.check)))
         Config(manhole_telnet="tcp:2323:interface=127.0.0.1", manhole_passwd="/x").check()
 
+    def test_telnet_listens_on_loopback_with_a_password_file(self) -> None:
+        passwd = self.mktemp()
+        with open(passwd, "w", encoding="utf-8") as f:
+            f.write("ops:correct horse battery staple\n")
+        config = Config(manhole_telnet="tcp:0:interface=127.0.0.1", manhole_passwd=passwd)
+        config.check()
+        console = console_service(config, {})
+        telnet = console.getServiceNamed("telnet")
+        self.assertEqual(telnet.endpoint._interface, "127.0.0.1")
+        self.assertRaises(KeyError, console.getServiceNamed, "ssh")
+        config.manhole_passwd = self.mktemp()  # missing
+        self.assertIn(
+            "cannot read", str(self.assertRaises(ConfigError, console_service, config, {}))
+        )
+
     def test_empty_or_bad_keys_file_is_refused(self) -> None:
         empty = self.mktemp()
         with open(empty, "wb") as f:
@@ -236,3 +252,68 @@ class ConsoleConfigTests(unittest.TestCase):
         self.assertRaises(
             usage.UsageError, options.parseOptions, ["--manhole", "tcp:2222:interface=127.0.0.1"]
         )
+
+
+class _Telnet(telnet.TelnetProtocol):
+    """A telnet client that agrees to what the manhole asks for (echo, window size...)."""
+
+    def __init__(self) -> None:
+        self.output = b""
+        self.waiting: list[tuple[bytes, Deferred[bytes]]] = []
+
+    def enableRemote(self, option: bytes) -> bool:
+        return option in (telnet.ECHO, telnet.SGA)
+
+    def enableLocal(self, option: bytes) -> bool:
+        return option in (telnet.NAWS, telnet.SGA, telnet.LINEMODE)
+
+    def dataReceived(self, data: bytes) -> None:
+        self.output += data
+        for item in list(self.waiting):
+            if item[0] in self.output:
+                self.waiting.remove(item)
+                item[1].callback(self.output)
+
+    def wait_for(self, text: bytes) -> Deferred[bytes]:
+        d: Deferred[bytes] = Deferred()
+        if text in self.output:
+            d.callback(self.output)
+        else:
+            self.waiting.append((text, d))
+        return d.addTimeout(20, reactor)
+
+    def send(self, line: bytes) -> None:
+        self.transport.write(line)
+
+
+def _telnet_client() -> protocol.Factory:
+    return protocol.Factory.forProtocol(lambda: telnet.TelnetTransport(_Telnet))
+
+
+class TelnetConsoleTests(unittest.TestCase):
+    @inlineCallbacks
+    def test_password_login_runs_broker_stats(self) -> Any:
+        harness = Harness()
+        passwd = self.mktemp()
+        with open(passwd, "w", encoding="utf-8") as f:
+            f.write("ops:staple\n")
+        config = Config(manhole_telnet="tcp:0:interface=127.0.0.1", manhole_passwd=passwd)
+        console = console_service(config, namespace(harness.node), reactor)
+        console.startService()
+        self.addCleanup(console.stopService)
+        ports: list[Any] = []
+        console.getServiceNamed("telnet")._waitingForPort.addCallback(
+            lambda p: ports.append(p) or p
+        )
+        endpoint = TCP4ClientEndpoint(reactor, "127.0.0.1", ports[0].getHost().port)
+        transport = yield endpoint.connect(_telnet_client())
+        client = transport.protocol
+        self.addCleanup(transport.loseConnection)
+        yield client.wait_for(b"Username: ")
+        client.send(b"ops\n")
+        yield client.wait_for(b"Password: ")
+        client.send(b"staple\n")
+        yield client.wait_for(b">>> ")
+        client.send(b"print('NODE', broker.stats()['node'])\n")
+        out = yield client.wait_for(b"NODE n1")
+        self.assertIn(b"NODE n1", out)

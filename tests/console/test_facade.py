@@ -26,6 +26,8 @@ class FacadeTests(unittest.TestCase):
             self.assertIn(f"broker.{name}(", text)
 
     def test_stats(self) -> None:
+        self.h = Harness(alert_cpu=0, alert_memory=0)  # the real sampler reads this machine
+        self.broker = Broker(self.h.node)
         self.h.login("alice")
         self.h.node.supervisor.tick()
         self.h.flush()
