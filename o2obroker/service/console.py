@@ -148,6 +148,16 @@ def telnet_factory(ns: dict[str, Any], passwd: str) -> protocol.ServerFactory:
     return factory
 
 
+def check_console_files(config: Config) -> None:
+    """Read the console's key and password files now, so a bad one stops the start
+    with a usage error rather than a traceback."""
+    if config.manhole and config.manhole_keys:
+        read_authorized_keys(config.manhole_keys)
+    passwd = config.manhole_passwd
+    if config.manhole_telnet and passwd and not os.access(passwd, os.R_OK):
+        raise ConfigError(f"manhole_passwd: cannot read {passwd}")
+
+
 def console_service(
     config: Config, ns: dict[str, Any], reactor: Any = None
 ) -> service.MultiService | None:

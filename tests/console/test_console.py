@@ -247,6 +247,15 @@ class ConsoleConfigTests(unittest.TestCase):
         self.assertEqual(console.getServiceNamed("ssh").endpoint._interface, "127.0.0.1")
         self.assertFalse(console.running)
 
+    def test_options_refuse_an_unreadable_keys_file(self) -> None:
+        options = tap.Options()
+        error = self.assertRaises(
+            usage.UsageError,
+            options.parseOptions,
+            ["--manhole", "tcp:0:interface=127.0.0.1", "--manhole-keys", self.mktemp()],
+        )
+        self.assertIn("manhole_keys: cannot read", str(error))
+
     def test_options_refuse_a_console_without_keys(self) -> None:
         options = tap.Options()
         self.assertRaises(
