@@ -10,7 +10,7 @@ from twisted.logger import Logger
 from twisted.python import usage
 
 from o2obroker.config import ConfigError, load
-from o2obroker.service.console import console_service, namespace
+from o2obroker.service.console import check_console_files, console_service, namespace
 from o2obroker.service.node import Node
 from o2obroker.transports.tcp import BinaryFactory
 from o2obroker.transports.web import build_site
@@ -63,6 +63,7 @@ class Options(usage.Options):
         }
         try:
             self["settings"] = load(self["config"], overrides)
+            check_console_files(self["settings"])
         except ConfigError as e:
             raise usage.UsageError(str(e)) from None
 
