@@ -115,6 +115,8 @@ class WebSocketConnection(WebSocketServerProtocol):
 
     def onOpen(self) -> None:
         self._out: list[Any] = []
+        # the opening handshake is over: its request need not live as long as the socket
+        self.http_headers = self.http_request_data = self.http_request_params = None
         transport = self.transport
         if getattr(transport, "producer", None) is not None:
             transport.unregisterProducer()  # the HTTP channel's, done with this socket
