@@ -236,6 +236,8 @@ def main() -> None:
         broker = idle_memory("broker", args.idle)
         print(f"bare Autobahn, idle       {bare / 1024:6.2f} KiB per connection", flush=True)
         print(f"broker, idle after hello  {broker / 1024:6.2f} KiB per connection", flush=True)
+    if not args.rounds:
+        return
     d = defer.ensureDeferred(relay(args))
     d.addErrback(lambda f: print(f.getTraceback()))
     d.addBoth(lambda _: reactor.stop())

@@ -17,6 +17,7 @@ from typing import Any
 from autobahn.twisted.resource import WebSocketResource
 from autobahn.twisted.websocket import WebSocketServerFactory, WebSocketServerProtocol
 from autobahn.websocket.compress import PerMessageDeflateOffer, PerMessageDeflateOfferAccept
+from autobahn.websocket.protocol import TrafficStats
 from autobahn.websocket.types import ConnectionDeny
 from twisted.internet.interfaces import IDelayedCall, IPushProducer, IReactorTime
 from twisted.logger import Logger
@@ -117,6 +118,9 @@ class WebSocketConnection(WebSocketServerProtocol):
         self._out: list[Any] = []
         # the opening handshake is over: its request need not live as long as the socket
         self.http_headers = self.http_request_data = self.http_request_params = None
+        self.http_status_line = self.http_request_uri = self.websocket_protocols = None
+        # one node-wide tally instead of an object per socket
+        self.trafficStats = self.factory.traffic
         transport = self.transport
         if getattr(transport, "producer", None) is not None:
             transport.unregisterProducer()  # the HTTP channel's, done with this socket
@@ -308,6 +312,7 @@ class WebSocketFactory(WebSocketServerFactory):
         self.flusher = Flusher(reactor)
         self._batched_timer = _ClockTimer(reactor)
         self.refused_origins = 0
+        self.traffic = TrafficStats()  # octets and messages of every open WebSocket
         options: dict[str, Any] = {
             "maxFramePayloadSize": max_frame,
             "maxMessagePayloadSize": max_message,
