@@ -111,7 +111,8 @@ class Config:
             raise ConfigError(f"presence_grace: must not be negative, not {self.presence_grace}")
         if not 0 < self.presence_window <= 60:
             raise ConfigError(
-                f"presence_window: must be above 0 and at most 60 seconds, not {self.presence_window}"
+                "presence_window: must be above 0 and at most 60 seconds,"
+                f" not {self.presence_window}"
             )
         if self.transfer_rate < 1:
             raise ConfigError(f"transfer_rate: must be at least 1 byte/s, not {self.transfer_rate}")
