@@ -9,25 +9,39 @@ batch their work, and one call per batch keeps Deferreds off the per-message pat
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 from zope.interface import Attribute, Interface
 
+from o2obroker.wire import MessageTemplate
 
-@dataclass(frozen=True, slots=True)
-class StoredMessage:
+
+class StoredMessage(MessageTemplate):
     """One inbox entry, as kept for a user: the msg frame minus its seq.
 
-    ``fields`` is the frame a recipient gets (t, mid, from, from_device, to or
-    room, body, ts). ``template`` is an opaque, process-local cache of its
-    encodings; backends that serialise the message drop it and rebuild from
-    ``fields``.
+    ``fields`` is the frame a recipient gets without ``seq`` (mid, from,
+    from_device, to or room, body, ts). The entry is its own template: the
+    encodings of everything but the seq are made once, on first use, and
+    spliced with each recipient's seq. Backends that serialise a message keep
+    ``fields`` and rebuild the entry from them.
     """
 
-    mid: str
-    ts: int
-    fields: dict[str, Any]
-    template: Any = None
+    __slots__ = ("mid", "ts")
+
+    def __init__(self, mid: str, ts: int, fields: dict[str, Any]) -> None:
+        MessageTemplate.__init__(self, fields)
+        self.mid = mid
+        self.ts = ts
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, StoredMessage):
+            return NotImplemented
+        return (self.mid, self.ts, self.fields) == (other.mid, other.ts, other.fields)
+
+    __hash__ = None  # type: ignore[assignment]
+
+    def __repr__(self) -> str:
+        return f"StoredMessage({self.mid!r}, {self.ts!r}, {self.fields!r})"
 
 
 @dataclass(frozen=True, slots=True)
@@ -39,8 +53,7 @@ class InboxState:
     epoch: str  # changes when the store is reset; a cursor from another epoch is void
 
 
-@dataclass(frozen=True, slots=True)
-class Receipt:
+class Receipt(NamedTuple):
     """The answer to an accepted send, kept so that a retried id gets it again."""
 
     mid: str

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import uuid
 from collections import deque
-from dataclasses import replace
 from typing import Any
 
 from twisted.internet.defer import Deferred, succeed
@@ -27,10 +26,40 @@ class _Inbox:
     __slots__ = ("cursors", "entries", "last")
 
     def __init__(self) -> None:
-        self.entries: deque[tuple[int, StoredMessage]] = deque()
+        # an empty tuple until the first message: an empty deque costs 600 bytes
+        self.entries: deque[tuple[int, StoredMessage]] | tuple[()] = ()
         self.last = 0
         # device -> [cursor, last seen (seconds)]
         self.cursors: dict[str, list[float]] = {}
+
+
+class _SentIds:
+    """A user's recent send ids: a dict for look-ups, a deque for expiry in order.
+
+    (A dict alone, trimmed from its front, makes ``next(iter(d))`` walk every
+    deleted slot before the first live one: linear, not constant.)
+    """
+
+    __slots__ = ("ids", "order", "statuses")
+
+    def __init__(self) -> None:
+        self.ids: dict[str, Receipt] = {}
+        # final statuses apart from the receipts: settling a batch is one dict.update
+        self.statuses: dict[str, str] = {}
+        self.order: deque[tuple[float, str]] = deque()
+
+    def expire(self, now: float, cap: int) -> None:
+        order, ids, statuses = self.order, self.ids, self.statuses
+        while order and (order[0][0] <= now or len(order) > cap):
+            send_id = order.popleft()[1]
+            del ids[send_id]
+            statuses.pop(send_id, None)
+
+    def kept(self, send_id: str) -> Receipt | None:
+        receipt = self.ids.get(send_id)
+        if receipt is None:
+            return None
+        return Receipt(receipt.mid, receipt.ts, self.statuses.get(send_id))
 
 
 @implementer(IBackend)
@@ -64,7 +93,7 @@ class MemoryBackend:
         self._dedupe_cap = dedupe_cap
         self._epoch = uuid.uuid4().hex[:12]
         self._inboxes: dict[str, _Inbox] = {}
-        self._sent: dict[str, dict[str, tuple[Receipt, float]]] = {}
+        self._sent: dict[str, _SentIds] = {}
         self._rooms: dict[str, set[str]] = {}
         self._presence: dict[str, Presence] = {}
         self._watching: dict[str, set[str]] = {}  # watcher -> users
@@ -94,7 +123,10 @@ class MemoryBackend:
     def append(self, user: str, messages: list[StoredMessage]) -> Deferred[list[int]]:
         box = self._inbox(user)
         first = box.last + 1
-        box.entries.extend(zip(range(first, first + len(messages)), messages, strict=True))
+        entries = box.entries
+        if not entries:
+            entries = box.entries = deque()
+        entries.extend(zip(range(first, first + len(messages)), messages, strict=True))
         box.last += len(messages)
         if len(box.entries) > self._inbox_cap:
             self._expire(box)
@@ -152,38 +184,39 @@ class MemoryBackend:
         entries = box.entries
         while entries and entries[0][0] <= floor:
             entries.popleft()
+        if not entries:
+            box.entries = ()
 
     # -- send-id dedupe ----------------------------------------------------
 
     def claim(self, user: str, claims: list[tuple[str, Receipt]]) -> Deferred[list[Receipt | None]]:
         sent = self._sent.get(user)
         if sent is None:
-            sent = self._sent[user] = {}
+            sent = self._sent[user] = _SentIds()
         now = self._clock.seconds()
-        # dicts keep insertion order, so the oldest ids are at the front
-        while sent:
-            oldest = next(iter(sent))
-            if sent[oldest][1] > now and len(sent) < self._dedupe_cap:
-                break
-            del sent[oldest]
+        sent.expire(now, self._dedupe_cap)
         out: list[Receipt | None] = []
         expires = now + self._dedupe_ttl
+        ids, order = sent.ids, sent.order
         for send_id, receipt in claims:
-            kept = sent.get(send_id)
-            if kept is None:
-                sent[send_id] = (receipt, expires)
+            if send_id not in ids:
+                ids[send_id] = receipt
+                order.append((expires, send_id))
                 out.append(None)
             else:
-                out.append(kept[0])
+                out.append(sent.kept(send_id))
+        if len(order) > self._dedupe_cap:
+            sent.expire(now, self._dedupe_cap)
         return succeed(out)
 
     def settle(self, user: str, statuses: dict[str, str]) -> Deferred[None]:
         sent = self._sent.get(user)
-        if sent:
-            for send_id, status in statuses.items():
-                kept = sent.get(send_id)
-                if kept is not None:
-                    sent[send_id] = (replace(kept[0], status=status), kept[1])
+        if sent is not None:
+            sent.statuses.update(statuses)
+            if len(sent.statuses) > len(sent.ids):
+                # some ids expired before they settled: drop their statuses
+                ids = sent.ids
+                sent.statuses = {k: v for k, v in sent.statuses.items() if k in ids}
         return succeed(None)
 
     # -- rooms -------------------------------------------------------------

@@ -93,7 +93,9 @@ class MemoryBackendTests(SynchronousTestCase):
         b = MemoryBackend(self.clock, dedupe_cap=3)
         for i in range(5):
             b.claim("alice", [(f"c-{i}", Receipt(f"m{i}", 1, "stored"))])
-        self.assertEqual(len(b._sent["alice"]), 3)
+        self.assertEqual(len(b._sent["alice"].ids), 3)
+        # the oldest went first
+        self.assertEqual(self.result(b.claim("alice", [("c-0", Receipt("x", 1, None))])), [None])
 
     def test_rooms(self) -> None:
         self.assertEqual(self.result(self.b.join("r", "a")), 1)
