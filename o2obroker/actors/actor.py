@@ -60,28 +60,34 @@ class Actor:
     #: kind -> method name; a batched handler takes a list of messages
     handlers: ClassVar[dict[str, str]] = {}
 
-    __slots__ = ("_busy", "_draining", "_mailbox", "_queued", "_scheduler", "_table")
+    __slots__ = ("_busy", "_draining", "_mailbox", "_queued", "_scheduler")
+
+    #: kind -> function, made once per class from ``handlers``: a table of bound
+    #: methods per actor would cost more than the rest of an idle actor
+    _functions: ClassVar[dict[str, Callable[[Any, Any], Any]]] = {}
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        cls._functions = {kind: getattr(cls, name) for kind, name in cls.handlers.items()}
 
     def __init__(self, scheduler: Scheduler) -> None:
         self._scheduler = scheduler
-        self._mailbox: deque[Message] = deque()
+        # made on the first message and dropped when drained: an empty deque
+        # costs more than half a kilobyte, and most actors are idle
+        self._mailbox: deque[Message] | None = None
         self._queued = False  # in the scheduler's ready queue
         self._busy = False  # a handler's Deferred has not fired yet
         self._draining = False
-        self._table: dict[str, Callable[[Any], Any]] | None = None
 
     def tell(self, message: Message) -> None:
         """Queue a message; it is handled on a later reactor turn, in order."""
-        self._mailbox.append(message)
+        mailbox = self._mailbox
+        if mailbox is None:
+            mailbox = self._mailbox = deque()
+        mailbox.append(message)
         if not (self._queued or self._busy or self._draining):
             self._queued = True
             self._scheduler.ready(self)
-
-    def _handler(self, kind: str) -> Callable[[Any], Any]:
-        table = self._table
-        if table is None:
-            table = self._table = {k: getattr(self, name) for k, name in self.handlers.items()}
-        return table[kind]
 
     def _drain(self, budget: int) -> None:
         self._queued = False
@@ -91,11 +97,15 @@ class Actor:
         finally:
             self._draining = False
         if not self._mailbox and not self._busy:
+            self._mailbox = None
             self.idle()
 
     def _drain_some(self, budget: int) -> None:
         mailbox = self._mailbox
+        if mailbox is None:
+            return
         batched = self.batched
+        functions = self._functions
         while mailbox and not self._busy:
             if budget <= 0:
                 self._queued = True
@@ -112,7 +122,7 @@ class Actor:
                 arg = mailbox.popleft()
                 budget -= 1
             try:
-                result = self._handler(kind)(arg)
+                result = functions[kind](self, arg)
             except Exception:
                 self.log.failure("actor {actor!r} failed on {kind}", actor=self, kind=kind)
                 self._recover()
@@ -136,6 +146,7 @@ class Actor:
                 self._queued = True
                 self._scheduler.ready(self)
         else:
+            self._mailbox = None
             self.idle()
 
     def _recover(self) -> None:

@@ -13,7 +13,7 @@ from zope.interface import Attribute, Interface
 from o2obroker.actors.actor import Actor, Message, Scheduler
 from o2obroker.actors.presence import PresenceHub, UserPresence, presence_frame
 from o2obroker.backend.interface import IBackend, InboxState, Receipt, StoredMessage
-from o2obroker.routing import Envelope, Router
+from o2obroker.routing import Envelope, Router, settle_all
 from o2obroker.wire import MessageTemplate, OutFrame
 
 BACKLOG_PAGE = 500
@@ -39,23 +39,14 @@ class IDevice(Interface):
     def send_presence(out: OutFrame) -> None:
         """Write one presence frame, encoded once for all the watchers it goes to."""
 
-    def receipt(send_id: str, receipt: Receipt) -> None:
-        """Answer a send."""
+    def receipts(items: list[tuple[str, Receipt]]) -> None:
+        """Answer sends: (send id, receipt) pairs, in order."""
 
     def replaced() -> None:
         """Another connection took this device's name: close with 409."""
 
     def may_join(room: str) -> bool:
         """Whether the device's credentials allow joining ``room``."""
-
-
-def template_of(message: StoredMessage) -> MessageTemplate:
-    """The cached encodings of a stored message, made once where missing."""
-    template = message.template
-    if template is None:
-        template = MessageTemplate(message.fields)
-        object.__setattr__(message, "template", template)
-    return template
 
 
 class MidSource:
@@ -122,7 +113,7 @@ class UserActor(Actor):
     ) -> None:
         super().__init__(scheduler)
         hub = presence or PresenceHub(router.backend, router, clock)
-        self.presence = UserPresence(user, hub, lambda: self.tell(("presence_expire",)))
+        self.presence = UserPresence(user, hub, self._grace_over)
         # device in its grace period -> {watched user: latest change it missed}
         self._missed: dict[str, dict[str, OutFrame]] = {}
         self.user = user
@@ -134,13 +125,19 @@ class UserActor(Actor):
         # send id -> (receipt, devices waiting for it) while its delivery is under way
         self._inflight: dict[str, tuple[Receipt, list[Any]]] = {}
 
+    def _grace_over(self) -> None:
+        self.tell(("presence_expire",))
+
     def __repr__(self) -> str:
         return f"<UserActor {self.user} devices={sorted(self.devices)}>"
 
     # -- the messages, for sessions and the router -------------------------
 
-    def deliver(self, envelope: Envelope) -> None:
-        self.tell(("deliver", envelope))
+    def deliver(self, envelopes: list[Envelope]) -> None:
+        self.tell(("deliver", envelopes))
+
+    def settled(self, envelopes: list[Envelope]) -> None:
+        self.tell(("receipt", envelopes))
 
     def submit(self, device: Any, send: Any) -> None:
         self.tell(("submit", device, send))
@@ -177,39 +174,39 @@ class UserActor(Actor):
     # -- incoming messages ------------------------------------------------
 
     def _on_deliver(self, batch: list[Message]) -> Deferred[None]:
-        envelopes = [m[1] for m in batch]
+        envelopes = batch[0][1] if len(batch) == 1 else [e for m in batch for e in m[1]]
         d = self.backend.append(self.user, [e.message for e in envelopes])
         return d.addCallback(self._write_delivered, envelopes)
 
     def _write_delivered(self, seqs: list[int], envelopes: list[Envelope]) -> None:
-        devices = self.devices
+        user = self.user
         written = [False] * len(envelopes)
-        if devices:
+        live = [(n, d) for n, d in self.devices.items() if d.live]
+        if live:
             pairs = [
-                (seq, template_of(e.message), e) for seq, e in zip(seqs, envelopes, strict=True)
+                (seq, e.message, e.exclude_device if e.sender == user else None)
+                for seq, e in zip(seqs, envelopes, strict=True)
             ]
-            for name, device in devices.items():
-                if not device.live:
-                    continue
-                items = []
-                for i, (seq, template, e) in enumerate(pairs):
-                    if e.exclude_device == name and e.sender == self.user:
-                        continue
-                    items.append((seq, template))
-                    written[i] = True
-                if items:
-                    device.send_msgs(items)
-        for e, w in zip(envelopes, written, strict=True):
-            e.done("delivered" if w else "stored")
+            if len(live) == 1 and not any(p[2] for p in pairs):
+                # the common case: one device, nothing to skip
+                live[0][1].send_msgs([(seq, template) for seq, template, _ in pairs])
+                written = [True] * len(envelopes)
+            else:
+                for name, device in live:
+                    items = []
+                    for i, (seq, template, skip) in enumerate(pairs):
+                        if skip != name:
+                            items.append((seq, template))
+                            written[i] = True
+                    if items:
+                        device.send_msgs(items)
+        settle_all([e for e, w in zip(envelopes, written, strict=True) if e.done(w)])
 
     def _on_submit(self, batch: list[Message]) -> Deferred[None]:
         ts = int(self._clock.seconds() * 1000)
-        user = self.user
-        accepted: list[tuple[Any, Any, Receipt]] = []
-        for _, device, send in batch:
-            mid = self._mids()
-            accepted.append((device, send, Receipt(mid, ts, None)))
-        d = self.backend.claim(user, [(send.id, r) for _, send, r in accepted])
+        mids = self._mids
+        accepted = [(device, send, Receipt(mids(), ts, None)) for _, device, send in batch]
+        d = self.backend.claim(self.user, [(send.id, r) for _, send, r in accepted])
         return d.addCallback(self._route_claimed, accepted)
 
     def _route_claimed(self, kept: list[Receipt | None], accepted: list[Any]) -> Any:
@@ -229,38 +226,29 @@ class UserActor(Actor):
         accepted: list[tuple[Any, Any, Receipt]],
         members: dict[str, frozenset[str]],
     ) -> None:
+        """Route a claimed batch: one message to each recipient's actor, in order."""
+        outbox: dict[str, list[Envelope]] = {}
         for (device, send, receipt), old in zip(accepted, kept, strict=True):
             if old is not None:
-                self._repeat(device, send, old)
-                continue
-            self._dispatch(device, send, receipt, members)
+                self._repeat(device, send, old, outbox, members)
+            else:
+                self._dispatch(device, send, receipt, members, outbox)
+        deliver = self._router.deliver
+        for recipient, envelopes in outbox.items():
+            deliver(recipient, envelopes)
 
     def _dispatch(
-        self, device: Any, send: Any, receipt: Receipt, members: dict[str, frozenset[str]]
+        self,
+        device: Any,
+        send: Any,
+        receipt: Receipt,
+        members: dict[str, frozenset[str]],
+        outbox: dict[str, list[Envelope]],
     ) -> None:
         user = self.user
-        if send.room is not None:
-            room_members = members.get(send.room, frozenset())
-            if not room_members:
-                device.send_frame(_error(404, "no such room", send.id))
-                return
-            # a back-end service (the HTTP API's publish) may publish to any room
-            if user not in room_members and not getattr(device, "service", False):
-                device.send_frame(_error(403, "not a member of this room", send.id))
-                return
+        room = send.room
+        if room is None:
             fields = {
-                "t": "msg",
-                "mid": receipt.mid,
-                "from": user,
-                "from_device": device.device,
-                "room": send.room,
-                "body": send.body,
-                "ts": receipt.ts,
-            }
-        else:
-            room_members = None
-            fields = {
-                "t": "msg",
                 "mid": receipt.mid,
                 "from": user,
                 "from_device": device.device,
@@ -268,20 +256,49 @@ class UserActor(Actor):
                 "body": send.body,
                 "ts": receipt.ts,
             }
-        message = StoredMessage(receipt.mid, receipt.ts, fields, MessageTemplate(fields))
+            envelope = Envelope(StoredMessage(receipt.mid, receipt.ts, fields), user, send.id, self)
+            self._inflight[send.id] = (receipt, [device])
+            box = outbox.get(send.to)
+            if box is None:
+                outbox[send.to] = [envelope]
+            else:
+                box.append(envelope)
+            return
+        room_members = members.get(room, frozenset())
+        if not room_members:
+            device.send_frame(_error(404, "no such room", send.id))
+            return
+        # a back-end service (the HTTP API's publish) may publish to any room
+        if user not in room_members and not getattr(device, "service", False):
+            device.send_frame(_error(403, "not a member of this room", send.id))
+            return
+        fields = {
+            "mid": receipt.mid,
+            "from": user,
+            "from_device": device.device,
+            "room": room,
+            "body": send.body,
+            "ts": receipt.ts,
+        }
+        message = StoredMessage(receipt.mid, receipt.ts, fields)
+        # a room message skips the device that sent it
+        envelope = Envelope(message, user, send.id, self, device.device, room)
+        envelope.pending = len(room_members)
         self._inflight[send.id] = (receipt, [device])
-        # only a room message skips the device that sent it
-        skip = device.device if room_members is not None else None
-        envelope = Envelope(message, user, send.id, self._settled, skip)
-        if room_members is None:
-            self._router.deliver(send.to, envelope)
-        else:
-            self._router.deliver_many(room_members, envelope)
+        for member in room_members:
+            outbox.setdefault(member, []).append(envelope)
 
-    def _repeat(self, device: Any, send: Any, old: Receipt) -> None:
+    def _repeat(
+        self,
+        device: Any,
+        send: Any,
+        old: Receipt,
+        outbox: dict[str, list[Envelope]],
+        members: dict[str, frozenset[str]],
+    ) -> None:
         """A send id seen before: answer with the first receipt, deliver nothing again."""
         if old.status is not None:
-            device.receipt(send.id, old)
+            device.receipts([(send.id, old)])
             return
         inflight = self._inflight.get(send.id)
         if inflight is not None:
@@ -289,25 +306,29 @@ class UserActor(Actor):
             return
         # Claimed but never settled: the node that took it may have died before
         # storing it. Deliver again under the same mid; clients drop duplicates.
-        if send.room is None:
-            self._dispatch(device, send, old, {})
-        else:
-            d = self.backend.members(send.room)
-            d.addCallback(lambda m: self._dispatch(device, send, old, {send.room: m}))
-
-    def _settled(self, send_id: str, status: str) -> None:
-        self.tell(("receipt", send_id, status))
+        self._dispatch(device, send, old, members, outbox)
 
     def _on_receipt(self, batch: list[Message]) -> None:
-        statuses = {}
-        for _, send_id, status in batch:
-            statuses[send_id] = status
-            inflight = self._inflight.pop(send_id, None)
-            if inflight is None:
-                continue
-            receipt = Receipt(inflight[0].mid, inflight[0].ts, status)
-            for device in inflight[1]:
-                device.receipt(send_id, receipt)
+        statuses: dict[str, str] = {}
+        answers: dict[Any, list[tuple[str, Receipt]]] = {}
+        inflight = self._inflight
+        for _, envelopes in batch:
+            for e in envelopes:
+                status = e.final_status
+                statuses[e.id] = status
+                waiting = inflight.pop(e.id, None)
+                if waiting is None:
+                    continue
+                first, devices = waiting
+                receipt = Receipt(first.mid, first.ts, status)
+                for device in devices:
+                    box = answers.get(device)
+                    if box is None:
+                        answers[device] = [(e.id, receipt)]
+                    else:
+                        box.append((e.id, receipt))
+        for device, items in answers.items():
+            device.receipts(items)
         self.backend.settle(self.user, statuses).addErrback(
             lambda f: self.log.failure("settling receipts of {user}", f, user=self.user)
         )
@@ -361,7 +382,7 @@ class UserActor(Actor):
             if not entries:
                 return None
             items = [
-                (seq, template_of(m))
+                (seq, m)
                 for seq, m in entries
                 if not _own_room_message(m.fields, self.user, device.device)
             ]

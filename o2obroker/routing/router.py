@@ -15,8 +15,11 @@ from o2obroker.routing.envelope import Envelope
 class IMailbox(Interface):
     """What the router needs of a user's actor."""
 
-    def deliver(envelope: Envelope) -> None:
-        """Queue an envelope for this user; never raises, never blocks."""
+    def deliver(envelopes: list[Envelope]) -> None:
+        """Queue envelopes for this user, in order; never raises, never blocks."""
+
+    def settled(envelopes: list[Envelope]) -> None:
+        """Envelopes this user sent have reached every recipient: answer them."""
 
 
 class Router:
@@ -51,12 +54,6 @@ class Router:
         if self.actors.get(user) is actor:
             del self.actors[user]
 
-    def deliver(self, user: str, envelope: Envelope) -> None:
-        """Send one envelope to one user."""
-        self.actor(user).deliver(envelope)
-
-    def deliver_many(self, users: frozenset[str] | set[str], envelope: Envelope) -> None:
-        """Fan one envelope out to several users (a room's members)."""
-        envelope.pending = len(users)
-        for user in users:
-            self.actor(user).deliver(envelope)
+    def deliver(self, user: str, envelopes: list[Envelope]) -> None:
+        """Send envelopes to one user, in order, as one message to its actor."""
+        self.actor(user).deliver(envelopes)

@@ -38,6 +38,10 @@ class ConsoleDevice:
     def __init__(self) -> None:
         self.result: Deferred[dict[str, Any]] = Deferred()
 
+    def receipts(self, items: list[tuple[str, Receipt]]) -> None:
+        for send_id, receipt in items:
+            self.receipt(send_id, receipt)
+
     def receipt(self, send_id: str, receipt: Receipt) -> None:
         if not self.result.called:
             self.result.callback(

@@ -28,6 +28,10 @@ class IConnection(Interface):
     def send(frame: dict[str, Any]) -> None:
         """Encode and write one server frame."""
 
+    def send_many(frames: list[dict[str, Any]]) -> None:
+        """Encode and write several server frames at once (optional: a
+        connection without it gets them one by one through ``send``)."""
+
     def send_msgs(items: list[tuple[int, Any]]) -> None:
         """Write msg frames given as (seq, MessageTemplate), in order."""
 

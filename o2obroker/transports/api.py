@@ -186,6 +186,10 @@ class ServiceDevice:
         self._timer = None
         _write(self.request, 504, {"error": "no receipt in time; retry with the same id"})
 
+    def receipts(self, items: list[tuple[str, Receipt]]) -> None:
+        for send_id, receipt in items:
+            self.receipt(send_id, receipt)
+
     def receipt(self, send_id: str, receipt: Receipt) -> None:
         self._done(
             200,

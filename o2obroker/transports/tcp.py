@@ -67,7 +67,7 @@ class BinaryProtocol(Protocol):
                 if e.fatal:
                     return
                 continue
-            session.receive(obj)
+            session.receive(obj, len(payload))
             if self._closing:
                 return
         if payloads:
@@ -96,6 +96,18 @@ class BinaryProtocol(Protocol):
             return
         payload = encode_cbor(frame)
         self.transport.write(_prefix(len(payload)) + payload)
+        if self._paused:
+            self._check_queue()
+
+    def send_many(self, frames: list[dict[str, Any]]) -> None:
+        if self._closing:
+            return
+        parts = []
+        for f in frames:
+            payload = encode_cbor(f)
+            parts.append(_prefix(len(payload)))
+            parts.append(payload)
+        self.transport.write(b"".join(parts))
         if self._paused:
             self._check_queue()
 

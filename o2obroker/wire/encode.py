@@ -99,7 +99,8 @@ class MessageTemplate:
         if "seq" in fields:
             raise ValueError("a message template must not hold a seq")
         self.fields = fields
-        self._rest = {k: v for k, v in fields.items() if k != "t"}
+        # callers on the hot path pass the fields without "t": no copy then
+        self._rest = {k: v for k, v in fields.items() if k != "t"} if "t" in fields else fields
         self._cbor_head: bytes | None = None
         self._cbor_rest = b""
         self._json_rest: str | None = None
