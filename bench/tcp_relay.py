@@ -35,8 +35,9 @@ def frame(obj: dict) -> bytes:
 class Counter(Protocol):
     """Counts whole frames; optionally acknowledges them cumulatively."""
 
-    def __init__(self, ack: bool = False) -> None:
+    def __init__(self, ack: bool = False, welcome: bool = False) -> None:
         self.count = 0
+        self.welcome = welcome  # the first frame is a welcome: hand it over, don't count it
         self.buf = b""
         self.ack = ack
         self.first: defer.Deferred[bytes] = defer.Deferred()
@@ -45,7 +46,7 @@ class Counter(Protocol):
     def dataReceived(self, data: bytes) -> None:
         buf = self.buf + data if self.buf else data
         pos, end, n = 0, len(buf), 0
-        if not self.first.called:
+        if self.welcome and not self.first.called:
             (size,) = _len.unpack_from(buf, 0)
             if end < 4 + size:
                 self.buf = buf
@@ -69,16 +70,12 @@ class Counter(Protocol):
 
 async def run_once(port: int, broker: bool, batches: list[bytes], batch: int, window: int) -> float:
     ep = TCP4ClientEndpoint(reactor, "127.0.0.1", port)
-    receiver = await connectProtocol(ep, Counter(ack=broker))
-    sender = await connectProtocol(ep, Counter())
-    if broker:
-        receiver.transport.write(frame({"t": "hello", "user": "bob", "device": "r"}))
-        sender.transport.write(frame({"t": "hello", "user": "alice", "device": "s"}))
-        await receiver.first
-        await sender.first
-    else:
-        # the relay pairs connections in the order they first write
-        receiver.transport.write(b"")
+    receiver = await connectProtocol(ep, Counter(ack=True, welcome=True))
+    sender = await connectProtocol(ep, Counter(welcome=True))
+    receiver.transport.write(frame({"t": "hello", "user": "bob", "device": "r"}))
+    sender.transport.write(frame({"t": "hello", "user": "alice", "device": "s"}))
+    await receiver.first
+    await sender.first
     total = len(batches) * batch
     done: defer.Deferred[None] = defer.Deferred()
     state = {"sent": 0}
@@ -87,7 +84,7 @@ async def run_once(port: int, broker: bool, batches: list[bytes], batch: int, wi
         while state["sent"] < len(batches) and (state["sent"] - receiver.count // batch) < window:
             sender.transport.write(batches[state["sent"]])
             state["sent"] += 1
-        if receiver.count >= total and (not broker or sender.count >= total) and not done.called:
+        if receiver.count >= total and sender.count >= total and not done.called:
             done.callback(None)
 
     receiver.on_count = sender.on_count = pump
@@ -103,12 +100,18 @@ async def run_once(port: int, broker: bool, batches: list[bytes], batch: int, wi
 async def main(args: argparse.Namespace) -> None:
     n_batches = args.messages // args.batch
     results: dict[str, list[float]] = {"bare": [], "broker": []}
+    kinds = ("bare", "broker") if args.port is None else ("broker",)
     for rnd in range(args.rounds):
-        for kind in ("bare", "broker"):
-            port = free_port()
-            proc = (
-                start_script("bare_relay.py", str(port)) if kind == "bare" else start_broker(port)
-            )
+        for kind in kinds:
+            if args.port is not None:  # a broker started by hand, e.g. under a profiler
+                port, proc = args.port, None
+            else:
+                port = free_port()
+                proc = (
+                    start_script("bare_relay.py", str(port))
+                    if kind == "bare"
+                    else start_broker(port)
+                )
             try:
                 from _common import wait_port
 
@@ -127,8 +130,11 @@ async def main(args: argparse.Namespace) -> None:
                 results[kind].append(rate)
                 print(f"round {rnd + 1} {kind:6s} {rate:10,.0f} msgs/s", flush=True)
             finally:
-                proc.terminate()
-                proc.wait()
+                if proc is not None:
+                    proc.terminate()
+                    proc.wait()
+    if args.port is not None:
+        return
     bare, brk = statistics.median(results["bare"]), statistics.median(results["broker"])
     print(f"median bare relay   {bare:10,.0f} msgs/s")
     print(f"median broker       {brk:10,.0f} msgs/s")
@@ -141,6 +147,7 @@ if __name__ == "__main__":
     p.add_argument("--batch", type=int, default=500)
     p.add_argument("--window", type=int, default=8)
     p.add_argument("--rounds", type=int, default=3)
+    p.add_argument("--port", type=int, help="drive a broker already listening here")
     args = p.parse_args()
     defer.ensureDeferred(main(args)).addBoth(lambda r: (print(r) if r else None, reactor.stop()))
     reactor.run()
