@@ -39,8 +39,8 @@ class IDevice(Interface):
     def send_presence(out: OutFrame) -> None:
         """Write one presence frame, encoded once for all the watchers it goes to."""
 
-    def receipts(items: list[tuple[str, Receipt]]) -> None:
-        """Answer sends: (send id, receipt) pairs, in order."""
+    def receipts(items: list[tuple[str, str, int, str]]) -> None:
+        """Answer sends: (send id, mid, ts, status), in order."""
 
     def replaced() -> None:
         """Another connection took this device's name: close with 409."""
@@ -58,6 +58,11 @@ class MidSource:
 
     def __call__(self) -> str:
         return f"{self._prefix}{next(self._count):x}"
+
+    def take(self, n: int) -> list[str]:
+        """``n`` ids at once, for a batch."""
+        prefix, count = self._prefix, self._count
+        return [f"{prefix}{next(count):x}" for _ in range(n)]
 
 
 class UserActor(Actor):
@@ -122,8 +127,8 @@ class UserActor(Actor):
         self._router = router
         self._clock = clock
         self._mids = mids
-        # send id -> (receipt, devices waiting for it) while its delivery is under way
-        self._inflight: dict[str, tuple[Receipt, list[Any]]] = {}
+        # send id -> (mid, ts, devices waiting for it) while its delivery is under way
+        self._inflight: dict[str, tuple[str, int, list[Any]]] = {}
 
     def _grace_over(self) -> None:
         self.tell(("presence_expire",))
@@ -204,35 +209,37 @@ class UserActor(Actor):
 
     def _on_submit(self, batch: list[Message]) -> Deferred[None]:
         ts = int(self._clock.seconds() * 1000)
-        mids = self._mids
-        accepted = [(device, send, Receipt(mids(), ts, None)) for _, device, send in batch]
-        d = self.backend.claim(self.user, [(send.id, r) for _, send, r in accepted])
-        return d.addCallback(self._route_claimed, accepted)
+        mids = self._mids.take(len(batch))
+        accepted = [(m[1], m[2], mid) for m, mid in zip(batch, mids, strict=True)]
+        d = self.backend.claim(self.user, ts, [(send.id, mid) for _, send, mid in accepted])
+        return d.addCallback(self._route_claimed, accepted, ts)
 
-    def _route_claimed(self, kept: list[Receipt | None], accepted: list[Any]) -> Any:
+    def _route_claimed(self, kept: list[Receipt | None], accepted: list[Any], ts: int) -> Any:
         rooms = {send.room for _, send, _ in accepted if send.room is not None}
         if not rooms:
-            self._route(kept, accepted, {})
+            self._route(kept, accepted, ts, {})
             return None
         names = sorted(rooms)
         d = gatherResults([self.backend.members(r) for r in names])
         return d.addCallback(
-            lambda found: self._route(kept, accepted, dict(zip(names, found, strict=True)))
+            lambda found: self._route(kept, accepted, ts, dict(zip(names, found, strict=True)))
         )
 
     def _route(
         self,
         kept: list[Receipt | None],
-        accepted: list[tuple[Any, Any, Receipt]],
+        accepted: list[tuple[Any, Any, str]],
+        ts: int,
         members: dict[str, frozenset[str]],
     ) -> None:
         """Route a claimed batch: one message to each recipient's actor, in order."""
         outbox: dict[str, list[Envelope]] = {}
-        for (device, send, receipt), old in zip(accepted, kept, strict=True):
-            if old is not None:
-                self._repeat(device, send, old, outbox, members)
+        dispatch = self._dispatch
+        for (device, send, mid), old in zip(accepted, kept, strict=True):
+            if old is None:
+                dispatch(device, send, mid, ts, members, outbox)
             else:
-                self._dispatch(device, send, receipt, members, outbox)
+                self._repeat(device, send, old, outbox, members)
         deliver = self._router.deliver
         for recipient, envelopes in outbox.items():
             deliver(recipient, envelopes)
@@ -241,7 +248,8 @@ class UserActor(Actor):
         self,
         device: Any,
         send: Any,
-        receipt: Receipt,
+        mid: str,
+        ts: int,
         members: dict[str, frozenset[str]],
         outbox: dict[str, list[Envelope]],
     ) -> None:
@@ -249,15 +257,15 @@ class UserActor(Actor):
         room = send.room
         if room is None:
             fields = {
-                "mid": receipt.mid,
+                "mid": mid,
                 "from": user,
                 "from_device": device.device,
                 "to": send.to,
                 "body": send.body,
-                "ts": receipt.ts,
+                "ts": ts,
             }
-            envelope = Envelope(StoredMessage(receipt.mid, receipt.ts, fields), user, send.id, self)
-            self._inflight[send.id] = (receipt, [device])
+            envelope = Envelope(StoredMessage(mid, ts, fields), user, send.id, self)
+            self._inflight[send.id] = (mid, ts, [device])
             box = outbox.get(send.to)
             if box is None:
                 outbox[send.to] = [envelope]
@@ -273,18 +281,18 @@ class UserActor(Actor):
             device.send_frame(_error(403, "not a member of this room", send.id))
             return
         fields = {
-            "mid": receipt.mid,
+            "mid": mid,
             "from": user,
             "from_device": device.device,
             "room": room,
             "body": send.body,
-            "ts": receipt.ts,
+            "ts": ts,
         }
-        message = StoredMessage(receipt.mid, receipt.ts, fields)
+        message = StoredMessage(mid, ts, fields)
         # a room message skips the device that sent it
         envelope = Envelope(message, user, send.id, self, device.device, room)
         envelope.pending = len(room_members)
-        self._inflight[send.id] = (receipt, [device])
+        self._inflight[send.id] = (mid, ts, [device])
         for member in room_members:
             outbox.setdefault(member, []).append(envelope)
 
@@ -298,19 +306,19 @@ class UserActor(Actor):
     ) -> None:
         """A send id seen before: answer with the first receipt, deliver nothing again."""
         if old.status is not None:
-            device.receipts([(send.id, old)])
+            device.receipts([(send.id, old.mid, old.ts, old.status)])
             return
         inflight = self._inflight.get(send.id)
         if inflight is not None:
-            inflight[1].append(device)
+            inflight[2].append(device)
             return
         # Claimed but never settled: the node that took it may have died before
         # storing it. Deliver again under the same mid; clients drop duplicates.
-        self._dispatch(device, send, old, members, outbox)
+        self._dispatch(device, send, old.mid, old.ts, members, outbox)
 
     def _on_receipt(self, batch: list[Message]) -> None:
         statuses: dict[str, str] = {}
-        answers: dict[Any, list[tuple[str, Receipt]]] = {}
+        answers: dict[Any, list[tuple[str, str, int, str]]] = {}
         inflight = self._inflight
         for _, envelopes in batch:
             for e in envelopes:
@@ -319,14 +327,14 @@ class UserActor(Actor):
                 waiting = inflight.pop(e.id, None)
                 if waiting is None:
                     continue
-                first, devices = waiting
-                receipt = Receipt(first.mid, first.ts, status)
+                mid, ts, devices = waiting
+                answer = (e.id, mid, ts, status)
                 for device in devices:
                     box = answers.get(device)
                     if box is None:
-                        answers[device] = [(e.id, receipt)]
+                        answers[device] = [answer]
                     else:
-                        box.append((e.id, receipt))
+                        box.append(answer)
         for device, items in answers.items():
             device.receipts(items)
         self.backend.settle(self.user, statuses).addErrback(

@@ -102,10 +102,10 @@ class IBackend(Interface):
         inbox's last seq) and drop what every recent device has acknowledged.
         Fire with the new cursor."""
 
-    def claim(user: str, claims: list[tuple[str, Receipt]]) -> Any:
-        """For each (send id, receipt): record it if the id is new, else keep the
-        old one. Fire with a list holding None for each new id and the kept
-        Receipt for each repeated one."""
+    def claim(user: str, ts: int, claims: list[tuple[str, str]]) -> Any:
+        """Record (send id, mid) pairs accepted at ``ts``, for ids that are new;
+        keep the first record of an id seen before. Fire with a list holding
+        None for each new id and the kept Receipt for each repeated one."""
 
     def settle(user: str, statuses: dict[str, str]) -> Any:
         """Record the final status of accepted send ids."""

@@ -43,7 +43,7 @@ class _SentIds:
     __slots__ = ("ids", "order", "statuses")
 
     def __init__(self) -> None:
-        self.ids: dict[str, Receipt] = {}
+        self.ids: dict[str, tuple[str, int]] = {}  # send id -> (mid, ts)
         # final statuses apart from the receipts: settling a batch is one dict.update
         self.statuses: dict[str, str] = {}
         self.order: deque[tuple[float, str]] = deque()
@@ -56,10 +56,10 @@ class _SentIds:
             statuses.pop(send_id, None)
 
     def kept(self, send_id: str) -> Receipt | None:
-        receipt = self.ids.get(send_id)
-        if receipt is None:
+        first = self.ids.get(send_id)
+        if first is None:
             return None
-        return Receipt(receipt.mid, receipt.ts, self.statuses.get(send_id))
+        return Receipt(first[0], first[1], self.statuses.get(send_id))
 
 
 @implementer(IBackend)
@@ -189,7 +189,9 @@ class MemoryBackend:
 
     # -- send-id dedupe ----------------------------------------------------
 
-    def claim(self, user: str, claims: list[tuple[str, Receipt]]) -> Deferred[list[Receipt | None]]:
+    def claim(
+        self, user: str, ts: int, claims: list[tuple[str, str]]
+    ) -> Deferred[list[Receipt | None]]:
         sent = self._sent.get(user)
         if sent is None:
             sent = self._sent[user] = _SentIds()
@@ -198,9 +200,9 @@ class MemoryBackend:
         out: list[Receipt | None] = []
         expires = now + self._dedupe_ttl
         ids, order = sent.ids, sent.order
-        for send_id, receipt in claims:
+        for send_id, mid in claims:
             if send_id not in ids:
-                ids[send_id] = receipt
+                ids[send_id] = (mid, ts)
                 order.append((expires, send_id))
                 out.append(None)
             else:

@@ -38,9 +38,9 @@ class ConsoleDevice:
     def __init__(self) -> None:
         self.result: Deferred[dict[str, Any]] = Deferred()
 
-    def receipts(self, items: list[tuple[str, Receipt]]) -> None:
-        for send_id, receipt in items:
-            self.receipt(send_id, receipt)
+    def receipts(self, items: list[tuple[str, str, int, str]]) -> None:
+        for send_id, mid, ts, status in items:
+            self.receipt(send_id, Receipt(mid, ts, status))
 
     def receipt(self, send_id: str, receipt: Receipt) -> None:
         if not self.result.called:

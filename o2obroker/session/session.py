@@ -12,7 +12,6 @@ from typing import TYPE_CHECKING, Any
 
 from twisted.logger import Logger
 
-from o2obroker.backend.interface import Receipt
 from o2obroker.session.transfer import LARGE, Transfer
 from o2obroker.wire import OutFrame, ProtocolError
 from o2obroker.wire.frames import (
@@ -325,13 +324,13 @@ class Session:
                 self.conn.send(out.frame)
                 stats.presence_bytes += len(out.cbor() if self.kind == "mobile" else out.json())
 
-    def receipts(self, items: list[tuple[str, Receipt]]) -> None:
-        """Answer sends, all written at once."""
-        self._gateway.stats.receipts.update(r.status for _, r in items)
+    def receipts(self, items: list[tuple[str, str, int, str]]) -> None:
+        """Answer sends, all written at once: (send id, mid, ts, status) each."""
+        self._gateway.stats.receipts.update(item[3] for item in items)
         if self.state is OPEN:
             frames = [
-                {"t": "receipt", "id": send_id, "mid": r.mid, "ts": r.ts, "status": r.status}
-                for send_id, r in items
+                {"t": "receipt", "id": send_id, "mid": mid, "ts": ts, "status": status}
+                for send_id, mid, ts, status in items
             ]
             send_many = getattr(self.conn, "send_many", None)
             if send_many is not None:

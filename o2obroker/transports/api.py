@@ -186,9 +186,9 @@ class ServiceDevice:
         self._timer = None
         _write(self.request, 504, {"error": "no receipt in time; retry with the same id"})
 
-    def receipts(self, items: list[tuple[str, Receipt]]) -> None:
-        for send_id, receipt in items:
-            self.receipt(send_id, receipt)
+    def receipts(self, items: list[tuple[str, str, int, str]]) -> None:
+        for send_id, mid, ts, status in items:
+            self.receipt(send_id, Receipt(mid, ts, status))
 
     def receipt(self, send_id: str, receipt: Receipt) -> None:
         self._done(

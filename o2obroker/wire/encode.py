@@ -36,6 +36,14 @@ def _head(major: int, n: int) -> bytes:
     return _U64(mt | 27, n)
 
 
+# map heads for up to 31 entries, the ones a template needs on every first encoding
+_MAP_HEADS = tuple(_head(5, n) for n in range(32))
+
+
+def _map_head(n: int) -> bytes:
+    return _MAP_HEADS[n] if n < 32 else _head(5, n)
+
+
 def _cbor_uint(n: int) -> bytes:
     """The CBOR encoding of a seq, as cbor2 writes it."""
     if n < 24:
@@ -116,8 +124,8 @@ class MessageTemplate:
             rest = self._rest
             encoded = encode_cbor(rest)
             # Drop the map head cbor2 wrote for len(rest) entries; ours has 2 more.
-            self._cbor_rest = encoded[len(_head(5, len(rest))) :]
-            head = self._cbor_head = _head(5, len(rest) + 2) + _CBOR_T_MSG_SEQ
+            self._cbor_rest = encoded[len(_map_head(len(rest))) :]
+            head = self._cbor_head = _map_head(len(rest) + 2) + _CBOR_T_MSG_SEQ
         if seq.__class__ is not int:
             raise TypeError("seq must be an int")
         return b"".join((head, _cbor_uint(seq), self._cbor_rest))

@@ -80,22 +80,22 @@ class MemoryBackendTests(SynchronousTestCase):
     def test_claim_dedupes_until_ttl(self) -> None:
         b = MemoryBackend(self.clock, dedupe_ttl=10)
         r1 = Receipt("m1", 1, None)
-        self.assertEqual(self.result(b.claim("alice", [("c-1", r1)])), [None])
-        self.assertEqual(self.result(b.claim("alice", [("c-1", Receipt("m2", 2, None))])), [r1])
+        self.assertEqual(self.result(b.claim("alice", 1, [("c-1", "m1")])), [None])
+        self.assertEqual(self.result(b.claim("alice", 2, [("c-1", "m2")])), [r1])
         b.settle("alice", {"c-1": "delivered"})
-        [kept] = self.result(b.claim("alice", [("c-1", r1)]))
-        self.assertEqual(kept.status, "delivered")
-        self.assertEqual(self.result(b.claim("bob", [("c-1", r1)])), [None])
+        [kept] = self.result(b.claim("alice", 3, [("c-1", "m3")]))
+        self.assertEqual(kept, Receipt("m1", 1, "delivered"))
+        self.assertEqual(self.result(b.claim("bob", 1, [("c-1", "m1")])), [None])
         self.clock.advance(11)
-        self.assertEqual(self.result(b.claim("alice", [("c-1", r1)])), [None])
+        self.assertEqual(self.result(b.claim("alice", 4, [("c-1", "m4")])), [None])
 
     def test_claim_cap(self) -> None:
         b = MemoryBackend(self.clock, dedupe_cap=3)
         for i in range(5):
-            b.claim("alice", [(f"c-{i}", Receipt(f"m{i}", 1, "stored"))])
+            b.claim("alice", 1, [(f"c-{i}", f"m{i}")])
         self.assertEqual(len(b._sent["alice"].ids), 3)
         # the oldest went first
-        self.assertEqual(self.result(b.claim("alice", [("c-0", Receipt("x", 1, None))])), [None])
+        self.assertEqual(self.result(b.claim("alice", 1, [("c-0", "x")])), [None])
 
     def test_rooms(self) -> None:
         self.assertEqual(self.result(self.b.join("r", "a")), 1)
