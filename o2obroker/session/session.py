@@ -321,7 +321,8 @@ class Session:
             if send_out is not None:
                 stats.presence_bytes += send_out(out)
             else:
-                self.conn.send(out.frame)
+                # web connections take the OutFrame itself: encoded once for all watchers
+                self.conn.send(out)
                 stats.presence_bytes += len(out.cbor() if self.kind == "mobile" else out.json())
 
     def receipts(self, items: list[tuple[str, str, int, str]]) -> None:

@@ -8,6 +8,7 @@ import zlib
 import psutil
 from twisted.trial.unittest import SynchronousTestCase
 
+from o2obroker.transports import websocket
 from o2obroker.wire import encode as wire_encode
 from o2obroker.wire.limits import Limits
 from tests.harness import SECRET
@@ -158,6 +159,30 @@ class EncodingsTests(SynchronousTestCase):
             [msg] = m.read()
             self.assertEqual(msg["body"], body)
         self.assertEqual(len([c for c in calls if c.get("body") == body]), 1)
+
+    def test_presence_encoded_once_for_all_web_watchers(self) -> None:
+        calls = []
+        real = wire_encode.encode_json
+
+        def counting(obj):
+            calls.append(obj)
+            return real(obj)
+
+        self.patch(wire_encode, "encode_json", counting)
+        self.patch(websocket, "encode_json", counting)
+        watchers = [self.h.ws_login(f"w{i}", "w") for i in range(3)]
+        for w in watchers:
+            w.send({"t": "watch", "users": ["carol"]})
+            w.read()
+        carol = self.h.login("carol", "phone")
+        carol.write({"t": "presence", "state": "busy", "status": "in a meeting"})
+        self.h.clock.advance(1)
+        self.h.flush()
+        for w in watchers:
+            frames = [f for f in w.read() if f.get("t") == "presence"]
+            self.assertEqual(frames[-1]["state"], "busy")
+        pushed = [c for c in calls if c.get("t") == "presence" and c.get("state") == "busy"]
+        self.assertEqual(len(pushed), 1)
 
 
 class OriginTests(SynchronousTestCase):
