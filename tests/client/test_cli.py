@@ -1,0 +1,68 @@
+"""python -m o2obroker.client against a real node on a loopback port."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+
+from twisted.internet import reactor
+from twisted.internet.endpoints import TCP4ServerEndpoint
+from twisted.internet.utils import getProcessOutputAndValue
+from twisted.trial.unittest import TestCase
+
+from o2obroker.client import connect
+from o2obroker.config import Config
+from o2obroker.service.node import Node
+from o2obroker.transports.tcp import BinaryFactory
+
+
+class CommandLineTests(TestCase):
+    timeout = 60
+
+    async def setUp(self) -> None:
+        self.node = Node(Config(auth="none"), reactor)
+        self.node.start()
+        self.port = await TCP4ServerEndpoint(reactor, 0, interface="127.0.0.1").listen(
+            BinaryFactory(self.node.gateway)
+        )
+        self.endpoint = f"tcp:127.0.0.1:{self.port.getHost().port}"
+
+    async def tearDown(self) -> None:
+        await self.port.stopListening()
+        self.node.stop()
+
+    def cli(self, *args: str):
+        return getProcessOutputAndValue(
+            sys.executable,
+            ["-m", "o2obroker.client", "--endpoint", self.endpoint, *args],
+            env=dict(os.environ),
+        )
+
+    async def test_send_prints_the_receipt(self) -> None:
+        out, err, code = await self.cli("--user", "alice", "send", "--to", "bob", '{"n": 1}')
+        self.assertEqual(code, 0, err)
+        receipt = json.loads(out)
+        self.assertEqual((receipt["t"], receipt["status"]), ("receipt", "stored"))
+        bob = await connect(reactor, self.endpoint, user="bob", device="phone")
+        self.addCleanup(bob.transport.abortConnection)
+        msg = await bob.messages.get()
+        self.assertEqual(
+            (msg["from"], msg["body"], msg["mid"]), ("alice", {"n": 1}, receipt["mid"])
+        )
+
+    async def test_listen_prints_messages(self) -> None:
+        alice = await connect(reactor, self.endpoint, user="alice", device="phone")
+        self.addCleanup(alice.transport.abortConnection)
+        for i in range(2):
+            await alice.send({"i": i}, to="carol")
+        out, err, code = await self.cli("--user", "carol", "listen", "--count", "2")
+        self.assertEqual(code, 0, err)
+        lines = [json.loads(line) for line in out.decode().splitlines()]
+        self.assertEqual([m["body"] for m in lines], [{"i": 0}, {"i": 1}])
+        self.assertEqual([m["seq"] for m in lines], [1, 2])
+
+    async def test_error_exits_non_zero(self) -> None:
+        _, err, code = await self.cli("--user", "alice", "send", "--room", "nowhere", "1")
+        self.assertEqual(code, 1)
+        self.assertIn(b"404", err)
