@@ -1,14 +1,16 @@
 """1:1 relay throughput over binary TCP: the broker's full path against a bare relay.
 
-    .venv/bin/python bench/tcp_relay.py [--messages 200000] [--batch 500] [--rounds 3]
+    .venv/bin/python bench/tcp_relay.py [--messages 200000] [--batch 500] [--window 32] [--rounds 3]
 
-In the same run, alternately: (a) bench/bare_relay.py, which splits frames and
-forwards them untouched, and (b) a real broker (`twistd -n o2obroker`, embedded
-backend), where every message goes hello, send, receipt, msg, ack: decoded,
-validated, deduplicated by id, stored in the inbox with a seq, encoded, written,
-answered with a receipt, acknowledged. One client process drives both with the
-same pre-encoded batches, keeping at most ``--window`` batches in flight, and
-counts frames without decoding them so that it is not the bottleneck.
+In the same run, alternately: (a) bench/bare_relay.py, which does what any
+relay of this protocol must (decode each send to find its recipient, encode a
+msg with a seq and a receipt, write both) and nothing else, and (b) a real
+broker (`twistd -n o2obroker`, embedded backend), where every message goes
+hello, send, receipt, msg, ack: decoded, validated, deduplicated by id, stored
+in the inbox with a seq, encoded, written, answered with a receipt,
+acknowledged. One client process drives both with the same pre-encoded
+batches, keeping at most ``--window`` batches in flight, and counts frames
+without decoding them so that it is not the bottleneck.
 """
 
 from __future__ import annotations
@@ -145,7 +147,7 @@ if __name__ == "__main__":
     p = argparse.ArgumentParser(description=__doc__)
     p.add_argument("--messages", type=int, default=200_000)
     p.add_argument("--batch", type=int, default=500)
-    p.add_argument("--window", type=int, default=8)
+    p.add_argument("--window", type=int, default=32)
     p.add_argument("--rounds", type=int, default=3)
     p.add_argument("--port", type=int, help="drive a broker already listening here")
     args = p.parse_args()
