@@ -49,6 +49,46 @@ class IDevice(Interface):
         """Whether the device's credentials allow joining ``room``."""
 
 
+class SendOnlyDevice:
+    """A sender that is not a connection: a back-end service (the HTTP API's
+    publish, the console's ``broker.send``), as the user's actor sees a device.
+
+    Never attached, it receives no messages; it takes the one receipt or
+    error frame that answers its send, through ``answered``. ``service``
+    lets it publish to any room.
+    """
+
+    kind = "service"
+    device = "service"
+    live = False
+    service = True
+    cursor = 0
+
+    def answered(self, frame: dict[str, Any]) -> None:
+        """The receipt or the error that answers the send."""
+        raise NotImplementedError
+
+    def receipts(self, items: list[tuple[str, str, int, str]]) -> None:
+        for send_id, mid, ts, status in items:
+            self.answered({"t": "receipt", "id": send_id, "mid": mid, "ts": ts, "status": status})
+
+    def send_frame(self, frame: dict[str, Any]) -> None:
+        if frame.get("t") == "error":
+            self.answered(frame)
+
+    def send_msgs(self, items: list[Any]) -> None:
+        pass
+
+    def welcome(self, last: int, resumed: bool) -> None:
+        pass
+
+    def replaced(self) -> None:
+        pass
+
+    def may_join(self, room: str) -> bool:
+        return False
+
+
 class MidSource:
     """Message ids unique across a cluster: node, process incarnation, counter."""
 

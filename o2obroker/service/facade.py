@@ -16,53 +16,26 @@ from typing import Any
 
 from twisted.internet.defer import Deferred
 
-from o2obroker.backend.interface import Receipt
+from o2obroker.actors.user import SendOnlyDevice
 from o2obroker.wire import ProtocolError, parse_frame, valid_user
 
 MAX_PAGE = 1000
 
 
-class ConsoleDevice:
-    """The sender side of ``broker.send``, as the sending user's actor sees a device.
+class ConsoleDevice(SendOnlyDevice):
+    """The sender side of ``broker.send``: fires ``result`` with the receipt
+    (without its ``t``) or the error frame that answers the send."""
 
-    Never attached (it gets no messages); it takes the one receipt or error
-    that answers its send and fires ``result`` with it.
-    """
-
-    kind = "service"
     device = "console"
-    live = False
-    service = True  # may publish to any room, like the HTTP API
-    cursor = 0
 
     def __init__(self) -> None:
         self.result: Deferred[dict[str, Any]] = Deferred()
 
-    def receipts(self, items: list[tuple[str, str, int, str]]) -> None:
-        for send_id, mid, ts, status in items:
-            self.receipt(send_id, Receipt(mid, ts, status))
-
-    def receipt(self, send_id: str, receipt: Receipt) -> None:
+    def answered(self, frame: dict[str, Any]) -> None:
         if not self.result.called:
-            self.result.callback(
-                {"id": send_id, "mid": receipt.mid, "ts": receipt.ts, "status": receipt.status}
-            )
-
-    def send_frame(self, frame: dict[str, Any]) -> None:
-        if frame.get("t") == "error" and not self.result.called:
+            if frame["t"] == "receipt":
+                frame = {k: v for k, v in frame.items() if k != "t"}
             self.result.callback(frame)
-
-    def send_msgs(self, items: list[Any]) -> None:
-        pass
-
-    def welcome(self, last: int, resumed: bool) -> None:
-        pass
-
-    def replaced(self) -> None:
-        pass
-
-    def may_join(self, room: str) -> bool:
-        return False
 
 
 class Broker:

@@ -20,7 +20,7 @@ from twisted.logger import Logger
 from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET
 
-from o2obroker.backend.interface import Receipt
+from o2obroker.actors.user import SendOnlyDevice
 from o2obroker.wire import ProtocolError, decode_json, encode_json, parse_frame, valid_user
 
 _JSON = b"application/json"
@@ -157,19 +157,11 @@ class Publish(_Endpoint):
         return NOT_DONE_YET
 
 
-class ServiceDevice:
-    """The sender side of an API publish, as the user's actor sees a device.
+class ServiceDevice(SendOnlyDevice):
+    """The sender side of an API publish: answers the request with the
+    receipt, or with the error that refused the send."""
 
-    It is never attached to the actor (it receives no messages); it only takes
-    the receipt or the error that answers its one send. ``service`` lets it
-    publish to any room, as the HTTP API may.
-    """
-
-    kind = "service"
     device = "api"
-    live = False
-    service = True
-    cursor = 0
 
     def __init__(self, request: Any, clock: IReactorTime) -> None:
         self.request = request
@@ -186,37 +178,11 @@ class ServiceDevice:
         self._timer = None
         _write(self.request, 504, {"error": "no receipt in time; retry with the same id"})
 
-    def receipts(self, items: list[tuple[str, str, int, str]]) -> None:
-        for send_id, mid, ts, status in items:
-            self.receipt(send_id, Receipt(mid, ts, status))
-
-    def receipt(self, send_id: str, receipt: Receipt) -> None:
-        self._done(
-            200,
-            {
-                "t": "receipt",
-                "id": send_id,
-                "mid": receipt.mid,
-                "ts": receipt.ts,
-                "status": receipt.status,
-            },
-        )
-
-    def send_frame(self, frame: dict[str, Any]) -> None:
-        if frame.get("t") == "error":
+    def answered(self, frame: dict[str, Any]) -> None:
+        if frame["t"] == "receipt":
+            self._done(200, frame)
+        else:
             self._done(frame.get("code", 400), {"error": frame.get("reason", ""), "frame": frame})
-
-    def send_msgs(self, items: list[Any]) -> None:
-        pass
-
-    def welcome(self, last: int, resumed: bool) -> None:
-        pass
-
-    def replaced(self) -> None:
-        pass
-
-    def may_join(self, room: str) -> bool:
-        return False
 
 
 class Presence(_Endpoint):
