@@ -402,3 +402,11 @@ class SettingsTests(unittest.TestCase):
         self.assertEqual(settings.alert_connections, 500)
         self.assertEqual(settings.drain_rate, 50)
         self.assertEqual(settings.alert_cooldown, Config().alert_cooldown)
+
+    def test_defaults_agree_with_config(self) -> None:
+        """The thresholds' defaults are written in two places; they must not drift."""
+        config, settings = Config(), SupervisorSettings()
+        for name in SupervisorSettings.__dataclass_fields__:
+            key = "sample_interval" if name == "interval" else name
+            if hasattr(config, key):
+                self.assertEqual(getattr(settings, name), getattr(config, key), name)
