@@ -37,6 +37,10 @@ class Config:
     presence_window: float = 0.5  # seconds of changes coalesced before watchers are told
     presence_naive: bool = False  # benchmark baseline only: no grace, no coalescing, ping all
     transfer_rate: int = 32768  # bytes/s assumed of a link before its rate is measured
+    # per-connection rate limit (PROTOCOL.md section 7, 429): frames/s, 0 = off;
+    # burst 0 means twice the rate
+    rate_limit: float = 0.0
+    rate_burst: int = 0
     # HTTP port (doc/web.md): browser origins allowed, comma-separated, "*" for any;
     # empty: any with auth token, loopback pages only with auth none.
     allowed_origins: str = ""
@@ -114,6 +118,8 @@ class Config:
                 "presence_window: must be above 0 and at most 60 seconds,"
                 f" not {self.presence_window}"
             )
+        if self.rate_limit < 0 or self.rate_burst < 0:
+            raise ConfigError("rate_limit and rate_burst: must not be negative")
         if self.transfer_rate < 1:
             raise ConfigError(f"transfer_rate: must be at least 1 byte/s, not {self.transfer_rate}")
         if not self.node or "/" in self.node:

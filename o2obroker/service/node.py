@@ -59,6 +59,8 @@ class Node:
             stall_timeout=config.stall_timeout,
             stats=self.metrics.stats,
             transfer_rate=config.transfer_rate,
+            rate_limit=config.rate_limit,
+            rate_burst=config.rate_burst,
             naive_presence=config.presence_naive,
         )
         gauges = self.metrics.collector

@@ -71,6 +71,8 @@ class Gateway:
         stats: Stats | None = None,
         transfer_rate: float = 32 << 10,
         naive_presence: bool = False,
+        rate_limit: float = 0.0,
+        rate_burst: int = 0,
     ) -> None:
         self.actors = actors
         self.auth = authenticator
@@ -91,6 +93,9 @@ class Gateway:
         self.transfer_rate = transfer_rate
         # the benchmark's baseline: ping every device every hb, whatever it did
         self.naive_presence = naive_presence
+        # frames a second per connection, and how many at once (0: no limit)
+        self.rate_limit = rate_limit
+        self.rate_burst = rate_burst or max(1, int(2 * rate_limit))
 
     def connect(self, conn: Any) -> Session:
         """A transport has a new connection: give it a session."""

@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any
 
 from twisted.logger import Logger
 
+from o2obroker.session.ratelimit import ALLOWED, PERSISTENT, RateLimiter
 from o2obroker.session.transfer import LARGE, Transfer
 from o2obroker.wire import OutFrame, ProtocolError
 from o2obroker.wire.frames import (
@@ -55,6 +56,7 @@ class Session:
         "identity",
         "kind",
         "last_rx",
+        "limiter",
         "next_probe",
         "partial_since",
         "pinged",
@@ -86,6 +88,11 @@ class Session:
         self.presence_status = ""
         self.presence_kept = False  # set by the actor: back within the grace period
         self.transfer: Transfer | None = None  # made at the first large frame
+        self.limiter = (
+            RateLimiter(gateway.rate_limit, gateway.rate_burst, gateway.clock.seconds())
+            if gateway.rate_limit
+            else None
+        )
         self._bucket = gateway.liveness.add(self)
 
     def __repr__(self) -> str:
@@ -107,6 +114,8 @@ class Session:
         the message it came in (``text``: as JSON), which spares measuring a
         small send's body again."""
         if self.state is OPEN:
+            if self.limiter is not None and self._rate_limited(obj):
+                return
             try:
                 frame = parse_frame(obj, self._gateway.limits, size, text)
             except ProtocolError as e:
@@ -122,6 +131,18 @@ class Session:
             handler(self, frame)
         elif self.state is HELLO:
             self._hello(obj)
+
+    def _rate_limited(self, obj: Any) -> bool:
+        """Drop a frame over the connection's rate; close a client that keeps on."""
+        verdict = self.limiter.take(self._gateway.clock.seconds())
+        if verdict == ALLOWED:
+            return False
+        ref = obj.get("id") if type(obj) is dict else None
+        if verdict == PERSISTENT:
+            self.fail(ProtocolError(429, "rate limit exceeded for 10 s", fatal=True))
+        else:
+            self.fail(ProtocolError(429, "rate limit exceeded", ref if type(ref) is str else None))
+        return True
 
     def fail(self, error: ProtocolError) -> None:
         """Answer a bad frame with an error; close when the error says so."""
