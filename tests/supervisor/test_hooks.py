@@ -40,7 +40,8 @@ class CommandHookTests(unittest.TestCase):
 
     @inlineCallbacks
     def test_a_hung_command_is_killed(self) -> Any:
-        script = "import sys, time; sys.stdin.read(); time.sleep(60)"
+        # a child process that reads its input and then hangs (it is the hook, not the test)
+        script = "import sys, threading; sys.stdin.read(); threading.Event().wait(60)"
         hook = CommandHook(reactor, [sys.executable, "-c", script], timeout=0.5)
         error = yield self.assertFailure(hook.fire({}), HookFailed)
         self.assertIn("killed", str(error))
