@@ -10,6 +10,8 @@ import sys
 import time
 from pathlib import Path
 
+import psutil
+
 ROOT = Path(__file__).resolve().parent.parent
 PYTHON = sys.executable
 
@@ -35,6 +37,20 @@ def wait_port(port: int, timeout: float = 15.0) -> None:
         except OSError:
             time.sleep(0.05)
     raise RuntimeError(f"nothing listens on {port}")
+
+
+def settle(pid: int, tries: int = 40) -> int:
+    """A process's RSS once it has stopped moving (it may still be handling the
+    last connections)."""
+    proc = psutil.Process(pid)
+    last = proc.memory_info().rss
+    for _ in range(tries):
+        time.sleep(0.25)
+        now = proc.memory_info().rss
+        if abs(now - last) < 64 << 10:
+            return now
+        last = now
+    return last
 
 
 def start_broker(port: int, *extra: str) -> subprocess.Popen[bytes]:

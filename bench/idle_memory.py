@@ -16,8 +16,7 @@ import struct
 import time
 
 import cbor2
-import psutil
-from _common import free_port, raise_nofile, start_broker, start_script, wait_port
+from _common import free_port, raise_nofile, settle, start_broker, start_script, wait_port
 
 _len = struct.Struct(">I")
 
@@ -25,19 +24,6 @@ _len = struct.Struct(">I")
 def hello(user: str) -> bytes:
     payload = cbor2.dumps({"t": "hello", "user": user, "device": "d"})
     return _len.pack(len(payload)) + payload
-
-
-def settle(pid: int) -> int:
-    """RSS once it has stopped moving (the server may still be handling the last hellos)."""
-    proc = psutil.Process(pid)
-    last = proc.memory_info().rss
-    for _ in range(20):
-        time.sleep(0.25)
-        now = proc.memory_info().rss
-        if abs(now - last) < 64 << 10:
-            return now
-        last = now
-    return last
 
 
 def measure(kind: str, n: int) -> float:

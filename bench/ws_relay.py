@@ -28,8 +28,7 @@ import statistics
 import struct
 import time
 
-import psutil
-from _common import free_port, raise_nofile, start_broker, start_script, wait_port
+from _common import free_port, raise_nofile, settle, start_broker, start_script, wait_port
 from twisted.internet import defer, reactor
 from twisted.internet.endpoints import TCP4ClientEndpoint, connectProtocol
 from twisted.internet.protocol import Protocol
@@ -178,19 +177,6 @@ async def relay(args: argparse.Namespace) -> None:
     print(f"median broker, batch: true                         {batch:10,.0f} msgs/s")
     print(f"broker without batching / bare                     {plain / bare:10.2f}")
     print(f"broker with batching / bare                        {batch / bare:10.2f}")
-
-
-def settle(pid: int) -> int:
-    """RSS once it has stopped moving."""
-    proc = psutil.Process(pid)
-    last = proc.memory_info().rss
-    for _ in range(40):
-        time.sleep(0.25)
-        now = proc.memory_info().rss
-        if abs(now - last) < 64 << 10:
-            return now
-        last = now
-    return last
 
 
 def idle_memory(kind: str, n: int) -> float:
