@@ -381,7 +381,12 @@ class _Child(Resource):
     def render_OPTIONS(self, request: Any) -> bytes:
         return self.lp.preflight(request)
 
-    def _session(self, request: Any) -> LongPollConnection | bytes:
+    def _guarded_session(self, request: Any) -> LongPollConnection | bytes:
+        """The request's session, or the body that refuses the request (a
+        refused origin, an unknown sid)."""
+        refused = self.lp.guard(request)
+        if refused is not None:
+            return refused
         conn = self.lp.find(request)
         if conn is None:
             request.setResponseCode(404)
@@ -433,11 +438,7 @@ class _Open(_Child):
 
 class _Poll(_Child):
     def render_GET(self, request: Any) -> Any:
-        lp = self.lp
-        refused = lp.guard(request)
-        if refused is not None:
-            return refused
-        conn = self._session(request)
+        conn = self._guarded_session(request)
         if type(conn) is bytes:
             return conn
         try:
@@ -457,10 +458,7 @@ class _Poll(_Child):
 class _Send(_Child):
     def render_POST(self, request: Any) -> Any:
         lp = self.lp
-        refused = lp.guard(request)
-        if refused is not None:
-            return refused
-        conn = self._session(request)
+        conn = self._guarded_session(request)
         if type(conn) is bytes:
             return conn
         frames = lp.frames_of(request)
@@ -510,10 +508,7 @@ class _Send(_Child):
 class _Close(_Child):
     def render_POST(self, request: Any) -> bytes:
         lp = self.lp
-        refused = lp.guard(request)
-        if refused is not None:
-            return refused
-        conn = self._session(request)
+        conn = self._guarded_session(request)
         if type(conn) is bytes:
             return conn
         conn.closed = True
