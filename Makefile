@@ -1,4 +1,5 @@
 # Two commands on a fresh machine: `make run` and `make test`.
+SHELL := /bin/bash
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
@@ -30,7 +31,18 @@ lint: $(STAMP)
 	$(BIN)/lint-imports
 
 test: $(STAMP) $(BROWSER) lint
-	$(BIN)/python -m twisted.trial --jobs=2 tests
+	set -o pipefail; $(BIN)/python -m twisted.trial --jobs=2 tests 2>&1 | tee _trial.log
+	@# trial's own closing line, restated in the plain form CI tools read
+	@$(BIN)/python -c "$$TRIAL_SUMMARY" _trial.log
+
+define TRIAL_SUMMARY
+import re, sys
+last = open(sys.argv[1]).read().strip().splitlines()[-1]
+n = {k: int(v) for k, v in re.findall(r"(\w+)=(\d+)", last)}
+bad = n.get("failures", 0) + n.get("errors", 0) + n.get("unexpectedSuccesses", 0)
+print(f"{n.get('successes', 0)} passed, {bad} failed, {n.get('skips', 0)} skipped")
+endef
+export TRIAL_SUMMARY
 
 clean:
-	rm -rf $(VENV) _trial_temp* build *.egg-info node_modules
+	rm -rf $(VENV) _trial_temp* _trial.log build *.egg-info node_modules
