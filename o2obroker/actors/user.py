@@ -45,6 +45,10 @@ class IDevice(Interface):
     def replaced() -> None:
         """Another connection took this device's name: close with 409."""
 
+    def when_drained() -> Deferred[None] | None:
+        """None while the device takes what is written; else a Deferred that
+        fires once it does again (or is gone)."""
+
     def may_join(room: str) -> bool:
         """Whether the device's credentials allow joining ``room``."""
 
@@ -426,8 +430,13 @@ class UserActor(Actor):
         return d.addCallback(with_cursor).addCallback(lambda _: self._attached(device))
 
     def _send_backlog(self, device: Any, after: int) -> Deferred[None] | None:
+        """Write the inbox above ``after`` a page at a time, each page once the
+        device has taken the last: a large backlog to a slow link waits for it
+        instead of piling up past max_queue. The mailbox is held meanwhile, so
+        nothing new overtakes the backlog."""
+
         def page(entries: list[tuple[int, StoredMessage]]) -> Deferred[None] | None:
-            if not entries:
+            if not entries or not device.live:
                 return None
             items = [
                 (seq, m)
@@ -438,7 +447,11 @@ class UserActor(Actor):
                 device.send_msgs(items)
             if len(entries) < BACKLOG_PAGE:
                 return None
-            return self._send_backlog(device, entries[-1][0])
+            last = entries[-1][0]
+            drained = device.when_drained()
+            if drained is None:
+                return self._send_backlog(device, last)
+            return drained.addCallback(lambda _: self._send_backlog(device, last))
 
         return self.backend.read(self.user, after, BACKLOG_PAGE).addCallback(page)
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 from typing import TYPE_CHECKING, Any
 
+from twisted.internet.defer import Deferred
 from twisted.logger import Logger
 
 from o2obroker.session.ratelimit import ALLOWED, PERSISTENT, RateLimiter
@@ -329,6 +330,14 @@ class Session:
         if self.state is OPEN:
             self._gateway.stats.msgs_out += len(items)
             self.conn.send_msgs(items)
+
+    def when_drained(self) -> Deferred[None] | None:
+        """None while the device takes what is written (or its transport cannot
+        tell); else a Deferred that fires once it does again."""
+        if self.state is not OPEN:
+            return None
+        when = getattr(self.conn, "when_drained", None)
+        return when() if when is not None else None
 
     def send_frame(self, frame: dict[str, Any]) -> None:
         if self.state is OPEN:

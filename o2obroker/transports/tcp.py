@@ -5,6 +5,7 @@ from __future__ import annotations
 import struct
 from typing import Any
 
+from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IPushProducer, IReactorTime
 from twisted.internet.protocol import Factory, Protocol
 from twisted.logger import Logger
@@ -44,6 +45,7 @@ class BinaryProtocol(Protocol):
         self._paused = False
         self._closing = False
         self._abort: Any = None
+        self._drained: list[Deferred[None]] | None = None
         self.session: Session | None = None
 
     def connectionMade(self) -> None:
@@ -86,6 +88,7 @@ class BinaryProtocol(Protocol):
         self._closing = True
         if self._abort is not None and self._abort.active():
             self._abort.cancel()
+        self._fire_drained()
         if self.session is not None:
             self.session.lost()
 
@@ -158,9 +161,27 @@ class BinaryProtocol(Protocol):
 
     def resumeProducing(self) -> None:
         self._paused = False
+        self._fire_drained()
 
     def stopProducing(self) -> None:
         self._paused = False
+        self._fire_drained()
+
+    def when_drained(self) -> Deferred[None] | None:
+        """None while the peer takes what is written; else a Deferred that fires
+        once it does again, or once the connection is gone."""
+        if not self._paused or self._closing:
+            return None
+        d: Deferred[None] = Deferred()
+        if self._drained is None:
+            self._drained = []
+        self._drained.append(d)
+        return d
+
+    def _fire_drained(self) -> None:
+        waiters, self._drained = self._drained, None
+        for d in waiters or ():
+            d.callback(None)
 
 
 class BinaryFactory(Factory):

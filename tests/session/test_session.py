@@ -405,3 +405,57 @@ class LivenessTests(SynchronousTestCase):
             d.write_bytes(b"")
         self.assertEqual(d.read()[0]["code"], 400)
         self.assertTrue(d.closed)
+
+
+class BacklogPacingTests(SynchronousTestCase):
+    """A resume's backlog goes a page at a time, each once the link took the last."""
+
+    def setUp(self) -> None:
+        self.h = Harness(auth="none")
+        alice = self.h.login("alice")
+        for i in range(1200):
+            alice.write({"t": "send", "id": f"c-{i}", "to": "bob", "body": i})
+
+    def slow_login(self) -> tuple[object, list[int]]:
+        """Bob's link stops taking bytes after every write, as a full socket buffer does."""
+        bob = self.h.connect()
+        proto = bob.proto
+        real = bob.transport.write
+
+        def write(data: bytes) -> None:
+            real(data)
+            proto.pauseProducing()  # what Twisted does once its buffer is over its size
+
+        bob.transport.write = write
+        bob.write({"t": "hello", "user": "bob", "device": "phone"})
+        return bob, [f["seq"] for f in bob.read() if f["t"] == "msg"]
+
+    def test_waits_for_the_link(self) -> None:
+        bob, seqs = self.slow_login()
+        self.assertEqual(seqs, list(range(1, 501)))  # one page, then it waits
+        bob.proto.resumeProducing()
+        self.h.flush()
+        self.assertEqual([f["seq"] for f in bob.read()], list(range(501, 1001)))
+        bob.proto.resumeProducing()
+        self.h.flush()
+        self.assertEqual([f["seq"] for f in bob.read()], list(range(1001, 1201)))
+
+    def test_new_messages_wait_behind_the_backlog(self) -> None:
+        bob, _ = self.slow_login()
+        carol = self.h.login("carol")
+        carol.write({"t": "send", "id": "late", "to": "bob", "body": "late"})
+        self.assertEqual(bob.read(), [])
+        for _ in range(3):
+            bob.proto.resumeProducing()
+            self.h.flush()
+        bodies = [f["body"] for f in bob.read() if f["t"] == "msg"]
+        self.assertEqual(bodies[-1], "late")
+        self.assertEqual(len(bodies), 701)  # the 700 left of the backlog, then the new one
+
+    def test_a_link_that_goes_away_ends_the_backlog(self) -> None:
+        bob, _ = self.slow_login()
+        bob.lose()
+        # the actor is not held by the dead link: another device gets everything
+        tablet = self.h.login("bob", "tablet")
+        seqs = [f["seq"] for f in tablet.read() if f["t"] == "msg"]
+        self.assertEqual(seqs, list(range(1, 1201)))
