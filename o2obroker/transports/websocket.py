@@ -19,6 +19,7 @@ from autobahn.twisted.websocket import WebSocketServerFactory, WebSocketServerPr
 from autobahn.websocket.compress import PerMessageDeflateOffer, PerMessageDeflateOfferAccept
 from autobahn.websocket.protocol import TrafficStats
 from autobahn.websocket.types import ConnectionDeny
+from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IDelayedCall, IPushProducer, IReactorTime
 from twisted.logger import Logger
 from zope.interface import implementer
@@ -74,19 +75,27 @@ class Flusher:
 class _Backpressure:
     """Registered on the socket so Twisted says when the peer stops reading."""
 
-    __slots__ = ("paused",)
+    __slots__ = ("paused", "waiters")
 
     def __init__(self) -> None:
         self.paused = False
+        self.waiters: list[Deferred[None]] | None = None  # see when_drained
 
     def pauseProducing(self) -> None:
         self.paused = True
 
     def resumeProducing(self) -> None:
         self.paused = False
+        self.release()
 
     def stopProducing(self) -> None:
         self.paused = False
+        self.release()
+
+    def release(self) -> None:
+        waiters, self.waiters = self.waiters, None
+        for d in waiters or ():
+            d.callback(None)
 
 
 class WebSocketConnection(WebSocketServerProtocol):
@@ -158,10 +167,24 @@ class WebSocketConnection(WebSocketServerProtocol):
     def onClose(self, wasClean: bool, code: int | None, reason: str | None) -> None:
         self._closing = True
         self._out = []
+        if self._pressure is not None:
+            self._pressure.release()
         if self.session is not None:
             self.session.lost()
 
     # -- IConnection ----------------------------------------------------------
+
+    def when_drained(self) -> Deferred[None] | None:
+        """None while the peer takes what is written; else a Deferred that fires
+        once it does again, or once the connection is gone."""
+        pressure = self._pressure
+        if pressure is None or not pressure.paused or self._closing:
+            return None
+        d: Deferred[None] = Deferred()
+        if pressure.waiters is None:
+            pressure.waiters = []
+        pressure.waiters.append(d)
+        return d
 
     def send(self, frame: dict[str, Any] | OutFrame) -> None:
         if self._closing:

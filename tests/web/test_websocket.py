@@ -320,3 +320,28 @@ class TimersTests(SynchronousTestCase):
         c.read()
         h.clock.advance(20)
         self.assertEqual(c.transport.value(), b"")
+
+
+class BacklogPacingTests(SynchronousTestCase):
+    def test_backlog_waits_for_the_socket(self) -> None:
+        h = WebHarness(auth="none")
+        alice = h.login("alice")
+        for i in range(1200):
+            alice.write({"t": "send", "id": f"c-{i}", "to": "bob", "body": i})
+        bob = h.ws()
+        conn = bob.transport.protocol
+        real = bob.transport.write
+
+        def write(data: bytes) -> None:
+            real(data)
+            conn._pressure.pauseProducing()  # the socket's buffer is full after each write
+
+        bob.transport.write = write
+        bob.send({"t": "hello", "user": "bob", "device": "web"})
+        seqs = [f["seq"] for f in bob.frames() if f["t"] == "msg"]
+        self.assertEqual(seqs, list(range(1, 501)))
+        for _ in range(2):
+            conn._pressure.resumeProducing()
+            h.flush()
+            seqs += [f["seq"] for f in bob.frames() if f["t"] == "msg"]
+        self.assertEqual(seqs, list(range(1, 1201)))
