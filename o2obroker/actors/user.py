@@ -158,11 +158,11 @@ class UserActor(Actor):
         router: Router,
         clock: IReactorTime,
         mids: MidSource,
-        presence: PresenceHub | None = None,
+        presence: PresenceHub,
     ) -> None:
         super().__init__(scheduler)
-        hub = presence or PresenceHub(router.backend, router, clock)
-        self.presence = UserPresence(user, hub, self._grace_over)
+        # the node's one hub: a hub of its own would fan this user's changes out alone
+        self.presence = UserPresence(user, presence, self._grace_over)
         # device in its grace period -> {watched user: latest change it missed}
         self._missed: dict[str, dict[str, OutFrame]] = {}
         self.user = user
