@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import uuid
 from collections import deque
-from typing import Any
 
 from twisted.internet.defer import Deferred, succeed
 from twisted.internet.interfaces import IReactorTime
@@ -95,6 +94,8 @@ class MemoryBackend:
         self._inboxes: dict[str, _Inbox] = {}
         self._sent: dict[str, _SentIds] = {}
         self._rooms: dict[str, set[str]] = {}
+        #: messages held in all inboxes, counted as they come and go (a metric)
+        self.stored = 0
         self._presence: dict[str, Presence] = {}
         self._watching: dict[str, set[str]] = {}  # watcher -> users
         self._watchers: dict[str, set[str]] = {}  # user -> watchers
@@ -111,6 +112,7 @@ class MemoryBackend:
         entries = self._entries_alive(box)
         while len(entries) > self._inbox_cap:
             entries.popleft()
+            self.stored -= 1
 
     def _entries_alive(self, box: _Inbox) -> deque[tuple[int, StoredMessage]]:
         entries = box.entries
@@ -118,6 +120,7 @@ class MemoryBackend:
             horizon = (self._clock.seconds() - self._inbox_ttl) * 1000
             while entries and entries[0][1].ts < horizon:
                 entries.popleft()
+                self.stored -= 1
         return entries
 
     def append(self, user: str, messages: list[StoredMessage]) -> Deferred[list[int]]:
@@ -128,6 +131,7 @@ class MemoryBackend:
             entries = box.entries = deque()
         entries.extend(zip(range(first, first + len(messages)), messages, strict=True))
         box.last += len(messages)
+        self.stored += len(messages)
         if len(box.entries) > self._inbox_cap:
             self._expire(box)
         return succeed(list(range(first, box.last + 1)))
@@ -184,6 +188,7 @@ class MemoryBackend:
         entries = box.entries
         while entries and entries[0][0] <= floor:
             entries.popleft()
+            self.stored -= 1
         if not entries:
             box.entries = ()
 
@@ -285,12 +290,3 @@ class MemoryBackend:
         index = self._watchers
         # copies: the caller fans out over several reactor turns while lists change
         return succeed({u: frozenset(index[u]) for u in users if u in index})
-
-    # -- for the console and tests ----------------------------------------
-
-    def stats(self) -> dict[str, Any]:
-        return {
-            "inboxes": len(self._inboxes),
-            "stored": sum(len(b.entries) for b in self._inboxes.values()),
-            "rooms": len(self._rooms),
-        }

@@ -71,6 +71,12 @@ class Node:
             "transport",
         )
         gauges.add_gauge("o2o_actors", "User actors in memory.", lambda: len(self.actors))
+        if hasattr(self.backend, "stored"):
+            gauges.add_gauge(
+                "o2o_inbox_messages",
+                "Messages held in the inboxes of the backend.",
+                lambda: self.backend.stored,
+            )
         self.supervisor = Supervisor(
             self.actors.scheduler,
             clock,

@@ -39,6 +39,17 @@ class MemoryBackendTests(SynchronousTestCase):
         self.assertEqual(self.result(self.b.read("bob", 4, 10)), [])
         self.assertEqual(self.result(self.b.read("nobody", 0, 10)), [])
 
+    def test_stored_counts_what_inboxes_hold(self) -> None:
+        self.b.append("bob", [msg(i) for i in range(8)])  # the cap of 5 drops 3
+        self.b.append("eve", [msg(1)])
+        self.assertEqual(self.b.stored, 6)
+        self.b.ack("bob", "phone", 6)  # acknowledged by its only device: 4, 5, 6 leave
+        self.assertEqual(self.b.stored, 3)
+        self.clock.advance(101)  # past the inbox's ttl
+        self.b.read("bob", 0, 10)
+        self.b.read("eve", 0, 10)
+        self.assertEqual(self.b.stored, 0)
+
     def test_cap_drops_oldest(self) -> None:
         self.b.append("bob", [msg(i) for i in range(8)])
         state = self.result(self.b.inbox_state("bob"))

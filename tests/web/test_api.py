@@ -157,7 +157,9 @@ class ApiTests(SynchronousTestCase):
         self.assertEqual(error["code"], 503)
 
     def test_metrics(self) -> None:
-        self.h.ws_login("alice").read()
+        alice = self.h.ws_login("alice")
+        alice.read()
+        alice.send({"t": "send", "id": "m1", "to": "carol", "body": 1})
         self.h.lp_open("bob")
         code, headers, body = self.h.call("GET", "/metrics").response()
         self.assertEqual(code, 200)
@@ -166,6 +168,7 @@ class ApiTests(SynchronousTestCase):
         self.assertIn('o2o_connections{transport="ws"} 1.0', text)
         self.assertIn('o2o_connections{transport="lp"} 1.0', text)
         self.assertIn("o2o_messages_in_total", text)
+        self.assertIn("o2o_inbox_messages 1.0", text)  # carol's, stored while she is away
 
 
 class ApiLimitsTests(SynchronousTestCase):
