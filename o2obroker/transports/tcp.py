@@ -6,13 +6,13 @@ import struct
 from typing import Any
 
 from twisted.internet.defer import Deferred
-from twisted.internet.interfaces import IPushProducer, IReactorTime
+from twisted.internet.interfaces import IReactorTime
 from twisted.internet.protocol import Factory, Protocol
 from twisted.logger import Logger
-from zope.interface import implementer
 
 from o2obroker.session import Gateway, Session
 from o2obroker.session.transfer import LARGE
+from o2obroker.transports.backpressure import Backpressure
 from o2obroker.wire import FrameSplitter, OutFrame, ProtocolError, decode_cbor, encode_cbor
 
 _prefix = struct.Struct(">I").pack
@@ -24,12 +24,11 @@ def unsent_bytes(transport: Any) -> int:
     return len(buffered) - getattr(transport, "offset", 0) + getattr(transport, "_tempDataLen", 0)
 
 
-@implementer(IPushProducer)
 class BinaryProtocol(Protocol):
     """One binary TCP connection: split, decode, hand to the session; encode and write.
 
-    The protocol registers itself as the producer of its own transport, so
-    Twisted tells it when the peer stops reading; only then is the unsent
+    A Backpressure registered as the producer of the transport has Twisted
+    say when the peer stops reading; only then is the unsent
     output measured, and past ``max_queue`` the connection is closed with 503
     ("slow consumer"): its messages stay in the inbox for its resume.
     """
@@ -42,14 +41,13 @@ class BinaryProtocol(Protocol):
         self._gateway = gateway
         self._splitter = FrameSplitter(gateway.limits.max_frame)
         self._max_queue = gateway.limits.max_queue
-        self._paused = False
+        self._pressure = Backpressure()
         self._closing = False
         self._abort: Any = None
-        self._drained: list[Deferred[None]] | None = None
         self.session: Session | None = None
 
     def connectionMade(self) -> None:
-        self.transport.registerProducer(self, True)
+        self.transport.registerProducer(self._pressure, True)
         self.session = self._gateway.connect(self)
 
     def dataReceived(self, data: bytes) -> None:
@@ -88,7 +86,7 @@ class BinaryProtocol(Protocol):
         self._closing = True
         if self._abort is not None and self._abort.active():
             self._abort.cancel()
-        self._fire_drained()
+        self._pressure.release()
         if self.session is not None:
             self.session.lost()
 
@@ -99,7 +97,7 @@ class BinaryProtocol(Protocol):
             return
         payload = encode_cbor(frame)
         self.transport.write(_prefix(len(payload)) + payload)
-        if self._paused:
+        if self._pressure.paused:
             self._check_queue()
 
     def send_many(self, frames: list[dict[str, Any]]) -> None:
@@ -111,7 +109,7 @@ class BinaryProtocol(Protocol):
             parts.append(_prefix(len(payload)))
             parts.append(payload)
         self.transport.write(b"".join(parts))
-        if self._paused:
+        if self._pressure.paused:
             self._check_queue()
 
     def send_msgs(self, items: list[tuple[int, Any]]) -> None:
@@ -126,7 +124,7 @@ class BinaryProtocol(Protocol):
         self.transport.write(data)
         if len(data) >= LARGE:
             self.session.sending(len(data))
-        if self._paused:
+        if self._pressure.paused:
             self._check_queue()
 
     def send_out(self, out: OutFrame) -> int:
@@ -134,7 +132,7 @@ class BinaryProtocol(Protocol):
             return 0
         payload = out.cbor()
         self.transport.write(_prefix(len(payload)) + payload)
-        if self._paused:
+        if self._pressure.paused:
             self._check_queue()
         return len(payload) + 4
 
@@ -154,34 +152,10 @@ class BinaryProtocol(Protocol):
             self.log.info("{session!r}: slow consumer, closing", session=self.session)
             self.session.fail(ProtocolError(503, "slow consumer", fatal=True))
 
-    # -- IPushProducer: Twisted's word on the peer's reading ------------------
-
-    def pauseProducing(self) -> None:
-        self._paused = True
-
-    def resumeProducing(self) -> None:
-        self._paused = False
-        self._fire_drained()
-
-    def stopProducing(self) -> None:
-        self._paused = False
-        self._fire_drained()
-
     def when_drained(self) -> Deferred[None] | None:
         """None while the peer takes what is written; else a Deferred that fires
         once it does again, or once the connection is gone."""
-        if not self._paused or self._closing:
-            return None
-        d: Deferred[None] = Deferred()
-        if self._drained is None:
-            self._drained = []
-        self._drained.append(d)
-        return d
-
-    def _fire_drained(self) -> None:
-        waiters, self._drained = self._drained, None
-        for d in waiters or ():
-            d.callback(None)
+        return None if self._closing else self._pressure.when_drained()
 
 
 class BinaryFactory(Factory):

@@ -20,11 +20,11 @@ from autobahn.websocket.compress import PerMessageDeflateOffer, PerMessageDeflat
 from autobahn.websocket.protocol import TrafficStats
 from autobahn.websocket.types import ConnectionDeny
 from twisted.internet.defer import Deferred
-from twisted.internet.interfaces import IDelayedCall, IPushProducer, IReactorTime
+from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.logger import Logger
-from zope.interface import implementer
 
 from o2obroker.session import Gateway, Session
+from o2obroker.transports.backpressure import Backpressure
 from o2obroker.transports.tcp import unsent_bytes
 from o2obroker.transports.web import OriginPolicy
 from o2obroker.wire import (
@@ -71,33 +71,6 @@ class Flusher:
             conn.flush()
 
 
-@implementer(IPushProducer)
-class _Backpressure:
-    """Registered on the socket so Twisted says when the peer stops reading."""
-
-    __slots__ = ("paused", "waiters")
-
-    def __init__(self) -> None:
-        self.paused = False
-        self.waiters: list[Deferred[None]] | None = None  # see when_drained
-
-    def pauseProducing(self) -> None:
-        self.paused = True
-
-    def resumeProducing(self) -> None:
-        self.paused = False
-        self.release()
-
-    def stopProducing(self) -> None:
-        self.paused = False
-        self.release()
-
-    def release(self) -> None:
-        waiters, self.waiters = self.waiters, None
-        for d in waiters or ():
-            d.callback(None)
-
-
 class WebSocketConnection(WebSocketServerProtocol):
     """One WebSocket client; the IConnection of its session."""
 
@@ -111,7 +84,7 @@ class WebSocketConnection(WebSocketServerProtocol):
     _hello_seen = False
     _closing = False
     _queued = False
-    _pressure: _Backpressure | None = None
+    _pressure: Backpressure | None = None
 
     def onConnect(self, request: Any) -> str | None:
         factory = self.factory
@@ -133,7 +106,7 @@ class WebSocketConnection(WebSocketServerProtocol):
         transport = self.transport
         if getattr(transport, "producer", None) is not None:
             transport.unregisterProducer()  # the HTTP channel's, done with this socket
-        self._pressure = _Backpressure()
+        self._pressure = Backpressure()
         transport.registerProducer(self._pressure, True)
         self.session = self.factory.gateway.connect(self)
 
@@ -177,14 +150,9 @@ class WebSocketConnection(WebSocketServerProtocol):
     def when_drained(self) -> Deferred[None] | None:
         """None while the peer takes what is written; else a Deferred that fires
         once it does again, or once the connection is gone."""
-        pressure = self._pressure
-        if pressure is None or not pressure.paused or self._closing:
+        if self._pressure is None or self._closing:
             return None
-        d: Deferred[None] = Deferred()
-        if pressure.waiters is None:
-            pressure.waiters = []
-        pressure.waiters.append(d)
-        return d
+        return self._pressure.when_drained()
 
     def send(self, frame: dict[str, Any] | OutFrame) -> None:
         if self._closing:

@@ -424,7 +424,7 @@ class BacklogPacingTests(SynchronousTestCase):
 
         def write(data: bytes) -> None:
             real(data)
-            proto.pauseProducing()  # what Twisted does once its buffer is over its size
+            proto._pressure.pauseProducing()  # what Twisted does once its buffer is over its size
 
         bob.transport.write = write
         bob.write({"t": "hello", "user": "bob", "device": "phone"})
@@ -433,10 +433,10 @@ class BacklogPacingTests(SynchronousTestCase):
     def test_waits_for_the_link(self) -> None:
         bob, seqs = self.slow_login()
         self.assertEqual(seqs, list(range(1, 501)))  # one page, then it waits
-        bob.proto.resumeProducing()
+        bob.proto._pressure.resumeProducing()
         self.h.flush()
         self.assertEqual([f["seq"] for f in bob.read()], list(range(501, 1001)))
-        bob.proto.resumeProducing()
+        bob.proto._pressure.resumeProducing()
         self.h.flush()
         self.assertEqual([f["seq"] for f in bob.read()], list(range(1001, 1201)))
 
@@ -446,7 +446,7 @@ class BacklogPacingTests(SynchronousTestCase):
         carol.write({"t": "send", "id": "late", "to": "bob", "body": "late"})
         self.assertEqual(bob.read(), [])
         for _ in range(3):
-            bob.proto.resumeProducing()
+            bob.proto._pressure.resumeProducing()
             self.h.flush()
         bodies = [f["body"] for f in bob.read() if f["t"] == "msg"]
         self.assertEqual(bodies[-1], "late")
