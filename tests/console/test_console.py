@@ -26,22 +26,11 @@ def new_key() -> keys.Key:
     return keys.Key(ed25519.Ed25519PrivateKey.generate())
 
 
-class _Shell(SSHChannel):
-    """An interactive session with a pty, like ``ssh -t``; collects what the console prints."""
+class _Collects:
+    """What a console client has printed so far, and waits for a piece of it."""
 
-    name = b"session"
-
-    def __init__(self, opened: Deferred[Any], **kw: Any) -> None:
-        super().__init__(**kw)
-        self.opened = opened
-        self.output = b""
-        self._wanted: list[tuple[bytes, Deferred[bytes]]] = []
-
-    def channelOpen(self, data: bytes) -> None:
-        pty = session.packRequest_pty_req(b"xterm", (24, 200, 0, 0), b"")
-        d = self.conn.sendRequest(self, b"pty-req", pty, wantReply=True)
-        d.addCallback(lambda _: self.conn.sendRequest(self, b"shell", b"", wantReply=True))
-        d.addCallbacks(lambda _: self.opened.callback(self), self.opened.errback)
+    output: bytes
+    _wanted: list[tuple[bytes, Deferred[bytes]]]
 
     def dataReceived(self, data: bytes) -> None:
         self.output += data
@@ -57,6 +46,24 @@ class _Shell(SSHChannel):
         else:
             self._wanted.append((text, d))
         return d.addTimeout(20, reactor)
+
+
+class _Shell(_Collects, SSHChannel):
+    """An interactive session with a pty, like ``ssh -t``; collects what the console prints."""
+
+    name = b"session"
+
+    def __init__(self, opened: Deferred[Any], **kw: Any) -> None:
+        super().__init__(**kw)
+        self.opened = opened
+        self.output = b""
+        self._wanted: list[tuple[bytes, Deferred[bytes]]] = []
+
+    def channelOpen(self, data: bytes) -> None:
+        pty = session.packRequest_pty_req(b"xterm", (24, 200, 0, 0), b"")
+        d = self.conn.sendRequest(self, b"pty-req", pty, wantReply=True)
+        d.addCallback(lambda _: self.conn.sendRequest(self, b"shell", b"", wantReply=True))
+        d.addCallbacks(lambda _: self.opened.callback(self), self.opened.errback)
 
     def run(self, line: str) -> None:
         self.write(line.encode() + b"\r")
@@ -263,33 +270,18 @@ class ConsoleConfigTests(unittest.TestCase):
         )
 
 
-class _Telnet(telnet.TelnetProtocol):
+class _Telnet(_Collects, telnet.TelnetProtocol):
     """A telnet client that agrees to what the manhole asks for (echo, window size...)."""
 
     def __init__(self) -> None:
         self.output = b""
-        self.waiting: list[tuple[bytes, Deferred[bytes]]] = []
+        self._wanted: list[tuple[bytes, Deferred[bytes]]] = []
 
     def enableRemote(self, option: bytes) -> bool:
         return option in (telnet.ECHO, telnet.SGA)
 
     def enableLocal(self, option: bytes) -> bool:
         return option in (telnet.NAWS, telnet.SGA, telnet.LINEMODE)
-
-    def dataReceived(self, data: bytes) -> None:
-        self.output += data
-        for item in list(self.waiting):
-            if item[0] in self.output:
-                self.waiting.remove(item)
-                item[1].callback(self.output)
-
-    def wait_for(self, text: bytes) -> Deferred[bytes]:
-        d: Deferred[bytes] = Deferred()
-        if text in self.output:
-            d.callback(self.output)
-        else:
-            self.waiting.append((text, d))
-        return d.addTimeout(20, reactor)
 
     def send(self, line: bytes) -> None:
         self.transport.write(line)
