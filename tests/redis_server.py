@@ -39,13 +39,17 @@ def unique_prefix() -> str:
 class RedisServer:
     """One redis-server child on loopback; ``start()`` returns once it accepts."""
 
-    def __init__(self, *args: str, port: int | None = None) -> None:
+    def __init__(self, *args: str, port: int | None = None, conf: str = "") -> None:
         if not os.access(REDIS_SERVER, os.X_OK):
             raise SkipTest("redis-server is not installed (make test installs it)")
         self.args = list(args)
         self.port = port or free_port()
         self.dir = tempfile.mkdtemp(prefix="o2o-redis-")
         self.process: subprocess.Popen[bytes] | None = None
+        # lines a command line cannot carry (ACL users, TLS files)
+        self.conf = os.path.join(self.dir, "redis.conf")
+        with open(self.conf, "w") as f:
+            f.write(conf)
 
     @property
     def url(self) -> str:
@@ -54,7 +58,7 @@ class RedisServer:
     def start(self, timeout: float = 10.0) -> None:
         if self.process is not None:
             return
-        argv = [REDIS_SERVER, "--port", str(self.port), "--bind", "127.0.0.1"]
+        argv = [REDIS_SERVER, self.conf, "--port", str(self.port), "--bind", "127.0.0.1"]
         argv += ["--dir", self.dir, "--save", "", "--appendonly", "no"]
         argv += ["--daemonize", "no", "--logfile", "", *self.args]
         self.process = subprocess.Popen(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IReactorTime
 
 from o2obroker.actors import ActorSystem
@@ -14,6 +15,7 @@ from o2obroker.actors.supervisor import (
     make_hook,
 )
 from o2obroker.backend import IBackend, MemoryBackend
+from o2obroker.backend.redis import RedisBackend, parse_urls
 from o2obroker.config import Config
 from o2obroker.metrics import Metrics
 from o2obroker.routing import Router
@@ -29,13 +31,7 @@ class Node:
         self.config = config
         self.clock = clock
         self.metrics = Metrics()
-        self.backend = backend or MemoryBackend(
-            clock,
-            config.node,
-            inbox_cap=config.inbox_cap,
-            inbox_ttl=config.inbox_ttl,
-            dedupe_ttl=config.dedupe_ttl,
-        )
+        self.backend = backend or make_backend(config, clock)
         self.router = Router(self.backend)
         self.presence = PresenceHub(
             self.backend,
@@ -102,10 +98,38 @@ class Node:
         )
 
     def start(self) -> None:
+        if isinstance(self.backend, RedisBackend):
+            self.backend.start()
         self.gateway.start()
         self.supervisor.start()
 
-    def stop(self) -> None:
+    def stop(self) -> Deferred[object] | None:
         self.gateway.stop()
         self.presence.stop()
         self.supervisor.stop()
+        if isinstance(self.backend, RedisBackend):
+            return self.backend.stop()
+        return None
+
+
+def make_backend(config: Config, clock: IReactorTime, reactor: object = None) -> IBackend:
+    """The embedded backend, or Redis when ``redis`` names servers."""
+    if not config.redis:
+        return MemoryBackend(
+            clock,
+            config.node,
+            inbox_cap=config.inbox_cap,
+            inbox_ttl=config.inbox_ttl,
+            dedupe_ttl=config.dedupe_ttl,
+        )
+    return RedisBackend(
+        parse_urls(config.redis),
+        clock,
+        reactor or clock,
+        config.node,
+        ca=config.redis_ca,
+        timeout=config.redis_timeout,
+        inbox_cap=config.inbox_cap,
+        inbox_ttl=config.inbox_ttl,
+        dedupe_ttl=config.dedupe_ttl,
+    )

@@ -7,6 +7,7 @@ from typing import Any
 
 from twisted.application import service, strports
 from twisted.internet import reactor as global_reactor
+from twisted.internet.defer import Deferred
 from twisted.logger import Logger
 from twisted.python import usage
 
@@ -47,6 +48,13 @@ class Options(usage.Options):
             "(e.g. tcp:2222:interface=127.0.0.1); needs --manhole-keys. Off by default.",
         ],
         ["manhole-keys", None, None, "authorized_keys file of the admin console."],
+        [
+            "redis",
+            None,
+            None,
+            "Redis backend: redis:// or rediss:// URL, several comma-separated to shard "
+            "(redis://[user:password@]host[:port][/db]). Default: the in-memory backend.",
+        ],
     ]
 
     def postOptions(self) -> None:
@@ -61,6 +69,7 @@ class Options(usage.Options):
             "hb": self["hb"],
             "manhole": self["manhole"],
             "manhole_keys": self["manhole-keys"],
+            "redis": self["redis"],
         }
         try:
             self["settings"] = load(self["config"], overrides)
@@ -89,9 +98,9 @@ class NodeService(service.Service):
         self.node.start()
         self.log.info("node {node} started", node=config.node)
 
-    def stopService(self) -> None:
-        self.node.stop()
-        return super().stopService()
+    def stopService(self) -> Deferred[object] | None:
+        super().stopService()
+        return self.node.stop()
 
 
 # Young objects a collection waits for; CPython's default is 700.

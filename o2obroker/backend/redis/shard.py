@@ -20,6 +20,7 @@ import txredisapi
 from twisted.application.internet import ClientService
 from twisted.internet import error as net_error
 from twisted.internet.defer import CancelledError, Deferred, fail, gatherResults, succeed
+from twisted.internet.defer import TimeoutError as CallTimeout
 from twisted.internet.endpoints import HostnameEndpoint, wrapClientTLS
 from twisted.internet.interfaces import IReactorCore, IReactorTCP, IReactorTime
 from twisted.internet.protocol import Factory
@@ -259,11 +260,16 @@ class Shard:
             if message.startswith("OOM"):
                 raise StoreFull(f"redis {self.name}: {message}")
             raise BackendUnavailable(f"redis {self.name}: {message}")
-        if f.check(CancelledError, net_error.TimeoutError):
-            # a reply this late means a stuck or half-open link: replace it
+        if f.check(CancelledError, CallTimeout, net_error.TimeoutError):
+            # a reply this late means a stuck or half-open link: replace it, and
+            # fail what comes meanwhile at once rather than after another timeout
+            why = f"no answer in {self.timeout:g} s"
+            if self._conn is conn:
+                self._conn = None
+                self._enter("down", why)
             if conn.transport is not None:
                 conn.transport.abortConnection()
-            raise BackendUnavailable(f"redis {self.name}: no answer in {self.timeout:g} s")
+            raise BackendUnavailable(f"redis {self.name}: {why}")
         if f.check(BackendUnavailable, StoreFull):
             f.raiseException()
         raise BackendUnavailable(f"redis {self.name}: {f.getErrorMessage()}")
