@@ -39,13 +39,16 @@ def unique_prefix() -> str:
 class RedisServer:
     """One redis-server child on loopback; ``start()`` returns once it accepts."""
 
-    def __init__(self, *args: str, port: int | None = None, conf: str = "") -> None:
+    def __init__(
+        self, *args: str, port: int | None = None, conf: str = "", tls: bool = False
+    ) -> None:
         if not os.access(REDIS_SERVER, os.X_OK):
             raise SkipTest("redis-server is not installed (make test installs it)")
         self.args = list(args)
         self.port = port or free_port()
         self.dir = tempfile.mkdtemp(prefix="o2o-redis-")
         self.process: subprocess.Popen[bytes] | None = None
+        self.tls = tls  # then the port speaks TLS only (conf names the files)
         # lines a command line cannot carry (ACL users, TLS files)
         self.conf = os.path.join(self.dir, "redis.conf")
         with open(self.conf, "w") as f:
@@ -53,12 +56,16 @@ class RedisServer:
 
     @property
     def url(self) -> str:
-        return f"redis://127.0.0.1:{self.port}"
+        return f"{'rediss' if self.tls else 'redis'}://127.0.0.1:{self.port}"
 
     def start(self, timeout: float = 10.0) -> None:
         if self.process is not None:
             return
-        argv = [REDIS_SERVER, self.conf, "--port", str(self.port), "--bind", "127.0.0.1"]
+        argv = [REDIS_SERVER, self.conf, "--bind", "127.0.0.1"]
+        if self.tls:
+            argv += ["--port", "0", "--tls-port", str(self.port)]
+        else:
+            argv += ["--port", str(self.port)]
         argv += ["--dir", self.dir, "--save", "", "--appendonly", "no"]
         argv += ["--daemonize", "no", "--logfile", "", *self.args]
         self.process = subprocess.Popen(

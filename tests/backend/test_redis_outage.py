@@ -17,6 +17,7 @@ from o2obroker.backend.redis import RedisBackend
 from o2obroker.config import Config
 from o2obroker.service.node import Node
 from o2obroker.transports.api import Health
+from tests.backend.certs import make_ca, make_server_cert
 from tests.backend.contract import msg
 from tests.backend.test_redis import RedisCase
 from tests.redis_server import RedisServer, free_port
@@ -176,5 +177,48 @@ class LoginTests(RedisCase):
         log = ShardLog(self)
         b = self.redisBackend(f"redis://ann:nope@127.0.0.1:{self.server.port}")
         await eventually(lambda: log.count("WRONGPASS") >= 1)
+        self.assertFalse(b.available)
+        self.failureResultOf(b.read("bob", 0, 1), BackendUnavailable)
+
+
+class TlsTests(RedisCase):
+    """rediss:// against redis-server's own TLS port, with certificates made here."""
+
+    def setUp(self) -> None:
+        self.clock = Clock()
+        self.dir = os.path.abspath(self.mktemp())
+        os.makedirs(self.dir)
+        self.ca, ca_key, ca_cert = make_ca(self.dir, "test-ca")
+        self.other_ca, _, _ = make_ca(self.dir, "other-ca")
+        cert, key = make_server_cert(self.dir, ca_key, ca_cert, "localhost")
+        conf = f"tls-cert-file {cert}\ntls-key-file {key}\ntls-ca-cert-file {self.ca}\n"
+        self.server = RedisServer(conf=conf + "tls-auth-clients no\n", tls=True)
+        self.server.start()
+        self.addCleanup(self.server.destroy)
+
+    async def test_verified_against_the_configured_ca(self) -> None:
+        b = self.redisBackend(f"rediss://localhost:{self.server.port}", ca=self.ca)
+        await b.when_ready()
+        self.assertEqual(await b.append("bob", [msg(1)]), [1])
+
+    async def refused(self, url: str, ca: str | None) -> None:
+        log = ShardLog(self)
+        b = self.redisBackend(url, ca=ca)
+        await eventually(lambda: log.count("cannot connect") == 1)
+        self.assertIn("certificate verify failed", log.lines[-1])
+        self.assertFalse(b.available)
+        self.failureResultOf(b.read("bob", 0, 1), BackendUnavailable)
+
+    async def test_a_certificate_from_another_ca_is_refused(self) -> None:
+        await self.refused(f"rediss://localhost:{self.server.port}", self.other_ca)
+
+    async def test_a_self_signed_server_is_refused_by_the_system_store(self) -> None:
+        await self.refused(f"rediss://localhost:{self.server.port}", None)
+
+    async def test_a_certificate_for_another_host_is_refused(self) -> None:
+        log = ShardLog(self)
+        # the certificate names localhost, not 127.0.0.1
+        b = self.redisBackend(f"rediss://127.0.0.1:{self.server.port}", ca=self.ca)
+        await eventually(lambda: log.count("cannot connect") == 1)
         self.assertFalse(b.available)
         self.failureResultOf(b.read("bob", 0, 1), BackendUnavailable)

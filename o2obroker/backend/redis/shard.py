@@ -19,7 +19,14 @@ from typing import Any
 import txredisapi
 from twisted.application.internet import ClientService
 from twisted.internet import error as net_error
-from twisted.internet.defer import CancelledError, Deferred, fail, gatherResults, succeed
+from twisted.internet.defer import (
+    CancelledError,
+    Deferred,
+    FirstError,
+    fail,
+    gatherResults,
+    succeed,
+)
 from twisted.internet.defer import TimeoutError as CallTimeout
 from twisted.internet.endpoints import HostnameEndpoint, wrapClientTLS
 from twisted.internet.interfaces import IReactorCore, IReactorTCP, IReactorTime
@@ -211,8 +218,11 @@ class Shard:
                 d.callback(None)
 
         def failed(f: Failure) -> None:
-            self._why = f.getErrorMessage()
-            protocol.transport.abortConnection()
+            if protocol.connected:  # else the loss said why (a TLS handshake, say)
+                if f.check(FirstError):
+                    f = f.value.subFailure
+                self._why = f.getErrorMessage()
+                protocol.transport.abortConnection()
 
         return gatherResults(loads, consumeErrors=True).addCallbacks(loaded, failed)
 
