@@ -108,22 +108,20 @@ class RedisServer:
 
 
 _running: set[RedisServer] = set()
-_shared: RedisServer | None = None
+_shared: dict[int, RedisServer] = {}
 
 
-def shared() -> RedisServer:
-    """The test process's own server, started on first use."""
-    global _shared
-    if _shared is None:
+def shared(n: int = 0) -> RedisServer:
+    """The test process's own server number ``n``, started on first use."""
+    server = _shared.get(n)
+    if server is None:
         server = RedisServer()
         server.start()
-        _shared = server
-    return _shared
+        _shared[n] = server
+    return server
 
 
 @atexit.register
 def _stop_all() -> None:
-    for server in list(_running):
+    for server in list(_running) + list(_shared.values()):
         server.destroy()
-    if _shared is not None:
-        _shared.destroy()

@@ -5,10 +5,11 @@ from __future__ import annotations
 from typing import Any
 
 from twisted.internet import reactor
+from twisted.internet.task import Clock
 from twisted.trial.unittest import TestCase
 
-from o2obroker.backend.redis import RedisBackend, parse_urls
-from tests.backend.contract import BackendContract
+from o2obroker.backend.redis import RedisBackend, jump_hash, parse_urls, shard_of
+from tests.backend.contract import BackendContract, msg
 from tests.redis_server import shared, unique_prefix
 
 
@@ -32,3 +33,85 @@ class RedisContractTests(BackendContract, RedisCase):
 
     async def backendReady(self, backend: Any) -> None:
         await backend.when_ready()
+
+
+class ShardedContractTests(BackendContract, RedisCase):
+    """The same contract with users and rooms spread over two servers."""
+
+    def makeBackend(self, **limits: Any) -> RedisBackend:
+        return self.redisBackend(f"{shared(0).url},{shared(1).url}", **limits)
+
+    async def backendReady(self, backend: Any) -> None:
+        await backend.when_ready()
+
+
+class ShardingTests(RedisCase):
+    def setUp(self) -> None:
+        self.clock = Clock()
+
+    def test_jump_hash_moves_a_share_of_keys(self) -> None:
+        keys = range(2000)
+        three = [jump_hash(k * 7919 + 13, 3) for k in keys]
+        four = [jump_hash(k * 7919 + 13, 4) for k in keys]
+        self.assertEqual(set(three), {0, 1, 2})
+        moved = [(a, b) for a, b in zip(three, four, strict=True) if a != b]
+        # a new bucket takes about a quarter, and keys only ever move to it
+        self.assertTrue(350 < len(moved) < 650, len(moved))
+        self.assertEqual({b for _, b in moved}, {3})
+
+    def test_shard_of_is_pinned(self) -> None:
+        # Nodes of different versions must agree on where a user lives: a change
+        # here moves users' data, so it must be deliberate (and migrated).
+        self.assertEqual(shard_of("u:alice", 2), 1)
+        self.assertEqual(
+            [shard_of(f"u:user{i}", 2) for i in range(10)], [0, 1, 0, 0, 1, 0, 0, 0, 0, 0]
+        )
+        self.assertEqual(shard_of("u:anything", 1), 0)
+
+    async def test_users_spread_and_each_stays_on_one_server(self) -> None:
+        prefix = unique_prefix()
+        b = self.redisBackend(f"{shared(0).url},{shared(1).url}", prefix=prefix)
+        await b.when_ready()
+        users = [f"user{i}" for i in range(40)]
+        await b.append_many({u: [msg(1)] for u in users})
+        for u in users:
+            await b.ack(u, "phone", 0)
+            await b.claim(u, 1, [("c", "m")])
+        placed: dict[str, set[int]] = {}
+        for i, shard in enumerate(b.shards):
+            for key in await shard.call("KEYS", f"{prefix}:*"):
+                user = key.decode().split("{u:")[1].split("}")[0]
+                placed.setdefault(user, set()).add(i)
+        self.assertEqual(set(placed), set(users))
+        # every key of one user on one server, and both servers used
+        self.assertTrue(all(len(s) == 1 for s in placed.values()))
+        self.assertEqual(set().union(*placed.values()), {0, 1})
+        for u in users:
+            self.assertEqual(placed[u], {shard_of("u:" + u, 2)})
+
+
+def _calls(info: bytes) -> dict[str, int]:
+    out = {}
+    for line in info.decode().splitlines():
+        if line.startswith("cmdstat_"):
+            name, _, rest = line.partition(":")
+            out[name[8:]] = int(rest.split(",")[0].split("=")[1])
+    return out
+
+
+class RoundTripTests(RedisCase):
+    def setUp(self) -> None:
+        self.clock = Clock()
+
+    async def test_a_batch_for_many_users_is_one_script_call(self) -> None:
+        b = self.redisBackend()
+        await b.when_ready()
+        shard = b.shards[0]
+        await shard.call("CONFIG", "RESETSTAT")
+        got = await b.append_many({f"u{i}": [msg(j) for j in range(10)] for i in range(50)})
+        self.assertEqual(got["u49"], list(range(1, 11)))
+        calls = _calls(await shard.call("INFO", "commandstats"))
+        # commands run by the script count too; the client sent one EVALSHA
+        self.assertEqual(calls["evalsha"], 1)
+        self.assertEqual(calls["xadd"], 500)
+        self.assertNotIn("eval", calls)
