@@ -117,6 +117,17 @@ class OutageTests(RedisCase):
         self.assertIn(await b.append("bob", [msg(2)]), ([1], [2]))
         self.assertIn(state.last, (0, 1))
 
+    async def test_stop_lets_calls_in_flight_finish(self) -> None:
+        b = self.redisBackend(self.server.url)
+        await b.when_ready()
+        d = b.append_many({f"u{i}": [msg(1)] for i in range(200)})
+        stopped = b.stop()
+        self.failureResultOf(b.read("u1", 0, 1), BackendUnavailable)
+        got = await d
+        self.assertEqual(got["u199"], [1])
+        await stopped
+        self.assertFalse(b.available)
+
     async def test_scripts_flushed_on_the_server_are_loaded_again(self) -> None:
         b = self.redisBackend(self.server.url)
         await b.when_ready()

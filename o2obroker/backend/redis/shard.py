@@ -144,6 +144,7 @@ class Shard:
         self._rejected = 0
         self._why = "no connection"
         self._waiting: list[Deferred[None]] = []
+        self._stopped: Deferred[None] | None = None
         #: commands sent (round trips, where they are not pipelined): a metric
         self.calls = 0
         endpoint = endpoint or make_endpoint(reactor, target, ca, timeout)
@@ -186,11 +187,24 @@ class Shard:
         self._service.startService()
 
     def stop(self) -> Deferred[None]:
-        self._enter("stopped")
-        conn, self._conn = self._conn, None
-        d = self._service.stopService()
-        if conn is not None and conn.transport is not None:
-            conn.transport.loseConnection()
+        """Close once the calls in flight are answered (a last PING's reply
+        comes after theirs); new calls fail from now on."""
+        if self._stopped is None:
+            conn = self._conn
+            last = self._send(conn, "PING") if conn is not None else succeed(None)
+            self._conn = None
+            self._enter("stopped")
+            stopped: Deferred[None] = Deferred()
+            last.addBoth(lambda _: self._service.stopService()).chainDeferred(stopped)
+            self._stopped = stopped
+        # every caller gets its own Deferred, fired when the first stop is done
+        d: Deferred[None] = Deferred()
+
+        def done(result: object) -> object:
+            d.callback(None)
+            return result
+
+        self._stopped.addBoth(done)
         return d
 
     def _retry_delay(self, attempt: int) -> float:
