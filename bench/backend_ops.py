@@ -86,6 +86,12 @@ async def run(
     return rates
 
 
+def server_cpu(info: str) -> float:
+    """Seconds of CPU redis-server has used (main thread, user and system)."""
+    fields = dict(line.split(":", 1) for line in info.splitlines() if ":" in line)
+    return float(fields["used_cpu_user_main_thread"]) + float(fields["used_cpu_sys_main_thread"])
+
+
 def start_redis(port: int, directory: str) -> subprocess.Popen[bytes]:
     redis = shutil.which("redis-server") or "/usr/bin/redis-server"
     argv = [redis, "--port", str(port), "--bind", "127.0.0.1", "--dir", directory]
@@ -112,10 +118,12 @@ async def main(args: argparse.Namespace) -> None:
         await redis.when_ready()
         shard = redis.shards[0]
         await shard.call("CONFIG", "RESETSTAT")
+        cpu_before = server_cpu((await shard.call("INFO", "cpu")).decode())
         sent = shard.calls
         # the append pass alone, for the round trips it costs
         appended = await windowed([lambda b=b: redis.append_many(b) for b in batches], args.window)
         trips = shard.calls - sent
+        cpu = server_cpu((await shard.call("INFO", "cpu")).decode()) - cpu_before
         info = (await shard.call("INFO", "commandstats")).decode()
         evalsha = next(
             int(line.split("calls=")[1].split(",")[0])
@@ -138,6 +146,7 @@ async def main(args: argparse.Namespace) -> None:
     for op in ("append", "read", "claim"):
         print(f"{op:<8}{base[op]:>16,.0f}{got[op]:>16,.0f}{got[op] / base[op]:>14.2f}")
     print(f"append alone, first pass: {messages / appended:,.0f} msgs/s")
+    print(f"redis-server CPU for the append pass: {cpu / messages * 1e6:.1f} µs per message")
     print(
         f"round trips: {trips} commands sent for {len(batches)} batches"
         f" ({trips / messages:.3f} per message); server counted {evalsha} EVALSHA"

@@ -10,6 +10,7 @@ the injected ``clock``; I/O, timeouts and reconnects use ``reactor``.
 from __future__ import annotations
 
 import hashlib
+import struct
 import uuid
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -56,8 +57,13 @@ def shard_of(tag: str, buckets: int) -> int:
     return jump_hash(int.from_bytes(digest, "big"), buckets)
 
 
-def _encode(message: StoredMessage) -> bytes:
-    return cbor2.dumps([message.mid, message.ts, message.fields])
+_HEAD = struct.Struct(">dI")
+
+
+def _packed(message: StoredMessage) -> bytes:
+    """A message as the append script reads it: ts, length, CBOR."""
+    blob = cbor2.dumps([message.mid, message.ts, message.fields])
+    return _HEAD.pack(message.ts, len(blob)) + blob
 
 
 def _decode(blob: bytes) -> StoredMessage:
@@ -202,9 +208,7 @@ class RedisBackend:
             for user in users:
                 messages = inboxes[user]
                 keys += self._keys(user, "meta", "inbox")
-                args.append(len(messages))
-                for m in messages:
-                    args += (m.ts, _encode(m))
+                args += (len(messages), b"".join(map(_packed, messages)))
             d = shard.evalsha(S.APPEND, keys, args)
             calls.append(d.addCallback(self._seqs, users, inboxes))
         return _merged(calls)
