@@ -66,6 +66,11 @@ class _Protocol(txredisapi.HiredisProtocol):
 
     lost_reason: Failure | None = None
 
+    def tryConvertData(self, data: Any) -> Any:
+        # with charset=None and convertNumbers=False txredisapi returns replies
+        # unchanged, but only after copying every list of them, element by element
+        return data
+
     def connectionLost(self, why: Failure = net_error.ConnectionDone) -> None:  # type: ignore[assignment]
         self.lost_reason = why
         super().connectionLost(why)
