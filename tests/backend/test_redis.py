@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import random
+from collections.abc import Callable
 from typing import Any
 
 from twisted.internet import reactor
 from twisted.internet.task import Clock
 from twisted.trial.unittest import TestCase
 
+from o2obroker.backend import MemoryBackend, StoredMessage
+from o2obroker.backend.interface import Presence
 from o2obroker.backend.redis import RedisBackend, jump_hash, parse_urls, shard_of
 from tests.backend.contract import BackendContract, msg
 from tests.redis_server import shared, unique_prefix
@@ -115,3 +119,80 @@ class RoundTripTests(RedisCase):
         self.assertEqual(calls["evalsha"], 1)
         self.assertEqual(calls["xadd"], 500)
         self.assertNotIn("eval", calls)
+
+
+class SameAsMemoryTests(RedisCase):
+    """Random runs of every operation on both backends, compared call by call."""
+
+    def setUp(self) -> None:
+        self.clock = Clock()
+
+    async def run_both(self, seed: int, steps: int) -> None:
+        rnd = random.Random(seed)
+        limits = {"inbox_cap": 6, "inbox_ttl": 40, "device_ttl": 30, "dedupe_ttl": 20}
+        limits["dedupe_cap"] = 5
+        memory = MemoryBackend(self.clock, **limits)
+        redis = self.redisBackend(**limits)
+        await redis.when_ready()
+        users = ["ann", "bob", "cat"]
+        devices = ["phone", "web", "tab"]
+        n = 0
+
+        def some_msgs() -> list[StoredMessage]:
+            nonlocal n
+            out = []
+            for _ in range(rnd.randrange(0, 4)):
+                n += 1
+                out.append(msg(n, ts=int(self.clock.seconds() * 1000)))
+            return out
+
+        ops: list[Callable[[], tuple[str, Callable[[Any], Any]]]] = [
+            lambda: ("append_many", {u: some_msgs() for u in rnd.sample(users, 2)}),
+            lambda: ("append", rnd.choice(users), some_msgs()),
+            lambda: ("read", rnd.choice(users), rnd.randrange(-1, 12), rnd.randrange(0, 5)),
+            lambda: ("cursor", rnd.choice(users), rnd.choice(devices)),
+            lambda: ("ack", rnd.choice(users), rnd.choice(devices), rnd.randrange(-1, 15)),
+            lambda: ("set_cursor", rnd.choice(users), rnd.choice(devices), rnd.randrange(-1, 15)),
+            lambda: (
+                "claim",
+                rnd.choice(users),
+                rnd.randrange(1000),
+                [
+                    (f"c{rnd.randrange(8)}", f"m{rnd.randrange(99)}")
+                    for _ in range(rnd.randrange(4))
+                ],
+            ),
+            lambda: (
+                "settle",
+                rnd.choice(users),
+                {f"c{rnd.randrange(8)}": rnd.choice(["stored", "delivered"])},
+            ),
+            lambda: ("join", "room", rnd.choice(users)),
+            lambda: ("leave", "room", rnd.choice(users)),
+            lambda: ("members", "room"),
+            lambda: (
+                "set_presence",
+                rnd.choice(users),
+                Presence(rnd.choice(["online", "away", "offline"]), "", rnd.randrange(2), 7),
+            ),
+            lambda: ("presence", rnd.sample(users, 2)),
+            lambda: ("watch", rnd.choice(users), rnd.sample(users, 2), 2),
+            lambda: ("unwatch", rnd.choice(users), rnd.sample(users, 1)),
+            lambda: ("watching", rnd.choice(users)),
+            lambda: ("watchers", users),
+        ]
+        for step in range(steps):
+            if rnd.random() < 0.15:
+                self.clock.advance(rnd.choice([1, 5, 15]))
+            name, *args = rnd.choice(ops)()
+            want = await getattr(memory, name)(*args)
+            got = await getattr(redis, name)(*args)
+            self.assertEqual(got, want, f"seed {seed}, step {step}: {name}{tuple(args)!r}")
+            if name in ("append", "append_many", "ack", "set_cursor", "read"):
+                for user in users:
+                    a, b = await memory.inbox_state(user), await redis.inbox_state(user)
+                    self.assertEqual((b.last, b.first), (a.last, a.first), f"seed {seed}, {step}")
+
+    async def test_random_runs(self) -> None:
+        for seed in range(3):
+            await self.run_both(seed, 250)
