@@ -44,7 +44,7 @@ class ShardLog:
     def __call__(self, event: dict[str, Any]) -> None:
         if event.get("log_namespace", "").endswith("shard.Shard"):
             fmt = event.get("log_format") or ""
-            self.lines.append(fmt.format(**{k: event.get(k) for k in ("name", "why")}))
+            self.lines.append(fmt.format(**{k: event.get(k) for k in ("name", "why", "again")}))
 
     def count(self, words: str) -> int:
         return sum(words in line for line in self.lines)
@@ -161,6 +161,21 @@ class OutageTests(RedisCase):
         await b.when_ready()
         self.assertEqual(await b.append("bob", [msg(1)]), [1])
         self.assertEqual(log.count("cannot connect"), 1)
+        self.assertEqual(log.count("connected again"), 0)
+
+    async def test_an_idle_frozen_server_is_noticed(self) -> None:
+        # no call is made: the periodic PING finds that the server stopped answering
+        b = self.redisBackend(self.server.url, timeout=0.3, ping_interval=0.2)
+        await b.when_ready()
+        assert self.server.process is not None
+        pid = self.server.process.pid
+        os.kill(pid, signal.SIGSTOP)
+        try:
+            await eventually(lambda: not b.available, within=5)
+            self.assertEqual(self.health(b), 503)
+        finally:
+            os.kill(pid, signal.SIGCONT)
+        await b.when_ready()
 
 
 class LoginTests(RedisCase):

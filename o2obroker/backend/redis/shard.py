@@ -51,7 +51,7 @@ TRANSITIONS: dict[str, dict[str, str | None]] = {
         "down": "redis {name}: connection lost ({why}); calls fail at once, reconnecting",
         "stopped": None,
     },
-    "down": {"ready": "redis {name}: connected again", "stopped": None},
+    "down": {"ready": "redis {name}: connected{again}", "stopped": None},
     "stopped": {},
 }
 
@@ -150,6 +150,7 @@ class Shard:
         self._why = "no connection"
         self._waiting: list[Deferred[None]] = []
         self._stopped: Deferred[None] | None = None
+        self._was_ready = False
         #: commands sent (round trips, where they are not pipelined): a metric
         self.calls = 0
         endpoint = endpoint or make_endpoint(reactor, target, ca, timeout)
@@ -181,9 +182,12 @@ class Shard:
             return  # e.g. a late loss after stop(): nothing changes
         message = allowed[state]
         self.state = state
+        again = " again" if state == "ready" and self._was_ready else ""
+        if state == "ready":
+            self._was_ready = True
         if message:
             level = self.log.info if state == "ready" else self.log.warn
-            level(message, name=self.name, why=why)
+            level(message, name=self.name, why=why, again=again)
 
     # -- connection life -----------------------------------------------------
 
