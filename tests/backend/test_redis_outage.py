@@ -231,6 +231,16 @@ class TlsTests(RedisCase):
         await b.when_ready()
         self.assertEqual(await b.append("bob", [msg(1)]), [1])
 
+    async def test_a_bundle_of_cas(self) -> None:
+        bundle = os.path.join(self.dir, "bundle.pem")
+        with open(bundle, "wb") as out:
+            for path in (self.other_ca, self.ca):
+                with open(path, "rb") as f:
+                    out.write(f.read())
+        b = self.redisBackend(f"rediss://localhost:{self.server.port}", ca=bundle)
+        await b.when_ready()
+        self.assertEqual(await b.append("bob", [msg(1)]), [1])
+
     async def refused(self, url: str, ca: str | None) -> None:
         log = ShardLog(self)
         b = self.redisBackend(url, ca=ca)

@@ -29,9 +29,13 @@ from twisted.internet.defer import (
 )
 from twisted.internet.defer import TimeoutError as CallTimeout
 from twisted.internet.endpoints import HostnameEndpoint, wrapClientTLS
-from twisted.internet.interfaces import IReactorCore, IReactorTCP, IReactorTime
 from twisted.internet.protocol import Factory
-from twisted.internet.ssl import Certificate, optionsForClientTLS, platformTrust
+from twisted.internet.ssl import (
+    Certificate,
+    optionsForClientTLS,
+    platformTrust,
+    trustRootFromCertificates,
+)
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
@@ -115,7 +119,11 @@ def make_endpoint(reactor: Any, target: RedisTarget, ca: str | None, timeout: fl
         return endpoint
     if ca:
         with open(ca, "rb") as f:
-            trust = Certificate.loadPEM(f.read())
+            pem = f.read()
+        # a bundle may hold several CAs: trust each of them
+        end = b"-----END CERTIFICATE-----"
+        blocks = [b + end for b in pem.split(end) if b"-----BEGIN CERTIFICATE-----" in b]
+        trust = trustRootFromCertificates([Certificate.loadPEM(b) for b in blocks])
     else:
         trust = platformTrust()
     return wrapClientTLS(optionsForClientTLS(target.host, trustRoot=trust), endpoint)
@@ -129,7 +137,7 @@ class Shard:
     def __init__(
         self,
         target: RedisTarget,
-        reactor: IReactorTCP | IReactorTime | IReactorCore,
+        reactor: Any,  # IReactorTCP and IReactorTime: connections, timeouts, backoff
         scripts: Sequence[Script],
         *,
         timeout: float = 5.0,
