@@ -178,6 +178,28 @@ class OutageTests(RedisCase):
         await b.when_ready()
 
 
+class SilentLoginTests(RedisCase):
+    def setUp(self) -> None:
+        self.clock = Clock()
+        self.server = RedisServer(conf="requirepass pw\n")
+        self.server.start()
+        self.addCleanup(self.server.destroy)
+
+    async def test_a_login_without_answer_times_out(self) -> None:
+        # a stopped process still has its port: the kernel accepts, nobody answers AUTH
+        log = ShardLog(self)
+        assert self.server.process is not None
+        pid = self.server.process.pid
+        os.kill(pid, signal.SIGSTOP)
+        try:
+            b = self.redisBackend(f"redis://:pw@127.0.0.1:{self.server.port}", timeout=0.3)
+            await eventually(lambda: log.count("no answer to the login") == 1)
+            self.assertFalse(b.available)
+        finally:
+            os.kill(pid, signal.SIGCONT)
+        await b.when_ready()
+
+
 class LoginTests(RedisCase):
     """An ACL user with a password, and a database other than 0.
 

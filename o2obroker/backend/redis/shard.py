@@ -109,7 +109,8 @@ class _Factory(Factory):
         pass
 
     def connectionError(self, why: str) -> None:
-        self.shard.refused = why
+        if not self.shard.login_aborted:  # our abort, not the server's refusal
+            self.shard.refused = why
 
 
 def make_endpoint(reactor: Any, target: RedisTarget, ca: str | None, timeout: float) -> Any:
@@ -159,6 +160,8 @@ class Shard:
         self._waiting: list[Deferred[None]] = []
         self._stopped: Deferred[None] | None = None
         self._was_ready = False
+        #: the login of the current connection was cut short by its timeout
+        self.login_aborted = False
         #: commands sent (round trips, where they are not pipelined): a metric
         self.calls = 0
         endpoint = endpoint or make_endpoint(reactor, target, ca, timeout)
@@ -233,14 +236,29 @@ class Shard:
     def _prepare(self, protocol: _Protocol) -> None:
         # kept synchronous: ClientService cannot take a loss while it waits on a Deferred
         self._rejected += 1
+        self.login_aborted = False
         # calls go out as they come: Nagle would hold each behind the last one's ack
         transport = protocol.transport
         while transport is not None and not hasattr(transport, "setTcpNoDelay"):
             transport = getattr(transport, "transport", None)
         if transport is not None:
             transport.setTcpNoDelay(True)
-        protocol.whenConnected().addCallback(self._load_scripts)
-        protocol.whenDisconnected().addCallback(self._lost)
+        # txredisapi sends AUTH and SELECT without a timeout: a server that
+        # accepts connections but does not answer would hold this one forever
+        deadline = self._reactor.callLater(self.timeout, self._login_timed_out, protocol)
+
+        def settled(protocol: _Protocol) -> _Protocol:
+            if deadline.active():
+                deadline.cancel()
+            return protocol
+
+        protocol.whenConnected().addCallback(settled).addCallback(self._load_scripts)
+        protocol.whenDisconnected().addCallback(settled).addCallback(self._lost)
+
+    def _login_timed_out(self, protocol: _Protocol) -> None:
+        self.login_aborted = True
+        self._why = f"no answer to the login in {self.timeout:g} s"
+        protocol.transport.abortConnection()
 
     def _load_scripts(self, protocol: _Protocol) -> Deferred[None]:
         """Load every script before the connection counts: EVALSHA then never
@@ -272,7 +290,9 @@ class Shard:
 
     def _lost(self, protocol: _Protocol) -> None:
         reason = protocol.lost_reason
-        self._why = reason.getErrorMessage() if reason is not None else "closed"
+        if not (reason is not None and reason.check(net_error.ConnectionAborted)):
+            # an abort is ours, and _why already says why
+            self._why = reason.getErrorMessage() if reason is not None else "closed"
         if self._conn is protocol:
             self._conn = None
             self._enter("down", self.refused or self._why)
