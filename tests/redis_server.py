@@ -102,6 +102,12 @@ class RedisServer:
         if process.stdout is not None:
             process.stdout.close()
 
+    def kill(self) -> None:
+        """SIGKILL: no shutdown, no last save; what is on disk is what is left."""
+        if self.process is not None:
+            self.process.kill()
+        self.stop()
+
     def destroy(self) -> None:
         self.stop()
         shutil.rmtree(self.dir, ignore_errors=True)

@@ -13,6 +13,7 @@ from twisted.logger import globalLogPublisher
 from twisted.web.test.requesthelper import DummyRequest
 
 from o2obroker.backend import BackendUnavailable, StoreFull
+from o2obroker.backend.interface import Receipt
 from o2obroker.backend.redis import RedisBackend
 from o2obroker.config import Config
 from o2obroker.service.node import Node
@@ -176,6 +177,32 @@ class OutageTests(RedisCase):
         finally:
             os.kill(pid, signal.SIGCONT)
         await b.when_ready()
+
+
+class DurabilityTests(RedisCase):
+    """What doc/cluster.md promises of appendfsync always, with kill -9."""
+
+    def setUp(self) -> None:
+        self.clock = Clock()
+        self.server = RedisServer("--appendonly", "yes", "--appendfsync", "always")
+        self.server.start()
+        self.addCleanup(self.server.destroy)
+
+    async def test_nothing_answered_is_lost_to_kill_9(self) -> None:
+        b = self.redisBackend(self.server.url)
+        await b.when_ready()
+        got = await b.append_many({f"u{i}": [msg(i)] for i in range(50)})
+        await b.claim("u1", 7, [("c-1", "m1")])
+        await b.ack("u2", "web", 0)  # holds the message back from the trim
+        await b.ack("u2", "phone", 1)
+        self.server.kill()
+        await eventually(lambda: not b.available)
+        self.server.start()
+        await b.when_ready()
+        for i in range(50):
+            self.assertEqual(await b.read(f"u{i}", 0, 10), [(got[f"u{i}"][0], msg(i))])
+        self.assertEqual(await b.claim("u1", 8, [("c-1", "m2")]), [Receipt("m1", 7, None)])
+        self.assertEqual(await b.cursor("u2", "phone"), 1)
 
 
 class SilentLoginTests(RedisCase):
