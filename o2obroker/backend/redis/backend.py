@@ -105,7 +105,6 @@ class RedisBackend:
         device_ttl: float = 7 * DAY,
         dedupe_ttl: float = 600.0,
         dedupe_cap: int = 100_000,
-        endpoints: Sequence[Any] | None = None,
     ) -> None:
         if not targets:
             raise ValueError("RedisBackend needs at least one server")
@@ -121,17 +120,7 @@ class RedisBackend:
         self._inbox_key_ttl = int((inbox_ttl + KEY_TTL_MARGIN) * 1000)
         self._device_key_ttl = int((device_ttl + KEY_TTL_MARGIN) * 1000)
         self._dedupe_key_ttl = int((dedupe_ttl + KEY_TTL_MARGIN) * 1000)
-        self.shards = [
-            Shard(
-                t,
-                reactor,
-                S.ALL,
-                timeout=timeout,
-                ca=ca,
-                endpoint=endpoints[i] if endpoints else None,
-            )
-            for i, t in enumerate(targets)
-        ]
+        self.shards = [Shard(t, reactor, S.ALL, timeout=timeout, ca=ca) for t in targets]
         self._pinger = LoopingCall(self._ping)
         self._pinger.clock = reactor
         self._ping_interval = ping_interval

@@ -143,7 +143,6 @@ class Shard:
         *,
         timeout: float = 5.0,
         ca: str | None = None,
-        endpoint: Any = None,
     ) -> None:
         self.target = target
         self.name = target.name
@@ -164,9 +163,8 @@ class Shard:
         self.login_aborted = False
         #: commands sent (round trips, where they are not pipelined): a metric
         self.calls = 0
-        endpoint = endpoint or make_endpoint(reactor, target, ca, timeout)
         self._service = ClientService(
-            endpoint,
+            make_endpoint(reactor, target, ca, timeout),
             _Factory(self),
             retryPolicy=self._retry_delay,
             clock=reactor,
