@@ -120,6 +120,23 @@ class RoundTripTests(RedisCase):
         self.assertEqual(calls["xadd"], 500)
         self.assertNotIn("eval", calls)
 
+    async def test_a_huge_batch_is_cut_into_scripts_of_bounded_size(self) -> None:
+        # Redis serves no one else while a script runs: 2,500 messages make 3 scripts
+        b = self.redisBackend()
+        await b.when_ready()
+        shard = b.shards[0]
+        await shard.call("CONFIG", "RESETSTAT")
+        got = await b.append_many({f"u{i}": [msg(j) for j in range(50)] for i in range(50)})
+        self.assertEqual(got["u0"], list(range(1, 51)))
+        self.assertEqual(got["u49"], list(range(1, 51)))
+        calls = _calls(await shard.call("INFO", "commandstats"))
+        self.assertEqual(calls["evalsha"], 3)
+        # one user's messages are never split, however many
+        await shard.call("CONFIG", "RESETSTAT")
+        got = await b.append_many({"big": [msg(j) for j in range(1500)], "small": [msg(1)]})
+        self.assertEqual(got["big"], list(range(1, 1501)))
+        self.assertEqual(_calls(await shard.call("INFO", "commandstats"))["evalsha"], 2)
+
 
 class SameAsMemoryTests(RedisCase):
     """Random runs of every operation on both backends, compared call by call."""

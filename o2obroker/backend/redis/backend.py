@@ -12,7 +12,7 @@ from __future__ import annotations
 import hashlib
 import struct
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 import cbor2
@@ -37,6 +37,8 @@ from o2obroker.backend.redis.url import RedisTarget
 DAY = 24 * 3600.0
 # keys outlive what the scripts keep by this much: clocks of nodes differ a little
 KEY_TTL_MARGIN = 60.0
+# messages one append script takes at most (one user's messages are never split)
+APPEND_CHUNK = 1000
 
 
 def jump_hash(key: int, buckets: int) -> int:
@@ -64,6 +66,18 @@ def _packed(message: StoredMessage) -> bytes:
     """A message as the append script reads it: ts, length, CBOR."""
     blob = cbor2.dumps([message.mid, message.ts, message.fields])
     return _HEAD.pack(message.ts, len(blob)) + blob
+
+
+_PAIR = struct.Struct(">II")
+
+
+def _pairs(pairs: Iterable[tuple[str, str]]) -> bytes:
+    """Pairs of strings in one argument, as the scripts' ``pairs_of`` reads them."""
+    out = []
+    for a, b in pairs:
+        x, y = a.encode(), b.encode()
+        out += (_PAIR.pack(len(x), len(y)), x, y)
+    return b"".join(out)
 
 
 def _decode(blob: bytes) -> StoredMessage:
@@ -188,18 +202,30 @@ class RedisBackend:
     def append_many(
         self, inboxes: dict[str, list[StoredMessage]]
     ) -> Deferred[dict[str, list[int]]]:
-        """One script per shard for the whole batch."""
+        """One script per shard for the whole batch, or per ``APPEND_CHUNK``
+        messages of it: Redis runs nothing else while a script runs."""
         head = [self._horizon(), self._inbox_cap, self._inbox_key_ttl, uuid.uuid4().hex[:12]]
         calls = []
+
+        def send(shard: Shard, users: list[str], keys: list[str], args: list[Any]) -> None:
+            d = shard.evalsha(S.APPEND, keys, args)
+            calls.append(d.addCallback(self._seqs, users, inboxes))
+
         for shard, users in self._by_shard(list(inboxes)).items():
             keys: list[str] = []
             args: list[Any] = list(head)
+            chunk: list[str] = []
+            size = 0
             for user in users:
                 messages = inboxes[user]
+                if size and size + len(messages) > APPEND_CHUNK:
+                    send(shard, chunk, keys, args)
+                    keys, args, chunk, size = [], list(head), [], 0
+                chunk.append(user)
+                size += len(messages)
                 keys += self._keys(user, "meta", "inbox")
                 args += (len(messages), b"".join(map(_packed, messages)))
-            d = shard.evalsha(S.APPEND, keys, args)
-            calls.append(d.addCallback(self._seqs, users, inboxes))
+            send(shard, chunk, keys, args)
         return _merged(calls)
 
     @staticmethod
@@ -242,9 +268,8 @@ class RedisBackend:
         self, user: str, ts: int, claims: list[tuple[str, str]]
     ) -> Deferred[list[Receipt | None]]:
         now = self._clock.seconds()
-        args: list[Any] = [now, now + self._dedupe_ttl, self._dedupe_cap, ts, self._dedupe_key_ttl]
-        for send_id, mid in claims:
-            args += (send_id, mid)
+        args = [now, now + self._dedupe_ttl, self._dedupe_cap, ts, self._dedupe_key_ttl]
+        args.append(_pairs(claims))
         keys = self._keys(user, "sid", "sidq", "sst")
         d = self._user_shard(user).evalsha(S.CLAIM, keys, args)
         return d.addCallback(lambda out: [_receipt(r) for r in out])
@@ -252,10 +277,8 @@ class RedisBackend:
     def settle(self, user: str, statuses: dict[str, str]) -> Deferred[None]:
         if not statuses:
             return succeed(None)
-        args: list[Any] = []
-        for send_id, status in statuses.items():
-            args += (send_id, status)
-        d = self._user_shard(user).evalsha(S.SETTLE, self._keys(user, "sid", "sst"), args)
+        keys = self._keys(user, "sid", "sst")
+        d = self._user_shard(user).evalsha(S.SETTLE, keys, [_pairs(statuses.items())])
         return d.addCallback(lambda _: None)
 
     # -- rooms ---------------------------------------------------------------

@@ -191,11 +191,27 @@ return cursor
 """,
 )
 
-# KEYS: sid, sidq, sst. ARGV: now, expires, cap, ts, key ttl (ms), then pairs
+# Pairs of strings packed in one argument, each pair two big-endian 4-byte
+# lengths and then the two strings: one argument for a batch, whatever its size.
+_PAIRS = """
+local function pairs_of(data)
+  local out, pos = {}, 1
+  while pos <= #data do
+    local a, b
+    a, b, pos = struct.unpack('>I4I4', data, pos)
+    out[#out + 1] = {string.sub(data, pos, pos + a - 1), string.sub(data, pos + a, pos + a + b - 1)}
+    pos = pos + a + b
+  end
+  return out
+end
+"""
+
+# KEYS: sid, sidq, sst. ARGV: now, expires, cap, ts, key ttl (ms), packed pairs
 # (send id, mid). Returns per pair 0 (new) or {mid, ts, status or ''}.
 CLAIM = Script(
     "claim",
-    """
+    _PAIRS
+    + """
 local sid, sidq, sst = KEYS[1], KEYS[2], KEYS[3]
 local now, expires, cap, ts = tonumber(ARGV[1]), ARGV[2], tonumber(ARGV[3]), ARGV[4]
 local function expire()
@@ -212,14 +228,14 @@ local function expire()
 end
 expire()
 local out = {}
-for i = 6, #ARGV, 2 do
-  local id = ARGV[i]
+for _, pair in ipairs(pairs_of(ARGV[6])) do
+  local id = pair[1]
   local v = redis.call('HGET', sid, id)
   if v then
     local _, _, t, mid = string.find(v, '^[^\\n]*\\n([^\\n]*)\\n(.*)$')
     out[#out + 1] = {mid, t, redis.call('HGET', sst, id) or ''}
   else
-    redis.call('HSET', sid, id, expires .. '\\n' .. ts .. '\\n' .. ARGV[i + 1])
+    redis.call('HSET', sid, id, expires .. '\\n' .. ts .. '\\n' .. pair[2])
     redis.call('RPUSH', sidq, id)
     out[#out + 1] = 0
   end
@@ -232,13 +248,14 @@ return out
 """,
 )
 
-# KEYS: sid, sst. ARGV: pairs (send id, status); ids no longer kept are skipped.
+# KEYS: sid, sst. ARGV: packed pairs (send id, status); ids no longer kept are skipped.
 SETTLE = Script(
     "settle",
-    """
-for i = 1, #ARGV, 2 do
-  if redis.call('HEXISTS', KEYS[1], ARGV[i]) == 1 then
-    redis.call('HSET', KEYS[2], ARGV[i], ARGV[i + 1])
+    _PAIRS
+    + """
+for _, pair in ipairs(pairs_of(ARGV[1])) do
+  if redis.call('HEXISTS', KEYS[1], pair[1]) == 1 then
+    redis.call('HSET', KEYS[2], pair[1], pair[2])
   end
 end
 local ttl = redis.call('PTTL', KEYS[1])
