@@ -8,6 +8,8 @@ from twisted.trial.unittest import SynchronousTestCase
 
 from o2obroker.backend import MemoryBackend
 from o2obroker.backend.redis import RedisBackend, RedisTarget, parse_url, parse_urls
+from o2obroker.backend.redis import scripts as S
+from o2obroker.backend.redis.shard import Shard
 from o2obroker.config import ConfigError, load
 from o2obroker.service.tap import Options, makeService
 
@@ -95,3 +97,18 @@ class ConfigTests(SynchronousTestCase):
         with self.assertRaises(UsageError) as e:
             Options().parseOptions(["--redis", "redis://h/x"])
         self.assertIn("redis:", str(e.exception))
+
+
+class BackoffTests(SynchronousTestCase):
+    def test_backoff_grows_over_connections_that_are_refused(self) -> None:
+        # Twisted counts attempts from 1 again after every TCP connection, and a
+        # refused login follows a TCP connection: the shard's own count goes on
+        shard = Shard(RedisTarget("127.0.0.1", 1), MemoryReactorClock(), S.ALL)
+        delays = []
+        for refused in range(1, 8):
+            shard._rejected = refused  # as each connection's _prepare counts it
+            delays.append(shard._retry_delay(1))
+        self.assertEqual(delays, [0.5, 1.0, 2.0, 4.0, 8.0, 10.0, 10.0])
+        # and a connection that became usable starts it over
+        shard._rejected = 0
+        self.assertEqual([shard._retry_delay(n) for n in (1, 2, 3)], [0.5, 1.0, 2.0])
