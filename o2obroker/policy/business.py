@@ -28,6 +28,7 @@ class Business:
         self.presence = presence
         self.keywords = keywords  # the keyword filter stage, for reloads
         self.connect = connect  # the connect hook, for the sessions
+        self.clients: dict[str, Any] = {}  # hook name -> HookClient, for metrics
 
     @property
     def active(self) -> bool:
@@ -44,6 +45,26 @@ class Business:
     def presence_changed(self, user: str, state: str, ts: int) -> None:
         """A user's first device came online (``state`` not offline) or its last went."""
         self.presence.add({"user": user, "state": state, "ts": ts})  # type: ignore[union-attr]
+
+    def reload_filters(self) -> Any:
+        """Read the keyword lists again (SIGHUP, the console); a Deferred of the
+        number of keywords, or None when no keyword filter is configured."""
+        return self.keywords.reload() if self.keywords is not None else None
+
+    def counts(self) -> dict[str, int]:
+        """Every counter of the business layer, flat, for the metrics."""
+        out: dict[str, int] = {}
+        if self.pipeline is not None:
+            out.update({f"pipeline_{k}": v for k, v in self.pipeline.counts.items()})
+        if self.keywords is not None:
+            out.update({f"keywords_{k}": v for k, v in self.keywords.counts.items()})
+        for name, client in self.clients.items():
+            out.update({f"hook_{name}_{k}": v for k, v in client.counts.items()})
+            out[f"hook_{name}_breaker_opened"] = client.breaker.opened
+        for queue in (self.offline, self.presence):
+            if queue is not None:
+                out.update({f"{queue.kind}_events_{k}": v for k, v in queue.counts.items()})
+        return out
 
     def stop(self) -> None:
         for queue in (self.offline, self.presence):
