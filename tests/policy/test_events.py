@@ -59,7 +59,7 @@ class EventQueueTests(TestCase):
         self.clock.advance(0.5)
         first = self.client.ids(0)
         delays = []
-        for attempt in range(4):
+        for _ in range(4):
             self.client.calls[-1][2].errback(ConnectionError("down"))
             calls = len(self.client.calls)
             waited = 0.0
