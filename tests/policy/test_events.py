@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from twisted.internet.defer import Deferred
+from twisted.internet.defer import Deferred, succeed
 from twisted.internet.task import Clock
 from twisted.trial.unittest import TestCase
 
@@ -14,11 +14,12 @@ from o2obroker.policy.events import EventQueue
 class FakeClient:
     """Stands in for a HookClient: each call waits until the test answers it."""
 
-    def __init__(self) -> None:
+    def __init__(self, auto: bool = False) -> None:
+        self.auto = auto  # answer every call at once
         self.calls: list[tuple[str, dict[str, Any], Deferred[dict[str, Any]]]] = []
 
     def call(self, kind: str, payload: dict[str, Any]) -> Deferred[dict[str, Any]]:
-        d: Deferred[dict[str, Any]] = Deferred()
+        d: Deferred[dict[str, Any]] = succeed({}) if self.auto else Deferred()
         self.calls.append((kind, payload, d))
         return d
 
