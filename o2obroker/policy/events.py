@@ -54,6 +54,7 @@ class EventQueue:
         self._prefix = f"{node_id}.{os.urandom(4).hex()}."
         self._queue: deque[dict[str, Any]] = deque()
         self._inflight: list[dict[str, Any]] | None = None
+        self._call_d: Any = None  # the hook call under way
         self._call: IDelayedCall | None = None
         self._delay = 0.0  # the current backoff; 0 while the application answers
         self._logged_drops = 0
@@ -94,7 +95,7 @@ class EventQueue:
         queue = self._queue
         batch = [queue.popleft() for _ in range(min(self.batch, len(queue)))]
         self._inflight = batch
-        d = self.client.call(self.kind, {"events": batch})
+        d = self._call_d = self.client.call(self.kind, {"events": batch})
         d.addCallbacks(self._sent, self._failed)
 
     def _sent(self, _: Any) -> None:
@@ -126,6 +127,8 @@ class EventQueue:
         if self._call is not None and self._call.active():
             self._call.cancel()
         self._call = None
+        if self._call_d is not None and not self._call_d.called:
+            self._call_d.cancel()  # its events go back to the queue, then are counted below
         if len(self):
             self.log.warn(
                 "{kind} hook: {n} events not sent at shutdown", kind=self.kind, n=len(self)
