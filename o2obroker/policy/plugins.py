@@ -26,7 +26,10 @@ def find_filter(spec: str, package: ModuleType | None = None) -> Any:
         except Exception as e:
             raise FilterNotFound(f"message filter {spec}: cannot import it ({e})") from None
         if not IMessageFilter.providedBy(found) and callable(found):
-            found = found()
+            try:
+                found = found()
+            except Exception as e:
+                raise FilterNotFound(f"message filter {spec}: cannot make one ({e})") from None
         if not IMessageFilter.providedBy(found):
             raise FilterNotFound(f"message filter {spec}: does not provide IMessageFilter")
         return found

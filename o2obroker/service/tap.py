@@ -102,7 +102,12 @@ class NodeService(service.Service):
 
     def reload(self) -> Any:
         d = self.node.reload_filters()
-        d.addCallback(lambda result: self.log.info("SIGHUP: {result}", result=result))
+
+        def done(result: str) -> str:
+            self.log.info("SIGHUP: {result}", result=result)
+            return result
+
+        d.addCallback(done)
         d.addErrback(lambda f: self.log.error("SIGHUP: {why}", why=f.getErrorMessage()))
         return d
 
