@@ -1,6 +1,6 @@
 """The application side of the publish hook for bench/pipeline_relay.py: accepts everything.
 
-    .venv/bin/python bench/hook_app.py PORT
+.venv/bin/python bench/hook_app.py PORT
 """
 
 from __future__ import annotations

@@ -273,3 +273,38 @@ class ConnectHookSessionTests(TestCase):
         pending.callback(ConnectAnswer())
         h.flush()
         self.assertEqual(d.read_types(), ["welcome", "receipt"])
+
+    def test_too_many_frames_before_the_answer_close(self) -> None:
+        from o2obroker.session.session import MAX_HELD
+
+        h = Harness()
+        h.node.gateway.connect_hook = _Connect(Deferred())
+        d = h.login("alice")
+        for i in range(MAX_HELD):
+            d.write({"t": "ping"})
+        self.assertEqual(d.read(), [])
+        self.assertFalse(d.closed)
+        d.write({"t": "ping"})
+        self.assertEqual(d.read()[0]["code"], 429)
+        self.assertTrue(d.closed)
+
+    def test_refused_by_an_application_that_is_down(self) -> None:
+        h = Harness()
+        h.node.gateway.connect_hook = _Connect(ConnectAnswer(503, "application unavailable"))
+        d = h.login("alice")
+        self.assertEqual(
+            d.read()[0], {"t": "error", "code": 503, "reason": "application unavailable"}
+        )
+        self.assertTrue(d.closed)
+
+
+class MetricsTests(TestCase):
+    def test_business_counters_on_metrics(self) -> None:
+        h = business_harness(self, filters=["soft", "hard"])
+        alice = h.login("alice")
+        alice.write({"t": "send", "id": "1", "to": "bob", "body": "坏蛋"})
+        alice.write({"t": "send", "id": "2", "to": "bob", "body": "炸弹"})
+        text = h.node.metrics.render().decode()
+        self.assertIn('o2o_business_events_total{event="pipeline_rejected"} 1.0', text)
+        self.assertIn('o2o_business_events_total{event="pipeline_rewritten"} 1.0', text)
+        self.assertIn("o2o_archive_messages 1.0", text)
