@@ -280,7 +280,7 @@ class ConnectHookSessionTests(TestCase):
         h = Harness()
         h.node.gateway.connect_hook = _Connect(Deferred())
         d = h.login("alice")
-        for i in range(MAX_HELD):
+        for _ in range(MAX_HELD):
             d.write({"t": "ping"})
         self.assertEqual(d.read(), [])
         self.assertFalse(d.closed)
