@@ -115,7 +115,7 @@ def build_business(
     stages.extend(find_filter(spec) for spec in policy.message_filters)
     if policy.publish_hook:
         hook = config.hooks[policy.publish_hook]
-        stages.append(PublishHook(client(policy.publish_hook), hook.on_failure))
+        stages.append(PublishHook(client(policy.publish_hook), hook.on_failure, config.limits))
     connect = None
     if policy.connect_hook:
         hook = config.hooks[policy.connect_hook]

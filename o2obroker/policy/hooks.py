@@ -155,7 +155,8 @@ class PublishHook:
     Sends ``{"hook": "publish", "messages": [{id, from, device, to|room, body}]}``
     and expects ``{"verdicts": [{"action": "accept" | "reject" | "rewrite",
     "body": ..., "reason": ...}]}``, one per message in order. When the
-    application cannot answer (timeout, error, breaker open, bad answer),
+    application cannot answer (timeout, error, breaker open, bad answer, a
+    rewritten body over ``max_body``),
     ``on_failure`` says what happens: ``allow`` passes the batch, ``refuse``
     answers each send with 403 and leaves its id open for a retry.
     """
@@ -163,9 +164,12 @@ class PublishHook:
     name = "publish-hook"
     log = Logger()
 
-    def __init__(self, client: HookClient, on_failure: str = ALLOW) -> None:
+    def __init__(
+        self, client: HookClient, on_failure: str = ALLOW, limits: Limits | None = None
+    ) -> None:
         self.client = client
         self.on_failure = on_failure
+        self.max_body = (limits or Limits()).max_body
 
     def check(self, messages: list[Candidate]) -> Deferred[list[Any]]:
         items = []
@@ -197,7 +201,11 @@ class PublishHook:
                     else REJECTED
                 )
             elif action == "rewrite" and type(v) is dict and "body" in v:
-                out.append(v["body"])
+                body = v["body"]
+                # a rewrite obeys the limit a client's body does
+                if len(encode_json(body).encode("utf-8")) > self.max_body:
+                    raise HookError(f"publish hook: rewritten body over {self.max_body} bytes")
+                out.append(body)
             else:
                 raise HookError(f"publish hook: unknown verdict {v!r:.80}")
         return out

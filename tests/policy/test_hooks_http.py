@@ -104,6 +104,14 @@ class PublishHookTests(HookTestCase):
         self.assertEqual([len(c["messages"]) for c in self.app.calls], [2, 2])
         self.assertEqual(self.app.calls[0]["messages"][0]["from"], "alice")
 
+    async def test_a_rewrite_over_max_body_is_a_failure(self) -> None:
+        from o2obroker.wire.limits import Limits
+
+        self.app.mode = "rewrite"
+        hook = PublishHook(self.client(), "refuse", Limits(max_body=10))
+        self.assertEqual(await hook.check(_batch("short")), ["SHORT"])
+        self.assertEqual(await hook.check(_batch("x" * 20)), [UNAVAILABLE])
+
     async def test_timeout_follows_on_failure(self) -> None:
         self.app.mode = "hang"
         allow = PublishHook(self.client(timeout=0.2), "allow")
