@@ -9,7 +9,7 @@ the embedded one; a networked backend implements the same interface.
 
 from __future__ import annotations
 
-from collections import deque
+from collections import OrderedDict, deque
 from typing import Any
 
 from twisted.internet.defer import Deferred, succeed
@@ -68,8 +68,14 @@ class _Thread:
 @implementer(IArchive)
 class MemoryArchive:
     """The archive in dicts: at most ``max_messages`` per thread, none older
-    than ``max_age`` seconds. Expiry by age costs O(1) per message: one queue
-    of (ts, thread) in arrival order is trimmed at every write."""
+    than ``max_age`` seconds.
+
+    Threads are kept in the order they were last written to: a thread not
+    written to for ``max_age`` holds only expired messages and is dropped whole
+    from the front, O(1) per write; a live thread trims its own oldest messages
+    when it is written to or read. Memory is bounded by the caps, not by the
+    traffic of the last ``max_age`` seconds.
+    """
 
     def __init__(
         self, clock: IReactorTime, *, max_messages: int = 1000, max_age: float = 7 * 86400.0
@@ -77,12 +83,15 @@ class MemoryArchive:
         self.clock = clock
         self.max_messages = max_messages
         self.max_age = max_age
-        self.threads: dict[str, _Thread] = {}
-        self._ages: deque[tuple[int, str]] = deque()
+        self.threads: OrderedDict[str, _Thread] = OrderedDict()
         self.stored = 0
 
+    def _cutoff(self) -> int:
+        return int((self.clock.seconds() - self.max_age) * 1000)
+
     def add(self, messages: list[StoredMessage]) -> Deferred[None]:
-        threads, ages, cap = self.threads, self._ages, self.max_messages
+        threads, cap = self.threads, self.max_messages
+        cutoff = self._cutoff()
         for m in messages:
             key = thread_of(m.fields)
             thread = threads.get(key)
@@ -90,36 +99,42 @@ class MemoryArchive:
                 thread = threads[key] = _Thread()
             elif m.mid in thread.index:
                 continue
-            thread.index[m.mid] = thread.first + len(thread.entries)
-            thread.entries.append(m)
-            ages.append((m.ts, key))
+            else:
+                threads.move_to_end(key)
+            entries = thread.entries
+            thread.index[m.mid] = thread.first + len(entries)
+            entries.append(m)
             self.stored += 1
-            if len(thread.entries) > cap:
+            if len(entries) > cap:
                 thread.drop_oldest()
                 self.stored -= 1
-        self._expire()
+            self._trim(thread, cutoff)
+        self._expire(cutoff)
         return succeed(None)
 
-    def _expire(self) -> None:
-        cutoff = int((self.clock.seconds() - self.max_age) * 1000)
-        ages, threads = self._ages, self.threads
-        while ages and ages[0][0] <= cutoff:
-            key = ages.popleft()[1]
-            thread = threads.get(key)
-            if thread is None:
-                continue
+    def _trim(self, thread: _Thread, cutoff: int) -> None:
+        entries = thread.entries
+        while entries and entries[0].ts <= cutoff:
+            thread.drop_oldest()
+            self.stored -= 1
+
+    def _expire(self, cutoff: int) -> None:
+        threads = self.threads
+        while threads:
+            thread = next(iter(threads.values()))
             entries = thread.entries
-            while entries and entries[0].ts <= cutoff:
-                thread.drop_oldest()
-                self.stored -= 1
-            if not entries:
-                del threads[key]
+            if entries and entries[-1].ts > cutoff:
+                return
+            threads.popitem(last=False)
+            self.stored -= len(entries)
 
     def page(self, thread: str, before: str | None, limit: int) -> Deferred[tuple[list[Any], bool]]:
-        self._expire()
+        cutoff = self._cutoff()
+        self._expire(cutoff)
         found = self.threads.get(thread)
         if found is None:
             return succeed(([], False))
+        self._trim(found, cutoff)
         entries = found.entries
         if before is None:
             end = len(entries)

@@ -77,6 +77,23 @@ class ArchiveTests(TestCase):
         self.assertEqual(self.archive.stored, 0)
         self.assertEqual(self.archive.threads, {})
 
+    def test_an_idle_thread_is_dropped_by_writes_to_others(self) -> None:
+        self.archive.add([msg(1, 1_000_000), msg(2, 1_000_000, "carol", "dave")])
+        self.clock.advance(30)
+        self.archive.add([msg(3, 1_030_000, "carol", "dave")])  # carol/dave stays live
+        self.clock.advance(40)  # alice/bob: last written 70 s ago
+        self.archive.add([msg(4, 1_070_000, "erin", "frank")])
+        self.assertNotIn(conversation("alice", "bob"), self.archive.threads)
+        # the live thread lost only its expired message, when written or read
+        self.assertEqual(self.page(conversation("carol", "dave")), (["m3"], False))
+        self.assertEqual(self.archive.stored, 2)
+
+    def test_memory_is_bounded_by_the_caps_not_the_traffic(self) -> None:
+        for n in range(1, 1001):
+            self.archive.add([msg(n, 1_000_000 + n)])
+        self.assertEqual(self.archive.stored, 5)
+        self.assertEqual(len(self.archive.threads), 1)
+
     def test_a_mid_is_archived_once(self) -> None:
         self.archive.add([msg(1, 1_000_000)])
         self.archive.add([msg(1, 1_000_000)])
