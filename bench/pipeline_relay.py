@@ -13,7 +13,9 @@ msg, ack; bodies of text with Chinese and Latin words) with:
   (bench/hook_app.py, one call per actor batch);
 - ``archive``: the history archive on.
 
-Then the memory archive alone, in this process with the broker's GC settings:
+Then, in this process, the pipeline's screen of a batch alone (no stage, and
+the 10,000-word filter on text that passes and on text it masks), and the
+memory archive alone, in this process with the broker's GC settings:
 microseconds per archived message (200,000 messages over about 200,000
 conversations), against building the same StoredMessage list (the baseline).
 """
@@ -90,6 +92,42 @@ def archive_cost(n: int = 200_000) -> tuple[float, float]:
     return base / n * 1e6, full / n * 1e6
 
 
+def pipeline_cost(words: str, n: int = 100_000) -> dict[str, float]:
+    """Microseconds per message of the pipeline's screen of a claimed batch (500
+    sends), in this process: no stage (the baseline), and the 10,000-word
+    filter on text that passes and on text that is masked."""
+    from twisted.internet.defer import maybeDeferred
+
+    from o2obroker.policy import Pipeline
+    from o2obroker.policy.keywords import KeywordFilter, WordList
+    from o2obroker.wire import Send
+
+    class Device:
+        device = "phone"
+
+        def send_frame(self, frame: dict) -> None:
+            pass
+
+    device = Device()
+    out = {}
+    stage = KeywordFilter([WordList("w", (words,), "mask")], maybeDeferred)
+    for name, stages, text in [
+        ("no stage", [], "你好 hello there"),
+        ("filter, passes", [stage], "你好 hello there"),
+        ("filter, masks", [stage], "你好 坏蛋 hello spam"),
+    ]:
+        pipeline = Pipeline(stages)
+        accepted = [
+            (device, Send(str(i), "bob", None, {"text": text}), f"m{i}") for i in range(500)
+        ]
+        kept = [None] * 500
+        start = time.perf_counter()
+        for _ in range(n // 500):
+            pipeline.screen("alice", None, kept, list(accepted))
+        out[name] = (time.perf_counter() - start) / n * 1e6
+    return out
+
+
 async def main(args: argparse.Namespace) -> None:
     tmp = tempfile.mkdtemp(prefix="o2o-bench-")
     hook_port = free_port()
@@ -136,6 +174,8 @@ async def main(args: argparse.Namespace) -> None:
             f"median {kind:8s} {statistics.median(rates):10,.0f} msgs/s"
             f"  {statistics.median(ratios):5.2f} of off (median of per-round ratios)"
         )
+    for name, us in pipeline_cost(os.path.join(tmp, "words.txt")).items():
+        print(f"pipeline screen, {name:15s} {us:6.2f} us/message")
     build_us, full_us = archive_cost()
     print(
         f"archive alone: {full_us - build_us:.2f} us/message "

@@ -10,7 +10,6 @@ batch, not per message.
 
 from __future__ import annotations
 
-import dataclasses
 from collections import Counter
 from typing import Any, NamedTuple
 
@@ -18,6 +17,8 @@ from twisted.internet.defer import Deferred, succeed
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import Attribute, Interface
+
+from o2obroker.wire import Send
 
 #: the receipt status recorded for a send id a policy refused for good, so
 #: that a retry with the same id is refused again rather than delivered
@@ -102,7 +103,10 @@ class Pipeline:
             live = [i for i, v in enumerate(verdicts) if type(v) is not Rejected]
             if not live:
                 break
-            subset = [messages[i]._replace(body=verdicts[i]) for i in live]
+            subset = [
+                m if v is m.body else m._replace(body=v)
+                for m, v in ((messages[i], verdicts[i]) for i in live)
+            ]
             try:
                 result = stage.check(subset)
             except Exception:
@@ -182,7 +186,7 @@ class Pipeline:
                 if verdict.final:
                     final[send.id] = REJECTED_STATUS
             elif verdict is not send.body:
-                accepted[i] = (device, dataclasses.replace(send, body=verdict), mid)
+                accepted[i] = (device, Send(send.id, send.to, send.room, verdict), mid)
         if final:
             backend.settle(user, final).addErrback(
                 lambda f: self.log.failure("recording rejections of {user}", f, user=user)
