@@ -16,8 +16,8 @@ msg, ack; bodies of text with Chinese and Latin words) with:
 Then, in this process, the pipeline's screen of a batch alone (no stage, and
 the 10,000-word filter on text that passes and on text it masks), and the
 memory archive alone, in this process with the broker's GC settings:
-microseconds per archived message (200,000 messages over about 200,000
-conversations), against building the same StoredMessage list (the baseline).
+microseconds per archived message (200,000 messages over 10,100
+conversations, 20 each), against building the same StoredMessage list (the baseline).
 """
 
 from __future__ import annotations
@@ -75,7 +75,7 @@ def archive_cost(n: int = 200_000) -> tuple[float, float]:
             StoredMessage(
                 f"m{i}",
                 i,
-                {"mid": f"m{i}", "from": f"u{i % 1000}", "to": f"u{i % 997}", "body": i, "ts": i},
+                {"mid": f"m{i}", "from": f"u{i % 100}", "to": f"v{i % 101}", "body": i, "ts": i},
             )
             for i in range(n)
         ]
