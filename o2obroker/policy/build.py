@@ -49,13 +49,13 @@ def off_thread(reactor: Any) -> Callable[[Callable[[], Any]], Deferred[Any]]:
     return lambda f: deferToThreadPool(reactor, pool(), f)
 
 
-def make_agent(reactor: Any) -> Any:
-    """An HTTP agent with persistent connections, for the hooks."""
+def make_agent(reactor: Any) -> tuple[Any, Any]:
+    """An HTTP agent with persistent connections for the hooks, and its pool."""
     from twisted.web.client import Agent, HTTPConnectionPool
 
     pool = HTTPConnectionPool(reactor, persistent=True)
     pool.maxPersistentPerHost = 32
-    return Agent(reactor, pool=pool)
+    return Agent(reactor, pool=pool), pool
 
 
 def build_business(
@@ -73,13 +73,15 @@ def build_business(
             clock, max_messages=config.archive.max_messages, max_age=config.archive.max_age
         )
     clients: dict[str, HookClient] = {}
+    pools: list[Any] = []
 
     def client(name: str) -> HookClient:
         nonlocal agent
         if name not in clients:
             h = config.hooks[name]
             if agent is None:
-                agent = make_agent(clock)
+                agent, pool = make_agent(clock)
+                pools.append(pool)
             clients[name] = HookClient(
                 name,
                 h.url,
@@ -129,4 +131,5 @@ def build_business(
         connect=connect,
     )
     business.clients = clients
+    business.pools = pools
     return business

@@ -29,6 +29,7 @@ class Business:
         self.keywords = keywords  # the keyword filter stage, for reloads
         self.connect = connect  # the connect hook, for the sessions
         self.clients: dict[str, Any] = {}  # hook name -> HookClient, for metrics
+        self.pools: list[Any] = []  # HTTP connection pools this layer made
 
     @property
     def active(self) -> bool:
@@ -67,6 +68,9 @@ class Business:
         return out
 
     def stop(self) -> None:
+        """Stop the event queues and close the hooks' idle connections."""
         for queue in (self.offline, self.presence):
             if queue is not None:
                 queue.stop()
+        for pool in self.pools:
+            pool.closeCachedConnections()

@@ -82,8 +82,8 @@ class HookTestCase(TestCase):
     def client(self, **kw: Any) -> HookClient:
         from o2obroker.policy.build import make_agent
 
-        agent = make_agent(reactor)
-        self.addCleanup(agent._pool.closeCachedConnections)
+        agent, pool = make_agent(reactor)
+        self.addCleanup(pool.closeCachedConnections)
         return HookClient("app", self.url, agent, reactor, **kw)
 
 
@@ -213,7 +213,6 @@ class NodeWithHooksTests(HookTestCase):
         node = Node(config, reactor)
         node.start()
         self.addCleanup(node.stop)
-        self.addCleanup(lambda: node.business.clients["app"].agent._pool.closeCachedConnections())
         listener = reactor.listenTCP(0, BinaryFactory(node.gateway), interface="127.0.0.1")
         self.addCleanup(listener.stopListening)
         endpoint = f"tcp:127.0.0.1:{listener.getHost().port}"
