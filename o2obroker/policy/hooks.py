@@ -15,11 +15,12 @@ from typing import Any
 
 from twisted.internet.defer import Deferred, DeferredSemaphore, fail, succeed
 from twisted.internet.interfaces import IReactorTime
+from twisted.internet.protocol import Protocol, connectionDone
 from twisted.logger import Logger
 from twisted.python.failure import Failure
-from twisted.web.client import readBody
+from twisted.web.client import ResponseDone
 from twisted.web.http_headers import Headers
-from twisted.web.iweb import IBodyProducer
+from twisted.web.iweb import UNKNOWN_LENGTH, IBodyProducer
 from zope.interface import implementer
 
 from o2obroker.policy.breaker import CircuitBreaker
@@ -28,8 +29,9 @@ from o2obroker.wire import ProtocolError, decode_json, encode_json, valid_room, 
 from o2obroker.wire.limits import Limits
 
 ALLOW, REFUSE = "allow", "refuse"
-# an application's answer: generous, but not unbounded
-_ANSWER_LIMITS = Limits(max_frame=4 << 20, max_body=4 << 20)
+#: the largest answer read from the application: generous, but not unbounded
+MAX_ANSWER = 4 << 20
+_ANSWER_LIMITS = Limits(max_frame=MAX_ANSWER, max_body=MAX_ANSWER)
 
 
 class HookError(Exception):
@@ -56,6 +58,42 @@ class _Body:
 
     def stopProducing(self) -> None:
         pass
+
+
+class _Reader(Protocol):
+    """Collects a response body up to ``limit`` bytes; past it, drops the connection."""
+
+    def __init__(self, limit: int, done: Deferred[bytes], size: int = 0) -> None:
+        self.limit = limit
+        self.done = done
+        self.parts: list[bytes] = []
+        self.size = size  # a known length past the limit: stop at the first bytes
+
+    def dataReceived(self, data: bytes) -> None:
+        if self.done.called:
+            return
+        self.size += len(data)
+        if self.size > self.limit:
+            self.done.errback(HookError(f"answer larger than {self.limit} bytes"))
+            self.transport.stopProducing()
+            return
+        self.parts.append(data)
+
+    def connectionLost(self, reason: Failure = connectionDone) -> None:
+        if self.done.called:
+            return
+        if reason.check(ResponseDone):
+            self.done.callback(b"".join(self.parts))
+        else:
+            self.done.errback(reason)
+
+
+def read_limited(response: Any, limit: int = MAX_ANSWER) -> Deferred[bytes]:
+    """The body of ``response``, failing with HookError past ``limit`` bytes."""
+    done: Deferred[bytes] = Deferred()
+    known = response.length if response.length is not UNKNOWN_LENGTH else 0
+    response.deliverBody(_Reader(limit, done, known if known > limit else 0))
+    return done
 
 
 class HookClient:
@@ -114,7 +152,7 @@ class HookClient:
         d = self.agent.request(b"POST", self.url, Headers(self._headers), _Body(body))
 
         def answered(response: Any) -> Deferred[dict[str, Any]]:
-            return readBody(response).addCallback(self._decode, response.code)
+            return read_limited(response).addCallback(self._decode, response.code)
 
         return d.addCallback(answered)
 

@@ -43,6 +43,14 @@ class App(Resource):
         if mode == "500":
             request.setResponseCode(500)
             return b"oops"
+        if mode == "huge":
+            return b" " * (5 << 20) + b"{}"
+        if mode == "huge-chunked":
+            for _ in range(5):
+                request.write(b" " * (1 << 20))
+            request.write(b"{}")
+            request.finish()
+            return NOT_DONE_YET
         if body["hook"] == "connect":
             if mode == "refuse":
                 return json.dumps({"allow": False, "code": 403, "reason": "shop closed"}).encode()
@@ -143,6 +151,20 @@ class PublishHookTests(HookTestCase):
             await client.call("publish", {"messages": []}).addCallback(
                 lambda a: PublishHook(client)._verdicts(a, _batch("x"))
             )
+
+    async def test_an_answer_past_the_limit_is_a_failure(self) -> None:
+        from o2obroker.policy.hooks import MAX_ANSWER
+
+        self.assertLess(MAX_ANSWER, 5 << 20)
+        client = self.client()
+        for mode in ("huge", "huge-chunked"):  # with a content-length, and without
+            self.app.mode = mode
+            with self.assertRaises(HookError) as e:
+                await client.call("publish", {"messages": []})
+            # stopped while reading, not read whole and refused by the JSON decoder
+            self.assertIn(f"answer larger than {MAX_ANSWER} bytes", str(e.exception))
+        self.app.mode = "accept"
+        self.assertEqual(await client.call("publish", {"messages": []}), {"verdicts": []})
 
     async def test_bounded_concurrency(self) -> None:
         self.app.mode = "hang"
