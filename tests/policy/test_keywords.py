@@ -5,6 +5,8 @@ from __future__ import annotations
 import os
 import tempfile
 
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from twisted.internet.defer import maybeDeferred
 from twisted.trial.unittest import TestCase
 
@@ -136,3 +138,26 @@ class WordFileTests(TestCase):
         m = build_matcher([WordList("big", (self._file("\n".join(words)),), "mask")])
         self.assertEqual(m.keywords, 10_000)
         self.assertEqual(m.scan("a w04242x b"), "a ******* b")
+
+
+class MaskPropertyTests(TestCase):
+    """Masking, for any text and keywords: same length, only matched characters
+    changed, and no keyword left readable."""
+
+    @given(
+        text=st.text(alphabet="ab坏蛋炸 .", max_size=40),
+        words=st.lists(st.text(alphabet="ab坏蛋炸 .", min_size=1, max_size=4), max_size=6),
+    )
+    @settings(max_examples=300, deadline=None)
+    def test_mask(self, text: str, words: list[str]) -> None:
+        out = Matcher([(words, "mask")]).scan(text)
+        assert isinstance(out, str)
+        self.assertEqual(len(out), len(text))
+        covered = set()
+        for word in set(words):
+            start = text.find(word)
+            while start != -1:
+                covered.update(range(start, start + len(word)))
+                start = text.find(word, start + 1)
+        for i, (a, b) in enumerate(zip(text, out, strict=True)):
+            self.assertEqual(b, "*" if i in covered else a)
