@@ -105,6 +105,19 @@ class FilterInTheMessagePathTests(TestCase):
         self.assertEqual(self.h.node.business.pipeline.counts["rejected"], 1)
         self.assertEqual(self.h.node.business.pipeline.counts["rewritten"], 1)
 
+    def test_a_service_send_is_screened_too(self) -> None:
+        # the console's and the HTTP API's sends take the same path as a client's
+        d = Broker(self.h.node).send("bob", {"text": "炸弹"}, id="svc-1")
+        self.h.flush()
+        self.assertEqual(
+            self.successResultOf(d),
+            {"t": "error", "code": 403, "reason": "rejected by policy", "ref": "svc-1"},
+        )
+        d = Broker(self.h.node).send("bob", {"text": "坏蛋"})
+        self.h.flush()
+        self.assertEqual(self.successResultOf(d)["status"], "delivered")
+        self.assertEqual([m["body"] for m in msgs(self.bob.read())], [{"text": "**"}])
+
     def test_console_reload(self) -> None:
         path = self.h.config.filters["soft"].files[0]
         with open(path, "w", encoding="utf-8") as f:
