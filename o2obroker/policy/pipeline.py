@@ -109,14 +109,15 @@ class Pipeline:
             ]
             try:
                 result = stage.check(subset)
+                if not isinstance(result, Deferred):
+                    self._merge(result, stage, live, verdicts)
+                    continue
             except Exception:
                 self._failed(Failure(), stage, live, verdicts)
                 continue
-            if isinstance(result, Deferred):
-                result.addCallback(self._merge, stage, live, verdicts)
-                result.addErrback(self._failed, stage, live, verdicts)
-                return result.addCallback(lambda _, i=index: self._from(i, messages, verdicts))
-            self._merge(result, stage, live, verdicts)
+            result.addCallback(self._merge, stage, live, verdicts)
+            result.addErrback(self._failed, stage, live, verdicts)
+            return result.addCallback(lambda _, i=index: self._from(i, messages, verdicts))
         self._count(messages, verdicts)
         return succeed(verdicts)
 

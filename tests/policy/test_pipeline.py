@@ -77,6 +77,20 @@ class PipelineTests(TestCase):
         self.assertEqual(self.successResultOf(d), [UNAVAILABLE, UNAVAILABLE])
         self.assertEqual(len(self.flushLoggedErrors(ValueError)), 1)
 
+    def test_a_stage_answering_not_a_list_at_once_refuses(self) -> None:
+        @implementer(IMessageFilter)
+        class Sloppy:
+            name = "sloppy"
+
+            def check(self, messages: list[Candidate]) -> Any:
+                return None
+
+        after = Recorder("after", lambda m: m.body)
+        verdicts = self.successResultOf(Pipeline([Sloppy(), after]).run(_batch("a")))
+        self.assertEqual(verdicts, [UNAVAILABLE])
+        self.assertEqual(after.seen, [])  # nothing left for the next stage
+        self.assertEqual(len(self.flushLoggedErrors(ValueError)), 1)
+
     def test_a_failed_deferred_refuses(self) -> None:
         @implementer(IMessageFilter)
         class Down:
