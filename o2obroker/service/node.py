@@ -97,7 +97,7 @@ class Node:
         gauges.add_counter(
             "o2o_supervisor_events",
             "Alerts, hook runs and failures, sessions sent away by a drain.",
-            lambda: dict(self.supervisor.counts),
+            lambda: {**self.supervisor.counts, "drained": self.gateway.drainer.sent},
             "event",
         )
 

@@ -62,7 +62,7 @@ class CommandHookTests(unittest.TestCase):
         out = self.mktemp()
         rig = Rig(alert_connections=10)
         hook = _Notifying(CommandHook(reactor, [sys.executable, "-c", WRITER, out, "0"]))
-        rig.supervisor.scale_out = hook
+        rig.supervisor.hooks.hooks["scale_out"] = hook
         rig.set_connections(tcp=8, lp=2)
         rig.sample(cpu=12.5, memory=40)
         yield hook.done

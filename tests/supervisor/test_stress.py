@@ -69,7 +69,7 @@ class StressTests(unittest.TestCase):
         self.assertEqual(top.node.gateway.connections["tcp"], CLIENTS)
 
         for _ in range(400):  # the hook's process writes its stdin, then exits
-            if supervisor.counts["scale_out_runs"] and "scale_out" not in supervisor._running:
+            if supervisor.counts["scale_out_runs"] and "scale_out" not in supervisor.hooks.running:
                 break
             yield task.deferLater(reactor, 0.05, lambda: None)
         # many more samples over the threshold: nothing more fires
