@@ -2,24 +2,28 @@
 
 ``HookRunner`` is what the supervisor uses: it runs the hook configured for
 an event with a JSON payload, never two runs of the same event at once, and
-counts and reports the failures. Both kinds of hook are bounded in time.
+counts and reports the failures. Both kinds of hook are bounded in time: a
+command is killed with its whole process group, a webhook's request is
+cancelled.
 """
 
 from __future__ import annotations
 
 import contextlib
 import json
+import os
 import shlex
+import signal
+import sys
 from collections import Counter
 from collections.abc import Callable
 from typing import Any
 
 from twisted.internet.defer import Deferred, fail, succeed
-from twisted.internet.error import ProcessExitedAlready
-from twisted.internet.protocol import ProcessProtocol
+from twisted.internet.protocol import ProcessProtocol, Protocol
 from twisted.logger import Logger
 from twisted.python.failure import Failure
-from twisted.web.client import Agent, readBody
+from twisted.web.client import Agent
 from twisted.web.http_headers import Headers
 from twisted.web.iweb import IBodyProducer
 from zope.interface import Attribute, Interface, implementer
@@ -39,6 +43,19 @@ class HookFailed(Exception):
 
 
 # -- command hooks -------------------------------------------------------------
+
+# Runs argv[1:] as the leader of a new session and process group, so that a
+# timeout can kill the command together with everything it started. The
+# process keeps its pid (exec, no fork): the group's id is the pid the reactor
+# reports. Twisted's spawnProcess has no preexec hook, hence this wrapper.
+_SETSID = (
+    "import os, sys\n"
+    "os.setsid()\n"
+    "try:\n"
+    "    os.execvp(sys.argv[1], sys.argv[1:])\n"
+    "except OSError as e:\n"
+    "    sys.exit(f'cannot run {sys.argv[1]}: {e.strerror}')\n"
+)
 
 
 class _CommandProtocol(ProcessProtocol):
@@ -73,10 +90,12 @@ class _CommandProtocol(ProcessProtocol):
 class CommandHook:
     """Runs a command with the payload as JSON on its stdin, through spawnProcess.
 
-    The command is split like a shell would (no shell runs it); it inherits the
-    node's environment and is killed after ``timeout`` seconds. The returned
-    Deferred fires once the process has ended, never before, so no process
-    outlives the hook's run unnoticed.
+    The command is split like a shell would (no shell runs it) and inherits the
+    node's environment. It runs in its own process group, and after
+    ``timeout`` seconds the whole group is killed: a shell script's children
+    (``sh -c "scale; sleep 100"``) go with it, so the hook ends on time and the
+    next scale-out is not held back. The returned Deferred fires once the
+    process has ended and its output is closed, never before.
     """
 
     def __init__(self, reactor: Any, command: str | list[str], timeout: float = 30.0) -> None:
@@ -90,15 +109,17 @@ class CommandHook:
     def fire(self, payload: dict[str, Any]) -> Deferred[None]:
         done: Deferred[None] = Deferred()
         proto = _CommandProtocol(json.dumps(payload).encode() + b"\n", done)
+        argv = [sys.executable, "-c", _SETSID, *self.argv]
         try:
-            process = self._reactor.spawnProcess(proto, self.argv[0], self.argv, env=None)
+            process = self._reactor.spawnProcess(proto, argv[0], argv, env=None)
         except Exception as e:
             return fail(HookFailed(f"cannot start {self.argv[0]}: {e}"))
 
         def kill() -> None:
             proto.killed = f"no exit after {self.timeout:g}s: killed"
-            with contextlib.suppress(ProcessExitedAlready):
-                process.signalProcess("KILL")
+            # the group outlives its leader while a child of it runs: kill it by id
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(process.pid, signal.SIGKILL)
 
         timer = self._reactor.callLater(self.timeout, kill)
 
@@ -133,9 +154,32 @@ class _Body:
         pass
 
 
+class _Answer(Protocol):
+    """Reads a response body to its end, keeping its first bytes for the log.
+
+    However the body ends (Content-Length reached, chunked end, or the server
+    closing the connection, as HTTP/1.0 servers do) counts as the end: the
+    verdict is the status code, not the framing of the body.
+    """
+
+    KEEP = 500
+
+    def __init__(self) -> None:
+        self.head = bytearray()
+        self.ended: Deferred[bytes] = Deferred(lambda _: self.transport.stopProducing())
+
+    def dataReceived(self, data: bytes) -> None:
+        if len(self.head) < self.KEEP:
+            self.head += data[: self.KEEP - len(self.head)]
+
+    def connectionLost(self, reason: Failure) -> None:
+        if not self.ended.called:
+            self.ended.callback(bytes(self.head))
+
+
 @implementer(IHook)
 class WebhookHook:
-    """POSTs the payload as JSON to a URL; any 2xx answer is success."""
+    """POSTs the payload as JSON to a URL; the status code decides: 2xx is success."""
 
     def __init__(self, reactor: Any, url: str, timeout: float = 30.0) -> None:
         if not url.startswith(("http://", "https://")):
@@ -152,12 +196,15 @@ class WebhookHook:
         d = self._agent.request(b"POST", self.url.encode(), headers, body)
 
         def answered(response: Any) -> Deferred[None]:
-            def check(data: bytes) -> None:
+            answer = _Answer()
+            response.deliverBody(answer)
+
+            def check(head: bytes) -> None:
                 if not 200 <= response.code < 300:
-                    text = data[:500].decode("utf-8", "replace")
+                    text = head.decode("utf-8", "replace")
                     raise HookFailed(f"HTTP {response.code}: {text}")
 
-            return readBody(response).addCallback(check)
+            return answer.ended.addCallback(check)
 
         d.addCallback(answered)
         d.addTimeout(self.timeout, self._reactor)
