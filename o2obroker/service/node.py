@@ -91,7 +91,7 @@ class Node:
                 clock, config.scale_in_command, config.scale_in_url, config.hook_timeout
             ),
         )
-        self.gateway.admission = self.supervisor.refusal
+        self.gateway.admission = self.supervisor.admission.refusal  # one call per hello
         for name, doc in SUPERVISOR_GAUGES.items():
             gauges.add_gauge(f"o2o_{name}", doc, lambda n=name: self.supervisor.gauges()[n])
         gauges.add_counter(

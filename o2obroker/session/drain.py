@@ -16,6 +16,7 @@ from typing import Any
 from twisted.internet.defer import CancelledError, Deferred
 from twisted.internet.interfaces import IReactorTime
 from twisted.internet.task import LoopingCall
+from twisted.logger import Logger
 
 from o2obroker.wire.errors import ProtocolError
 
@@ -29,6 +30,8 @@ class Drainer:
     failed with a fatal error leaves its group. ``remaining`` counts the open
     connections: the drain is over when it reaches 0.
     """
+
+    log = Logger()
 
     def __init__(
         self,
@@ -112,6 +115,8 @@ class Drainer:
             self._done()
 
     def _done(self) -> None:
+        if self._loop is not None:
+            self.log.info("drained: no connection left ({sent} sent away)", sent=self.sent)
         self._stop_loop()
         waiters, self._waiters = self._waiters, []
         for d in waiters:

@@ -97,10 +97,14 @@ class Admission:
         best = self.better
         return None if best is None else {k: best[k] for k in ("ws", "tcp", "lp") if best.get(k)}
 
-    def refusal(self) -> ProtocolError | None:
-        """Called for every hello: a 503 to refuse it with, or None to let it in."""
+    def refusal(self, incoming: int = 0) -> ProtocolError | None:
+        """Called for every hello: a 503 to refuse it with, or None to let it in.
+
+        The hello's own connection is already counted; ``incoming`` adds
+        clients not connected yet, for asking whether one more would get in.
+        """
         limit = self.settings.hard_connections
-        if limit and sum(self.gate.connections.values()) > limit:
+        if limit and sum(self.gate.connections.values()) + incoming > limit:
             return Unavailable("node overloaded", self.redirect)
         if self._overloaded:
             return Unavailable("node overloaded", self.redirect)

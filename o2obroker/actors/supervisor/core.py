@@ -152,6 +152,10 @@ class Supervisor(Actor):
         """The gateway asks for every hello: a 503 to refuse it with, or None."""
         return self.admission.refusal()
 
+    def takes_clients(self) -> bool:
+        """Whether the hello of one more client would be let in now."""
+        return self.gate.accepting and self.admission.refusal(incoming=1) is None
+
     def better_node(self) -> Mapping[str, Any] | None:
         """The least loaded other live node that takes clients, when one is known."""
         return self.admission.better
