@@ -9,9 +9,10 @@ from typing import Any
 from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
-from zope.interface import Attribute, Interface
+from zope.interface import Attribute, Interface, implementer
 
 from o2obroker.actors import ActorSystem
+from o2obroker.actors.supervisor import IGate
 from o2obroker.metrics import Stats
 from o2obroker.session.auth import Authenticator
 from o2obroker.session.drain import Drainer
@@ -49,6 +50,7 @@ class IConnection(Interface):
         (Optional: without it, a large write is taken as delivered at once.)"""
 
 
+@implementer(IGate)
 class Gateway:
     """Shared by all transports of a node: limits, auth, heartbeats, counts.
 

@@ -5,8 +5,9 @@ from __future__ import annotations
 from twisted.internet.defer import CancelledError
 from twisted.internet.task import Clock
 from twisted.trial import unittest
+from zope.interface.verify import verifyObject
 
-from o2obroker.actors.supervisor import Unavailable
+from o2obroker.actors.supervisor import IGate, Unavailable
 from tests.supervisor.helpers import Rig, make_gate, open_sessions
 
 
@@ -14,6 +15,9 @@ class GatewayDrainTests(unittest.TestCase):
     def setUp(self) -> None:
         self.clock = Clock()
         self.gate = make_gate(self.clock)
+
+    def test_the_gateway_is_what_the_supervisor_needs(self) -> None:
+        self.assertTrue(verifyObject(IGate, self.gate))
 
     def test_drain_without_a_supervisor(self) -> None:
         sessions = open_sessions(self.gate, "ws", 25)

@@ -7,7 +7,7 @@ import sys
 from typing import Any
 
 from twisted.internet import reactor
-from twisted.internet.defer import Deferred, inlineCallbacks
+from twisted.internet.defer import Deferred, gatherResults, inlineCallbacks
 from twisted.internet.protocol import Factory, Protocol
 from twisted.trial import unittest
 from twisted.web.resource import Resource
@@ -196,13 +196,17 @@ class WebhookHookTests(unittest.TestCase):
         self.assertIn("HTTP 500", str(error))
         self.assertEqual(len(recorder.requests), 1)
 
-    def serve_http10(self, status: bytes) -> tuple[list[bytes], str]:
-        """A server that answers like an HTTP/1.0 one: no Content-Length, then close."""
+    def serve_raw(self, answer: bytes | None, close: bool = True) -> tuple[list[bytes], str]:
+        """A bare TCP server: reads one request, writes ``answer`` (if any) as it is,
+        then closes or hangs; every connection it had is gone before the test ends."""
         requests: list[bytes] = []
+        lost: list[Deferred[None]] = []
 
-        class Http10(Protocol):
-            def __init__(self) -> None:
+        class Raw(Protocol):
+            def connectionMade(self) -> None:
                 self.buffer = b""
+                self.lost: Deferred[None] = Deferred()
+                lost.append(self.lost)
 
             def dataReceived(self, data: bytes) -> None:
                 self.buffer += data
@@ -217,26 +221,47 @@ class WebhookHookTests(unittest.TestCase):
                 if len(body) < (length[0] if length else 0):
                     return
                 requests.append(body)
-                self.transport.write(
-                    b"HTTP/1.0 " + status + b"\r\ncontent-type: text/plain\r\n\r\nbody, no length"
-                )
-                self.transport.loseConnection()
+                if answer is not None:
+                    self.transport.write(answer)
+                if close:
+                    self.transport.loseConnection()
 
-        port = reactor.listenTCP(0, Factory.forProtocol(Http10), interface="127.0.0.1")
+            def connectionLost(self, reason: Any) -> None:
+                self.lost.callback(None)
+
+        port = reactor.listenTCP(0, Factory.forProtocol(Raw), interface="127.0.0.1")
         self.addCleanup(port.stopListening)
+        self.addCleanup(lambda: gatherResults(lost))
         return requests, f"http://127.0.0.1:{port.getHost().port}/scale"
 
     @inlineCallbacks
     def test_2xx_without_content_length_is_success(self) -> Any:
-        requests, url = self.serve_http10(b"200 OK")
+        """An HTTP/1.0 server: no Content-Length, the body ends when it closes."""
+        requests, url = self.serve_raw(b"HTTP/1.0 200 OK\r\ncontent-type: text/plain\r\n\r\nok")
         yield WebhookHook(reactor, url, timeout=20).fire({"event": "scale_out"})
         self.assertEqual([json.loads(r) for r in requests], [{"event": "scale_out"}])
 
     @inlineCallbacks
     def test_error_without_content_length_is_a_failure_with_its_text(self) -> Any:
-        _, url = self.serve_http10(b"503 Service Unavailable")
+        _, url = self.serve_raw(b"HTTP/1.0 503 Service Unavailable\r\n\r\nbody, no length")
         error = yield self.assertFailure(WebhookHook(reactor, url).fire({}), HookFailed)
         self.assertEqual(str(error), "HTTP 503: body, no length")
+
+    @inlineCallbacks
+    def test_2xx_whose_body_never_ends_is_success(self) -> Any:
+        """The status decides; the body is dropped, and cut off after the timeout."""
+        answer = b"HTTP/1.1 200 OK\r\ncontent-length: 1000\r\n\r\nthe first bytes"
+        requests, url = self.serve_raw(answer, close=False)
+        yield WebhookHook(reactor, url, timeout=0.5).fire({"event": "scale_in"})
+        self.assertEqual(len(requests), 1)
+
+    @inlineCallbacks
+    def test_no_answer_in_time_is_a_failure(self) -> Any:
+        _, url = self.serve_raw(None, close=False)
+        error = yield self.assertFailure(
+            WebhookHook(reactor, url, timeout=0.5).fire({}), HookFailed
+        )
+        self.assertEqual(str(error), "no answer after 0.5s")
 
     def test_only_http_urls(self) -> None:
         self.assertRaises(ValueError, WebhookHook, reactor, "file:///etc/passwd")

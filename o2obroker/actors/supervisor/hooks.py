@@ -158,8 +158,7 @@ class _Answer(Protocol):
     """Reads a response body to its end, keeping its first bytes for the log.
 
     However the body ends (Content-Length reached, chunked end, or the server
-    closing the connection, as HTTP/1.0 servers do) counts as the end: the
-    verdict is the status code, not the framing of the body.
+    closing the connection, as HTTP/1.0 servers do) counts as the end.
     """
 
     KEEP = 500
@@ -179,7 +178,13 @@ class _Answer(Protocol):
 
 @implementer(IHook)
 class WebhookHook:
-    """POSTs the payload as JSON to a URL; the status code decides: 2xx is success."""
+    """POSTs the payload as JSON to a URL; the status code decides: 2xx is success.
+
+    A 2xx succeeds as soon as its status line arrives; its body is read and
+    dropped in the background (for at most ``timeout`` seconds), so neither
+    its framing nor its pace can fail the hook. Any other status fails it,
+    with the first 500 bytes of its body as the reason.
+    """
 
     def __init__(self, reactor: Any, url: str, timeout: float = 30.0) -> None:
         if not url.startswith(("http://", "https://")):
@@ -195,20 +200,41 @@ class WebhookHook:
         body = _Body(json.dumps(payload).encode())
         d = self._agent.request(b"POST", self.url.encode(), headers, body)
 
-        def answered(response: Any) -> Deferred[None]:
+        def answered(response: Any) -> Deferred[None] | None:
             answer = _Answer()
             response.deliverBody(answer)
+            if 200 <= response.code < 300:
+                self._drop(answer)
+                return None
 
-            def check(head: bytes) -> None:
-                if not 200 <= response.code < 300:
-                    text = head.decode("utf-8", "replace")
-                    raise HookFailed(f"HTTP {response.code}: {text}")
+            def refused(head: bytes) -> None:
+                text = head.decode("utf-8", "replace")
+                raise HookFailed(f"HTTP {response.code}: {text}")
 
-            return answer.ended.addCallback(check)
+            return answer.ended.addCallback(refused)
 
         d.addCallback(answered)
-        d.addTimeout(self.timeout, self._reactor)
-        return d
+        late: list[bool] = []
+
+        def expire() -> None:
+            late.append(True)
+            d.cancel()  # the agent fails it as ResponseNeverReceived or ResponseFailed
+
+        timer = self._reactor.callLater(self.timeout, expire)
+
+        def settle(result: Any) -> Any:
+            if timer.active():
+                timer.cancel()
+            if late and isinstance(result, Failure):
+                raise HookFailed(f"no answer after {self.timeout:g}s")
+            return result
+
+        return d.addBoth(settle)
+
+    def _drop(self, answer: _Answer) -> None:
+        """Let the rest of a body arrive and go, giving up on it after the timeout."""
+        timer = self._reactor.callLater(self.timeout, answer.ended.cancel)
+        answer.ended.addBoth(lambda _: timer.cancel() if timer.active() else None)
 
 
 def make_hook(
