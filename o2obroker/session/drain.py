@@ -22,6 +22,25 @@ from o2obroker.wire.errors import ProtocolError
 
 SLICE = 0.1  # seconds between two batches of sessions sent away
 
+# The drain's states and what moves it, as data. SENDING runs a slice every
+# SLICE seconds; RESTING is a drain still on (hellos refused) with no slices
+# running: the node went empty, or stopped. Asked again, a resting drain looks
+# again at once, so whoever connected since is sent away too.
+IDLE, SENDING, RESTING = "idle", "sending", "resting"
+
+TRANSITIONS: dict[tuple[str, str], tuple[str, tuple[str, ...]]] = {
+    (IDLE, "start"): (SENDING, ("take_error", "run_slices")),
+    (SENDING, "start"): (SENDING, ()),
+    (RESTING, "start"): (SENDING, ("run_slices",)),
+    (SENDING, "empty"): (RESTING, ("stop_slices", "release")),
+    (SENDING, "halt"): (RESTING, ("stop_slices",)),
+    (RESTING, "halt"): (RESTING, ()),
+    (IDLE, "halt"): (IDLE, ()),
+    (SENDING, "stop"): (IDLE, ("stop_slices", "forget", "cancel")),
+    (RESTING, "stop"): (IDLE, ("forget", "cancel")),
+    (IDLE, "stop"): (IDLE, ()),
+}
+
 
 class Drainer:
     """Fails open sessions with an error, ``rate`` a second, until none is left.
@@ -42,47 +61,74 @@ class Drainer:
         self.clock = clock
         self.groups = groups
         self.remaining = remaining
-        self.error: ProtocolError | None = None  # set while draining
+        self.state = IDLE
+        self.error: ProtocolError | None = None  # what sessions and hellos get, while on
         self.rate = 200.0
         self.sent = 0  # sessions sent away, over the node's life
+        self._offered: tuple[ProtocolError, float] | None = None
         self._loop: LoopingCall | None = None
         self._waiters: list[Deferred[None]] = []
         self._queue: deque[Any] = deque()
         self._group: Any = ()
         self._next = 0
 
-    @property
-    def active(self) -> bool:
-        return self.error is not None
+    def _input(self, name: str) -> None:
+        self.state, actions = TRANSITIONS[(self.state, name)]
+        for action in actions:
+            getattr(self, f"_do_{action}")()
+
+    # -- inputs ---------------------------------------------------------------------
 
     def start(self, error: ProtocolError, rate: float) -> Deferred[None]:
-        """Begin (or join) a drain; the Deferred fires when no connection is left."""
+        """Begin (or join) a drain; the Deferred fires when no connection is left.
+
+        A drain already on keeps the error and rate it began with.
+        """
         d: Deferred[None] = Deferred()
         self._waiters.append(d)
-        if self.error is None:
-            self.error = error
-            self.rate = rate
-        if self._loop is None:  # new, or over and asked again: look again at once
-            self._loop = LoopingCall(self._tick)
-            self._loop.clock = self.clock
-            self._loop.start(SLICE, now=True)
+        self._offered = (error, rate)
+        self._input("start")
         return d
 
     def stop(self) -> None:
         """Give up: the waiters fail with CancelledError, the open sessions stay."""
-        if self.error is None:
-            return
-        self.error = None
-        self._stop_loop()
-        self._queue.clear()
-        self._group = ()
-        waiters, self._waiters = self._waiters, []
-        for d in waiters:
-            d.errback(CancelledError("drain cancelled: the node takes clients again"))
+        self._input("stop")
 
     def halt(self) -> None:
         """The node stops: no more slices; the drain stays on, its waiters wait."""
-        self._stop_loop()
+        self._input("halt")
+
+    # -- actions ------------------------------------------------------------------------
+
+    def _do_take_error(self) -> None:
+        assert self._offered is not None
+        self.error, self.rate = self._offered
+
+    def _do_run_slices(self) -> None:
+        self._loop = LoopingCall(self._tick)
+        self._loop.clock = self.clock
+        self._loop.start(SLICE, now=True)  # the first slice (and perhaps the end) now
+
+    def _do_stop_slices(self) -> None:
+        loop, self._loop = self._loop, None
+        if loop is not None and loop.running:
+            loop.stop()
+
+    def _do_release(self) -> None:
+        self.log.info("drained: no connection left ({sent} sent away)", sent=self.sent)
+        waiters, self._waiters = self._waiters, []
+        for d in waiters:
+            d.callback(None)
+
+    def _do_forget(self) -> None:
+        self.error = None
+        self._queue.clear()
+        self._group = ()
+
+    def _do_cancel(self) -> None:
+        waiters, self._waiters = self._waiters, []
+        for d in waiters:
+            d.errback(CancelledError("drain cancelled: the node takes clients again"))
 
     def _tick(self) -> None:
         """Send up to rate x SLICE sessions away, from a copy of one group at a time.
@@ -112,17 +158,4 @@ class Drainer:
                 sent += 1
         self.sent += sent
         if self.remaining() <= 0:
-            self._done()
-
-    def _done(self) -> None:
-        if self._loop is not None:
-            self.log.info("drained: no connection left ({sent} sent away)", sent=self.sent)
-        self._stop_loop()
-        waiters, self._waiters = self._waiters, []
-        for d in waiters:
-            d.callback(None)
-
-    def _stop_loop(self) -> None:
-        if self._loop is not None and self._loop.running:
-            self._loop.stop()
-        self._loop = None
+            self._input("empty")

@@ -8,7 +8,31 @@ from twisted.trial import unittest
 from zope.interface.verify import verifyObject
 
 from o2obroker.actors.supervisor import IGate, Unavailable
+from o2obroker.session.drain import IDLE, RESTING, SENDING, TRANSITIONS
 from tests.supervisor.helpers import Rig, make_gate, open_sessions
+
+
+class DrainMachineTests(unittest.TestCase):
+    def test_every_input_is_declared_in_every_state_it_can_reach(self) -> None:
+        states = {IDLE, SENDING, RESTING}
+        expected = {(state, i) for state in states for i in ("start", "stop", "halt")}
+        expected.add((SENDING, "empty"))  # only a running slice finds the node empty
+        self.assertEqual(set(TRANSITIONS), expected)
+        self.assertTrue(all(after in states for after, _ in TRANSITIONS.values()))
+
+    def test_states_through_a_drain(self) -> None:
+        gate = make_gate(Clock())
+        drainer = gate.drainer
+        open_sessions(gate, "tcp", 30)
+        self.assertEqual(drainer.state, IDLE)
+        gate.drain(rate=100)
+        self.assertEqual(drainer.state, SENDING)
+        gate.clock.advance(0.1)
+        gate.clock.advance(0.1)
+        self.assertEqual(drainer.state, RESTING)
+        self.assertIsNotNone(gate.refusal())  # resting is still draining
+        gate.resume()
+        self.assertEqual((drainer.state, drainer.error), (IDLE, None))
 
 
 class GatewayDrainTests(unittest.TestCase):
