@@ -66,6 +66,16 @@ class CommandHookTests(unittest.TestCase):
         self.assertTrue(gone(grandchild), f"pid {grandchild} still runs")
 
     @inlineCallbacks
+    def test_a_child_left_behind_by_an_exited_command_is_killed_too(self) -> Any:
+        """The shell exits at once; its child keeps the output open past the timeout."""
+        pidfile = self.mktemp()
+        hook = CommandHook(reactor, ["sh", "-c", LEAVE_CHILD, "sh", pidfile], timeout=1)
+        error = yield self.assertFailure(hook.fire({}), HookFailed)
+        self.assertIn("killed", str(error))
+        with open(pidfile, encoding="utf-8") as f:
+            self.assertTrue(gone(int(f.read())))
+
+    @inlineCallbacks
     def test_the_next_scale_out_runs_after_a_killed_one(self) -> Any:
         pidfile = self.mktemp()
         rig = Rig(alert_connections=10, alert_cooldown=0)
@@ -110,6 +120,8 @@ class CommandHookTests(unittest.TestCase):
 
 # Starts a child that keeps the shell's stdout open, writes its pid to $1, and waits.
 HANG_WITH_CHILD = 'sleep 100 & echo $! > "$1"; wait'
+# The same child, but the shell exits at once, leaving it behind.
+LEAVE_CHILD = 'sleep 100 & echo $! > "$1"'
 
 
 def gone(pid: int) -> bool:

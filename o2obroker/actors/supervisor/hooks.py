@@ -115,11 +115,14 @@ class CommandHook:
         except Exception as e:
             return fail(HookFailed(f"cannot start {self.argv[0]}: {e}"))
 
+        # the group's id is the leader's pid, taken now: the reactor forgets the pid
+        # once the leader is reaped, and its children may still hold the output open
+        group = process.pid
+
         def kill() -> None:
             proto.killed = f"no exit after {self.timeout:g}s: killed"
-            # the group outlives its leader while a child of it runs: kill it by id
             with contextlib.suppress(ProcessLookupError, PermissionError):
-                os.killpg(process.pid, signal.SIGKILL)
+                os.killpg(group, signal.SIGKILL)
 
         timer = self._reactor.callLater(self.timeout, kill)
 
