@@ -91,13 +91,13 @@ class Node:
                 clock, config.scale_in_command, config.scale_in_url, config.hook_timeout
             ),
         )
-        self.gateway.admission = self.supervisor.refusal
+        self.gateway.admission = self.supervisor.admission.refusal  # one call per hello
         for name, doc in SUPERVISOR_GAUGES.items():
             gauges.add_gauge(f"o2o_{name}", doc, lambda n=name: self.supervisor.gauges()[n])
         gauges.add_counter(
             "o2o_supervisor_events",
             "Alerts, hook runs and failures, sessions sent away by a drain.",
-            lambda: dict(self.supervisor.counts),
+            lambda: {**self.supervisor.counts, "drained": self.gateway.drainer.sent},
             "event",
         )
 
