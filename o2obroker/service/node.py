@@ -106,7 +106,7 @@ class Node:
                 clock, config.scale_in_command, config.scale_in_url, config.hook_timeout
             ),
         )
-        self.gateway.admission = self.supervisor.refusal
+        self.gateway.admission = self.supervisor.admission.refusal  # one call per hello
         gauges.add_counter(
             "o2o_business_events",
             "Business layer: sends rejected and rewritten, hook calls by outcome, events.",
@@ -124,7 +124,7 @@ class Node:
         gauges.add_counter(
             "o2o_supervisor_events",
             "Alerts, hook runs and failures, sessions sent away by a drain.",
-            lambda: dict(self.supervisor.counts),
+            lambda: {**self.supervisor.counts, "drained": self.gateway.drainer.sent},
             "event",
         )
 

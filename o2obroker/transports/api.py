@@ -14,18 +14,20 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from prometheus_client import CONTENT_TYPE_LATEST
-from twisted.internet.defer import Deferred, maybeDeferred
+from twisted.internet.defer import CancelledError, Deferred, maybeDeferred
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.logger import Logger
 from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET
 
 from o2obroker.actors.history import read_history
+from o2obroker.actors.supervisor import occupancy_of
 from o2obroker.actors.user import SendOnlyDevice
 from o2obroker.wire import ProtocolError, decode_json, encode_json, parse_frame, valid_user
 
 _JSON = b"application/json"
 PUBLISH_TIMEOUT = 30.0
+FREE_HOST_RETRY = 5  # seconds, in Retry-After when no node can take a client
 
 
 def _write(request: Any, code: int, obj: Any) -> None:
@@ -287,21 +289,37 @@ class Nodes(_Endpoint):
 
 
 def node_info(node: Any, request: Any, clock: IReactorTime) -> dict[str, Any]:
-    info: dict[str, Any] = {
+    """This node's record: who it is, where, how loaded, whether it takes clients.
+
+    ``cpu``, ``rss_bytes`` and ``memory_percent`` come from the supervisor's
+    last sample (None before the first); the connection counts and the
+    occupancy P computed from them are the gateway's, as of now.
+    """
+    supervisor = _supervisor(node)
+    sample = getattr(supervisor, "last", None)
+    connections = dict(node.gateway.connections)
+    return {
         "id": node.config.node,
         "cluster": getattr(node.config, "cluster", None) or "default",
         "addresses": addresses(node, request),
-        "connections": dict(node.gateway.connections),
+        "connections": connections,
+        "cpu": None if sample is None else sample.cpu,  # this process, % of one core
+        "rss_bytes": None if sample is None else sample.rss,  # this process's resident memory
+        "memory_percent": None if sample is None else sample.memory,  # the machine's, in use
+        "occupancy": occupancy_of(connections),
+        "advice": getattr(supervisor, "transport", "ws"),
+        "draining": not node.gateway.accepting,
         "last_heartbeat": clock.seconds(),
     }
-    sample = getattr(_supervisor(node), "last", None)
-    info["cpu"] = getattr(sample, "cpu", None)  # % of one core, at the last sample
-    info["memory"] = getattr(sample, "rss", None)  # bytes
-    return info
 
 
 class FreeHost(_Endpoint):
-    """``GET /getFreeHostAddress?room=r``: where a new client should connect, and how."""
+    """``GET /getFreeHostAddress?room=r``: where a new client should connect, and how.
+
+    Never a node that would refuse the client: while this node drains or is
+    past a hard limit, the answer is the better node the supervisor knows of,
+    or 503 when there is none.
+    """
 
     public = True
 
@@ -316,12 +334,19 @@ class FreeHost(_Endpoint):
         ):
             request.setHeader(b"access-control-allow-origin", origin)
             request.setHeader(b"vary", b"Origin")
-        transport = "ws"
         supervisor = _supervisor(self.node)
-        if supervisor is not None:
-            transport = supervisor.advice().get("transport", "ws")
-        answer = {"node": self.node.config.node, **addresses(self.node, request)}
-        answer["transport"] = transport
+        takes = self.node.gateway.accepting if supervisor is None else supervisor.takes_clients()
+        if takes:
+            answer = {"node": self.node.config.node, **addresses(self.node, request)}
+            answer["transport"] = getattr(supervisor, "transport", "ws")
+            return _answer(request, 200, answer)
+        better = supervisor.better_node() if supervisor is not None else None
+        if better is None:
+            request.setHeader(b"retry-after", b"%d" % FREE_HOST_RETRY)
+            return _answer(request, 503, {"error": "no node can take clients now"})
+        answer = {"node": better.get("node")}
+        answer.update({k: better[k] for k in ("ws", "tcp", "lp") if better.get(k)})
+        answer["transport"] = better.get("advice") or "ws"
         return _answer(request, 200, answer)
 
 
@@ -351,11 +376,9 @@ class Drain(_Endpoint):
 
     def render_POST(self, request: Any) -> bytes:
         supervisor = _supervisor(self.node)
-        if supervisor is not None:
-            d = maybeDeferred(supervisor.drain)
-            d.addErrback(lambda f: Logger().failure("drain failed", f))
-        else:
-            self.node.gateway.accepting = False
+        d = maybeDeferred(supervisor.drain if supervisor is not None else self.node.gateway.drain)
+        d.addErrback(lambda f: f.trap(CancelledError))  # resumed before it ended
+        d.addErrback(lambda f: Logger().failure("drain failed", f))
         return _answer(request, 202, {"draining": True})
 
 
