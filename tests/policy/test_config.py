@@ -14,6 +14,7 @@ from o2obroker.policy import REJECTED, Candidate
 from o2obroker.policy.build import build_business, check_business
 from o2obroker.policy.plugins import FilterNotFound, find_filter
 from o2obroker.service.node import Node
+from o2obroker.service import tap
 from o2obroker.service.tap import NodeService, Options
 from tests.policy import dropins
 
@@ -140,6 +141,7 @@ class HangupTests(SynchronousTestCase):
         with open(path, "w") as f:
             f.write(f"[policy]\nfilters = f\n[filter:f]\nfiles = {words}\n")
         node = Node(load(path), Clock())
+        self.patch(tap, "tune_gc", lambda: None)  # not this test process's collector
         service = NodeService(node, Reactor())
         service.startService()
         self.addCleanup(service.stopService)
