@@ -13,8 +13,8 @@ from o2obroker.config import ConfigError, load
 from o2obroker.policy import REJECTED, Candidate
 from o2obroker.policy.build import build_business, check_business
 from o2obroker.policy.plugins import FilterNotFound, find_filter
-from o2obroker.service.node import Node
 from o2obroker.service import tap
+from o2obroker.service.node import Node
 from o2obroker.service.tap import NodeService, Options
 from tests.policy import dropins
 
