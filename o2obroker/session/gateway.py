@@ -101,6 +101,8 @@ class Gateway:
         # frames a second per connection, and how many at once (0: no limit)
         self.rate_limit = rate_limit
         self.rate_burst = rate_burst or max(1, int(2 * rate_limit))
+        # the application's connect hook (o2obroker/policy/hooks.py), or None
+        self.connect_hook: Any = None
 
     def connect(self, conn: Any) -> Session:
         """A transport has a new connection: give it a session."""

@@ -20,6 +20,7 @@ from twisted.logger import Logger
 from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET
 
+from o2obroker.actors.history import read_history
 from o2obroker.actors.supervisor import occupancy_of
 from o2obroker.actors.user import SendOnlyDevice
 from o2obroker.wire import ProtocolError, decode_json, encode_json, parse_frame, valid_user
@@ -185,6 +186,62 @@ class ServiceDevice(SendOnlyDevice):
             self._done(200, frame)
         else:
             self._done(frame.get("code", 400), {"error": frame.get("reason", ""), "frame": frame})
+
+
+class History(_Endpoint):
+    """``GET /api/v1/history?room=r`` or ``?user=a&with=b``, ``&before=<mid>&limit=N``.
+
+    A page of the archive, like the ``history`` frame's answer. With ``room``
+    and ``user`` the user must be a member (403); with ``room`` alone a
+    back-end service reads any room, as it may publish to any.
+    """
+
+    def render_GET(self, request: Any) -> Any:
+        limits = self.node.config.limits
+        room, user, peer = _arg(request, "room"), _arg(request, "user"), _arg(request, "with")
+        frame: dict[str, Any] = {"t": "history", "id": "api"}
+        if room is not None:
+            frame["room"] = room
+            if user is not None and not valid_user(user, limits):
+                return _answer(request, 400, {"error": "user is not a valid user id"})
+        elif user is None or peer is None:
+            return _answer(request, 400, {"error": "give room, or user and with"})
+        elif not valid_user(user, limits):
+            return _answer(request, 400, {"error": "user is not a valid user id"})
+        else:
+            frame["with"] = peer
+        before = _arg(request, "before")
+        if before is not None:
+            frame["before"] = before
+        limit = _arg(request, "limit")
+        if limit is not None:
+            if not limit.isdigit():
+                return _answer(request, 400, {"error": "limit must be an integer"})
+            frame["limit"] = int(limit)
+        try:
+            history = parse_frame(frame, limits)
+        except ProtocolError as e:
+            return _answer(request, e.code, {"error": e.reason.removeprefix("history: ")})
+        business = getattr(self.node, "business", None)
+        d = read_history(
+            getattr(business, "archive", None),
+            self.node.backend,
+            user,
+            peer=history.peer,
+            room=history.room,
+            before=history.before,
+            limit=history.limit,
+        )
+        d.addCallback(lambda page: _write(request, 200, page))
+        d.addErrback(self._refused, request)
+        return NOT_DONE_YET
+
+    def _refused(self, failure: Any, request: Any) -> None:
+        if failure.check(ProtocolError):
+            _write(request, failure.value.code, {"error": failure.value.reason})
+        else:
+            Logger().failure("history", failure)
+            _write(request, 503, {"error": failure.getErrorMessage()})
 
 
 class Presence(_Endpoint):
@@ -359,6 +416,7 @@ def add_api(root: Resource, node: Any, clock: IReactorTime, origins: Any) -> Non
     root.putChild(b"api", api)
     v1.putChild(b"publish", Publish(node, clock))
     v1.putChild(b"presence", Presence(node, clock))
+    v1.putChild(b"history", History(node, clock))
     v1.putChild(b"nodes", Nodes(node, clock))
     v1.putChild(b"route", Route(node, clock))
     v1.putChild(b"drain", Drain(node, clock))
