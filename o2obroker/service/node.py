@@ -87,6 +87,20 @@ class Node:
                 "Messages held in the inboxes of the backend.",
                 lambda: self.backend.stored,
             )
+        if isinstance(self.backend, RedisBackend):
+            shards = self.backend.shards
+            gauges.add_gauge(
+                "o2o_redis_up",
+                "Whether each Redis server of the backend is connected (1) or not (0).",
+                lambda: {s.name: int(s.ready) for s in shards},
+                "server",
+            )
+            gauges.add_counter(
+                "o2o_redis_commands",
+                "Commands sent to each Redis server (a batch of messages is one).",
+                lambda: {s.name: s.calls for s in shards},
+                "server",
+            )
         self.supervisor = Supervisor(
             self.actors.scheduler,
             clock,

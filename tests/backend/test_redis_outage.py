@@ -64,6 +64,9 @@ class OutageTests(RedisCase):
         Health(node, self.clock).render_GET(request)
         return int(request.responseCode or 200)
 
+    def metrics(self, backend: RedisBackend) -> str:
+        return Node(Config(), self.clock, backend=backend).metrics.render().decode()
+
     async def test_calls_fail_at_once_while_nothing_listens(self) -> None:
         log = ShardLog(self)
         b = self.redisBackend(f"redis://127.0.0.1:{free_port()}", timeout=30)
@@ -82,9 +85,13 @@ class OutageTests(RedisCase):
         self.assertEqual(self.health(b), 200)
         self.assertEqual(await b.append("bob", [msg(1)]), [1])
 
+        up = f'o2o_redis_up{{server="redis://127.0.0.1:{self.server.port}/0"}}'
+        self.assertIn(f"{up} 1.0", self.metrics(b))
         self.server.stop()
         await eventually(lambda: not b.available)
         self.assertEqual(self.health(b), 503)
+        self.assertIn(f"{up} 0.0", self.metrics(b))
+        self.assertIn("o2o_redis_commands_total{", self.metrics(b))
         self.failureResultOf(b.append("bob", [msg(2)]), BackendUnavailable)
 
         self.server.start()
