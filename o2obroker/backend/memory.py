@@ -124,6 +124,15 @@ class MemoryBackend:
         return entries
 
     def append(self, user: str, messages: list[StoredMessage]) -> Deferred[list[int]]:
+        return succeed(self._append(user, messages))
+
+    def append_many(
+        self, inboxes: dict[str, list[StoredMessage]]
+    ) -> Deferred[dict[str, list[int]]]:
+        append = self._append
+        return succeed({user: append(user, messages) for user, messages in inboxes.items()})
+
+    def _append(self, user: str, messages: list[StoredMessage]) -> list[int]:
         box = self._inbox(user)
         first = box.last + 1
         entries = box.entries
@@ -134,7 +143,7 @@ class MemoryBackend:
         self.stored += len(messages)
         if len(box.entries) > self._inbox_cap:
             self._expire(box)
-        return succeed(list(range(first, box.last + 1)))
+        return list(range(first, box.last + 1))
 
     def read(self, user: str, after: int, limit: int) -> Deferred[list[tuple[int, StoredMessage]]]:
         box = self._inboxes.get(user)
@@ -179,6 +188,20 @@ class MemoryBackend:
             known[0] = seq
             self._trim_acked(box, now)
         return succeed(int(known[0]))
+
+    def set_cursor(self, user: str, device: str, seq: int) -> Deferred[int]:
+        box = self._inbox(user)
+        now = self._clock.seconds()
+        seq = max(0, min(seq, box.last))
+        known = box.cursors.get(device)
+        if known is None:
+            known = box.cursors[device] = [0, now]
+        known[1] = now
+        forward = seq > known[0]
+        known[0] = seq
+        if forward:
+            self._trim_acked(box, now)
+        return succeed(seq)
 
     def _trim_acked(self, box: _Inbox, now: float) -> None:
         horizon = now - self._device_ttl
