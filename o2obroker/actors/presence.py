@@ -188,6 +188,10 @@ class PresenceHub:
     all when it ended where it started. Deliveries are queued to the watchers'
     actors, at most ``slice_size`` per reactor turn.
 
+    ``skew`` seconds are taken off a watch's ``since`` before it is compared to
+    the records' ``ts``: another node's clock that runs behind this one's must
+    not hide a change.
+
     ``naive`` is the baseline the benchmark measures against: no grace
     period, no coalescing, every device event sent to every watcher at once.
     """
@@ -202,6 +206,7 @@ class PresenceHub:
         *,
         window: float = 0.5,
         grace: float = 20.0,
+        skew: float = 5.0,
         watch_cap: int = 1000,
         slice_size: int = 1000,
         naive: bool = False,
@@ -212,6 +217,7 @@ class PresenceHub:
         self.clock = clock
         self.window = window
         self.grace = grace
+        self.skew_ms = int(skew * 1000)
         self.watch_cap = watch_cap
         self.slice_size = slice_size
         self.naive = naive

@@ -248,7 +248,7 @@ class MemoryBackend:
     # -- presence ----------------------------------------------------------
 
     def set_presence(self, user: str, presence: Presence) -> Deferred[None]:
-        if presence.devices == 0 and presence.state == "offline":
+        if presence.ts == 0 and presence.devices == 0 and presence.state == "offline":
             self._presence.pop(user, None)
         else:
             self._presence[user] = presence

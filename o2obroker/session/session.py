@@ -413,7 +413,7 @@ class Session:
         self.actor.report(self, frame.state, self.presence_status)
 
     def _on_watch(self, frame: Watch) -> None:
-        self.actor.watch(self, list(frame.users))
+        self.actor.watch(self, list(frame.users), frame.since)
 
     def _on_unwatch(self, frame: Unwatch) -> None:
         self.actor.unwatch(self, list(frame.users))
