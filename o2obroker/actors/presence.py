@@ -172,7 +172,7 @@ class UserPresence:
         state, status, count = aggregate(self.entries.values())
         old = self.published
         changed = state != old.state or status != old.status
-        if not changed and count == old.devices and not self.hub.naive:
+        if not changed and count == old.devices:
             return
         ts = self.hub.now_ms() if changed else old.ts
         new = self.published = Presence(state, status, count, ts)
@@ -192,8 +192,9 @@ class PresenceHub:
     the records' ``ts``: another node's clock that runs behind this one's must
     not hide a change.
 
-    ``naive`` is the baseline the benchmark measures against: no grace
-    period, no coalescing, every device event sent to every watcher at once.
+    ``naive`` is the baseline the benchmark measures against, a broker that
+    follows the protocol and nothing more: no grace period, no coalescing,
+    every change of the user-level state sent to its watchers at once.
     """
 
     log = Logger()
@@ -244,7 +245,7 @@ class PresenceHub:
         self.backend.set_presence(user, new).addErrback(
             lambda f: self.log.failure("recording presence of {user}", f, user=user)
         )
-        if (not changed and not self.naive) or not self.running:
+        if not changed or not self.running:
             return
         if self.naive:
             self._look_up({user: new})
