@@ -1,6 +1,6 @@
 """Presence load: the bytes presence costs on the wire, optimised against naive.
 
-    python bench/presence_load.py [--users 2000] [--watch 50] [--hours 1] [--seed 1]
+    python bench/presence_load.py [--users 2000] [--watch 50] [--hours 1] [--seed 1] [--no-since]
 
 Simulates N users, each watching K others, through a real node (sessions,
 user actors, presence hub, in-memory backend, heartbeat wheel) on a
@@ -8,10 +8,14 @@ user actors, presence hub, in-memory backend, heartbeat wheel) on a
 broker writes to it, as the binary transport would, and counts its bytes; the
 client behind it answers pings, watches its list on a fresh connection, and
 keeps its own view of the users it watches. One scenario, drawn from the seed
-before anything runs, is played twice: with ``presence_naive`` (ping every
-device every hb, every device event to every watcher at once, no grace
-period) and with the optimisations. Both runs must end in the same presence
-state, in the backend and in every connected client's view; the script fails
+before anything runs, is played twice. The baseline is ``presence_naive``: a
+broker that follows the protocol and nothing more (only user-level changes
+are sent, each at once; only silent devices are pinged; no grace period, no
+coalescing, no transfer hold) with clients that watch their whole list on
+every connection. The other run has the broker's savings, and clients that
+keep their view across sessions and watch again with ``since``
+(``--no-since``: without). Both runs must end in the same presence state, in
+the backend and in every connected client's view; the script fails
 otherwise.
 
 Presence traffic counted: presence frames, pings and pongs, and the watch
@@ -66,6 +70,7 @@ class Wire:
 
     frames: Counter[str] = field(default_factory=Counter)
     bytes: Counter[str] = field(default_factory=Counter)
+    since: int = 0  # watch frames with since (the rest ask for every user)
 
     def count(self, kind: str, n: int) -> None:
         self.frames[kind] += 1
@@ -136,6 +141,8 @@ class SimDevice:
         if self.closed:
             return
         self.sim.wire.count(frame["t"], len(encode_cbor(frame)) + 4)
+        if "since" in frame:
+            self.sim.wire.since += 1
         self.session.touch()
         self.session.receive(frame)
 
@@ -455,6 +462,7 @@ def main() -> None:
             + "  ".join(
                 f"{t} {sim.wire.frames[t]:,}/{sim.wire.bytes[t]:,}B" for t in PRESENCE_TYPES
             )
+            + f" ({sim.wire.since:,} with since)"
             + f"  | pings saved: liveness {stats.pings_saved_live:,} transfer "
             f"{stats.pings_saved_transfer:,}; coalesced {stats.presence_coalesced:,}"
             f"  ({time.process_time() - started:.1f} s CPU)"

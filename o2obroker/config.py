@@ -36,7 +36,7 @@ class Config:
     presence_grace: float = 20.0  # seconds a dropped device still counts, for quick reconnects
     presence_window: float = 0.5  # seconds of changes coalesced before watchers are told
     presence_skew: float = 5.0  # seconds a watch's since is moved back, for clocks of other nodes
-    presence_naive: bool = False  # benchmark baseline only: no grace, no coalescing, ping all
+    presence_naive: bool = False  # benchmark baseline only: no grace, coalescing or transfer hold
     transfer_rate: int = 32768  # bytes/s assumed of a link before its rate is measured
     # per-connection rate limit (PROTOCOL.md section 7, 429): frames/s, 0 = off;
     # burst 0 means twice the rate

@@ -128,3 +128,22 @@ class OfflineRecordTests(PresenceCase):
         self.settle()
         found = self.successResultOf(self.h.node.backend.presence(["bob"]))
         self.assertEqual(found["bob"], Presence("offline", "", 0, int((T0 + 10) * 1000)))
+
+    def test_offline_records_are_forgotten_after_a_day_and_still_sent(self) -> None:
+        self.h.clock.advance(T0)
+        bob = self.login("bob")
+        bob.write({"t": "bye"})
+        self.settle()
+        self.h.clock.advance(24 * 3600 - 1)
+        self.login("carol")  # any record written sweeps out the expired ones
+        self.assertIn("bob", self.h.node.backend._presence)
+        self.h.clock.advance(1)
+        self.login("dave")
+        self.assertNotIn("bob", self.h.node.backend._presence)
+        alice = self.login("alice")
+        alice.write({"t": "watch", "users": ["bob"], "since": int(T0 * 1000) + 1000})
+        frames = [f for f in alice.read() if f["t"] == "presence"]
+        # no record: when bob last changed is unknown, so he is sent
+        self.assertEqual(
+            [(f["user"], f["state"], f["ts"]) for f in frames], [("bob", "offline", 0)]
+        )
