@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gc
+import signal
 from typing import Any
 
 from twisted.application import service, strports
@@ -11,6 +12,7 @@ from twisted.logger import Logger
 from twisted.python import usage
 
 from o2obroker.config import ConfigError, load
+from o2obroker.policy.build import check_business
 from o2obroker.service.console import check_console_files, console_service, namespace
 from o2obroker.service.node import Node
 from o2obroker.transports.tcp import BinaryFactory
@@ -65,6 +67,7 @@ class Options(usage.Options):
         try:
             self["settings"] = load(self["config"], overrides)
             check_console_files(self["settings"])
+            check_business(self["settings"])
         except ConfigError as e:
             raise usage.UsageError(str(e)) from None
 
@@ -74,8 +77,10 @@ class NodeService(service.Service):
 
     log = Logger()
 
-    def __init__(self, node: Node) -> None:
+    def __init__(self, node: Node, reactor: Any = None) -> None:
         self.node = node
+        self.reactor = reactor
+        self._old_hup: Any = None
 
     def startService(self) -> None:
         super().startService()
@@ -86,10 +91,30 @@ class NodeService(service.Service):
                 "Set a secret (--secret) before real clients connect."
             )
         tune_gc()
+        if self.reactor is not None and hasattr(signal, "SIGHUP"):
+            self._old_hup = signal.signal(signal.SIGHUP, self.hangup)
         self.node.start()
         self.log.info("node {node} started", node=config.node)
 
+    def hangup(self, signum: int, frame: Any) -> None:
+        """SIGHUP: read the keyword lists again, on the reactor thread."""
+        self.reactor.callFromThread(self.reload)
+
+    def reload(self) -> Any:
+        d = self.node.reload_filters()
+
+        def done(result: str) -> str:
+            self.log.info("SIGHUP: {result}", result=result)
+            return result
+
+        d.addCallback(done)
+        d.addErrback(lambda f: self.log.error("SIGHUP: {why}", why=f.getErrorMessage()))
+        return d
+
     def stopService(self) -> None:
+        if self._old_hup is not None:
+            signal.signal(signal.SIGHUP, self._old_hup)
+            self._old_hup = None
         self.node.stop()
         return super().stopService()
 
@@ -120,7 +145,7 @@ def makeService(options: dict[str, Any], reactor: Any = None) -> service.MultiSe
     node = Node(config, reactor)
     top = service.MultiService()
     top.node = node  # for the console and tests
-    NodeService(node).setServiceParent(top)
+    NodeService(node, reactor).setServiceParent(top)
     tcp = strports.service(config.tcp, BinaryFactory(node.gateway), reactor=reactor)
     tcp.setName("tcp")
     tcp.setServiceParent(top)
