@@ -105,7 +105,8 @@ class Config:
     watch_cap: int = 1000  # users on one user's watch list
     presence_grace: float = 20.0  # seconds a dropped device still counts, for quick reconnects
     presence_window: float = 0.5  # seconds of changes coalesced before watchers are told
-    presence_naive: bool = False  # benchmark baseline only: no grace, no coalescing, ping all
+    presence_skew: float = 5.0  # seconds a watch's since is moved back, for clocks of other nodes
+    presence_naive: bool = False  # benchmark baseline only: no grace, coalescing or transfer hold
     transfer_rate: int = 32768  # bytes/s assumed of a link before its rate is measured
     # per-connection rate limit (PROTOCOL.md section 7, 429): frames/s, 0 = off;
     # burst 0 means twice the rate
@@ -197,6 +198,8 @@ class Config:
                 "presence_window: must be above 0 and at most 60 seconds,"
                 f" not {self.presence_window}"
             )
+        if not 0 <= self.presence_skew <= 3600:
+            raise ConfigError(f"presence_skew: must be 0 to 3600 seconds, not {self.presence_skew}")
         if self.rate_limit < 0 or self.rate_burst < 0:
             raise ConfigError("rate_limit and rate_burst: must not be negative")
         if self.transfer_rate < 1:

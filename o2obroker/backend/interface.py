@@ -141,7 +141,10 @@ class IBackend(Interface):
         """Fire with the set of member user ids (empty when the room does not exist)."""
 
     def set_presence(user: str, presence: Presence) -> Any:
-        """Record the user-level presence of ``user`` (OFFLINE forgets it)."""
+        """Record the user-level presence of ``user`` (OFFLINE forgets it).
+
+        An offline record with a ``ts`` is kept: a watch with ``since`` must
+        learn that a user went offline after that time."""
 
     def presence(users: list[str]) -> Any:
         """Fire with {user: Presence} for every user asked (OFFLINE when unknown)."""

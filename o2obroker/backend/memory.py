@@ -82,6 +82,7 @@ class MemoryBackend:
         device_ttl: float = 7 * DAY,
         dedupe_ttl: float = 600.0,
         dedupe_cap: int = 100_000,
+        offline_ttl: float = DAY,
     ) -> None:
         self.node_id = node_id
         self._clock = clock
@@ -97,6 +98,9 @@ class MemoryBackend:
         #: messages held in all inboxes, counted as they come and go (a metric)
         self.stored = 0
         self._presence: dict[str, Presence] = {}
+        # offline records, oldest first: kept offline_ttl seconds for watches with since
+        self._offline_ttl = offline_ttl
+        self._offline: deque[tuple[float, str, Presence]] = deque()
         self._watching: dict[str, set[str]] = {}  # watcher -> users
         self._watchers: dict[str, set[str]] = {}  # user -> watchers
 
@@ -271,10 +275,18 @@ class MemoryBackend:
     # -- presence ----------------------------------------------------------
 
     def set_presence(self, user: str, presence: Presence) -> Deferred[None]:
+        now = self._clock.seconds()
+        offline = self._offline
+        while offline and offline[0][0] <= now:
+            _, gone, record = offline.popleft()
+            if self._presence.get(gone) is record:
+                del self._presence[gone]  # no record: a watch with since sends it anyway
         if presence.devices == 0 and presence.state == "offline":
-            self._presence.pop(user, None)
-        else:
-            self._presence[user] = presence
+            if presence.ts == 0:
+                self._presence.pop(user, None)
+                return succeed(None)
+            offline.append((now + self._offline_ttl, user, presence))
+        self._presence[user] = presence
         return succeed(None)
 
     def presence(self, users: list[str]) -> Deferred[dict[str, Presence]]:

@@ -47,6 +47,7 @@ class Node:
             clock,
             window=config.presence_window,
             grace=config.presence_grace,
+            skew=config.presence_skew,
             watch_cap=config.watch_cap,
             naive=config.presence_naive,
             stats=self.metrics.stats,
