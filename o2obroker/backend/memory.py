@@ -274,13 +274,18 @@ class MemoryBackend:
 
     # -- presence ----------------------------------------------------------
 
-    def set_presence(self, user: str, presence: Presence) -> Deferred[None]:
-        now = self._clock.seconds()
+    def _forget_offline(self, now: float) -> None:
+        """Drop offline records older than ``offline_ttl``, oldest first."""
         offline = self._offline
         while offline and offline[0][0] <= now:
             _, gone, record = offline.popleft()
             if self._presence.get(gone) is record:
                 del self._presence[gone]  # no record: a watch with since sends it anyway
+
+    def set_presence(self, user: str, presence: Presence) -> Deferred[None]:
+        now = self._clock.seconds()
+        offline = self._offline
+        self._forget_offline(now)
         if presence.devices == 0 and presence.state == "offline":
             if presence.ts == 0:
                 self._presence.pop(user, None)
@@ -290,6 +295,8 @@ class MemoryBackend:
         return succeed(None)
 
     def presence(self, users: list[str]) -> Deferred[dict[str, Presence]]:
+        if self._offline:
+            self._forget_offline(self._clock.seconds())
         known = self._presence
         return succeed({u: known.get(u, OFFLINE) for u in users})
 

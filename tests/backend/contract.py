@@ -251,6 +251,22 @@ class BackendContract:
         self.assertEqual(await self.b.presence(["eve"]), {"eve": invisible})
         self.assertEqual(await self.b.presence([]), {})
 
+    async def test_offline_records_are_kept_for_a_while(self) -> None:
+        b = await self.fresh(offline_ttl=100)
+        self.clock.advance(50)
+        went = Presence("offline", "", 0, self.now_ms())
+        await b.set_presence("bob", went)
+        # kept with its time: a watch with since learns that bob went offline
+        self.assertEqual(await b.presence(["bob"]), {"bob": went})
+        self.clock.advance(99)
+        self.assertEqual(await b.presence(["bob"]), {"bob": went})
+        self.clock.advance(1)
+        self.assertEqual(await b.presence(["bob"]), {"bob": OFFLINE})
+        # an offline report without a time is forgotten at once
+        await b.set_presence("eve", Presence("busy", "", 1, self.now_ms()))
+        await b.set_presence("eve", OFFLINE)
+        self.assertEqual(await b.presence(["eve"]), {"eve": OFFLINE})
+
     async def test_watch_lists(self) -> None:
         self.assertTrue(await self.b.watch("ann", ["bob", "eve"], 3))
         self.assertTrue(await self.b.watch("cat", ["bob"], 3))

@@ -119,6 +119,7 @@ class RedisBackend:
         device_ttl: float = 7 * DAY,
         dedupe_ttl: float = 600.0,
         dedupe_cap: int = 100_000,
+        offline_ttl: float = DAY,
     ) -> None:
         if not targets:
             raise ValueError("RedisBackend needs at least one server")
@@ -130,6 +131,7 @@ class RedisBackend:
         self._device_ttl = device_ttl
         self._dedupe_ttl = dedupe_ttl
         self._dedupe_cap = dedupe_cap
+        self._offline_ttl = offline_ttl
         # key lifetimes in Redis's own (real) time, for abandoned users' keys only
         self._inbox_key_ttl = int((inbox_ttl + KEY_TTL_MARGIN) * 1000)
         self._device_key_ttl = int((device_ttl + KEY_TTL_MARGIN) * 1000)
@@ -299,16 +301,25 @@ class RedisBackend:
 
     def set_presence(self, user: str, presence: Presence) -> Deferred[None]:
         shard, key = self._user_shard(user), self._key(user, "pres")
-        if presence.devices == 0 and presence.state == "offline":
-            d = shard.call("DEL", key)
+        p = presence
+        if p.devices == 0 and p.state == "offline":
+            if p.ts == 0:
+                return shard.call("DEL", key).addCallback(lambda _: None)
+            # kept for watches with since, until the node's clock passes ``expires``;
+            # Redis's own TTL only clears what nobody reads again
+            expires = self._clock.seconds() + self._offline_ttl
+            value = cbor2.dumps([p.state, p.status, p.devices, p.ts, expires])
+            ttl = int((self._offline_ttl + KEY_TTL_MARGIN) * 1000)
+            d = shard.call("SET", key, value, "PX", ttl)
         else:
-            p = presence
             d = shard.call("SET", key, cbor2.dumps([p.state, p.status, p.devices, p.ts]))
         return d.addCallback(lambda _: None)
 
     def presence(self, users: list[str]) -> Deferred[dict[str, Presence]]:
+        now = self._clock.seconds()
+
         def got(values: list[bytes | None], users: list[str]) -> dict[str, Presence]:
-            return {u: _presence(v) for u, v in zip(users, values, strict=True)}
+            return {u: _presence(v, now) for u, v in zip(users, values, strict=True)}
 
         # MGET spans key slots: fine on the plain servers we shard over ourselves
         calls = [
@@ -391,8 +402,10 @@ def _receipt(r: Any) -> Receipt | None:
     return Receipt(mid.decode(), int(ts), status.decode() or None)
 
 
-def _presence(value: bytes | None) -> Presence:
+def _presence(value: bytes | None, now: float) -> Presence:
     if value is None:
         return OFFLINE
-    state, status, devices, ts = cbor2.loads(value)
+    state, status, devices, ts, *expires = cbor2.loads(value)
+    if expires and expires[0] <= now:
+        return OFFLINE  # an offline record past its day: as if never seen
     return Presence(state, status, devices, ts)
