@@ -111,6 +111,13 @@ class WebSocketConnection(SocketOutput, WebSocketServerProtocol):
     def onClose(self, wasClean: bool, code: int | None, reason: str | None) -> None:
         self._closing = True
         self._out = []
+        # Autobahn leaves this timer running once the socket is gone, and with it
+        # the whole connection for closeHandshakeTimeout
+        timer = self.closeHandshakeTimeoutCall
+        if timer is not None:
+            self.closeHandshakeTimeoutCall = None
+            if timer.active():
+                timer.cancel()
         if self._pressure is not None:
             self._pressure.release()
         if self.session is not None:

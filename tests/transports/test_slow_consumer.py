@@ -8,8 +8,10 @@ the node lets go of everything the closed connections held.
 from __future__ import annotations
 
 import base64
+import gc
 import json
 import os
+import weakref
 from typing import Any
 
 import cbor2
@@ -49,9 +51,10 @@ async def until(condition: Any, timeout: float = 20.0, step: float = 0.02) -> No
 class Reader(Protocol):
     """A client that says hello, and stops reading once welcomed (until told to)."""
 
-    def __init__(self, opening: bytes, upgraded: bytes = b"") -> None:
+    def __init__(self, opening: bytes, upgraded: bytes = b"", ready: bytes = b"welcome") -> None:
         self.opening = opening
         self.upgraded = upgraded  # written once the WebSocket handshake is answered
+        self.ready = ready  # what to see before reading no more
         self.data = bytearray()
         self.welcomed: Deferred[None] = Deferred()
         self.gone: Deferred[bytes] = Deferred()
@@ -64,7 +67,7 @@ class Reader(Protocol):
         if self.upgraded and b"\r\n\r\n" in self.data:
             self.transport.write(self.upgraded)
             self.upgraded = b""
-        if not self.welcomed.called and b"welcome" in self.data:
+        if not self.welcomed.called and self.ready in self.data:
             self.transport.pauseProducing()  # read nothing more: the kernel buffers fill
             self.welcomed.callback(None)
 
@@ -103,7 +106,9 @@ def ws_opening(port: int) -> bytes:
     )
 
 
-class SlowConsumerTests(TestCase):
+class LoopbackCase(TestCase):
+    """A node with a binary TCP port and an HTTP port on loopback, and a log tap."""
+
     timeout = 60
     max_queue = 256 << 10
 
@@ -117,48 +122,62 @@ class SlowConsumerTests(TestCase):
         self.tcp = reactor.listenTCP(0, BinaryFactory(self.node.gateway), interface="127.0.0.1")
         self.addCleanup(self.http.stopListening)
         self.addCleanup(self.tcp.stopListening)
-        self.events: list[dict[str, Any]] = []
-        globalLogPublisher.addObserver(self.events.append)
-        self.addCleanup(globalLogPublisher.removeObserver, self.events.append)
+        self.events: list[tuple[Any, bool, str]] = []
+        globalLogPublisher.addObserver(self._observe)
+        self.addCleanup(globalLogPublisher.removeObserver, self._observe)
         self.readers: list[Reader] = []
         self.addCleanup(self._abort_readers)
+
+    def _observe(self, event: dict[str, Any]) -> None:
+        # only what the checks need: an event keeps its arguments (sessions) alive
+        failed = "log_failure" in event
+        self.events.append((event.get("log_level"), failed, str(event.get("log_format", ""))))
 
     def _abort_readers(self) -> None:
         for r in self.readers:
             if r.transport is not None and r.transport.connected:
                 r.transport.abortConnection()
 
-    async def reader(self, port: int, opening: bytes, upgraded: bytes = b"") -> Reader:
-        r = Reader(opening, upgraded)
+    async def reader(
+        self, port: int, opening: bytes, upgraded: bytes = b"", ready: bytes = b"welcome"
+    ) -> Reader:
+        r = Reader(opening, upgraded, ready)
         await connectProtocol(TCP4ClientEndpoint(reactor, "127.0.0.1", port), r)
         self.readers.append(r)
         await r.welcomed
         return r
 
-    async def tcp_reader(self, user: str) -> Reader:
-        hello = {"t": "hello", "user": user, "device": "phone"}
-        return await self.reader(self.tcp.getHost().port, frame(encode_cbor(hello)))
+    async def tcp_reader(self, user: str, room: str | None = None) -> Reader:
+        frames = [{"t": "hello", "user": user, "device": "phone"}]
+        if room is not None:
+            frames.append({"t": "join", "room": room})
+        opening = b"".join(frame(encode_cbor(f)) for f in frames)
+        ready = b"joined" if room else b"welcome"
+        return await self.reader(self.tcp.getHost().port, opening, ready=ready)
 
-    async def ws_reader(self, user: str, batch: bool = False) -> Reader:
+    async def ws_reader(self, user: str, batch: bool = False, room: str | None = None) -> Reader:
         port = self.http.getHost().port
-        hello = {"t": "hello", "user": user, "device": "web", "batch": batch}
-        return await self.reader(port, ws_opening(port), ws_frame(json.dumps(hello).encode()))
+        frames = [{"t": "hello", "user": user, "device": "web", "batch": batch}]
+        if room is not None:
+            frames.append({"t": "join", "room": room})
+        upgraded = b"".join(ws_frame(json.dumps(f).encode()) for f in frames)
+        ready = b"joined" if room else b"welcome"
+        return await self.reader(port, ws_opening(port), upgraded, ready)
 
     async def sender(self) -> Any:
         c = await connect(reactor, f"tcp:127.0.0.1:{self.tcp.getHost().port}", user="sender")
         self.addCleanup(c.transport.abortConnection)
         return c
 
-    def failures(self) -> list[dict[str, Any]]:
-        return [
-            e
-            for e in self.events
-            if e.get("log_level") in (LogLevel.error, LogLevel.critical) or "log_failure" in e
-        ]
+    def failures(self) -> list[tuple[Any, bool, str]]:
+        bad = (LogLevel.error, LogLevel.critical)
+        return [e for e in self.events if e[0] in bad or e[1]]
 
     def slow_lines(self) -> int:
-        return sum(1 for e in self.events if "slow consumer" in str(e.get("log_format", "")))
+        return sum(1 for e in self.events if "slow consumer" in e[2])
 
+
+class SlowConsumerTests(LoopbackCase):
     async def flood_and_check(self, reader: Reader, parse: Any, transport: str, left: int) -> None:
         """600 x 60 KB to a reader that never reads: one 503, 600 receipts, no failure."""
         sender = await self.sender()
@@ -213,3 +232,43 @@ class SlowConsumerTests(TestCase):
         self.assertEqual(frames[-1]["code"], 503)
         self.assertEqual(self.failures(), [])
         self.assertEqual(self.slow_lines(), 1)
+
+
+class ManySlowConsumersTests(LoopbackCase):
+    """Many readers that never read: all closed, all let go of, and the node still answers."""
+
+    max_queue = 32 << 10
+
+    async def test_many_readers_are_closed_and_let_go_of(self) -> None:
+        n = 200
+        readers = [await self.tcp_reader(f"t{i}", room="hall") for i in range(n // 2)]
+        for i in range(n // 2):
+            readers.append(await self.ws_reader(f"w{i}", batch=i % 2 == 0, room="hall"))
+        gateway = self.node.gateway
+        sessions = [weakref.ref(s) for group in gateway.session_groups() for s in group]
+        conns = [weakref.ref(s().conn) for s in sessions]
+        self.assertEqual(len(sessions), n)
+        sender = await self.sender()
+        await sender.join("hall")
+        sent = 0
+        while gateway.connections["tcp"] + gateway.connections["ws"] > 1:
+            receipt = await sender.send(BODY, room="hall")
+            self.assertEqual(receipt["status"], "accepted")
+            sent += 1
+            self.assertLess(sent, 200, "the readers were not closed")
+        self.assertEqual(self.failures(), [])
+        self.assertEqual(self.slow_lines(), n)
+        # a fresh client is welcomed at once, not starved by the closing ones
+        started = reactor.seconds()
+        fresh = await connect(reactor, f"tcp:127.0.0.1:{self.tcp.getHost().port}", user="fresh")
+        self.addCleanup(fresh.transport.abortConnection)
+        self.assertLess(reactor.seconds() - started, 3.0)
+        # the readers go away; the node keeps nothing of theirs
+        for r in readers:
+            r.transport.abortConnection()
+        await gatherResults([r.gone for r in readers])
+        del readers
+        await until(lambda: len(gateway.liveness) == 2)  # the sender and the fresh client
+        await until(lambda: gc.collect() >= 0 and all(c() is None for c in conns), timeout=5)
+        self.assertEqual([s for s in sessions if s() is not None], [])
+        self.assertEqual([c for c in conns if c() is not None], [])
