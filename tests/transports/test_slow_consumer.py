@@ -176,8 +176,6 @@ class LoopbackCase(TestCase):
     def slow_lines(self) -> int:
         return sum(1 for e in self.events if "slow consumer" in e[2])
 
-
-class SlowConsumerTests(LoopbackCase):
     async def flood_and_check(self, reader: Reader, parse: Any, transport: str, left: int) -> None:
         """600 x 60 KB to a reader that never reads: one 503, 600 receipts, no failure."""
         sender = await self.sender()
@@ -201,6 +199,8 @@ class SlowConsumerTests(LoopbackCase):
         first = await again.messages.get()
         self.assertEqual(first["seq"], 1)
 
+
+class SlowConsumerTests(LoopbackCase):
     async def test_binary_tcp(self) -> None:
         reader = await self.tcp_reader("slow")
         await self.flood_and_check(reader, tcp_frames, "tcp", 1)  # the sender's is left
