@@ -21,7 +21,7 @@ from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.logger import Logger
 from twisted.web.error import UnsupportedMethod
 from twisted.web.http import HTTPChannel
-from twisted.web.resource import ErrorPage, Resource
+from twisted.web.resource import Resource
 from twisted.web.server import Request, Site
 from twisted.web.static import Data
 
@@ -142,11 +142,8 @@ class _JsonErrors:
         self.resource = resource
 
     def render(self, request: Any) -> Any:
-        resource = self.resource
-        if isinstance(resource, ErrorPage):
-            return json_answer(request, resource.code, json_body({"error": resource.brief.lower()}))
         try:
-            return resource.render(request)
+            body = self.resource.render(request)
         except UnsupportedMethod as e:
             allowed = e.allowedMethods
             if request.method == b"HEAD" and b"GET" in allowed:
@@ -154,6 +151,13 @@ class _JsonErrors:
             method = request.method.decode("latin-1")
             request.setHeader(b"allow", b", ".join(allowed))
             return json_answer(request, 405, json_body({"error": f"method {method} not allowed"}))
+        if request.code >= 400 and request.responseHeaders.getRawHeaders(b"content-type") == [
+            b"text/html; charset=utf-8"
+        ]:
+            # one of twisted.web's own error pages (no such resource, ...)
+            reason = request.code_message.decode("latin-1").lower()
+            return json_answer(request, request.code, json_body({"error": reason}))
+        return body
 
 
 class WebSite(Site):

@@ -122,8 +122,13 @@ class LoopbackTests(TestCase):
         poll = treq.get(self.base + f"/lp/poll?sid={sid}&pos={pos}", persistent=False)
         answered: list[bytes] = []
         poll.addCallback(treq.content).addCallback(answered.append)
-        await deferLater(reactor, 0.1)
-        self.assertEqual(answered, [])  # held
+        conn = self.site.longpoll.sessions[sid]
+        for _ in range(500):  # until the poll has reached the broker
+            if conn._poll is not None:
+                break
+            await deferLater(reactor, 0.01)
+        self.assertIsNotNone(conn._poll)
+        self.assertEqual(answered, [])  # held: no answer while nothing is ready
         phone.send(to="carol", body=b"\x01\x02")
         await poll
         answer = json.loads(answered[0])
