@@ -176,11 +176,13 @@ class LoopbackCase(TestCase):
     def slow_lines(self) -> int:
         return sum(1 for e in self.events if "slow consumer" in e[2])
 
-    async def flood_and_check(self, reader: Reader, parse: Any, transport: str, left: int) -> None:
+    async def flood_and_check(
+        self, reader: Reader, parse: Any, transport: str, left: int, sends: int = SENDS
+    ) -> None:
         """600 x 60 KB to a reader that never reads: one 503, 600 receipts, no failure."""
         sender = await self.sender()
-        receipts = await gatherResults([sender.send(BODY, to="slow") for _ in range(SENDS)])
-        self.assertEqual(len(receipts), SENDS)
+        receipts = await gatherResults([sender.send(BODY, to="slow") for _ in range(sends)])
+        self.assertEqual(len(receipts), sends)
         self.assertEqual({r["t"] for r in receipts}, {"receipt"})
         self.assertIn("stored", {r["status"] for r in receipts})  # sent after the close
         await until(lambda: self.node.gateway.connections[transport] == left)
