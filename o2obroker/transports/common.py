@@ -6,6 +6,8 @@ longpoll, web and api each depend on it and never on one another.
 The output side (:class:`Backpressure`, :class:`SocketOutput`) holds the one
 rule that keeps a slow reader from taking the node down with it: a
 connection that is being closed sends nothing more and checks nothing more.
+It measures what a peer has not taken on the socket under any wrapper, so a
+TLS connection is measured like a plain one.
 The frame that explains the close is written by ``close`` itself, after the
 connection is marked closing, so closing can never re-enter the check that
 started it.
@@ -16,6 +18,7 @@ from __future__ import annotations
 from typing import Any
 from urllib.parse import urlsplit
 
+from twisted.internet.abstract import FileDescriptor
 from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IDelayedCall, IPushProducer, IReactorTime
 from twisted.logger import Logger
@@ -31,17 +34,34 @@ _log = Logger()
 # -- the output side of a socket connection ------------------------------------
 
 
+def socket_under(transport: Any) -> FileDescriptor | None:
+    """The socket under a transport and its wrappers (TLS, a WebSocket over TLS):
+    the object that holds what Twisted has not handed to the kernel yet."""
+    for _ in range(8):
+        if transport is None or isinstance(transport, FileDescriptor):
+            return transport
+        transport = getattr(transport, "transport", None)
+    return None
+
+
+def buffered(socket: FileDescriptor) -> int:
+    """Bytes a Twisted socket holds for its peer. (Twisted has no public count:
+    ``dataBuffer`` is being written, ``_tempDataBuffer`` waits behind it.)"""
+    return len(socket.dataBuffer) - socket.offset + socket._tempDataLen
+
+
 @implementer(IPushProducer)
 class Backpressure:
     """Registered as the producer of a socket: Twisted pauses it when the
     socket's buffer is over its size and resumes it once the buffer is empty.
 
-    ``unsent`` counts the bytes written while paused: what the peer has not
-    taken yet, give or take the socket's own buffer size (64 KiB). It is
-    measured here, from the producer calls every Twisted transport makes
-    (plain sockets, TLS, a WebSocket on either), instead of from a
-    transport's private buffers, which a wrapper such as TLS does not have.
-    ``when_drained`` lets a writer of many pages wait for the peer.
+    ``unsent`` counts up from what the socket held at the first write of a
+    pause, by what is written while paused: an upper bound of what the peer
+    has not taken (it may read some while the producer stays paused), cheap
+    enough to keep on every write, so that the socket is measured again only
+    when the count passes a limit. (Under a transport with no socket to
+    measure, the count starts at 0: low by the socket's own buffer size.) ``when_drained`` lets a
+    writer of many pages wait for the peer.
     """
 
     __slots__ = ("paused", "unsent", "waiters")
@@ -84,29 +104,44 @@ class Backpressure:
 class SocketOutput:
     """The closing and slow-consumer rules of a socket connection (TCP, WebSocket).
 
-    A subclass writes through its transport, and after every write calls
+    A subclass sets ``_pressure`` (registered as its transport's producer) and
+    ``_socket = socket_under(transport)``, and after every write calls
     ``self._wrote(n)`` when ``self._pressure.paused``: only then is the peer
-    behind at all. Past ``max_queue`` unsent bytes the session is failed with
-    503 "slow consumer" (its messages stay in the inbox for its resume). The
-    subclass provides ``_write_last(frame)`` (write one frame, unchecked) and
+    behind at all. When the count of :class:`Backpressure` passes
+    ``max_queue``, the socket under the transport (under TLS too) is
+    measured; if what it holds passes ``max_queue``, the session is failed with 503 "slow
+    consumer" (its messages stay in the inbox for its resume). The subclass
+    provides ``_write_last(frame)`` (write one frame, unchecked) and
     ``_shut()`` (close the socket).
     """
 
     _closing = False
     _max_queue = 0
     _pressure: Backpressure | None = None
+    _socket: FileDescriptor | None = None
     session: Any = None
     log = _log
 
     def _wrote(self, n: int) -> None:
         pressure = self._pressure
-        pressure.unsent += n
+        socket = self._socket
+        if pressure.unsent == 0 and socket is not None:
+            pressure.unsent = buffered(socket)  # the first write of a pause: what was there
+        else:
+            pressure.unsent += n
         if pressure.unsent > self._max_queue and not self._closing:
+            if socket is not None:
+                # the peer may have read part of it: count on from the truth
+                pressure.unsent = buffered(socket)
+                if pressure.unsent <= self._max_queue:
+                    return
             self.log.info("{session!r}: slow consumer, closing", session=self.session)
             self.session.fail(ProtocolError(503, "slow consumer", fatal=True))
 
     def unsent(self) -> int:
-        """Bytes written that the peer has not taken yet (0 while it keeps up)."""
+        """Bytes written that the peer has not taken yet."""
+        if self._socket is not None:
+            return buffered(self._socket)
         pressure = self._pressure
         return pressure.unsent if pressure is not None and pressure.paused else 0
 

@@ -12,7 +12,7 @@ from zope.interface import implementer
 
 from o2obroker.session import Gateway, IConnection, Session
 from o2obroker.session.transfer import LARGE
-from o2obroker.transports.common import Backpressure, SocketOutput
+from o2obroker.transports.common import Backpressure, SocketOutput, socket_under
 from o2obroker.wire import FrameSplitter, OutFrame, ProtocolError, decode_cbor, encode_cbor
 
 _prefix = struct.Struct(">I").pack
@@ -42,6 +42,7 @@ class BinaryProtocol(SocketOutput, Protocol):
 
     def connectionMade(self) -> None:
         self.transport.registerProducer(self._pressure, True)
+        self._socket = socket_under(self.transport)
         self.session = self._gateway.connect(self)
 
     def dataReceived(self, data: bytes) -> None:

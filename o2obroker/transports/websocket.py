@@ -23,7 +23,13 @@ from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from zope.interface import implementer
 
 from o2obroker.session import Gateway, IConnection, Session
-from o2obroker.transports.common import Backpressure, Flusher, OriginPolicy, SocketOutput
+from o2obroker.transports.common import (
+    Backpressure,
+    Flusher,
+    OriginPolicy,
+    SocketOutput,
+    socket_under,
+)
 from o2obroker.wire import (
     OutFrame,
     ProtocolError,
@@ -79,6 +85,7 @@ class WebSocketConnection(SocketOutput, WebSocketServerProtocol):
         self._pressure = Backpressure()
         self._max_queue = self.factory.gateway.limits.max_queue
         transport.registerProducer(self._pressure, True)
+        self._socket = socket_under(transport)
         self.session = self.factory.gateway.connect(self)
 
     def onMessage(self, payload: bytes, isBinary: bool) -> None:

@@ -3,16 +3,20 @@
 from __future__ import annotations
 
 import math
+import os
 from typing import Any
 
 import cbor2
-from twisted.internet.testing import StringTransport
+from twisted.internet.abstract import FileDescriptor
+from twisted.internet.address import IPv4Address
+from twisted.internet.testing import MemoryReactor, StringTransport
 from twisted.trial.unittest import SynchronousTestCase
 from zope.interface.verify import verifyObject
 
 from o2obroker.actors.user import IDevice
 from o2obroker.session import IConnection
 from o2obroker.wire import frame
+from o2obroker.wire.limits import Limits
 from tests.harness import Harness
 from tests.web.helpers import WebHarness, ws_frame
 
@@ -97,8 +101,6 @@ class SlowConsumerTests(SynchronousTestCase):
     """Past max_queue a connection closes with one 503; frames to it after that are dropped."""
 
     def test_binary_tcp(self) -> None:
-        from o2obroker.wire.limits import Limits
-
         h = Harness(auth="none", limits=Limits(max_queue=10_000))
         alice = h.login("alice")
         bob = h.connect()
@@ -114,6 +116,69 @@ class SlowConsumerTests(SynchronousTestCase):
         receipts = [f for f in alice.read() if f["t"] == "receipt"]
         self.assertEqual(len(receipts), 20)
         self.assertEqual(bob.proto.unsent(), sum(4 + len(cbor2.dumps(f)) for f in frames[:-1]))
+
+
+class _Socket(FileDescriptor):
+    """A Twisted socket whose peer takes ``take`` bytes at each write event."""
+
+    def __init__(self) -> None:
+        super().__init__(MemoryReactor())
+        self.connected = True
+        self.take = 0
+
+    def writeSomeData(self, data: bytes) -> int:
+        return min(len(data), self.take)
+
+    def getPeer(self) -> IPv4Address:
+        return IPv4Address("TCP", "127.0.0.1", 5002)
+
+    def getHost(self) -> IPv4Address:
+        return IPv4Address("TCP", "127.0.0.1", 9100)
+
+    def abortConnection(self) -> None:
+        self.connected = False
+
+
+class SocketMeasureTests(SynchronousTestCase):
+    """What a peer has not taken is measured on the socket, not guessed from writes."""
+
+    def setUp(self) -> None:
+        self.h = Harness(auth="none", limits=Limits(max_queue=100_000))
+        self.alice = self.h.login("alice")
+        self.socket = _Socket()
+        self.bob = self.h.factory.buildProtocol(self.socket.getPeer())
+        self.bob.makeConnection(self.socket)
+        self.bob.dataReceived(frame(cbor2.dumps({"t": "hello", "user": "bob"})))
+        self.h.flush()
+
+    def send(self, n: int = 1) -> None:
+        for _ in range(n):
+            self.alice.write(
+                {"t": "send", "id": os.urandom(4).hex(), "to": "bob", "body": "x" * 10_000}
+            )
+
+    def test_a_peer_that_keeps_up_is_not_a_slow_consumer(self) -> None:
+        # the socket's buffer never empties, so Twisted never resumes the producer:
+        # the peer takes as much as is written, and 500 KB pass while paused
+        self.send(7)
+        self.assertTrue(self.bob._pressure.paused)
+        for _ in range(50):
+            self.send()
+            self.socket.take = 10_050
+            self.socket.doWrite()
+        self.assertTrue(self.bob._pressure.paused)
+        self.assertLess(self.bob.unsent(), 100_000)
+        self.assertFalse(self.bob._closing)
+        self.assertTrue(self.bob.session.live)
+
+    def test_a_peer_that_takes_nothing_is_closed_past_max_queue(self) -> None:
+        self.send(9)
+        self.assertFalse(self.bob._closing)
+        self.assertLess(self.bob.unsent(), 100_000)
+        self.send(2)
+        self.assertTrue(self.bob._closing)
+        self.assertFalse(self.bob.session.live)
+        self.assertGreater(self.bob.unsent(), 100_000)
 
 
 class HelloDeadlineTests(SynchronousTestCase):
