@@ -117,6 +117,23 @@ class SlowConsumerTests(SynchronousTestCase):
         self.assertEqual(len(receipts), 20)
         self.assertEqual(bob.proto.unsent(), sum(4 + len(cbor2.dumps(f)) for f in frames[:-1]))
 
+    def test_presence_frames_to_a_watcher_that_never_reads(self) -> None:
+        h = Harness(auth="none", limits=Limits(max_queue=2000))
+        alice = h.login("alice")
+        bob = h.connect()
+        bob.transport = _Paused()
+        bob.proto.makeConnection(bob.transport)
+        bob.write({"t": "hello", "user": "bob", "device": "phone"})
+        bob.write({"t": "watch", "users": ["alice"]})
+        for i in range(60):
+            alice.write({"t": "presence", "state": "busy" if i % 2 else "away", "status": "s" * 50})
+            h.clock.advance(1)  # past the presence window: each change goes out
+        frames = bob.read()
+        self.assertEqual([f for f in frames if f["t"] == "error"], [frames[-1]])
+        self.assertEqual(frames[-1], {"t": "error", "code": 503, "reason": "slow consumer"})
+        self.assertTrue(bob.closed)
+        self.assertLess(len(frames), 60)
+
 
 class _Socket(FileDescriptor):
     """A Twisted socket whose peer takes ``take`` bytes at each write event."""
