@@ -240,7 +240,7 @@ class HelloDeadlineTests(SynchronousTestCase):
 
 
 class BeforeHelloTests(SynchronousTestCase):
-    """PROTOCOL.md section 3: before the welcome, any other frame gets 401 and a close."""
+    """doc/protocol.md, session life: before the welcome, any other frame gets 401 and a close."""
 
     def test_binary_value_rule_before_hello(self) -> None:
         h = Harness(auth="none")

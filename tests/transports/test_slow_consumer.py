@@ -1,4 +1,4 @@
-"""Readers that never read, on real loopback sockets (PROTOCOL.md section 3, max_queue).
+"""Readers that never read, on real loopback sockets (doc/protocol.md: max_queue).
 
 A connection whose unsent output passes max_queue is closed with exactly one
 503 frame; the sender gets every receipt; nothing is logged as a failure; and
