@@ -31,6 +31,11 @@ class Config:
     inbox_cap: int = 10_000
     inbox_ttl: float = 7 * 24 * 3600.0
     dedupe_ttl: float = 600.0
+    # the store (doc/configuration.md): seconds a backend call may take before its
+    # sends get 503; bytes the inboxes may hold per user and in all (0: no bound)
+    backend_timeout: float = 5.0
+    max_stored_bytes_per_user: int = 16 << 20
+    max_stored_bytes: int = 512 << 20
     # presence (PROTOCOL.md section 5; doc/presence.md)
     watch_cap: int = 1000  # users on one user's watch list
     presence_grace: float = 20.0  # seconds a dropped device still counts, for quick reconnects
@@ -96,7 +101,13 @@ class Config:
             raise ConfigError("auth: 'token' needs a secret (secret = ... or --secret)")
         if self.hb < 1:
             raise ConfigError(f"hb: must be at least 1 second, not {self.hb}")
-        for name in ("hello_timeout", "stall_timeout", "inbox_ttl", "dedupe_ttl"):
+        for name in (
+            "hello_timeout",
+            "stall_timeout",
+            "inbox_ttl",
+            "dedupe_ttl",
+            "backend_timeout",
+        ):
             if getattr(self, name) <= 0:
                 raise ConfigError(f"{name}: must be positive")
         for name in ("ws_auto_ping_timeout", "ws_handshake_timeout", "request_deadline"):
@@ -107,6 +118,11 @@ class Config:
                 raise ConfigError(f"{name}: must be 0 (default) or positive")
         if self.lp_timeout < 1:
             raise ConfigError(f"lp_timeout: must be at least 1 second, not {self.lp_timeout}")
+        for name in ("max_stored_bytes_per_user", "max_stored_bytes"):
+            if getattr(self, name) < 0:
+                raise ConfigError(f"{name}: must be 0 (no bound) or a number of bytes")
+        if 0 < self.max_stored_bytes < self.max_stored_bytes_per_user:
+            raise ConfigError("max_stored_bytes: must not be below max_stored_bytes_per_user")
         if self.inbox_cap < 1:
             raise ConfigError("inbox_cap: must be at least 1")
         if self.watch_cap < 1:

@@ -1,6 +1,21 @@
 """Everything cluster-wide lives behind one interface: inboxes, cursors, rooms, dedupe."""
 
-from o2obroker.backend.interface import IBackend, InboxState, StoredMessage
+from o2obroker.backend.interface import (
+    BackendUnavailable,
+    IBackend,
+    InboxState,
+    StoredMessage,
+    StoreFull,
+)
 from o2obroker.backend.memory import MemoryBackend
+from o2obroker.backend.timeouts import TimeoutBackend
 
-__all__ = ["IBackend", "InboxState", "MemoryBackend", "StoredMessage"]
+__all__ = [
+    "BackendUnavailable",
+    "IBackend",
+    "InboxState",
+    "MemoryBackend",
+    "StoreFull",
+    "StoredMessage",
+    "TimeoutBackend",
+]

@@ -5,7 +5,7 @@ from __future__ import annotations
 import uuid
 from collections import deque
 
-from twisted.internet.defer import Deferred, succeed
+from twisted.internet.defer import Deferred, fail, succeed
 from twisted.internet.interfaces import IReactorTime
 from zope.interface import implementer
 
@@ -16,18 +16,20 @@ from o2obroker.backend.interface import (
     Presence,
     Receipt,
     StoredMessage,
+    StoreFull,
 )
 
 DAY = 24 * 3600.0
 
 
 class _Inbox:
-    __slots__ = ("cursors", "entries", "last")
+    __slots__ = ("bytes", "cursors", "entries", "last")
 
     def __init__(self) -> None:
         # an empty tuple until the first message: an empty deque costs 600 bytes
         self.entries: deque[tuple[int, StoredMessage]] | tuple[()] = ()
         self.last = 0
+        self.bytes = 0  # the sizes of the entries held
         # device -> [cursor, last seen (seconds)]
         self.cursors: dict[str, list[float]] = {}
 
@@ -70,6 +72,11 @@ class MemoryBackend:
     seconds, and a message leaves once every device seen within
     ``device_ttl`` has acknowledged it. Send ids are remembered for
     ``dedupe_ttl`` seconds, at most ``dedupe_cap`` per user.
+
+    What the inboxes hold is bounded in bytes too (StoredMessage.size): at
+    most ``max_user_bytes`` per user and ``max_bytes`` in all (0: no bound).
+    Past either, ``append_many`` refuses with StoreFull rather than grow the
+    process without end.
     """
 
     def __init__(
@@ -82,6 +89,8 @@ class MemoryBackend:
         device_ttl: float = 7 * DAY,
         dedupe_ttl: float = 600.0,
         dedupe_cap: int = 100_000,
+        max_bytes: int = 0,
+        max_user_bytes: int = 0,
     ) -> None:
         self.node_id = node_id
         self._clock = clock
@@ -94,8 +103,14 @@ class MemoryBackend:
         self._inboxes: dict[str, _Inbox] = {}
         self._sent: dict[str, _SentIds] = {}
         self._rooms: dict[str, set[str]] = {}
+        self._max_bytes = max_bytes
+        self._max_user_bytes = max_user_bytes
         #: messages held in all inboxes, counted as they come and go (a metric)
         self.stored = 0
+        #: their sizes (StoredMessage.size), what the byte caps bound (a metric)
+        self.stored_bytes = 0
+        #: messages refused because a byte cap had no room for them (a metric)
+        self.refused = 0
         self._presence: dict[str, Presence] = {}
         self._watching: dict[str, set[str]] = {}  # watcher -> users
         self._watchers: dict[str, set[str]] = {}  # user -> watchers
@@ -108,23 +123,52 @@ class MemoryBackend:
             box = self._inboxes[user] = _Inbox()
         return box
 
+    def _drop_first(self, box: _Inbox) -> None:
+        size = box.entries.popleft()[1].size  # type: ignore[union-attr]
+        box.bytes -= size
+        self.stored_bytes -= size
+        self.stored -= 1
+
     def _expire(self, box: _Inbox) -> None:
         entries = self._entries_alive(box)
         while len(entries) > self._inbox_cap:
-            entries.popleft()
-            self.stored -= 1
+            self._drop_first(box)
 
     def _entries_alive(self, box: _Inbox) -> deque[tuple[int, StoredMessage]]:
         entries = box.entries
         if entries:
             horizon = (self._clock.seconds() - self._inbox_ttl) * 1000
             while entries and entries[0][1].ts < horizon:
-                entries.popleft()
-                self.stored -= 1
+                self._drop_first(box)
         return entries
 
-    def append(self, user: str, messages: list[StoredMessage]) -> Deferred[list[int]]:
-        box = self._inbox(user)
+    def append_many(
+        self, inboxes: dict[str, list[StoredMessage]]
+    ) -> Deferred[dict[str, list[int]]]:
+        out: dict[str, list[int]] = {}
+        refused: list[str] = []
+        max_bytes, max_user_bytes = self._max_bytes, self._max_user_bytes
+        for user, messages in inboxes.items():
+            box = self._inbox(user)
+            if max_bytes or max_user_bytes:
+                size = sum(m.size for m in messages)
+                if (max_user_bytes and box.bytes + size > max_user_bytes) or (
+                    max_bytes and self.stored_bytes + size > max_bytes
+                ):
+                    # room made by expiry counts before refusing
+                    self._entries_alive(box)
+                    if (max_user_bytes and box.bytes + size > max_user_bytes) or (
+                        max_bytes and self.stored_bytes + size > max_bytes
+                    ):
+                        refused.append(user)
+                        self.refused += len(messages)
+                        continue
+            out[user] = self._store(box, messages)
+        if refused:
+            return fail(StoreFull(frozenset(refused), out))
+        return succeed(out)
+
+    def _store(self, box: _Inbox, messages: list[StoredMessage]) -> list[int]:
         first = box.last + 1
         entries = box.entries
         if not entries:
@@ -132,9 +176,17 @@ class MemoryBackend:
         entries.extend(zip(range(first, first + len(messages)), messages, strict=True))
         box.last += len(messages)
         self.stored += len(messages)
-        if len(box.entries) > self._inbox_cap:
+        size = 0
+        for m in messages:
+            size += m.size
+        box.bytes += size
+        self.stored_bytes += size
+        if len(entries) > self._inbox_cap:
             self._expire(box)
-        return succeed(list(range(first, box.last + 1)))
+        return list(range(first, box.last + 1))
+
+    def append(self, user: str, messages: list[StoredMessage]) -> Deferred[list[int]]:
+        return self.append_many({user: messages}).addCallback(lambda seqs: seqs[user])
 
     def read(self, user: str, after: int, limit: int) -> Deferred[list[tuple[int, StoredMessage]]]:
         box = self._inboxes.get(user)
@@ -180,6 +232,20 @@ class MemoryBackend:
             self._trim_acked(box, now)
         return succeed(int(known[0]))
 
+    def set_cursor(self, user: str, device: str, seq: int) -> Deferred[int]:
+        box = self._inbox(user)
+        now = self._clock.seconds()
+        seq = max(0, min(seq, box.last))
+        known = box.cursors.get(device)
+        if known is None:
+            known = box.cursors[device] = [0, now]
+        known[1] = now
+        forward = seq > known[0]
+        known[0] = seq
+        if forward:
+            self._trim_acked(box, now)
+        return succeed(seq)
+
     def _trim_acked(self, box: _Inbox, now: float) -> None:
         horizon = now - self._device_ttl
         for device in [d for d, (_, seen) in box.cursors.items() if seen < horizon]:
@@ -187,8 +253,7 @@ class MemoryBackend:
         floor = min(c[0] for c in box.cursors.values())
         entries = box.entries
         while entries and entries[0][0] <= floor:
-            entries.popleft()
-            self.stored -= 1
+            self._drop_first(box)
         if not entries:
             box.entries = ()
 

@@ -14,6 +14,7 @@ from o2obroker.actors.supervisor import (
     make_hook,
 )
 from o2obroker.backend import IBackend, MemoryBackend
+from o2obroker.backend.timeouts import TimeoutBackend
 from o2obroker.config import Config
 from o2obroker.metrics import Metrics
 from o2obroker.routing import Router
@@ -29,14 +30,18 @@ class Node:
         self.config = config
         self.clock = clock
         self.metrics = Metrics()
-        self.backend = backend or MemoryBackend(
+        store = backend or MemoryBackend(
             clock,
             config.node,
             inbox_cap=config.inbox_cap,
             inbox_ttl=config.inbox_ttl,
             dedupe_ttl=config.dedupe_ttl,
+            max_bytes=config.max_stored_bytes,
+            max_user_bytes=config.max_stored_bytes_per_user,
         )
-        self.router = Router(self.backend)
+        # every call gets a time limit: a backend that never answers fails its sends
+        self.backend = TimeoutBackend(store, clock, config.backend_timeout)
+        self.router = Router(self.backend, stats=self.metrics.stats)
         self.presence = PresenceHub(
             self.backend,
             self.router,
@@ -71,11 +76,17 @@ class Node:
             "transport",
         )
         gauges.add_gauge("o2o_actors", "User actors in memory.", lambda: len(self.actors))
-        if hasattr(self.backend, "stored"):
+        if hasattr(store, "stored"):
             gauges.add_gauge(
                 "o2o_inbox_messages",
                 "Messages held in the inboxes of the backend.",
-                lambda: self.backend.stored,
+                lambda: store.stored,
+            )
+        if hasattr(store, "stored_bytes"):
+            gauges.add_gauge(
+                "o2o_stored_bytes",
+                "Bytes held in the inboxes of the backend, as the store caps count them.",
+                lambda: store.stored_bytes,
             )
         self.supervisor = Supervisor(
             self.actors.scheduler,

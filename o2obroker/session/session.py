@@ -12,7 +12,9 @@ from typing import TYPE_CHECKING, Any
 
 from twisted.internet.defer import Deferred
 from twisted.logger import Logger
+from zope.interface import implementer
 
+from o2obroker.actors.user import IDevice
 from o2obroker.session.ratelimit import ALLOWED, PERSISTENT, RateLimiter
 from o2obroker.session.transfer import LARGE, Transfer
 from o2obroker.wire import OutFrame, ProtocolError
@@ -42,6 +44,7 @@ PONG: dict[str, Any] = {"t": "pong"}
 BYE: dict[str, Any] = {"t": "bye"}
 
 
+@implementer(IDevice)
 class Session:
     """The protocol state of one connection of one device."""
 
