@@ -13,7 +13,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from twisted.internet.defer import Deferred
+from twisted.internet.defer import Deferred, fail
 from twisted.internet.interfaces import IReactorTime
 from twisted.python.failure import Failure
 from zope.interface import implementer
@@ -33,7 +33,7 @@ def _timed(name: str) -> Callable[..., Deferred[Any]]:
             d = getattr(self.inner, name)(*args)
         except Exception:
             # a backend that raises instead of failing its Deferred is unavailable too
-            return Deferred.fromFailure(_unavailable(Failure(), name))
+            return fail(_unavailable(Failure(), name))
         if d.called:
             # answered at once (the embedded backend always is): no timer to set
             if not isinstance(d.result, Failure):

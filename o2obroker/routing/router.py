@@ -13,7 +13,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from twisted.internet.defer import Deferred, gatherResults, succeed
+from twisted.internet.defer import Deferred, fail, gatherResults, succeed
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import Interface, implementer
@@ -143,7 +143,7 @@ class Router:
         try:
             d = self.policy(items)
         except Exception:
-            d = Deferred.fromFailure(Failure())
+            d = fail()
         return d.addCallbacks(
             self._resolve, self._failed, callbackArgs=(sender,), errbackArgs=(sender, items)
         )
