@@ -14,6 +14,7 @@ from collections.abc import Callable
 from typing import Any
 
 from twisted.internet.defer import Deferred, fail
+from twisted.internet.defer import TimeoutError as CallTimedOut
 from twisted.internet.interfaces import IReactorTime
 from twisted.python.failure import Failure
 from zope.interface import implementer
@@ -24,6 +25,8 @@ from o2obroker.backend.interface import BackendUnavailable, IBackend, StoreFull
 def _unavailable(failure: Failure, name: str) -> Failure:
     if failure.check(BackendUnavailable, StoreFull):
         return failure
+    if failure.check(CallTimedOut):
+        return Failure(BackendUnavailable(f"{name}: no answer in time"))
     return Failure(BackendUnavailable(f"{name}: {failure.getErrorMessage() or failure.type}"))
 
 

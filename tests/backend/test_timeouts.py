@@ -39,7 +39,8 @@ class TimeoutBackendTests(SynchronousTestCase):
         self.clock.advance(4.9)
         self.assertNoResult(d)
         self.clock.advance(0.1)
-        self.failureResultOf(d, BackendUnavailable)
+        f = self.failureResultOf(d, BackendUnavailable)
+        self.assertEqual(str(f.value), "claim: no answer in time")
         # the call itself was cancelled (it is the same Deferred), not left to fire later
         self.assertIs(self.flaky.hung[0], d)
         self.assertEqual(self.clock.getDelayedCalls(), [])
