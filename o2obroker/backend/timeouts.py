@@ -66,6 +66,8 @@ class TimeoutBackend:
 
     def __getattr__(self, name: str) -> Any:
         # only reached for what the class does not define: counters of the inner backend
+        if name == "inner":
+            raise AttributeError(name)
         return getattr(self.inner, name)
 
     append_many = _timed("append_many")

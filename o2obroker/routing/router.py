@@ -22,8 +22,9 @@ from o2obroker.backend.interface import IBackend, StoredMessage, StoreFull
 from o2obroker.metrics import Stats
 from o2obroker.routing.messages import Delivery, Outgoing, Settlement
 
-#: The policy seam: takes a claimed batch, fires with the batch to route (the
-#: same items, possibly rewritten, or refused with ``Outgoing.refuse``).
+#: The policy seam: takes a claimed batch, fires with the batch to route: the
+#: same items, possibly rewritten (``Outgoing.message``) or refused
+#: (``Outgoing.refuse``), never dropped; a failure answers the batch with 503.
 Policy = Callable[[list[Outgoing]], Deferred[list[Outgoing]]]
 
 UNAVAILABLE = (503, "backend unavailable")
@@ -145,8 +146,21 @@ class Router:
         except Exception:
             d = fail()
         return d.addCallbacks(
-            self._resolve, self._failed, callbackArgs=(sender,), errbackArgs=(sender, items)
+            self._checked, self._failed, callbackArgs=(sender, items), errbackArgs=(sender, items)
         )
+
+    def _checked(
+        self, routed: list[Outgoing], sender: str, items: list[Outgoing]
+    ) -> Deferred[None]:
+        """A policy answers every item: one it dropped would never be settled."""
+        if routed is not items and len(routed) != len(items):
+            kept = {id(i) for i in routed}
+            dropped = [i for i in items if id(i) not in kept]
+            self.log.error("policy dropped {n} sends of {sender}", n=len(dropped), sender=sender)
+            for item in dropped:
+                item.refuse(*UNAVAILABLE)
+            routed = routed + dropped
+        return self._resolve(routed, sender)
 
     def _resolve(self, items: list[Outgoing], sender: str) -> Deferred[None]:
         rooms = {i.room for i in items if i.room is not None and i.error is None}

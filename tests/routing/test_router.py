@@ -188,6 +188,15 @@ class PolicySeamTests(RouterCase):
         [(_, stored)] = self.successResultOf(self.memory.read("bob", 0, 10))
         self.assertEqual(stored.fields["body"], "***")
 
+    def test_a_policy_that_drops_an_item_still_gets_it_answered(self) -> None:
+        self.router.policy = lambda items: succeed(items[1:])
+        self.route([outgoing("alice", 1, "bob"), outgoing("alice", 2, "bob")])
+        self.assertEqual(
+            sorted(self.settled()),
+            [Settlement("c-1", None, 503, "backend unavailable"), Settlement("c-2", "stored")],
+        )
+        self.flushLoggedErrors()
+
     def test_a_policy_that_fails_answers_503(self) -> None:
         def policy(items: list[Outgoing]) -> Deferred[list[Outgoing]]:
             raise RuntimeError("hook down")
