@@ -254,20 +254,12 @@ class UserActor(Actor):
     def _on_deliver(self, batch: list[Message]) -> None:
         items: list[Delivery] = batch[0][1] if len(batch) == 1 else [i for m in batch for i in m[1]]
         written = self._written
-        skips: bool | None = None  # whether an item skips a device: looked at once, if needed
         for name, device in self.devices.items():
-            if not device.live:
-                continue
-            after = written.get(name, 0) if written else 0
-            if skips is None:
-                skips = any(item[2] for item in items)
-            if after < items[0][0] and not skips:
-                # the common case: nothing written already, nothing to skip
-                device.send_msgs([(seq, message) for seq, message, _ in items])
-                continue
-            out = [(seq, m) for seq, m, skip in items if seq > after and skip != name]
-            if out:
-                device.send_msgs(out)
+            if device.live:
+                after = written.get(name, 0) if written else 0
+                out = [(seq, m) for seq, m, skip in items if seq > after and skip != name]
+                if out:
+                    device.send_msgs(out)
 
     # -- sends of the user --------------------------------------------------
 

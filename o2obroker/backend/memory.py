@@ -252,8 +252,13 @@ class MemoryBackend:
             del box.cursors[device]
         floor = min(c[0] for c in box.cursors.values())
         entries = box.entries
+        dropped = size = 0
         while entries and entries[0][0] <= floor:
-            self._drop_first(box)
+            size += entries.popleft()[1].size  # type: ignore[union-attr]
+            dropped += 1
+        box.bytes -= size
+        self.stored_bytes -= size
+        self.stored -= dropped
         if not entries:
             box.entries = ()
 

@@ -28,6 +28,7 @@ from o2obroker.routing.messages import Delivery, Outgoing, Settlement
 Policy = Callable[[list[Outgoing]], Deferred[list[Outgoing]]]
 
 UNAVAILABLE = (503, "backend unavailable")
+_new_tuple = tuple.__new__
 STORE_FULL = (503, "store full")
 
 
@@ -277,13 +278,14 @@ class Router:
 
     def _settle(self, sender: str, items: list[Outgoing], reached: set[str]) -> None:
         settlements = []
+        new = _new_tuple  # a Settlement without its generated __new__: one per send
         for item in items:
             error = item.error
             if error is not None:
-                settlements.append(Settlement(item.id, None, error[0], error[1]))
+                settlements.append(new(Settlement, (item.id, None, error[0], error[1])))
             elif item.room is not None:
-                settlements.append(Settlement(item.id, "accepted"))
+                settlements.append(new(Settlement, (item.id, "accepted", 0, "")))
             else:
                 status = "delivered" if item.to in reached else "stored"
-                settlements.append(Settlement(item.id, status))
+                settlements.append(new(Settlement, (item.id, status, 0, "")))
         self.publisher.settle(sender, settlements)
