@@ -150,25 +150,26 @@ class MemoryBackend:
         max_bytes, max_user_bytes = self._max_bytes, self._max_user_bytes
         for user, messages in inboxes.items():
             box = self._inbox(user)
-            if max_bytes or max_user_bytes:
-                size = sum(m.size for m in messages)
+            size = 0
+            for m in messages:
+                size += m.size
+            if (max_user_bytes and box.bytes + size > max_user_bytes) or (
+                max_bytes and self.stored_bytes + size > max_bytes
+            ):
+                # what has expired makes room before anything is refused
+                self._entries_alive(box)
                 if (max_user_bytes and box.bytes + size > max_user_bytes) or (
                     max_bytes and self.stored_bytes + size > max_bytes
                 ):
-                    # room made by expiry counts before refusing
-                    self._entries_alive(box)
-                    if (max_user_bytes and box.bytes + size > max_user_bytes) or (
-                        max_bytes and self.stored_bytes + size > max_bytes
-                    ):
-                        refused.append(user)
-                        self.refused += len(messages)
-                        continue
-            out[user] = self._store(box, messages)
+                    refused.append(user)
+                    self.refused += len(messages)
+                    continue
+            out[user] = self._store(box, messages, size)
         if refused:
             return fail(StoreFull(frozenset(refused), out))
         return succeed(out)
 
-    def _store(self, box: _Inbox, messages: list[StoredMessage]) -> list[int]:
+    def _store(self, box: _Inbox, messages: list[StoredMessage], size: int) -> list[int]:
         first = box.last + 1
         entries = box.entries
         if not entries:
@@ -176,9 +177,6 @@ class MemoryBackend:
         entries.extend(zip(range(first, first + len(messages)), messages, strict=True))
         box.last += len(messages)
         self.stored += len(messages)
-        size = 0
-        for m in messages:
-            size += m.size
         box.bytes += size
         self.stored_bytes += size
         if len(entries) > self._inbox_cap:

@@ -246,14 +246,17 @@ class Router:
     ) -> Deferred[None]:
         deliveries: dict[str, list[Delivery]] = {}
         for user, user_items in routed.items():
-            deliveries[user] = [
-                (
-                    seq,
-                    item.message,
-                    item.device if item.room is not None and user == sender else None,
-                )
-                for seq, item in zip(seqs[user], user_items, strict=True)
-            ]
+            if user != sender:
+                deliveries[user] = [
+                    (seq, item.message, None)
+                    for seq, item in zip(seqs[user], user_items, strict=True)
+                ]
+            else:
+                # the sender's own user: a room message skips the device that sent it
+                deliveries[user] = [
+                    (seq, item.message, item.device if item.room is not None else None)
+                    for seq, item in zip(seqs[user], user_items, strict=True)
+                ]
         d = self.publisher.publish(deliveries)
         d.addErrback(self._publish_failed)
         return d.addCallback(lambda reached: self._settle(sender, items, reached))
