@@ -330,8 +330,11 @@ class UserActor(Actor):
                 "ts": ts,
             }
         message = StoredMessage(mid, ts, fields, send.size + FIELDS_SIZE)
+        if send.room is None:
+            return Outgoing(user, send.id, name, message, send.to)
+        # a back-end service (the HTTP API's publish) may publish to any room
         return Outgoing(
-            user, send.id, name, message, send.to, send.room, getattr(device, "service", False)
+            user, send.id, name, message, None, send.room, getattr(device, "service", False)
         )
 
     def _on_receipt(self, batch: list[Message]) -> None:

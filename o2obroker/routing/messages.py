@@ -9,8 +9,6 @@ cross to another node as it is.
 
 from __future__ import annotations
 
-from typing import NamedTuple
-
 from o2obroker.backend.interface import StoredMessage
 
 
@@ -62,11 +60,7 @@ class Outgoing:
 Delivery = tuple[int, StoredMessage, str | None]
 
 
-class Settlement(NamedTuple):
-    """How one send ended, for its sender: a receipt ``status``
-    (``delivered``, ``stored``, ``accepted``), or None and an error."""
-
-    id: str
-    status: str | None
-    code: int = 0
-    reason: str = ""
+#: How one send ended, for its sender: (send id, receipt status, error code,
+#: reason). The status is ``delivered``, ``stored`` or ``accepted`` (code 0,
+#: reason ""), or None for an error. A plain tuple: one is made per send.
+Settlement = tuple[str, str | None, int, str]

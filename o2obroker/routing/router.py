@@ -28,7 +28,6 @@ from o2obroker.routing.messages import Delivery, Outgoing, Settlement
 Policy = Callable[[list[Outgoing]], Deferred[list[Outgoing]]]
 
 UNAVAILABLE = (503, "backend unavailable")
-_new_tuple = tuple.__new__
 STORE_FULL = (503, "store full")
 
 
@@ -280,15 +279,15 @@ class Router:
         self._settle(sender, items, set())
 
     def _settle(self, sender: str, items: list[Outgoing], reached: set[str]) -> None:
-        settlements = []
-        new = _new_tuple  # a Settlement without its generated __new__: one per send
+        settlements: list[Settlement] = []
         for item in items:
             error = item.error
             if error is not None:
-                settlements.append(new(Settlement, (item.id, None, error[0], error[1])))
+                settlements.append((item.id, None, error[0], error[1]))
             elif item.room is not None:
-                settlements.append(new(Settlement, (item.id, "accepted", 0, "")))
+                settlements.append((item.id, "accepted", 0, ""))
+            elif item.to in reached:
+                settlements.append((item.id, "delivered", 0, ""))
             else:
-                status = "delivered" if item.to in reached else "stored"
-                settlements.append(new(Settlement, (item.id, status, 0, "")))
+                settlements.append((item.id, "stored", 0, ""))
         self.publisher.settle(sender, settlements)
