@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import uuid
 from collections import deque
+from operator import attrgetter
 
 from twisted.internet.defer import Deferred, fail, succeed
 from twisted.internet.interfaces import IReactorTime
@@ -20,6 +21,7 @@ from o2obroker.backend.interface import (
 )
 
 DAY = 24 * 3600.0
+_size = attrgetter("size")
 
 
 class _Inbox:
@@ -150,9 +152,7 @@ class MemoryBackend:
         max_bytes, max_user_bytes = self._max_bytes, self._max_user_bytes
         for user, messages in inboxes.items():
             box = self._inbox(user)
-            size = 0
-            for m in messages:
-                size += m.size
+            size = sum(map(_size, messages))
             if (max_user_bytes and box.bytes + size > max_user_bytes) or (
                 max_bytes and self.stored_bytes + size > max_bytes
             ):

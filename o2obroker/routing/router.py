@@ -18,7 +18,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import Interface, implementer
 
-from o2obroker.backend.interface import IBackend, StoredMessage, StoreFull
+from o2obroker.backend.interface import IBackend, StoreFull
 from o2obroker.metrics import Stats
 from o2obroker.routing.messages import Delivery, Outgoing, Settlement
 
@@ -178,21 +178,18 @@ class Router:
         self, items: list[Outgoing], sender: str, members: dict[str, frozenset[str]] | None
     ) -> Deferred[None]:
         """Group the batch by recipient and store it in one backend call."""
-        inboxes: dict[str, list[StoredMessage]] = {}
-        # per recipient, the item of each of its messages, in the same order
+        # per recipient, the items of its messages, in order
         routed: dict[str, list[Outgoing]] = {}
         for item in items:
             if item.error is not None:
                 continue
             to = item.to
             if to is not None:
-                box = inboxes.get(to)
+                box = routed.get(to)
                 if box is None:
-                    inboxes[to] = [item.message]
                     routed[to] = [item]
                 else:
-                    box.append(item.message)
-                    routed[to].append(item)
+                    box.append(item)
                 continue
             assert members is not None
             room_members = members.get(item.room, ())  # type: ignore[arg-type]
@@ -202,11 +199,11 @@ class Router:
                 item.refuse(403, "not a member of this room")
             else:
                 for member in room_members:
-                    inboxes.setdefault(member, []).append(item.message)
                     routed.setdefault(member, []).append(item)
-        if not inboxes:
+        if not routed:
             self._settle(sender, items, set())
             return succeed(None)
+        inboxes = {user: [item.message for item in its] for user, its in routed.items()}
         d = self.backend.append_many(inboxes)
         return d.addCallbacks(
             self._publish,
