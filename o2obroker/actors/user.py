@@ -211,8 +211,8 @@ class UserActor(Actor):
     def deliver(self, items: list[Delivery]) -> None:
         self.tell(("deliver", items))
 
-    def settled(self, settlements: list[Settlement]) -> None:
-        self.tell(("receipt", settlements))
+    def settled(self, settlement: Settlement) -> None:
+        self.tell(("receipt", settlement))
 
     def reachable(self) -> bool:
         return any(device.live for device in self.devices.values())
@@ -338,19 +338,17 @@ class UserActor(Actor):
         )
 
     def _on_receipt(self, batch: list[Message]) -> None:
-        statuses: dict[str, str] = {}
         answers: dict[Any, list[tuple[str, str, int, str]]] = {}
         inflight = self._inflight
-        for _, settlements in batch:
-            for send_id, status, code, reason in settlements:
+        for _, (statuses, errors) in batch:
+            for send_id, (code, reason) in errors.items():
+                # not recorded as settled: a retry with this id delivers again
                 waiting = inflight.pop(send_id, None)
-                if status is None:
-                    # not recorded as settled: a retry with this id delivers again
-                    if waiting is not None:
-                        for device in waiting[2]:
-                            device.send_frame(_error(code, reason, send_id))
-                    continue
-                statuses[send_id] = status
+                if waiting is not None:
+                    for device in waiting[2]:
+                        device.send_frame(_error(code, reason, send_id))
+            for send_id, status in statuses.items():
+                waiting = inflight.pop(send_id, None)
                 if waiting is None:
                     continue
                 mid, ts, devices = waiting
@@ -363,6 +361,12 @@ class UserActor(Actor):
                         box.append(answer)
         for device, items in answers.items():
             device.receipts(items)
+        if len(batch) == 1:
+            statuses = batch[0][1].statuses
+        else:
+            statuses = {}
+            for _, settlement in batch:
+                statuses.update(settlement.statuses)
         if statuses:
             self.backend.settle(self.user, statuses).addErrback(
                 lambda f: self.log.warn(

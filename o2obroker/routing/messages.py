@@ -2,12 +2,14 @@
 
 A send on its way is an ``Outgoing``; what reaches a recipient's actor is a
 list of ``Delivery`` tuples (stored, with their seqs); what goes back to the
-sender is a list of ``Settlement`` tuples, addressed by the sender's user id.
+sender is a ``Settlement`` of the batch, addressed by the sender's user id.
 None of them holds a Python object of an actor or a connection, so each can
 cross to another node as it is.
 """
 
 from __future__ import annotations
+
+from typing import NamedTuple
 
 from o2obroker.backend.interface import StoredMessage
 
@@ -60,7 +62,14 @@ class Outgoing:
 Delivery = tuple[int, StoredMessage, str | None]
 
 
-#: How one send ended, for its sender: (send id, receipt status, error code,
-#: reason). The status is ``delivered``, ``stored`` or ``accepted`` (code 0,
-#: reason ""), or None for an error. A plain tuple: one is made per send.
-Settlement = tuple[str, str | None, int, str]
+class Settlement(NamedTuple):
+    """How a batch of one sender's sends ended, told to the sender by user id.
+
+    ``statuses`` maps each send id that got a receipt to its status
+    (``delivered``, ``stored``, ``accepted``): the very dict the sender records
+    in the backend. ``errors`` maps each other send id to (code, reason). One
+    per batch, not per send: dicts of strings cost no object per send.
+    """
+
+    statuses: dict[str, str]
+    errors: dict[str, tuple[int, str]]

@@ -37,7 +37,7 @@ class IMailbox(Interface):
     def deliver(items: list[Delivery]) -> None:
         """Queue stored messages for this user's devices, in order; never raises."""
 
-    def settled(settlements: list[Settlement]) -> None:
+    def settled(settlement: Settlement) -> None:
         """Sends of this user have been settled: answer them."""
 
     def reachable() -> bool:
@@ -53,7 +53,7 @@ class IPublisher(Interface):
         sends are ``delivered``; the others' ``stored``). Never fails: what is
         stored reaches a device at its next resume anyway."""
 
-    def settle(user: str, settlements: list[Settlement]) -> None:
+    def settle(user: str, settlement: Settlement) -> None:
         """Tell the actor of ``user``, wherever it is, how its sends ended."""
 
 
@@ -81,10 +81,10 @@ class LocalPublisher:
                     reached.add(user)
         return succeed(reached)
 
-    def settle(self, user: str, settlements: list[Settlement]) -> None:
+    def settle(self, user: str, settlement: Settlement) -> None:
         actor = self._actors.get(user)
         if actor is not None:
-            actor.settled(settlements)
+            actor.settled(settlement)
 
 
 class Router:
@@ -276,15 +276,16 @@ class Router:
         self._settle(sender, items, set())
 
     def _settle(self, sender: str, items: list[Outgoing], reached: set[str]) -> None:
-        settlements: list[Settlement] = []
+        statuses: dict[str, str] = {}
+        errors: dict[str, tuple[int, str]] = {}
         for item in items:
             error = item.error
             if error is not None:
-                settlements.append((item.id, None, error[0], error[1]))
+                errors[item.id] = error
             elif item.room is not None:
-                settlements.append((item.id, "accepted", 0, ""))
+                statuses[item.id] = "accepted"
             elif item.to in reached:
-                settlements.append((item.id, "delivered", 0, ""))
+                statuses[item.id] = "delivered"
             else:
-                settlements.append((item.id, "stored", 0, ""))
-        self.publisher.settle(sender, settlements)
+                statuses[item.id] = "stored"
+        self.publisher.settle(sender, Settlement(statuses, errors))
