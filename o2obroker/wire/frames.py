@@ -68,8 +68,10 @@ class Send:
     to: str | None
     room: str | None
     body: Any
-    #: the body's encoded size as far as decoding told it (at most that of the
-    #: frame it came in): what a stored message counts against the store's caps
+    #: the body's encoded size, known without encoding it again: the size of the
+    #: frame it came in when the transport measured one, else the body's as
+    #: measured for the max_body check. What a stored message counts against the
+    #: store's byte caps.
     size: int = field(default=0, compare=False)
 
 
