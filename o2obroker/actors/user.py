@@ -433,6 +433,11 @@ class UserActor(Actor):
         def welcome(cursor: int, state: InboxState, resumed: bool) -> Deferred[None] | None:
             resumed = resumed and state.first <= cursor + 1
             device.cursor = cursor
+            if cursor:
+                # the device has these: deliveries of them queued meanwhile are not written
+                if self._written is None:
+                    self._written = {}
+                self._written[name] = cursor
             device.welcome(state.last, resumed)
             return self._send_backlog(device, cursor)
 

@@ -204,6 +204,19 @@ class DeliveryTests(ActorCase):
         self.store("bob", 1)
         self.assertEqual(bob.seqs(), [1, 2, 3])
 
+    def test_a_delivery_at_or_below_the_resume_point_is_not_written(self) -> None:
+        self.flaky.break_("hold", "inbox_state")
+        bob = FakeDevice("bob", "phone")
+        self.system.user("bob").attach(bob, 1)
+        self.flush()
+        self.flaky.heal()
+        self.store("bob", 1)  # seq 1, which the device says it has processed
+        self.flaky.release()
+        self.flush()
+        self.assertEqual((bob.welcomed, bob.msgs), ([(1, True)], []))
+        self.store("bob", 1)
+        self.assertEqual(bob.seqs(), [2])
+
     def test_idle_actors_leave_memory(self) -> None:
         alice = self.connect("alice")
         self.submit("alice", alice, send(1, "bob"))
