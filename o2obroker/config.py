@@ -101,6 +101,11 @@ class Config:
     redis: str | None = None
     redis_ca: str | None = None  # PEM file of the CA for rediss://; default: the system's
     redis_timeout: float = 5.0  # seconds a Redis call may take before it fails
+    # the store (doc/configuration.md): seconds a backend call may take before its
+    # sends get 503; bytes the inboxes may hold per user and in all (0: no bound)
+    backend_timeout: float = 5.0
+    max_stored_bytes_per_user: int = 16 << 20
+    max_stored_bytes: int = 512 << 20
     # presence (PROTOCOL.md section 5; doc/presence.md)
     watch_cap: int = 1000  # users on one user's watch list
     presence_grace: float = 20.0  # seconds a dropped device still counts, for quick reconnects
@@ -176,7 +181,13 @@ class Config:
             raise ConfigError("auth: 'token' needs a secret (secret = ... or --secret)")
         if self.hb < 1:
             raise ConfigError(f"hb: must be at least 1 second, not {self.hb}")
-        for name in ("hello_timeout", "stall_timeout", "inbox_ttl", "dedupe_ttl"):
+        for name in (
+            "hello_timeout",
+            "stall_timeout",
+            "inbox_ttl",
+            "dedupe_ttl",
+            "backend_timeout",
+        ):
             if getattr(self, name) <= 0:
                 raise ConfigError(f"{name}: must be positive")
         for name in ("ws_auto_ping_timeout", "ws_handshake_timeout", "request_deadline"):
@@ -187,6 +198,11 @@ class Config:
                 raise ConfigError(f"{name}: must be 0 (default) or positive")
         if self.lp_timeout < 1:
             raise ConfigError(f"lp_timeout: must be at least 1 second, not {self.lp_timeout}")
+        for name in ("max_stored_bytes_per_user", "max_stored_bytes"):
+            if getattr(self, name) < 0:
+                raise ConfigError(f"{name}: must be 0 (no bound) or a number of bytes")
+        if 0 < self.max_stored_bytes < self.max_stored_bytes_per_user:
+            raise ConfigError("max_stored_bytes: must not be below max_stored_bytes_per_user")
         if self.inbox_cap < 1:
             raise ConfigError("inbox_cap: must be at least 1")
         if self.watch_cap < 1:

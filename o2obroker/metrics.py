@@ -31,6 +31,7 @@ class Stats:
         "presence_coalesced",
         "presence_frames",
         "receipts",
+        "store_refused",
     )
 
     def __init__(self) -> None:
@@ -39,6 +40,7 @@ class Stats:
         self.msgs_out = 0  # msg frames written to devices
         self.receipts: Counter[str] = Counter()  # by status
         self.errors: Counter[int] = Counter()  # error frames sent, by code
+        self.store_refused = 0  # sends answered 503 "store full": a byte cap of the store
         # presence load (PROTOCOL.md section 5)
         self.presence_frames = 0  # presence frames written to devices
         self.presence_bytes = 0  # their encoded size
@@ -93,6 +95,11 @@ class NodeCollector:
         pings_saved.add_metric(["liveness"], s.pings_saved_live)
         pings_saved.add_metric(["transfer"], s.pings_saved_transfer)
         yield pings_saved
+        yield _counter(
+            "o2o_store_refused",
+            "Sends refused with 503 because a stored-bytes cap was reached.",
+            s.store_refused,
+        )
         errors = CounterMetricFamily("o2o_errors", "Error frames sent, by code.", labels=["code"])
         for code, n in sorted(s.errors.items()):
             errors.add_metric([str(code)], n)

@@ -6,19 +6,24 @@ import itertools
 import os
 from typing import Any, ClassVar
 
-from twisted.internet.defer import Deferred, gatherResults
+from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IReactorTime
-from zope.interface import Attribute, Interface
+from twisted.python.failure import Failure
+from zope.interface import Attribute, Interface, implementer
 
 from o2obroker.actors.actor import Actor, Message, Scheduler
 from o2obroker.actors.history import read_history
 from o2obroker.actors.presence import PresenceHub, UserPresence, presence_frame
 from o2obroker.backend.interface import IBackend, InboxState, Receipt, StoredMessage
 from o2obroker.policy.pipeline import REJECTED_STATUS
-from o2obroker.routing import Envelope, Router, settle_all
+from o2obroker.routing import Delivery, Outgoing, Router, Settlement
+from o2obroker.routing.router import UNAVAILABLE
 from o2obroker.wire import MessageTemplate, OutFrame, ProtocolError
 
 BACKLOG_PAGE = 500
+#: what a stored message counts beyond its body's size: mid, sender, device,
+#: recipient, ts and the keys (an estimate; encoding it to measure would cost more)
+FIELDS_SIZE = 128
 
 
 class IDevice(Interface):
@@ -28,6 +33,7 @@ class IDevice(Interface):
     device = Attribute("The device name, unique per user.")
     kind = Attribute("'mobile' or 'web'.")
     cursor = Attribute("Highest seq this device has acknowledged or been resumed at.")
+    live = Attribute("Whether the device takes frames now.")
 
     def welcome(last: int, resumed: bool) -> None:
         """The device is attached: send the welcome frame."""
@@ -47,6 +53,9 @@ class IDevice(Interface):
     def replaced() -> None:
         """Another connection took this device's name: close with 409."""
 
+    def fail(error: ProtocolError) -> None:
+        """Answer with the error frame; close the connection when it is fatal."""
+
     def when_drained() -> Deferred[None] | None:
         """None while the device takes what is written; else a Deferred that
         fires once it does again (or is gone)."""
@@ -55,6 +64,7 @@ class IDevice(Interface):
         """Whether the device's credentials allow joining ``room``."""
 
 
+@implementer(IDevice)
 class SendOnlyDevice:
     """A sender that is not a connection: a back-end service (the HTTP API's
     publish, the console's ``broker.send``), as the user's actor sees a device.
@@ -64,6 +74,7 @@ class SendOnlyDevice:
     lets it publish to any room.
     """
 
+    user: str | None = None
     kind = "service"
     device = "service"
     live = False
@@ -82,7 +93,13 @@ class SendOnlyDevice:
         if frame.get("t") == "error":
             self.answered(frame)
 
+    def fail(self, error: ProtocolError) -> None:
+        self.answered(error.frame())
+
     def send_msgs(self, items: list[Any]) -> None:
+        pass
+
+    def send_presence(self, out: OutFrame) -> None:
         pass
 
     def welcome(self, last: int, resumed: bool) -> None:
@@ -90,6 +107,9 @@ class SendOnlyDevice:
 
     def replaced(self) -> None:
         pass
+
+    def when_drained(self) -> Deferred[None] | None:
+        return None
 
     def may_join(self, room: str) -> bool:
         return False
@@ -114,11 +134,13 @@ class MidSource:
 class UserActor(Actor):
     """Owns one user's devices on this node and serialises what happens to them.
 
-    Sends from the user's devices are claimed (deduplicated by id) and routed
-    in batches; messages for the user are stored in its inbox in batches and
-    written to every live device, each in its own encoding, from templates
-    encoded once. Connections never hold user state: a device handle is only a
-    way to reach a connection.
+    Sends from the user's devices are claimed (deduplicated by id) and handed
+    to the router a batch at a time; the router stores them and settles them
+    back by user id. Messages stored for the user arrive as deliveries and
+    are written to every live device, each in its own encoding, from
+    templates encoded once. The actor keeps only what is its user's on this
+    node: device handles, their cursors, presence. Connections never hold
+    user state: a device handle is only a way to reach a connection.
     """
 
     batched: ClassVar[frozenset[str]] = frozenset(
@@ -149,6 +171,7 @@ class UserActor(Actor):
         "_mids",
         "_missed",
         "_router",
+        "_written",
         "backend",
         "devices",
         "presence",
@@ -180,6 +203,9 @@ class UserActor(Actor):
         self._mids = mids
         # send id -> (mid, ts, devices waiting for it) while its delivery is under way
         self._inflight: dict[str, tuple[str, int, list[Any]]] = {}
+        # device -> highest seq its resume backlog wrote: deliveries of messages
+        # stored while the backlog was read are not written twice
+        self._written: dict[str, int] | None = None
 
     def _grace_over(self) -> None:
         self.tell(("presence_expire",))
@@ -189,11 +215,14 @@ class UserActor(Actor):
 
     # -- the messages, for sessions and the router -------------------------
 
-    def deliver(self, envelopes: list[Envelope]) -> None:
-        self.tell(("deliver", envelopes))
+    def deliver(self, items: list[Delivery]) -> None:
+        self.tell(("deliver", items))
 
-    def settled(self, envelopes: list[Envelope]) -> None:
-        self.tell(("receipt", envelopes))
+    def settled(self, settlement: Settlement) -> None:
+        self.tell(("receipt", settlement))
+
+    def reachable(self) -> bool:
+        return any(device.live for device in self.devices.values())
 
     def submit(self, device: Any, send: Any) -> None:
         self.tell(("submit", device, send))
@@ -230,50 +259,46 @@ class UserActor(Actor):
     def history(self, device: Any, frame: Any) -> None:
         self.tell(("history", device, frame))
 
-    # -- incoming messages ------------------------------------------------
+    # -- messages for the user ----------------------------------------------
 
-    def _on_deliver(self, batch: list[Message]) -> Deferred[None]:
-        envelopes = batch[0][1] if len(batch) == 1 else [e for m in batch for e in m[1]]
-        d = self.backend.append(self.user, [e.message for e in envelopes])
-        return d.addCallback(self._write_delivered, envelopes)
+    def _on_deliver(self, batch: list[Message]) -> None:
+        items: list[Delivery] = batch[0][1] if len(batch) == 1 else [i for m in batch for i in m[1]]
+        written = self._written
+        for name, device in self.devices.items():
+            if device.live:
+                after = written.get(name, 0) if written else 0
+                out = [(seq, m) for seq, m, skip in items if seq > after and skip != name]
+                if out:
+                    device.send_msgs(out)
 
-    def _write_delivered(self, seqs: list[int], envelopes: list[Envelope]) -> None:
-        user = self.user
-        written = [False] * len(envelopes)
-        live = [(n, d) for n, d in self.devices.items() if d.live]
-        if live:
-            pairs = [
-                (seq, e.message, e.exclude_device if e.sender == user else None)
-                for seq, e in zip(seqs, envelopes, strict=True)
-            ]
-            if len(live) == 1 and not any(p[2] for p in pairs):
-                # the common case: one device, nothing to skip
-                live[0][1].send_msgs([(seq, template) for seq, template, _ in pairs])
-                written = [True] * len(envelopes)
-            else:
-                for name, device in live:
-                    items = []
-                    for i, (seq, template, skip) in enumerate(pairs):
-                        if skip != name:
-                            items.append((seq, template))
-                            written[i] = True
-                    if items:
-                        device.send_msgs(items)
-        elif self._business is not None and self._business.offline is not None:
-            # business: stored for a user with no live device, for the application's push
-            self._business.stored_offline(user, [e.message for e in envelopes])
-        settle_all([e for e, w in zip(envelopes, written, strict=True) if e.done(w)])
+    # -- sends of the user --------------------------------------------------
 
     def _on_submit(self, batch: list[Message]) -> Deferred[None]:
         ts = int(self._clock.seconds() * 1000)
         mids = self._mids.take(len(batch))
         accepted = [(m[1], m[2], mid) for m, mid in zip(batch, mids, strict=True)]
         d = self.backend.claim(self.user, ts, [(send.id, mid) for _, send, mid in accepted])
-        return d.addCallback(self._route_claimed, accepted, ts)
+        return d.addCallbacks(
+            self._route_claimed,
+            self._claim_failed,
+            callbackArgs=(accepted, ts),
+            errbackArgs=(accepted,),
+        )
 
-    def _route_claimed(self, kept: list[Receipt | None], accepted: list[Any], ts: int) -> Any:
-        # -- policy seam: the message pipeline screens the claimed batch before it is
-        # routed: rejected sends are answered and dropped, rewritten ones carry their
+    def _claim_failed(self, failure: Failure, accepted: list[tuple[Any, Any, str]]) -> None:
+        self.log.warn(
+            "claiming sends of {user} failed: {error}",
+            user=self.user,
+            error=failure.getErrorMessage(),
+        )
+        for device, send, _ in accepted:
+            device.send_frame(_error(*UNAVAILABLE, send.id))
+
+    def _route_claimed(
+        self, kept: list[Receipt | None], accepted: list[tuple[Any, Any, str]], ts: int
+    ) -> Deferred[None] | None:
+        # the message pipeline screens the claimed batch before it is routed:
+        # rejected sends are answered and dropped, rewritten ones carry their
         # new body (o2obroker/policy/pipeline.py, doc/business.md)
         business = self._business
         if business is not None and business.pipeline is not None:
@@ -281,125 +306,78 @@ class UserActor(Actor):
             return d.addCallback(lambda screened: self._route_screened(*screened, ts))
         return self._route_screened(kept, accepted, ts)
 
-    def _route_screened(self, kept: list[Receipt | None], accepted: list[Any], ts: int) -> Any:
-        rooms = {send.room for _, send, _ in accepted if send.room is not None}
-        if not rooms:
-            self._route(kept, accepted, ts, {})
-            return None
-        names = sorted(rooms)
-        d = gatherResults([self.backend.members(r) for r in names])
-        return d.addCallback(
-            lambda found: self._route(kept, accepted, ts, dict(zip(names, found, strict=True)))
-        )
-
-    def _route(
-        self,
-        kept: list[Receipt | None],
-        accepted: list[tuple[Any, Any, str]],
-        ts: int,
-        members: dict[str, frozenset[str]],
-    ) -> None:
-        """Route a claimed batch: one message to each recipient's actor, in order."""
-        outbox: dict[str, list[Envelope]] = {}
-        dispatch = self._dispatch
+    def _route_screened(
+        self, kept: list[Receipt | None], accepted: list[tuple[Any, Any, str]], ts: int
+    ) -> Deferred[None] | None:
+        """Hand the new sends of a claimed batch to the router; answer repeats."""
+        items = []
+        inflight = self._inflight
         for (device, send, mid), old in zip(accepted, kept, strict=True):
             if old is None:
-                dispatch(device, send, mid, ts, members, outbox)
+                items.append(self._outgoing(device, send, mid, ts))
+                inflight[send.id] = (mid, ts, [device])
+            elif old.status == REJECTED_STATUS:
+                # an id refused by policy stays refused
+                device.send_frame(_error(403, "rejected by policy", send.id))
+            elif old.status is not None:
+                device.receipts([(send.id, old.mid, old.ts, old.status)])
+            elif send.id in inflight:
+                inflight[send.id][2].append(device)
             else:
-                self._repeat(device, send, old, outbox, members)
-        deliver = self._router.deliver
-        for recipient, envelopes in outbox.items():
-            deliver(recipient, envelopes)
+                # Claimed but never settled: its delivery failed, or the node
+                # that took it died. Deliver again under the same mid; clients
+                # drop duplicates.
+                items.append(self._outgoing(device, send, old.mid, old.ts))
+                inflight[send.id] = (old.mid, old.ts, [device])
+        if not items:
+            return None
+        return self._router.route(self.user, items)
 
-    def _dispatch(
-        self,
-        device: Any,
-        send: Any,
-        mid: str,
-        ts: int,
-        members: dict[str, frozenset[str]],
-        outbox: dict[str, list[Envelope]],
-    ) -> None:
+    def _outgoing(self, device: Any, send: Any, mid: str, ts: int) -> Outgoing:
         user = self.user
-        room = send.room
-        if room is None:
+        name = device.device
+        if send.room is None:
             fields = {
                 "mid": mid,
                 "from": user,
-                "from_device": device.device,
+                "from_device": name,
                 "to": send.to,
                 "body": send.body,
                 "ts": ts,
             }
-            envelope = Envelope(StoredMessage(mid, ts, fields), user, send.id, self)
-            self._inflight[send.id] = (mid, ts, [device])
-            box = outbox.get(send.to)
-            if box is None:
-                outbox[send.to] = [envelope]
-            else:
-                box.append(envelope)
-            return
-        room_members = members.get(room, frozenset())
-        if not room_members:
-            device.send_frame(_error(404, "no such room", send.id))
-            return
+        else:
+            fields = {
+                "mid": mid,
+                "from": user,
+                "from_device": name,
+                "room": send.room,
+                "body": send.body,
+                "ts": ts,
+            }
+        message = StoredMessage(mid, ts, fields, send.size + FIELDS_SIZE)
+        if send.room is None:
+            return Outgoing(user, send.id, name, message, send.to)
         # a back-end service (the HTTP API's publish) may publish to any room
-        if user not in room_members and not getattr(device, "service", False):
-            device.send_frame(_error(403, "not a member of this room", send.id))
-            return
-        fields = {
-            "mid": mid,
-            "from": user,
-            "from_device": device.device,
-            "room": room,
-            "body": send.body,
-            "ts": ts,
-        }
-        message = StoredMessage(mid, ts, fields)
-        # a room message skips the device that sent it
-        envelope = Envelope(message, user, send.id, self, device.device, room)
-        envelope.pending = len(room_members)
-        self._inflight[send.id] = (mid, ts, [device])
-        for member in room_members:
-            outbox.setdefault(member, []).append(envelope)
-
-    def _repeat(
-        self,
-        device: Any,
-        send: Any,
-        old: Receipt,
-        outbox: dict[str, list[Envelope]],
-        members: dict[str, frozenset[str]],
-    ) -> None:
-        """A send id seen before: answer with the first receipt, deliver nothing again."""
-        if old.status == REJECTED_STATUS:
-            # policy: an id refused by policy stays refused
-            device.send_frame(_error(403, "rejected by policy", send.id))
-            return
-        if old.status is not None:
-            device.receipts([(send.id, old.mid, old.ts, old.status)])
-            return
-        inflight = self._inflight.get(send.id)
-        if inflight is not None:
-            inflight[2].append(device)
-            return
-        # Claimed but never settled: the node that took it may have died before
-        # storing it. Deliver again under the same mid; clients drop duplicates.
-        self._dispatch(device, send, old.mid, old.ts, members, outbox)
+        return Outgoing(
+            user, send.id, name, message, None, send.room, getattr(device, "service", False)
+        )
 
     def _on_receipt(self, batch: list[Message]) -> None:
-        statuses: dict[str, str] = {}
         answers: dict[Any, list[tuple[str, str, int, str]]] = {}
         inflight = self._inflight
-        for _, envelopes in batch:
-            for e in envelopes:
-                status = e.final_status
-                statuses[e.id] = status
-                waiting = inflight.pop(e.id, None)
+        for _, (statuses, errors) in batch:
+            for send_id, (code, reason) in errors.items():
+                # not recorded as settled: a retry with this id delivers again
+                waiting = inflight.pop(send_id, None)
+                if waiting is not None:
+                    for device in waiting[2]:
+                        device.send_frame(_error(code, reason, send_id))
+            for send_id, status in statuses.items():
+                waiting = inflight.pop(send_id, None)
                 if waiting is None:
                     continue
                 mid, ts, devices = waiting
-                answer = (e.id, mid, ts, status)
+                answer = (send_id, mid, ts, status)
                 for device in devices:
                     box = answers.get(device)
                     if box is None:
@@ -408,15 +386,22 @@ class UserActor(Actor):
                         box.append(answer)
         for device, items in answers.items():
             device.receipts(items)
-        business = self._business
-        if business is not None and business.archive is not None:
-            # business: archive what was delivered, once per batch
-            business.archive.add([e.message for m in batch for e in m[1]]).addErrback(
-                lambda f: self.log.failure("archiving messages of {user}", f, user=self.user)
+        if len(batch) == 1:
+            statuses = batch[0][1].statuses
+        else:
+            statuses = {}
+            for _, settlement in batch:
+                statuses.update(settlement.statuses)
+        if statuses:
+            self.backend.settle(self.user, statuses).addErrback(
+                lambda f: self.log.warn(
+                    "settling receipts of {user} failed: {error}",
+                    user=self.user,
+                    error=f.getErrorMessage(),
+                )
             )
-        self.backend.settle(self.user, statuses).addErrback(
-            lambda f: self.log.failure("settling receipts of {user}", f, user=self.user)
-        )
+
+    # -- devices --------------------------------------------------------------
 
     def _on_ack(self, batch: list[Message]) -> None:
         highest: dict[Any, int] = {}
@@ -424,43 +409,79 @@ class UserActor(Actor):
             if seq > highest.get(device, -1):
                 highest[device] = seq
         for device, seq in highest.items():
-            if seq <= device.cursor:
+            before = device.cursor
+            if seq <= before:
                 continue  # an ack below the cursor is ignored
             device.cursor = seq
             self.backend.ack(self.user, device.device, seq).addCallbacks(
-                _set_cursor(device),
-                lambda f: self.log.failure("ack of {user}", f, user=self.user),
+                _set_cursor(device), self._ack_failed, errbackArgs=(device, seq, before)
             )
+
+    def _ack_failed(self, failure: Failure, device: Any, seq: int, before: int) -> None:
+        self.log.warn(
+            "ack of {user}/{device} failed: {error}",
+            user=self.user,
+            device=device.device,
+            error=failure.getErrorMessage(),
+        )
+        # not stored: the same ack again must reach the backend
+        if device.cursor == seq:
+            device.cursor = before
 
     def _on_attach(self, message: Message) -> Deferred[None]:
         _, device, resume_last = message
-        old = self.devices.pop(device.device, None)
+        name = device.device
+        old = self.devices.pop(name, None)
         if old is not None and old is not device:
             old.replaced()
+        if self._written:
+            self._written.pop(name, None)
         # back within its grace period: what it missed of its watch list is kept for it
-        device.presence_kept = self.presence.is_lingering(device.device)
-        user = self.user
-        if resume_last is not None:
-            d: Deferred[int] = self.backend.ack(user, device.device, resume_last)
-        else:
-            d = self.backend.cursor(user, device.device).addCallback(
-                lambda cursor: self.backend.ack(user, device.device, cursor)
-            )
+        device.presence_kept = self.presence.is_lingering(name)
+        user, backend = self.user, self.backend
 
-        def with_cursor(cursor: int) -> Deferred[None]:
-            return self.backend.inbox_state(user).addCallback(welcome, cursor)
+        def with_state(state: InboxState) -> Deferred[None]:
+            if resume_last is None:
+                # the cursor kept for the device (or the user's highest, for a new one)
+                d = backend.cursor(user, name)
+                d.addCallback(lambda cursor: backend.set_cursor(user, name, cursor))
+                return d.addCallback(welcome, state, True)
+            if resume_last > state.last:
+                # the client saw seqs this store never gave: the store was reset.
+                # Nothing kept is dropped for it: it gets all of it, unresumed.
+                d = backend.set_cursor(user, name, state.first - 1)
+                return d.addCallback(welcome, state, False)
+            # the client says where it is, even below the cursor kept (a
+            # device restored from a backup gets again what is still kept)
+            return backend.set_cursor(user, name, resume_last).addCallback(welcome, state, True)
 
-        def welcome(state: InboxState, cursor: int) -> Deferred[None] | None:
-            resumed = state.first <= cursor + 1
-            if resume_last is not None and resume_last > state.last:
-                # the client saw seqs this store never gave: the store was reset
-                resumed = False
-                cursor = 0
+        def welcome(cursor: int, state: InboxState, resumed: bool) -> Deferred[None] | None:
+            resumed = resumed and state.first <= cursor + 1
             device.cursor = cursor
+            if cursor:
+                # the device has these: deliveries of them queued meanwhile are not written
+                if self._written is None:
+                    self._written = {}
+                self._written[name] = cursor
             device.welcome(state.last, resumed)
             return self._send_backlog(device, cursor)
 
-        return d.addCallback(with_cursor).addCallback(lambda _: self._attached(device))
+        d = backend.inbox_state(user).addCallback(with_state)
+        return d.addCallbacks(
+            lambda _: self._attached(device), self._attach_failed, errbackArgs=(device,)
+        )
+
+    def _attach_failed(self, failure: Failure, device: Any) -> None:
+        self.log.warn(
+            "attaching {user}/{device} failed: {error}",
+            user=self.user,
+            device=device.device,
+            error=failure.getErrorMessage(),
+        )
+        if self._written:
+            self._written.pop(device.device, None)
+        # not attached; the client connects again and resumes
+        device.fail(ProtocolError(*UNAVAILABLE, fatal=True))
 
     def _send_backlog(self, device: Any, after: int) -> Deferred[None] | None:
         """Write the inbox above ``after`` a page at a time, each page once the
@@ -471,6 +492,10 @@ class UserActor(Actor):
         def page(entries: list[tuple[int, StoredMessage]]) -> Deferred[None] | None:
             if not entries or not device.live:
                 return None
+            last = entries[-1][0]
+            if self._written is None:
+                self._written = {}
+            self._written[device.device] = last
             items = [
                 (seq, m)
                 for seq, m in entries
@@ -480,7 +505,6 @@ class UserActor(Actor):
                 device.send_msgs(items)
             if len(entries) < BACKLOG_PAGE:
                 return None
-            last = entries[-1][0]
             drained = device.when_drained()
             if drained is None:
                 return self._send_backlog(device, last)
@@ -501,9 +525,14 @@ class UserActor(Actor):
 
     def _on_detach(self, message: Message) -> None:
         device = message[1]
-        if self.devices.get(device.device) is device:
-            del self.devices[device.device]
-            self.presence.detached(device.device, message[2] if len(message) > 2 else False)
+        name = device.device
+        if self.devices.get(name) is device:
+            del self.devices[name]
+            if self._written:
+                self._written.pop(name, None)
+            self.presence.detached(name, message[2] if len(message) > 2 else False)
+
+    # -- rooms ------------------------------------------------------------------
 
     def _on_join(self, message: Message) -> Deferred[None] | None:
         _, device, room = message
@@ -514,7 +543,8 @@ class UserActor(Actor):
         def joined(count: int) -> None:
             device.send_frame({"t": "joined", "room": room, "members": count})
 
-        return self.backend.join(room, self.user).addCallback(joined)
+        d = self.backend.join(room, self.user)
+        return d.addCallbacks(joined, self._unavailable, errbackArgs=(device, "join"))
 
     def _on_leave(self, message: Message) -> Deferred[None]:
         _, device, room = message
@@ -522,7 +552,19 @@ class UserActor(Actor):
         def left(_: int) -> None:
             device.send_frame({"t": "left", "room": room})
 
-        return self.backend.leave(room, self.user).addCallback(left)
+        d = self.backend.leave(room, self.user)
+        return d.addCallbacks(left, self._unavailable, errbackArgs=(device, "leave"))
+
+    def _unavailable(self, failure: Failure, device: Any, what: str) -> None:
+        """A backend call for a device's frame failed: tell the device, which may
+        send the frame again; the actor holds nothing of it."""
+        self.log.warn(
+            "{what} of {user} failed: {error}",
+            what=what,
+            user=self.user,
+            error=failure.getErrorMessage(),
+        )
+        device.send_frame(_error(*UNAVAILABLE, None))
 
     # -- presence (PROTOCOL.md section 5; the rules are in presence.py) -------
 
@@ -564,14 +606,16 @@ class UserActor(Actor):
                 return None
             return self._answer_presence(device, users, since)
 
-        return self.backend.watch(self.user, users, hub.watch_cap).addCallback(added)
+        d = self.backend.watch(self.user, users, hub.watch_cap).addCallback(added)
+        return d.addErrback(self._unavailable, device, "watch")
 
     def _on_unwatch(self, message: Message) -> Deferred[None]:
-        return self.backend.unwatch(self.user, message[2])
+        d = self.backend.unwatch(self.user, message[2])
+        return d.addErrback(self._unavailable, message[1], "unwatch")
 
     def _on_probe(self, message: Message) -> Deferred[None]:
         _, device, users = message
-        return self._answer_presence(device, users)
+        return self._answer_presence(device, users).addErrback(self._unavailable, device, "probe")
 
     def _answer_presence(
         self, device: Any, users: list[str], since: int | None = None
@@ -589,7 +633,7 @@ class UserActor(Actor):
 
         return self.presence.hub.answer(users).addCallback(answer)
 
-    # -- history (PROTOCOL.md section 4; o2obroker/actors/history.py) -------------
+    # -- history (doc/protocol.md section 4; o2obroker/actors/history.py) ---------
 
     def _on_history(self, message: Message) -> Deferred[None]:
         _, device, frame = message

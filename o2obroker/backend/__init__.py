@@ -8,6 +8,7 @@ from o2obroker.backend.interface import (
     StoreFull,
 )
 from o2obroker.backend.memory import MemoryBackend
+from o2obroker.backend.timeouts import TimeoutBackend
 
 __all__ = [
     "BackendUnavailable",
@@ -16,4 +17,5 @@ __all__ = [
     "MemoryBackend",
     "StoreFull",
     "StoredMessage",
+    "TimeoutBackend",
 ]

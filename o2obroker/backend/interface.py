@@ -4,6 +4,11 @@ Every call returns a Deferred, even where the in-memory backend could answer at
 once, so that a networked implementation fits without changing any caller.
 Calls take lists where a caller may have many items at once: the per-user actors
 batch their work, and one call per batch keeps Deferreds off the per-message path.
+
+Any call may fail. A backend on the network fails a call with
+``BackendUnavailable`` (wrap it in ``TimeoutBackend`` so that a call that never
+answers fails too); callers answer what the call carried with an error and keep
+nothing half-done. Only ``append_many`` refuses on purpose, with ``StoreFull``.
 """
 
 from __future__ import annotations
@@ -16,6 +21,35 @@ from zope.interface import Attribute, Interface
 from o2obroker.wire import MessageTemplate
 
 
+class BackendUnavailable(Exception):
+    """A backend call failed or timed out; it may or may not have been applied.
+
+    Callers answer the client with an error it may retry: sends carry ids, and
+    a retried id is deduplicated, so a call that did apply is not applied twice.
+    """
+
+
+class StoreFull(Exception):
+    """``append_many`` refused some inboxes: the stored-bytes cap (per user or
+    node-wide), or the store's own memory, has no room for their messages.
+
+    ``refused`` holds the users whose messages were not stored (none of them),
+    or None when the store cannot tell which (Redis out of memory): then take
+    it that nothing of the call was stored. ``stored`` maps every other user
+    of the call to its seqs, as a successful call would have: they are stored.
+    """
+
+    def __init__(
+        self,
+        refused: frozenset[str] | None = None,
+        stored: dict[str, list[int]] | None = None,
+        reason: str = "store full",
+    ) -> None:
+        super().__init__(reason)
+        self.refused = refused
+        self.stored = stored if stored is not None else {}
+
+
 class StoredMessage(MessageTemplate):
     """One inbox entry, as kept for a user: the msg frame minus its seq.
 
@@ -24,14 +58,20 @@ class StoredMessage(MessageTemplate):
     encodings of everything but the seq are made once, on first use, and
     spliced with each recipient's seq. Backends that serialise a message keep
     ``fields`` and rebuild the entry from them.
+
+    ``size`` is what the entry counts against the stored-bytes caps: its
+    encoded size as far as it is known without encoding it again (the body's
+    size from decoding the send, plus the other fields); a backend that
+    serialises the entry may count the serialised length instead.
     """
 
-    __slots__ = ("mid", "ts")
+    __slots__ = ("mid", "size", "ts")
 
-    def __init__(self, mid: str, ts: int, fields: dict[str, Any]) -> None:
+    def __init__(self, mid: str, ts: int, fields: dict[str, Any], size: int = 0) -> None:
         MessageTemplate.__init__(self, fields)
         self.mid = mid
         self.ts = ts
+        self.size = size
 
     def __eq__(self, other: object) -> bool:
         if not isinstance(other, StoredMessage):
@@ -79,85 +119,95 @@ class Presence:
 OFFLINE = Presence()
 
 
-class BackendUnavailable(Exception):
-    """A backend call failed or timed out; it may or may not have been applied.
-
-    Callers answer the client with an error it may retry: sends carry ids, and
-    a retried id is deduplicated, so a call that did apply is not applied twice.
-    """
-
-
-class StoreFull(Exception):
-    """The store refused a write: it is out of memory. Nothing of the call was
-    applied; the write may succeed once inboxes have been read and trimmed."""
-
-
 class IBackend(Interface):
     """Cluster-wide state. Every method returns a Deferred."""
 
     node_id = Attribute("This node's id.")
 
-    def append(user: str, messages: list[StoredMessage]) -> Any:
-        """Store messages in the user's inbox; fire with the list of seqs given."""
-
     def append_many(inboxes: dict[str, list[StoredMessage]]) -> Any:
-        """Store messages in several users' inboxes in one call; fire with
-        {user: list of seqs given}, like ``append`` for each user."""
+        """Store messages in the inboxes of many users, one call for a whole batch.
+
+        Fire with {user: seqs given, in the order of its messages}. Each user's
+        messages are stored all or none. Fails with ``StoreFull`` when the
+        stored-bytes cap refuses some users (the others are stored, see
+        StoreFull), with ``BackendUnavailable`` when the call failed: then any
+        of the users' messages may or may not be stored.
+        """
+
+    def append(user: str, messages: list[StoredMessage]) -> Any:
+        """``append_many`` for one user: fire with the list of seqs given.
+        Fails like append_many (StoreFull, BackendUnavailable)."""
 
     def read(user: str, after: int, limit: int) -> Any:
-        """Fire with up to ``limit`` (seq, StoredMessage) pairs with seq > after, in order."""
+        """Fire with up to ``limit`` (seq, StoredMessage) pairs with seq > after, in order.
+        Fails with BackendUnavailable."""
 
     def inbox_state(user: str) -> Any:
-        """Fire with the user's InboxState."""
+        """Fire with the user's InboxState. Fails with BackendUnavailable."""
 
     def cursor(user: str, device: str) -> Any:
         """Fire with the device's cursor, or, for a device never seen, the highest
-        cursor of the user's other devices (0 if none)."""
+        cursor of the user's other devices (0 if none). Fails with BackendUnavailable."""
 
     def ack(user: str, device: str, seq: int) -> Any:
         """Move the device's cursor to ``seq`` (never backwards; clamped to the
         inbox's last seq) and drop what every recent device has acknowledged.
-        Fire with the new cursor."""
+        Fire with the new cursor. Fails with BackendUnavailable (the cursor
+        may or may not have moved)."""
 
     def set_cursor(user: str, device: str, seq: int) -> Any:
-        """Set the device's cursor to min(seq, the inbox's last seq), even
-        backwards (a client resuming from an older position). Fire with it."""
+        """Set the device's cursor to ``min(seq, last)``, backwards too (a resume
+        says where the device really is), and mark the device as seen. Moving
+        back drops nothing; moving forward drops what every recent device has
+        acknowledged, as ``ack`` does. Fire with the new cursor. Fails with
+        BackendUnavailable."""
 
     def claim(user: str, ts: int, claims: list[tuple[str, str]]) -> Any:
         """Record (send id, mid) pairs accepted at ``ts``, for ids that are new;
         keep the first record of an id seen before. Fire with a list holding
-        None for each new id and the kept Receipt for each repeated one."""
+        None for each new id and the kept Receipt for each repeated one.
+        Fails with BackendUnavailable (the ids may or may not be recorded)."""
 
     def settle(user: str, statuses: dict[str, str]) -> Any:
-        """Record the final status of accepted send ids."""
+        """Record the final status of accepted send ids. Fails with
+        BackendUnavailable; an id left unsettled is delivered again, under
+        its first mid, when it is retried."""
 
     def join(room: str, user: str) -> Any:
-        """Make user a member of room; fire with the member count."""
+        """Make user a member of room; fire with the member count.
+        Fails with BackendUnavailable."""
 
     def leave(room: str, user: str) -> Any:
-        """Remove user from room; fire with the member count left."""
+        """Remove user from room; fire with the member count left.
+        Fails with BackendUnavailable."""
 
     def members(room: str) -> Any:
-        """Fire with the set of member user ids (empty when the room does not exist)."""
+        """Fire with the set of member user ids (empty when the room does not exist).
+        Fails with BackendUnavailable."""
 
     def set_presence(user: str, presence: Presence) -> Any:
         """Record the user-level presence of ``user`` (OFFLINE forgets it).
 
         An offline record with a ``ts`` is kept: a watch with ``since`` must
-        learn that a user went offline after that time."""
+        learn that a user went offline after that time. Fails with
+        BackendUnavailable."""
 
     def presence(users: list[str]) -> Any:
-        """Fire with {user: Presence} for every user asked (OFFLINE when unknown)."""
+        """Fire with {user: Presence} for every user asked (OFFLINE when unknown).
+        Fails with BackendUnavailable."""
 
     def watch(watcher: str, users: list[str], cap: int) -> Any:
         """Add users to the watch list of ``watcher``. Fire with True, or with
-        False and no change when the list would pass ``cap`` users."""
+        False and no change when the list would pass ``cap`` users.
+        Fails with BackendUnavailable."""
 
     def unwatch(watcher: str, users: list[str]) -> Any:
-        """Remove users from the watch list of ``watcher``."""
+        """Remove users from the watch list of ``watcher``. Fails with BackendUnavailable."""
 
     def watching(watcher: str) -> Any:
-        """Fire with the frozenset of users on the watch list of ``watcher``."""
+        """Fire with the frozenset of users on the watch list of ``watcher``.
+        Fails with BackendUnavailable."""
 
     def watchers(users: list[str]) -> Any:
-        """Fire with {user: frozenset of watchers}, leaving out users nobody watches."""
+        """Fire with {user: frozenset of watchers}, leaving out users nobody watches.
+        Fails with BackendUnavailable."""

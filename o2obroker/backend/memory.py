@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import uuid
 from collections import deque
+from operator import attrgetter
 
-from twisted.internet.defer import Deferred, succeed
+from twisted.internet.defer import Deferred, fail, succeed
 from twisted.internet.interfaces import IReactorTime
 from zope.interface import implementer
 
@@ -16,18 +17,21 @@ from o2obroker.backend.interface import (
     Presence,
     Receipt,
     StoredMessage,
+    StoreFull,
 )
 
 DAY = 24 * 3600.0
+_size = attrgetter("size")
 
 
 class _Inbox:
-    __slots__ = ("cursors", "entries", "last")
+    __slots__ = ("bytes", "cursors", "entries", "last")
 
     def __init__(self) -> None:
         # an empty tuple until the first message: an empty deque costs 600 bytes
         self.entries: deque[tuple[int, StoredMessage]] | tuple[()] = ()
         self.last = 0
+        self.bytes = 0  # the sizes of the entries held
         # device -> [cursor, last seen (seconds)]
         self.cursors: dict[str, list[float]] = {}
 
@@ -70,6 +74,11 @@ class MemoryBackend:
     seconds, and a message leaves once every device seen within
     ``device_ttl`` has acknowledged it. Send ids are remembered for
     ``dedupe_ttl`` seconds, at most ``dedupe_cap`` per user.
+
+    What the inboxes hold is bounded in bytes too (StoredMessage.size): at
+    most ``max_user_bytes`` per user and ``max_bytes`` in all (0: no bound).
+    Past either, ``append_many`` refuses with StoreFull rather than grow the
+    process without end.
     """
 
     def __init__(
@@ -83,6 +92,8 @@ class MemoryBackend:
         dedupe_ttl: float = 600.0,
         dedupe_cap: int = 100_000,
         offline_ttl: float = DAY,
+        max_bytes: int = 0,
+        max_user_bytes: int = 0,
     ) -> None:
         self.node_id = node_id
         self._clock = clock
@@ -95,8 +106,14 @@ class MemoryBackend:
         self._inboxes: dict[str, _Inbox] = {}
         self._sent: dict[str, _SentIds] = {}
         self._rooms: dict[str, set[str]] = {}
+        self._max_bytes = max_bytes
+        self._max_user_bytes = max_user_bytes
         #: messages held in all inboxes, counted as they come and go (a metric)
         self.stored = 0
+        #: their sizes (StoredMessage.size), what the byte caps bound (a metric)
+        self.stored_bytes = 0
+        #: messages refused because a byte cap had no room for them (a metric)
+        self.refused = 0
         self._presence: dict[str, Presence] = {}
         # offline records, oldest first: kept offline_ttl seconds for watches with since
         self._offline_ttl = offline_ttl
@@ -112,32 +129,51 @@ class MemoryBackend:
             box = self._inboxes[user] = _Inbox()
         return box
 
+    def _drop_first(self, box: _Inbox) -> None:
+        size = box.entries.popleft()[1].size  # type: ignore[union-attr]
+        box.bytes -= size
+        self.stored_bytes -= size
+        self.stored -= 1
+
     def _expire(self, box: _Inbox) -> None:
         entries = self._entries_alive(box)
         while len(entries) > self._inbox_cap:
-            entries.popleft()
-            self.stored -= 1
+            self._drop_first(box)
 
     def _entries_alive(self, box: _Inbox) -> deque[tuple[int, StoredMessage]]:
         entries = box.entries
         if entries:
             horizon = (self._clock.seconds() - self._inbox_ttl) * 1000
             while entries and entries[0][1].ts < horizon:
-                entries.popleft()
-                self.stored -= 1
+                self._drop_first(box)
         return entries
-
-    def append(self, user: str, messages: list[StoredMessage]) -> Deferred[list[int]]:
-        return succeed(self._append(user, messages))
 
     def append_many(
         self, inboxes: dict[str, list[StoredMessage]]
     ) -> Deferred[dict[str, list[int]]]:
-        append = self._append
-        return succeed({user: append(user, messages) for user, messages in inboxes.items()})
+        out: dict[str, list[int]] = {}
+        refused: list[str] = []
+        max_bytes, max_user_bytes = self._max_bytes, self._max_user_bytes
+        for user, messages in inboxes.items():
+            box = self._inbox(user)
+            size = sum(map(_size, messages))
+            if (max_user_bytes and box.bytes + size > max_user_bytes) or (
+                max_bytes and self.stored_bytes + size > max_bytes
+            ):
+                # what has expired makes room before anything is refused
+                self._entries_alive(box)
+                if (max_user_bytes and box.bytes + size > max_user_bytes) or (
+                    max_bytes and self.stored_bytes + size > max_bytes
+                ):
+                    refused.append(user)
+                    self.refused += len(messages)
+                    continue
+            out[user] = self._store(box, messages, size)
+        if refused:
+            return fail(StoreFull(frozenset(refused), out))
+        return succeed(out)
 
-    def _append(self, user: str, messages: list[StoredMessage]) -> list[int]:
-        box = self._inbox(user)
+    def _store(self, box: _Inbox, messages: list[StoredMessage], size: int) -> list[int]:
         first = box.last + 1
         entries = box.entries
         if not entries:
@@ -145,9 +181,14 @@ class MemoryBackend:
         entries.extend(zip(range(first, first + len(messages)), messages, strict=True))
         box.last += len(messages)
         self.stored += len(messages)
-        if len(box.entries) > self._inbox_cap:
+        box.bytes += size
+        self.stored_bytes += size
+        if len(entries) > self._inbox_cap:
             self._expire(box)
         return list(range(first, box.last + 1))
+
+    def append(self, user: str, messages: list[StoredMessage]) -> Deferred[list[int]]:
+        return self.append_many({user: messages}).addCallback(lambda seqs: seqs[user])
 
     def read(self, user: str, after: int, limit: int) -> Deferred[list[tuple[int, StoredMessage]]]:
         box = self._inboxes.get(user)
@@ -213,9 +254,13 @@ class MemoryBackend:
             del box.cursors[device]
         floor = min(c[0] for c in box.cursors.values())
         entries = box.entries
+        dropped = size = 0
         while entries and entries[0][0] <= floor:
-            entries.popleft()
-            self.stored -= 1
+            size += entries.popleft()[1].size  # type: ignore[union-attr]
+            dropped += 1
+        box.bytes -= size
+        self.stored_bytes -= size
+        self.stored -= dropped
         if not entries:
             box.entries = ()
 

@@ -1,6 +1,15 @@
-"""Find where a message goes: a local actor, or (in a cluster) another node."""
+"""Store a batch of messages and deliver it: to local actors, or (in a cluster) other nodes."""
 
-from o2obroker.routing.envelope import Envelope, settle_all
-from o2obroker.routing.router import IMailbox, Router
+from o2obroker.routing.messages import Delivery, Outgoing, Settlement
+from o2obroker.routing.router import IMailbox, IPublisher, LocalPublisher, Policy, Router
 
-__all__ = ["Envelope", "IMailbox", "Router", "settle_all"]
+__all__ = [
+    "Delivery",
+    "IMailbox",
+    "IPublisher",
+    "LocalPublisher",
+    "Outgoing",
+    "Policy",
+    "Router",
+    "Settlement",
+]

@@ -1,41 +1,122 @@
-"""The router: the one place that knows where a user's actor lives."""
+"""The router: stores a batch of messages and delivers it, wherever its users are.
+
+One sender's actor hands the router its accepted batch (an outbox of sends to
+many users and rooms). The router applies the node's policy, fans rooms out to
+their members, stores everything in one backend call, hands what was stored to
+the users' devices through a publisher, and settles each send with its sender,
+by user id. Today the publisher is local (the actors of this node); a cluster
+backend plugs a cross-node publisher in behind the same code.
+"""
 
 from __future__ import annotations
 
 from collections.abc import Callable
 from typing import Any
 
+from twisted.internet.defer import Deferred, fail, gatherResults, succeed
 from twisted.logger import Logger
-from zope.interface import Interface
+from twisted.python.failure import Failure
+from zope.interface import Interface, implementer
 
-from o2obroker.backend.interface import IBackend
-from o2obroker.routing.envelope import Envelope
+from o2obroker.backend.interface import IBackend, StoredMessage, StoreFull
+from o2obroker.metrics import Stats
+from o2obroker.routing.messages import Delivery, Outgoing, Settlement
+
+#: The policy seam: takes a claimed batch, fires with the batch to route: the
+#: same items, possibly rewritten (``Outgoing.message``) or refused
+#: (``Outgoing.refuse``), never dropped; a failure answers the batch with 503.
+Policy = Callable[[list[Outgoing]], Deferred[list[Outgoing]]]
+
+UNAVAILABLE = (503, "backend unavailable")
+STORE_FULL = (503, "store full")
 
 
 class IMailbox(Interface):
-    """What the router needs of a user's actor."""
+    """What the router needs of a user's actor on this node."""
 
-    def deliver(envelopes: list[Envelope]) -> None:
-        """Queue envelopes for this user, in order; never raises, never blocks."""
+    def deliver(items: list[Delivery]) -> None:
+        """Queue stored messages for this user's devices, in order; never raises."""
 
-    def settled(envelopes: list[Envelope]) -> None:
-        """Envelopes this user sent have reached every recipient: answer them."""
+    def settled(settlement: Settlement) -> None:
+        """Sends of this user have been settled: answer them."""
+
+    def reachable() -> bool:
+        """Whether a device of this user here takes messages now."""
+
+
+class IPublisher(Interface):
+    """Where stored messages go next: to the nodes where their users are live."""
+
+    def publish(deliveries: dict[str, list[Delivery]]) -> Deferred[set[str]]:
+        """Hand each user's stored messages to its live devices, wherever they
+        are. Fire with the users that have a live device to take them (their
+        sends are ``delivered``; the others' ``stored``). Never fails: what is
+        stored reaches a device at its next resume anyway."""
+
+    def settle(user: str, settlement: Settlement) -> None:
+        """Tell the actor of ``user``, wherever it is, how its sends ended."""
+
+
+@implementer(IPublisher)
+class LocalPublisher:
+    """The publisher of one node: every live device is on this node.
+
+    A user without an actor here has no device here: nothing is made for it,
+    its messages wait in its inbox.
+    """
+
+    def __init__(self, actors: dict[str, Any]) -> None:
+        self._actors = actors
+
+    def publish(self, deliveries: dict[str, list[Delivery]]) -> Deferred[set[str]]:
+        reached = set()
+        actors = self._actors
+        for user, items in deliveries.items():
+            actor = actors.get(user)
+            if actor is not None:
+                # told even without a live device: one may be attaching, and
+                # its backlog read may have come before these were stored
+                actor.deliver(items)
+                if actor.reachable():
+                    reached.add(user)
+        return succeed(reached)
+
+    def settle(self, user: str, settlement: Settlement) -> None:
+        actor = self._actors.get(user)
+        if actor is not None:
+            actor.settled(settlement)
 
 
 class Router:
-    """Maps user ids to the actors of this node, creating them on demand.
+    """Routes batches of sends, and maps user ids to the actors of this node.
 
-    A message for a user with no actor here still goes through an actor, made
-    for the occasion: it batches the inbox writes like any other and is dropped
-    when idle. The cluster backend adds the user→node look-up in front of this.
+    ``policy`` is the seam between a send's acceptance and its delivery
+    (filters, hooks): None routes batches as they come.
     """
 
     log = Logger()
 
-    def __init__(self, backend: IBackend) -> None:
+    def __init__(
+        self,
+        backend: IBackend,
+        publisher: IPublisher | None = None,
+        *,
+        policy: Policy | None = None,
+        stats: Stats | None = None,
+    ) -> None:
         self.backend = backend
         self.actors: dict[str, Any] = {}
+        self.publisher: IPublisher = publisher or LocalPublisher(self.actors)
+        self.policy = policy
+        #: business hooks, None when off: ``offline(user, messages)`` for what was
+        #: stored for a user with no live device (the application's push), and
+        #: ``archive(messages)`` for every message stored, once per send
+        self.offline: Callable[[str, list[StoredMessage]], None] | None = None
+        self.archive: Callable[[list[StoredMessage]], Deferred[Any]] | None = None
+        self.stats = stats or Stats()
         self._spawn: Callable[[str], Any] | None = None
+
+    # -- the actors of this node -------------------------------------------
 
     def set_spawner(self, spawn: Callable[[str], Any]) -> None:
         """Tell the router how to make an actor; the actor layer calls this."""
@@ -54,6 +135,184 @@ class Router:
         if self.actors.get(user) is actor:
             del self.actors[user]
 
-    def deliver(self, user: str, envelopes: list[Envelope]) -> None:
-        """Send envelopes to one user, in order, as one message to its actor."""
-        self.actor(user).deliver(envelopes)
+    # -- routing ------------------------------------------------------------
+
+    def route(self, sender: str, items: list[Outgoing]) -> Deferred[None]:
+        """Deliver one batch of ``sender``'s sends and settle each of them.
+
+        Fires once every item is settled (with a receipt status or an error)
+        and what was stored has been handed on; never fails. The caller holds
+        its mailbox meanwhile, so a sender's batches are stored in order.
+        """
+        if self.policy is None:
+            return self._resolve(items, sender)
+        try:
+            d = self.policy(items)
+        except Exception:
+            d = fail()
+        return d.addCallbacks(
+            self._checked, self._failed, callbackArgs=(sender, items), errbackArgs=(sender, items)
+        )
+
+    def _checked(
+        self, routed: list[Outgoing], sender: str, items: list[Outgoing]
+    ) -> Deferred[None]:
+        """A policy answers every item: one it dropped would never be settled."""
+        if routed is not items and len(routed) != len(items):
+            kept = {id(i) for i in routed}
+            dropped = [i for i in items if id(i) not in kept]
+            self.log.error("policy dropped {n} sends of {sender}", n=len(dropped), sender=sender)
+            for item in dropped:
+                item.refuse(*UNAVAILABLE)
+            routed = routed + dropped
+        return self._resolve(routed, sender)
+
+    def _resolve(self, items: list[Outgoing], sender: str) -> Deferred[None]:
+        rooms = {i.room for i in items if i.room is not None and i.error is None}
+        if not rooms:
+            return self._store(items, sender, None)
+        names = sorted(rooms)
+        d = gatherResults([self.backend.members(r) for r in names], consumeErrors=True)
+        return d.addCallbacks(
+            lambda found: self._store(items, sender, dict(zip(names, found, strict=True))),
+            self._failed,
+            errbackArgs=(sender, items),
+        )
+
+    def _store(
+        self, items: list[Outgoing], sender: str, members: dict[str, frozenset[str]] | None
+    ) -> Deferred[None]:
+        """Group the batch by recipient and store it in one backend call."""
+        # per recipient, the items of its messages, in order
+        routed: dict[str, list[Outgoing]] = {}
+        for item in items:
+            if item.error is not None:
+                continue
+            to = item.to
+            if to is not None:
+                box = routed.get(to)
+                if box is None:
+                    routed[to] = [item]
+                else:
+                    box.append(item)
+                continue
+            assert members is not None
+            room_members = members.get(item.room, ())  # type: ignore[arg-type]
+            if not room_members:
+                item.refuse(404, "no such room")
+            elif sender not in room_members and not item.service:
+                item.refuse(403, "not a member of this room")
+            else:
+                for member in room_members:
+                    routed.setdefault(member, []).append(item)
+        if not routed:
+            self._settle(sender, items, set())
+            return succeed(None)
+        inboxes = {user: [item.message for item in its] for user, its in routed.items()}
+        d = self.backend.append_many(inboxes)
+        return d.addCallbacks(
+            self._publish,
+            self._store_failed,
+            callbackArgs=(sender, items, routed),
+            errbackArgs=(sender, items, routed),
+        )
+
+    def _store_failed(
+        self,
+        failure: Failure,
+        sender: str,
+        items: list[Outgoing],
+        routed: dict[str, list[Outgoing]],
+    ) -> Deferred[None] | None:
+        if not failure.check(StoreFull):
+            return self._failed(failure, sender, items)
+        full: StoreFull = failure.value  # type: ignore[assignment]
+        refused = 0
+        # a store that cannot tell which inboxes it refused stored none of them
+        for user in full.refused if full.refused is not None else list(routed):
+            for item in routed.pop(user, ()):
+                if item.error is None:
+                    refused += 1
+                item.refuse(*STORE_FULL)
+        self.stats.store_refused += refused
+        # what was stored is delivered; a room send refused for one member is
+        # answered 503, and its retry comes again under the same mid
+        return self._publish(full.stored, sender, items, routed)
+
+    def _publish(
+        self,
+        seqs: dict[str, list[int]],
+        sender: str,
+        items: list[Outgoing],
+        routed: dict[str, list[Outgoing]],
+    ) -> Deferred[None]:
+        deliveries: dict[str, list[Delivery]] = {}
+        for user, user_items in routed.items():
+            if user != sender:
+                deliveries[user] = [
+                    (seq, item.message, None)
+                    for seq, item in zip(seqs[user], user_items, strict=True)
+                ]
+            else:
+                # the sender's own user: a room message skips the device that sent it
+                deliveries[user] = [
+                    (seq, item.message, item.device if item.room is not None else None)
+                    for seq, item in zip(seqs[user], user_items, strict=True)
+                ]
+        d = self.publisher.publish(deliveries)
+        d.addErrback(self._publish_failed)
+        return d.addCallback(self._published, sender, items, deliveries)
+
+    def _published(
+        self,
+        reached: set[str],
+        sender: str,
+        items: list[Outgoing],
+        deliveries: dict[str, list[Delivery]],
+    ) -> None:
+        offline = self.offline
+        if offline is not None:
+            for user, stored in deliveries.items():
+                if user not in reached:
+                    offline(user, [m for _, m, _ in stored])
+        self._settle(sender, items, reached)
+        archive = self.archive
+        if archive is not None:
+            kept = [item.message for item in items if item.error is None]
+            if kept:
+                archive(kept).addErrback(
+                    lambda f: self.log.failure("archiving messages of {sender}", f, sender=sender)
+                )
+
+    def _publish_failed(self, failure: Failure) -> set[str]:
+        # stored is stored: each device gets these at its next resume
+        self.log.failure("publishing stored messages", failure)
+        return set()
+
+    def _failed(self, failure: Failure, sender: str, items: list[Outgoing]) -> None:
+        """A backend or policy call of this batch failed: every item it carried
+        that is not settled otherwise gets a 503; the client retries."""
+        self.log.warn(
+            "routing {n} sends of {sender} failed: {error}",
+            n=len(items),
+            sender=sender,
+            error=failure.getErrorMessage(),
+        )
+        for item in items:
+            item.refuse(*UNAVAILABLE)
+        self._settle(sender, items, set())
+
+    def _settle(self, sender: str, items: list[Outgoing], reached: set[str]) -> None:
+        statuses: dict[str, str] = {}
+        errors: dict[str, tuple[int, str]] = {}
+        for item in items:
+            error = item.error
+            if error is not None:
+                errors[item.id] = error
+            elif item.room is not None:
+                statuses[item.id] = "accepted"
+            elif item.to in reached:
+                statuses[item.id] = "delivered"
+            else:
+                statuses[item.id] = "stored"
+        self.publisher.settle(sender, Settlement(statuses, errors))

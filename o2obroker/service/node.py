@@ -18,6 +18,7 @@ from o2obroker.actors.supervisor import (
 )
 from o2obroker.backend import IBackend, MemoryBackend
 from o2obroker.backend.redis import RedisBackend, parse_urls
+from o2obroker.backend.timeouts import TimeoutBackend
 from o2obroker.config import Config
 from o2obroker.metrics import Metrics
 from o2obroker.policy.build import build_business
@@ -39,8 +40,11 @@ class Node:
         self.config = config
         self.clock = clock
         self.metrics = Metrics()
-        self.backend = backend or make_backend(config, clock)
-        self.router = Router(self.backend)
+        #: the backend itself (memory or Redis); the rest of the node uses ``backend``
+        self.store = store = backend or make_backend(config, clock)
+        # every call gets a time limit: a backend that never answers fails its sends
+        self.backend = TimeoutBackend(store, clock, config.backend_timeout)
+        self.router = Router(self.backend, stats=self.metrics.stats)
         self.presence = PresenceHub(
             self.backend,
             self.router,
@@ -58,6 +62,10 @@ class Node:
         if self.business.presence is not None:
             self.presence.on_edge = self.business.presence_changed
         self.actors = ActorSystem(self.router, clock, self.presence, self.business)
+        if self.business.offline is not None:
+            self.router.offline = self.business.stored_offline
+        if self.business.archive is not None:
+            self.router.archive = self.business.archive.add
         self.gateway = Gateway(
             self.actors,
             Authenticator(config.auth_mode, config.secret, config.limits, clock),
@@ -82,14 +90,20 @@ class Node:
             "transport",
         )
         gauges.add_gauge("o2o_actors", "User actors in memory.", lambda: len(self.actors))
-        if hasattr(self.backend, "stored"):
+        if hasattr(store, "stored"):
             gauges.add_gauge(
                 "o2o_inbox_messages",
                 "Messages held in the inboxes of the backend.",
-                lambda: self.backend.stored,
+                lambda: store.stored,
             )
-        if isinstance(self.backend, RedisBackend):
-            shards = self.backend.shards
+        if hasattr(store, "stored_bytes"):
+            gauges.add_gauge(
+                "o2o_stored_bytes",
+                "Bytes held in the inboxes of the backend, as the store caps count them.",
+                lambda: store.stored_bytes,
+            )
+        if isinstance(store, RedisBackend):
+            shards = store.shards
             gauges.add_gauge(
                 "o2o_redis_up",
                 "Whether each Redis server of the backend is connected (1) or not (0).",
@@ -139,8 +153,8 @@ class Node:
         )
 
     def start(self) -> None:
-        if isinstance(self.backend, RedisBackend):
-            self.backend.start()
+        if isinstance(self.store, RedisBackend):
+            self.store.start()
         self.gateway.start()
         self.supervisor.start()
 
@@ -156,8 +170,8 @@ class Node:
         self.gateway.stop()
         self.presence.stop()
         self.supervisor.stop()
-        if isinstance(self.backend, RedisBackend):
-            return self.backend.stop()
+        if isinstance(self.store, RedisBackend):
+            return self.store.stop()
         return None
 
 
@@ -170,6 +184,8 @@ def make_backend(config: Config, clock: IReactorTime, reactor: object = None) ->
             inbox_cap=config.inbox_cap,
             inbox_ttl=config.inbox_ttl,
             dedupe_ttl=config.dedupe_ttl,
+            max_bytes=config.max_stored_bytes,
+            max_user_bytes=config.max_stored_bytes_per_user,
         )
     return RedisBackend(
         parse_urls(config.redis),

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from ._common import frame_ref, utf8_fits
@@ -69,6 +69,11 @@ class Send:
     to: str | None
     room: str | None
     body: Any
+    #: the body's encoded size, known without encoding it again: the size of the
+    #: frame it came in when the transport measured one, else the body's as
+    #: measured for the max_body check. What a stored message counts against the
+    #: store's byte caps.
+    size: int = field(default=0, compare=False)
 
 
 @dataclass(frozen=True, slots=True)
@@ -176,15 +181,17 @@ _set_send_id = Send.id.__set__  # type: ignore[attr-defined]
 _set_send_to = Send.to.__set__  # type: ignore[attr-defined]
 _set_send_room = Send.room.__set__  # type: ignore[attr-defined]
 _set_send_body = Send.body.__set__  # type: ignore[attr-defined]
+_set_send_size = Send.size.__set__  # type: ignore[attr-defined]
 _set_ack_seq = Ack.seq.__set__  # type: ignore[attr-defined]
 
 
-def _new_send(id_: str, to: str | None, room: str | None, body: Any) -> Send:
+def _new_send(id_: str, to: str | None, room: str | None, body: Any, size: int) -> Send:
     frame = _new(Send)
     _set_send_id(frame, id_)
     _set_send_to(frame, to)
     _set_send_room(frame, room)
     _set_send_body(frame, body)
+    _set_send_size(frame, size)
     return frame
 
 
@@ -300,9 +307,11 @@ def _send(obj: dict, limits: Limits, size: int | None, text: bool) -> Send:
     except KeyError:
         raise BadFrame("send: missing body", id_) from None
     # The frame's own size bounds its body's; only a larger frame is measured.
-    if (size is None or size > limits.max_body) and _body_size(body, text) > limits.max_body:
-        raise BadFrame(f"send: body larger than {limits.max_body} bytes", id_, 413)
-    return _new_send(id_, to, room, body)
+    if size is None or size > limits.max_body:
+        size = _body_size(body, text)
+        if size > limits.max_body:
+            raise BadFrame(f"send: body larger than {limits.max_body} bytes", id_, 413)
+    return _new_send(id_, to, room, body, size)
 
 
 def _ack(obj: dict, limits: Limits, size: int | None, text: bool) -> Ack:

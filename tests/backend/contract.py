@@ -22,8 +22,8 @@ from o2obroker.backend import IBackend, StoredMessage
 from o2obroker.backend.interface import OFFLINE, Presence, Receipt
 
 
-def msg(i: int, ts: int = 0) -> StoredMessage:
-    return StoredMessage(f"m{i}", ts, {"t": "msg", "mid": f"m{i}", "body": i})
+def msg(i: int, ts: int = 0, size: int = 0) -> StoredMessage:
+    return StoredMessage(f"m{i}", ts, {"t": "msg", "mid": f"m{i}", "body": i}, size)
 
 
 def seqs(entries: list[tuple[int, StoredMessage]]) -> list[int]:

@@ -84,13 +84,13 @@ class ConfigTests(SynchronousTestCase):
         options = Options()
         options.parseOptions(["--redis", "redis://127.0.0.1:1/2,redis://127.0.0.1:2"])
         top = makeService(options, reactor=MemoryReactorClock())
-        backend = top.node.backend
+        backend = top.node.store
         self.assertIsInstance(backend, RedisBackend)
         self.assertEqual([s.target.db for s in backend.shards], [2, 0])
         options = Options()
         options.parseOptions([])
         self.assertIsInstance(
-            makeService(options, reactor=MemoryReactorClock()).node.backend, MemoryBackend
+            makeService(options, reactor=MemoryReactorClock()).node.store, MemoryBackend
         )
 
     def test_bad_option_is_a_usage_error(self) -> None:

@@ -9,6 +9,7 @@ from typing import Any
 from twisted.internet import reactor
 from twisted.internet.defer import Deferred, gatherResults, inlineCallbacks
 from twisted.internet.protocol import Factory, Protocol
+from twisted.internet.task import deferLater
 from twisted.trial import unittest
 from twisted.web.resource import Resource
 from twisted.web.server import Site
@@ -63,7 +64,7 @@ class CommandHookTests(unittest.TestCase):
         self.assertIn("killed", str(error))
         with open(pidfile, encoding="utf-8") as f:
             grandchild = int(f.read())
-        self.assertTrue(gone(grandchild), f"pid {grandchild} still runs")
+        self.assertTrue((yield gone_within(grandchild)), f"pid {grandchild} still runs")
 
     @inlineCallbacks
     def test_a_child_left_behind_by_an_exited_command_is_killed_too(self) -> Any:
@@ -73,7 +74,7 @@ class CommandHookTests(unittest.TestCase):
         error = yield self.assertFailure(hook.fire({}), HookFailed)
         self.assertIn("killed", str(error))
         with open(pidfile, encoding="utf-8") as f:
-            self.assertTrue(gone(int(f.read())))
+            self.assertTrue((yield gone_within(int(f.read()))))
 
     @inlineCallbacks
     def test_the_next_scale_out_runs_after_a_killed_one(self) -> Any:
@@ -131,6 +132,17 @@ def gone(pid: int) -> bool:
             return f.read().rsplit(")", 1)[1].split()[0] == "Z"
     except FileNotFoundError:
         return True
+
+
+@inlineCallbacks
+def gone_within(pid: int, seconds: float = 5.0) -> Any:
+    """Whether ``pid`` is gone within ``seconds``: a SIGKILL is delivered when
+    the process is next scheduled, which on a busy machine is not at once."""
+    for _ in range(int(seconds / 0.05)):
+        if gone(pid):
+            return True
+        yield deferLater(reactor, 0.05, lambda: None)
+    return gone(pid)
 
 
 class _Runs:

@@ -180,6 +180,17 @@ class SendTests(FrameTestCase):
             Send("c-18", None, "store-42", None),
         )
 
+    def test_size_is_known_without_encoding_again(self) -> None:
+        body = {"text": "x" * 100}
+        obj = {"t": "send", "id": "c-1", "to": "bob", "body": body}
+        # the frame's size, when the transport measured it
+        self.assertEqual(parse_frame(obj, LIMITS, 140).size, 140)
+        # else the body's, measured for the max_body check, in the encoding it came in
+        self.assertEqual(parse_frame(obj, LIMITS).size, len(encode_cbor(body)))
+        self.assertEqual(parse_frame(obj, LIMITS, text=True).size, len(encode_json(body).encode()))
+        # the size takes no part in comparisons
+        self.assertEqual(parse_frame(obj, LIMITS, 140), Send("c-1", "bob", None, body))
+
     def test_exactly_one_of_to_and_room(self) -> None:
         both = {"t": "send", "id": "c-1", "to": "bob", "room": "r", "body": 1}
         self.assertEqual(self.assertBad(both).ref, "c-1")

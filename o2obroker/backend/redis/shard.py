@@ -331,7 +331,7 @@ class Shard:
             if message.startswith("NOSCRIPT"):
                 raise _NoScript(message)
             if message.startswith("OOM"):
-                raise StoreFull(f"redis {self.name}: {message}")
+                raise StoreFull(reason=f"redis {self.name}: {message}")
             raise BackendUnavailable(f"redis {self.name}: {message}")
         if f.check(CancelledError, CallTimeout, net_error.TimeoutError):
             # a reply this late means a stuck or half-open link: replace it, and
