@@ -1,0 +1,232 @@
+// What a web developer's page meets in real use, tried in Chromium against
+// the broker that test_browser.py runs. Each scenario is one run:
+//
+//   node tests/browser/scenarios.mjs SCENARIO USER_DATA_DIR CONFIG_JSON
+//
+// CONFIG_JSON names the addresses of the run ({"base": ..., ...}). Prints one JSON line with what was seen; exits non-zero on a failure.
+import { readFileSync } from "node:fs";
+import { chromium } from "playwright-core";
+
+const [scenario, userDataDir, configJson] = process.argv.slice(2);
+const config = JSON.parse(configJson);
+const FLAGS = [
+  "--headless",
+  "--no-sandbox",
+  "--disable-gpu",
+  "--disable-quic",
+  "--no-first-run",
+  "--disable-background-networking",
+  "--disable-component-update",
+  "--disable-sync",
+];
+
+// The pages are tests/browser/harness.html, which the test serves from the
+// broker's own origin (a page of the application, as far as Chromium knows).
+const HARNESS = readFileSync(new URL("./harness.html", import.meta.url), "utf8");
+
+function check(condition, what) {
+  if (!condition) throw new Error("check failed: " + what);
+}
+
+async function open(context, base, { script = false } = {}) {
+  const page = await context.newPage();
+  if (script) {
+    // a broker that does not answer cannot serve the page or its script
+    await page.route(`${base}/harness.html`, (route) =>
+      route.fulfill({ status: 200, contentType: "text/html; charset=utf-8", body: HARNESS }),
+    );
+    await page.route(`${base}/o2obroker.js`, (route) => route.fulfill({ path: "o2obroker/web/static/o2obroker.js" }));
+  }
+  page.on("pageerror", (e) => console.error("page error:", e.message));
+  await page.goto(`${base}/harness.html`);
+  return page;
+}
+
+async function waitFor(page, predicate, arg, what, timeout = 20000) {
+  try {
+    await page.waitForFunction(predicate, arg, { timeout, polling: 50 });
+  } catch (e) {
+    throw new Error(`timed out waiting for ${what}: ${e.message.split("\n")[0]}`);
+  }
+}
+
+const range = (n) => Array.from({ length: n }, (_, i) => i + 1);
+const same = (a, b) => JSON.stringify(a) === JSON.stringify(b);
+function assertNumbered(log, n, what) {
+  check(same(log, range(n)), `${what}: 1..${n} once each, in order; got ${log.length}: ${JSON.stringify(log).slice(0, 300)}`);
+}
+
+const scenarios = {};
+
+/**
+ * Calls made before connect() (join, watch, setPresence, 200 sends) wait and
+ * go out in order; on long-poll the sends are batched into few POSTs and
+ * arrive in order; history() settles (rejected while the broker has no archive).
+ */
+scenarios.order = async (context) => {
+  const bob = await open(context, config.base);
+  await bob.evaluate(() => make({ user: "bob-order" }).connect());
+  check((await bob.evaluate(() => client.transport)) === "ws", "bob on ws");
+  const alice = await open(context, config.base);
+  const posts = [];
+  alice.on("request", (r) => { if (r.url().includes("/lp/send")) posts.push(r.url()); });
+  const early = await alice.evaluate(async () => {
+    var c = make({ user: "alice-order", transports: ["lp"] });
+    var joined = c.join("order-room");
+    c.watch(["bob-order"]);
+    c.setPresence("busy", "queued before the session");
+    var sends = [];
+    for (var i = 1; i <= 200; i++) sends.push(c.send({ to: "bob-order", body: { n: i } }));
+    await c.connect();
+    var j = await joined;
+    var receipts = await Promise.all(sends);
+    // and 200 more while open, in one loop: they queue behind the POST in flight
+    for (var k = 201; k <= 400; k++) sends.push(c.send({ to: "bob-order", body: { n: k } }));
+    receipts = await Promise.all(sends);
+    return { members: j.members, receipts: receipts.length, transport: c.transport };
+  });
+  check(early.members === 1 && early.receipts === 400 && early.transport === "lp", JSON.stringify(early));
+  await waitFor(bob, () => log.length >= 400, null, "bob gets 400 messages");
+  await bob.waitForTimeout(200);
+  assertNumbered(await bob.evaluate(() => log), 400, "bob");
+  await waitFor(alice, () => presence.some((p) => p.user === "bob-order" && p.state === "online"), null, "alice's queued watch");
+  const history = await alice.evaluate(() =>
+    client.history({ with: "bob-order", limit: 5 }).then(
+      (page) => ({ ok: true, count: page.messages.length }),
+      (e) => ({ ok: false, code: e.code, name: e.name, isError: e instanceof O2OBroker.Error }),
+    ));
+  check(history.ok || (history.isError && typeof history.code === "number"), "history settles: " + JSON.stringify(history));
+  const errors = await alice.evaluate(() => errors.filter((e) => !e.ref || !e.ref.startsWith("h-")));
+  check(errors.length === 0, "no error events: " + JSON.stringify(errors));
+  return { posts: posts.length, history };
+};
+
+/** A WebSocket stalls: ping, long-poll, then back to WebSocket; 500 messages each way. */
+scenarios.stall = async (context) => {
+  const bob = await open(context, config.base);
+  await bob.evaluate(() => make({ user: "bob-stall" }).connect());
+  const alice = await open(context, config.proxy);
+  await alice.evaluate(() =>
+    make({ user: "alice-stall", wsRetryMs: 3000, pingTimeoutMs: 1000, connectTimeoutMs: 2000 }).connect());
+  const first = await alice.evaluate(() => [client.transport, transports, errors]);
+  check(first[0] === "ws", "alice starts on ws: " + JSON.stringify(first));
+  const fromAlice = alice.evaluate(() => numbered("bob-stall", 500, 30));
+  const fromBob = bob.evaluate(() => numbered("alice-stall", 500, 30));
+  await alice.waitForTimeout(1000);
+  const stalled = await (await fetch(config.control + "/stall", { method: "POST" })).json();
+  check(stalled.stalled >= 1, "the proxy stalled alice's WebSocket");
+  const t0 = Date.now();
+  await waitFor(alice, () => client.transport === "lp" && client.state === "open", null, "alice on long-poll");
+  const detected = Date.now() - t0;
+  await waitFor(alice, () => transports.join() === "ws,lp,ws", null, "alice back on WebSocket");
+  const sent = { alice: await fromAlice, bob: await fromBob };
+  check(sent.alice.rejected === 0 && sent.bob.rejected === 0, "every send has a receipt: " + JSON.stringify(sent));
+  await waitFor(bob, () => log.length >= 500, null, "bob gets 500");
+  await waitFor(alice, () => log.length >= 500, null, "alice gets 500");
+  await alice.waitForTimeout(300);
+  assertNumbered(await bob.evaluate(() => log), 500, "bob");
+  assertNumbered(await alice.evaluate(() => log), 500, "alice");
+  const errors = await alice.evaluate(() => errors);
+  check(errors.length === 0, "no error events on alice: " + JSON.stringify(errors));
+  return { detectedMs: detected, transports: await alice.evaluate(() => transports) };
+};
+
+/** Reloads under traffic resume as the same device: nothing lost, nothing twice. */
+scenarios.reload = async (context) => {
+  const result = {};
+  for (const transport of ["ws", "lp"]) {
+    const name = `alice-reload-${transport}`;
+    const bob = await open(context, config.base);
+    await bob.evaluate(() => make({ user: "bob-reload" }).connect());
+    const alice = await open(context, config.base);
+    const device = await alice.evaluate(([u, t]) => start(u, t), [name, transport]);
+    check((await alice.evaluate(() => client.transport)) === transport, `${transport}: alice on ${transport}`);
+    const sending = bob.evaluate((to) => numbered(to, 300, 10), name);
+    const devices = [];
+    for (let i = 0; i < 3; i++) {
+      await alice.waitForTimeout(600);
+      await alice.reload();
+      devices.push(await alice.evaluate(([u, t]) => start(u, t), [name, transport]));
+    }
+    const sent = await sending;
+    check(sent.rejected === 0, `${transport}: bob's sends all have receipts`);
+    await waitFor(alice, () => log.length >= 300, null, `${transport}: alice gets 300 across reloads`);
+    await alice.waitForTimeout(300);
+    assertNumbered(await alice.evaluate(() => log), 300, `${transport}: alice across reloads`);
+    check(devices.every((d) => d === device), `${transport}: the same device after reloads: ${device} ${devices}`);
+    // a closed tab goes offline at once (a beacon ends a long-poll session), not after the poll timeout
+    await bob.evaluate((u) => client.watch([u]), name);
+    await waitFor(bob, (u) => presence.some((p) => p.user === u && p.state === "online"), name, `${transport}: bob sees alice online`);
+    const t0 = await bob.evaluate(() => Date.now());
+    await alice.goto("about:blank");
+    await waitFor(bob, (u) => presence.some((p) => p.user === u && p.state === "offline"), name, `${transport}: alice offline`, 4000);
+    const offlineMs = (await bob.evaluate((u) => presence.find((p) => p.user === u && p.state === "offline").at, name)) - t0;
+    result[transport] = { device, offlineMs };
+    await bob.close();
+    await alice.close();
+  }
+  return result;
+};
+
+/** connect() rejects: a bad token, no token, and a broker that does not answer. */
+scenarios.refuse = async (context) => {
+  const page = await open(context, config.tokenBase);
+  const tries = await page.evaluate(async () => {
+    async function attempt(options) {
+      var t0 = Date.now();
+      var c = new O2OBroker(Object.assign({ baseUrl: location.origin, storage: null }, options));
+      var errors = 0;
+      c.on("error", function () { errors += 1; });
+      var early = c.join("r");
+      try {
+        await c.connect();
+        return { ok: true };
+      } catch (e) {
+        var joined = await early.then(() => "resolved", (j) => j.code);
+        return { code: e.code, ms: Date.now() - t0, state: c.state, errors: errors, join: joined };
+      }
+    }
+    return {
+      badWs: await attempt({ token: "not.a.token" }),
+      badLp: await attempt({ token: "not.a.token", transports: ["lp"] }),
+      none: await attempt({ transports: ["lp"] }),
+    };
+  });
+  for (const [what, t] of Object.entries(tries)) {
+    check(t.code === 401 && t.state === "closed" && t.ms < 3000 && t.errors === 1 && t.join === 401, `${what}: ${JSON.stringify(t)}`);
+  }
+  const dead = await open(context, config.deadBase, { script: true });
+  tries.unreachable = await dead.evaluate(async () => {
+    var t0 = Date.now();
+    var c = new O2OBroker({ baseUrl: location.origin, storage: null, welcomeTimeoutMs: 2000 });
+    try {
+      await c.connect();
+      return { ok: true };
+    } catch (e) {
+      return { code: e.code, ms: Date.now() - t0, state: c.state };
+    }
+  });
+  const u = tries.unreachable;
+  check(u.code === 408 && u.ms >= 1900 && u.ms < 4000 && u.state === "closed", "unreachable: " + JSON.stringify(u));
+  return tries;
+};
+
+const context = await chromium.launchPersistentContext(userDataDir, {
+  executablePath: "/usr/bin/chromium",
+  headless: true,
+  args: FLAGS,
+});
+let failed = null;
+let result = null;
+try {
+  result = await scenarios[scenario](context);
+} catch (e) {
+  failed = e;
+} finally {
+  await context.close();
+}
+if (failed) {
+  console.error(failed.stack || String(failed));
+  process.exit(1);
+}
+console.log(JSON.stringify(result));
