@@ -41,6 +41,7 @@ ROOT = Path(__file__).resolve().parent.parent.parent
 SCRIPT = ROOT / "tests" / "browser" / "chat.mjs"
 SCENARIOS = ROOT / "tests" / "browser" / "scenarios.mjs"
 HARNESS = ROOT / "tests" / "browser" / "harness.html"
+PACKAGE = ROOT / "js"
 CHROMIUM = "/usr/bin/chromium"
 SCREENSHOT = ROOT / "var" / "browser" / "demo.png"
 
@@ -246,3 +247,44 @@ class ClientLibraryTests(BrowserTestCase):
             "refuse", tokenBase=secured.base, deadBase=f"http://127.0.0.1:{dead_port}"
         )
         self.assertEqual(result["unreachable"]["code"], 408)
+
+
+class PackageTests(BrowserTestCase):
+    """The npm package: declarations that compile, and a tarball that installs and works."""
+
+    async def _exec(self, argv: list[str], cwd: Path) -> str:
+        out, err, code = await getProcessOutputAndValue(
+            argv[0], argv[1:], env=dict(os.environ), path=str(cwd), reactor=reactor
+        )
+        self.assertEqual(code, 0, (out + err).decode(errors="replace")[-3000:])
+        return out.decode()
+
+    async def test_declarations_compile(self) -> None:
+        # js/test/types.ts uses the API and expects errors where the types must refuse
+        await self._exec([str(ROOT / "node_modules" / ".bin" / "tsc"), "-p", str(PACKAGE)], ROOT)
+
+    async def test_pack_install_and_import(self) -> None:
+        npm = shutil.which("npm")
+        assert npm is not None
+        work = Path(tempfile.mkdtemp(prefix="o2o-npm-"))
+        self.addCleanup(shutil.rmtree, work, True)
+        tarball = await self._exec(
+            [npm, "pack", "--silent", "--pack-destination", str(work)], PACKAGE
+        )
+        tarball = tarball.strip().splitlines()[-1]
+        app = work / "app"
+        app.mkdir()
+        (app / "package.json").write_text('{"name": "app", "private": true, "type": "module"}')
+        await self._exec(
+            [npm, "install", "--offline", "--no-audit", "--no-fund", str(work / tarball)], app
+        )
+        shutil.copy(ROOT / "tests" / "browser" / "package_check.mjs", app / "check.mjs")
+        out = await self._exec([shutil.which("node") or "node", "check.mjs", self.base], app)
+        result = json.loads(out.strip().splitlines()[-1])
+        self.assertEqual(
+            result, {"transport": "lp", "status": "delivered", "text": "from node", "refused": 401}
+        )
+        files = sorted(p.name for p in (app / "node_modules" / "o2obroker").iterdir())
+        self.assertEqual(
+            files, ["README.md", "index.d.ts", "index.js", "o2obroker.cjs", "package.json"]
+        )
