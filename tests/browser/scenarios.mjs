@@ -211,6 +211,69 @@ scenarios.refuse = async (context) => {
   return tries;
 };
 
+/** The demo page at phone and desktop widths: no sideways scroll, live rooms, receipts, a favicon. */
+scenarios.demo = async (context) => {
+  const result = {};
+  const openDemo = async (user, width) => {
+    const page = await context.newPage();
+    page.on("pageerror", (e) => console.error(`[${user}] page error:`, e.message));
+    await page.setViewportSize({ width, height: 800 });
+    await page.goto(`${config.base}/?user=${user}`);
+    await page.waitForSelector("body[data-ready='1']", { timeout: 15000 });
+    return page;
+  };
+  const phone = await openDemo("alice-demo", 375);
+  const desk = await openDemo("bob-demo", 1280);
+  const widths = (page) => page.evaluate(() => [document.documentElement.scrollWidth, window.innerWidth]);
+
+  for (const [page, other] of [[phone, "bob-demo"], [desk, "alice-demo"]]) {
+    await page.fill("#join-room", "demo-room");
+    await page.click("#join-form button");
+    await page.fill("#watch-user", other);
+    await page.click("#watch-form button");
+  }
+  // alice joined first: her count must go from 1 to 2 without her doing anything
+  await waitFor(phone, () => (document.querySelector("#rooms [data-room='demo-room'] .state") || {}).textContent === "2 members",
+    null, "a live member count");
+  // a sent message shows its receipt: delivered to a live user, stored for one who is offline
+  await phone.fill("#to", "bob-demo");
+  await phone.fill("#text", "Donaudampfschifffahrtsgesellschaftskapitänswitwenrentenversicherungsanstalt".repeat(4));
+  await phone.click("#send-button");
+  await phone.fill("#to", "nobody-demo");
+  await phone.fill("#text", "are you there?");
+  await phone.click("#send-button");
+  await waitFor(phone, () => {
+    const s = [...document.querySelectorAll("#messages li.mine .status")].map((e) => e.textContent);
+    return s.length === 2 && s[0] === "delivered" && s[1] === "stored";
+  }, null, "delivered and stored on sent messages");
+  await waitFor(desk, () => window.demo.messages.some((m) => m.from === "alice-demo"), null, "bob gets the long word");
+  await desk.fill("#to", "alice-demo");
+  await desk.fill("#text", "a reply with a long-word-".repeat(3) + "x".repeat(120));
+  await desk.click("#send-button");
+  await waitFor(phone, () => window.demo.messages.some((m) => m.from === "bob-demo"), null, "alice gets the reply");
+  await phone.waitForTimeout(300);
+  for (const [name, page] of [["phone", phone], ["desktop", desk]]) {
+    const [scroll, inner] = await widths(page);
+    check(scroll <= inner, `${name}: page ${scroll} px wide in a ${inner} px viewport`);
+    const off = await page.evaluate(() =>
+      [...document.querySelectorAll("button, input, select")].filter((e) => {
+        const r = e.getBoundingClientRect();
+        return r.width > 0 && (r.left < 0 || r.right > window.innerWidth);
+      }).map((e) => e.id || e.textContent));
+    check(off.length === 0, `${name}: controls off screen: ${off}`);
+    await page.screenshot({ path: `${config.screenshots}/demo-${name}.png`, fullPage: true });
+    result[name] = { scrollWidth: scroll, viewport: inner };
+  }
+  const icon = await phone.evaluate(async () => {
+    const link = document.querySelector("link[rel=icon]");
+    const r = await fetch(link.href);
+    return { status: r.status, type: r.headers.get("content-type") };
+  });
+  check(icon.status === 200 && icon.type.startsWith("image/svg+xml"), "favicon: " + JSON.stringify(icon));
+  result.icon = icon;
+  return result;
+};
+
 const context = await chromium.launchPersistentContext(userDataDir, {
   executablePath: "/usr/bin/chromium",
   headless: true,

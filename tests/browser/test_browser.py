@@ -44,6 +44,7 @@ HARNESS = ROOT / "tests" / "browser" / "harness.html"
 PACKAGE = ROOT / "js"
 CHROMIUM = "/usr/bin/chromium"
 SCREENSHOT = ROOT / "var" / "browser" / "demo.png"
+SCREENSHOTS = SCREENSHOT.parent
 
 
 def _missing() -> str | None:
@@ -247,6 +248,19 @@ class ClientLibraryTests(BrowserTestCase):
             "refuse", tokenBase=secured.base, deadBase=f"http://127.0.0.1:{dead_port}"
         )
         self.assertEqual(result["unreachable"]["code"], 408)
+
+
+class DemoTests(BrowserTestCase):
+    async def test_demo_at_phone_and_desktop_width(self) -> None:
+        SCREENSHOTS.mkdir(parents=True, exist_ok=True)
+        for name in ("phone", "desktop"):
+            (SCREENSHOTS / f"demo-{name}.png").unlink(missing_ok=True)
+        result = await self.scenario("demo", screenshots=str(SCREENSHOTS))
+        # no sideways scroll, every control on screen (checked in the page), and the pictures
+        self.assertEqual(result["phone"], {"scrollWidth": 375, "viewport": 375})
+        self.assertEqual(result["desktop"], {"scrollWidth": 1280, "viewport": 1280})
+        for name in ("phone", "desktop"):
+            self.assertGreater((SCREENSHOTS / f"demo-{name}.png").stat().st_size, 10_000)
 
 
 class PackageTests(BrowserTestCase):
