@@ -422,7 +422,9 @@
     try {
       conn.ws = new root.WebSocket(this.where.ws);
     } catch (e) {
-      if (!probe) this._wsFailed(conn);
+      // no WebSocket here (blocked, or a bad address): long-poll goes on
+      if (probe) this._scheduleProbe();
+      else this._wsFailed(conn);
       return;
     }
     if (probe) this._probe = conn;
