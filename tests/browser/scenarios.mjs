@@ -96,6 +96,14 @@ scenarios.order = async (context) => {
       (e) => ({ ok: false, code: e.code, name: e.name, isError: e instanceof O2OBroker.Error }),
     ));
   check(history.ok || (history.isError && typeof history.code === "number"), "history settles: " + JSON.stringify(history));
+  // the connection drops (as a network does) and bob changes meanwhile: the watch is
+  // sent again on the next session, so alice's view is current after the gap
+  await alice.route("**/lp/**", (route) => route.abort());
+  await alice.evaluate(() => client._lost(client._conn));
+  await bob.evaluate(() => client.setPresence("away", "out for lunch"));
+  await alice.waitForTimeout(800);
+  await alice.unroute("**/lp/**");
+  await waitFor(alice, () => presence.some((p) => p.user === "bob-order" && p.state === "away"), null, "the watch restored");
   const errors = await alice.evaluate(() => errors.filter((e) => !e.ref || !e.ref.startsWith("h-")));
   check(errors.length === 0, "no error events: " + JSON.stringify(errors));
   return { posts: posts.length, history };
@@ -196,9 +204,11 @@ scenarios.refuse = async (context) => {
     check(t.code === 401 && t.state === "closed" && t.ms < 3000 && t.errors === 1 && t.join === 401, `${what}: ${JSON.stringify(t)}`);
   }
   const dead = await open(context, config.deadBase, { script: true });
+  const attempts = [];
+  dead.on("request", (r) => { if (r.url().includes("/getFreeHostAddress")) attempts.push(Date.now()); });
   tries.unreachable = await dead.evaluate(async () => {
     var t0 = Date.now();
-    var c = new O2OBroker({ baseUrl: location.origin, storage: null, welcomeTimeoutMs: 2000 });
+    var c = new O2OBroker({ baseUrl: location.origin, storage: null, welcomeTimeoutMs: 3000 });
     try {
       await c.connect();
       return { ok: true };
@@ -207,7 +217,14 @@ scenarios.refuse = async (context) => {
     }
   });
   const u = tries.unreachable;
-  check(u.code === 408 && u.ms >= 1900 && u.ms < 4000 && u.state === "closed", "unreachable: " + JSON.stringify(u));
+  check(u.code === 408 && u.ms >= 2900 && u.ms < 5000 && u.state === "closed", "unreachable: " + JSON.stringify(u));
+  // retries back off (0.5-1 x 500 ms, x 1000 ms, x 2000 ms ...), and stop with the rejection
+  const tried = attempts.length;
+  await dead.waitForTimeout(1500);
+  const gaps = attempts.slice(1).map((t, i) => t - attempts[i]);
+  u.gaps = gaps;
+  check(tried >= 3 && tried <= 5 && attempts.length === tried, "attempts: " + JSON.stringify(gaps));
+  check(gaps[gaps.length - 1] > gaps[0] && gaps[0] >= 200, "backoff: " + JSON.stringify(gaps));
   return tries;
 };
 
