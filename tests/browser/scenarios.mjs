@@ -8,6 +8,7 @@ import { readFileSync } from "node:fs";
 import { chromium } from "playwright-core";
 
 const [scenario, userDataDir, configJson] = process.argv.slice(2);
+const DEADLINE_MS = 75000;
 const config = JSON.parse(configJson);
 const FLAGS = [
   "--headless",
@@ -104,6 +105,15 @@ scenarios.order = async (context) => {
   await alice.waitForTimeout(800);
   await alice.unroute("**/lp/**");
   await waitFor(alice, () => presence.some((p) => p.user === "bob-order" && p.state === "away"), null, "the watch restored");
+  // more than max_frame (1 MiB) queued at once: split over several POSTs, still in order
+  await alice.evaluate(() => {
+    var text = "x".repeat(60000);
+    var sends = [];
+    for (var n = 401; n <= 420; n++) sends.push(client.send({ to: "bob-order", body: { n: n, text: text } }));
+    return Promise.all(sends);
+  });
+  await waitFor(bob, () => log.length >= 420, null, "bob gets 420 messages");
+  assertNumbered(await bob.evaluate(() => log), 420, "bob, with the large ones");
   const errors = await alice.evaluate(() => errors.filter((e) => !e.ref || !e.ref.startsWith("h-")));
   check(errors.length === 0, "no error events: " + JSON.stringify(errors));
   return { posts: posts.length, history };
@@ -228,6 +238,61 @@ scenarios.refuse = async (context) => {
   return tries;
 };
 
+/**
+ * history() against the contract (the broker answers in its place here: the
+ * socket is routed, and history frames get an archive page or 404 "no
+ * archive"); the demo shows a conversation's archive when it is opened.
+ */
+scenarios.history = async (context) => {
+  const page = await context.newPage();
+  page.on("pageerror", (e) => console.error("page error:", e.message));
+  const asked = [];
+  await page.routeWebSocket(/\/ws$/, (ws) => {
+    const server = ws.connectToServer();
+    ws.onMessage((message) => {
+      const data = JSON.parse(message);
+      const frames = Array.isArray(data) ? data : [data];
+      const rest = [];
+      for (const f of frames) {
+        if (f.t !== "history") {
+          rest.push(f);
+          continue;
+        }
+        asked.push(f);
+        if (f.with === "bob-hist") {
+          ws.send(JSON.stringify([{ t: "history", ref: f.id, more: true, messages: [
+            { t: "msg", mid: "m2", from: "bob-hist", to: "alice-hist", body: { text: "second" }, ts: 1763800000200 },
+            { t: "msg", mid: "m1", from: "alice-hist", to: "bob-hist", body: { text: "first" }, ts: 1763800000100 },
+          ] }]));
+        } else {
+          ws.send(JSON.stringify([{ t: "error", code: 404, reason: "no archive", ref: f.id }]));
+        }
+      }
+      if (rest.length) server.send(JSON.stringify(rest));
+    });
+  });
+  await page.goto(`${config.base}/?user=alice-hist`);
+  await page.waitForSelector("body[data-ready='1']", { timeout: 15000 });
+  check((await page.evaluate(() => demo.client.transport)) === "ws", "on the routed WebSocket");
+  const api = await page.evaluate(async () => {
+    const got = await demo.client.history({ with: "bob-hist", limit: 2 });
+    const none = await demo.client.history({ room: "quiet" }).catch((e) => e);
+    return { texts: got.messages.map((m) => m.body.text), more: got.more, none: [none instanceof O2OBroker.Error, none.code, none.reason] };
+  });
+  check(same(api, { texts: ["second", "first"], more: true, none: [true, 404, "no archive"] }), "history(): " + JSON.stringify(api));
+  // the demo: opening a conversation shows its archive, oldest first; none, and it stays quiet
+  await page.fill("#to", "#quiet");
+  await page.dispatchEvent("#to", "change");
+  await page.fill("#to", "bob-hist");
+  await page.dispatchEvent("#to", "change");
+  await waitFor(page, () => document.querySelectorAll("#messages li.past").length === 2, null, "the archive in the demo");
+  const shown = await page.evaluate(() => [...document.querySelectorAll("#messages li.past .text")].map((e) => e.textContent));
+  check(same(shown, ["first", "second"]), "oldest first: " + JSON.stringify(shown));
+  const rooms = asked.filter((f) => f.room === "quiet").length;
+  check(asked.length === 4 && rooms === 2 && asked[0].limit === 2, "asked: " + JSON.stringify(asked));
+  return { asked: asked.length, shown };
+};
+
 /** The demo page at phone and desktop widths: no sideways scroll, live rooms, receipts, a favicon. */
 scenarios.demo = async (context) => {
   const result = {};
@@ -298,11 +363,17 @@ const context = await chromium.launchPersistentContext(userDataDir, {
 });
 let failed = null;
 let result = null;
+// every scenario ends well inside the test's own timeout, and closes its browser
+let deadline;
+const overdue = new Promise((_, reject) => {
+  deadline = setTimeout(() => reject(new Error(`${scenario}: not done within ${DEADLINE_MS} ms`)), DEADLINE_MS);
+});
 try {
-  result = await scenarios[scenario](context);
+  result = await Promise.race([scenarios[scenario](context), overdue]);
 } catch (e) {
   failed = e;
 } finally {
+  clearTimeout(deadline);
   await context.close();
 }
 if (failed) {

@@ -217,6 +217,10 @@ class ClientLibraryTests(BrowserTestCase):
         # 400 sends in order (checked in the page) went out in a handful of POSTs, not one each
         self.assertLess(result["posts"], 40, result)
 
+    async def test_history_pages_and_no_archive(self) -> None:
+        result = await self.scenario("history")
+        self.assertEqual(result, {"asked": 4, "shown": ["first", "second"]})
+
     async def test_stalled_websocket_falls_back_and_upgrades_losing_nothing(self) -> None:
         proxy = _Proxy("127.0.0.1", self.http.getHost().port)
         port = reactor.listenTCP(0, proxy, interface="127.0.0.1")

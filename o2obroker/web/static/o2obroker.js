@@ -621,6 +621,12 @@
           return;
         }
         lp.inflight = null;
+        if (answer.status >= 500 || answer.status === 408) {
+          // a proxy or an overloaded node: the same frames again, a little later
+          lp.out = batch.concat(lp.out);
+          setTimeout(function () { self._lpFlush(lp); }, 1000);
+          return;
+        }
         batch.forEach(function (item) { if (item.entry && !item.entry.send) self._taken(item.entry); });
         if (answer.body && answer.body.frames) self._receive(lp, answer.body.frames);
         self._lpFlush(lp);
