@@ -172,6 +172,18 @@ scenarios.reload = async (context) => {
     await alice.waitForTimeout(300);
     assertNumbered(await alice.evaluate(() => log), 300, `${transport}: alice across reloads`);
     check(devices.every((d) => d === device), `${transport}: the same device after reloads: ${device} ${devices}`);
+    // a duplicated tab (its sessionStorage is a copy) is a device of its own, beside this one
+    const [copy] = await Promise.all([
+      context.waitForEvent("page"),
+      alice.evaluate(() => window.open(location.href)),
+    ]);
+    await copy.waitForLoadState();
+    const copied = await copy.evaluate(([u, t]) => start(u, t), [name, transport]);
+    await alice.waitForTimeout(500);
+    check(copied !== device, `${transport}: a duplicated tab gets its own device`);
+    const clash = [...(await alice.evaluate(() => errors)), ...(await copy.evaluate(() => errors))];
+    check(clash.length === 0 && (await alice.evaluate(() => client.state)) === "open", `${transport}: no 409 between the tabs: ${JSON.stringify(clash)}`);
+    await copy.close();
     // a closed tab goes offline at once (a beacon ends a long-poll session), not after the poll timeout
     await bob.evaluate((u) => client.watch([u]), name);
     await waitFor(bob, (u) => presence.some((p) => p.user === u && p.state === "online"), name, `${transport}: bob sees alice online`);

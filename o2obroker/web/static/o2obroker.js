@@ -32,6 +32,13 @@
   // errors that a retry cannot fix: bad frame, bad token, unknown app, replaced
   var FATAL = { 400: true, 401: true, 403: true, 409: true };
   var OPEN = 1; // WebSocket.OPEN
+  // the client's states and the moves between them ("state" events); the
+  // transport under an open session may change without leaving "open"
+  var STATES = {
+    closed: { connecting: true }, // connect()
+    connecting: { open: true, closed: true }, // a welcome; or close(), a refusal, no welcome in time
+    open: { connecting: true, closed: true }, // the connection is lost; or close(), a refusal
+  };
 
   function randomHex(n) {
     var bytes = new Uint8Array(n);
@@ -209,10 +216,10 @@
   };
 
   P._setState = function (state) {
-    if (this.state !== state) {
-      this.state = state;
-      this._emit("state", state, this.transport);
-    }
+    if (this.state === state) return;
+    if (!STATES[this.state][state]) throw new Error("o2obroker: no way from " + this.state + " to " + state);
+    this.state = state;
+    this._emit("state", state, this.transport);
   };
 
   // -- storage per tab ----------------------------------------------------------
