@@ -91,7 +91,7 @@
   // seconds, and at once when someone new speaks in a room.
   function refreshRooms() {
     if (!demo.client || demo.client.state !== "open") return;
-    Object.keys(demo.rooms).forEach(function (room) { demo.client.join(room); });
+    Object.keys(demo.rooms).forEach(function (room) { demo.client.join(room).catch(function () {}); });
   }
 
   function connect(user, token, longPollOnly) {
@@ -111,7 +111,7 @@
       addMessage(msg, false);
       if (msg.room && demo.rooms[msg.room] !== undefined && !demo.speakers[msg.room + "/" + msg.from]) {
         demo.speakers[msg.room + "/" + msg.from] = true;
-        demo.client.join(msg.room);
+        demo.client.join(msg.room).catch(function () {});
       }
     });
     client.on("presence", function (p) { demo.presence[p.user] = p; renderPresence(); });
@@ -165,7 +165,7 @@
     var room = $("join-room").value.trim();
     if (!room) return;
     $("join-room").value = "";
-    demo.client.join(room);
+    demo.client.join(room).catch(function (err) { console.warn("join refused", err.message); });
   });
 
   $("my-state").addEventListener("change", function () {

@@ -750,18 +750,21 @@
       conn.dead = true;
       return true;
     }
+    // an error that rejects a caller's promise is told there, not again as an event
+    var answered = false;
     if (f.ref !== undefined && this._sends.has(f.ref)) {
       this._settleSend(f.ref, null, f);
-    } else if (f.ref !== undefined && this._answer("history", f.ref, null, f)) {
-      // answered a history request
-    } else if (f.ref === undefined && f.code === 403) {
-      this._answer("joined", undefined, null, f); // a join the token does not allow
+      answered = true;
+    } else if (f.ref !== undefined) {
+      answered = this._answer("history", f.ref, null, f);
+    } else if (f.code === 403) {
+      answered = this._answer("joined", undefined, null, f); // a join the token does not allow
     }
     if (f.code === 401 || f.code === 409) {
       this._fail(errorOf(f)); // token expired, or this device connected elsewhere
       return true;
     }
-    this._emit("error", f);
+    if (!answered) this._emit("error", f);
     return false;
   };
 
