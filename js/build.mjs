@@ -4,8 +4,10 @@
 //   index.js       the ES module: the factory's body, run once, exported
 //   o2obroker.cjs  the source itself: CommonJS, or a global O2OBroker in a page
 //
-// `npm pack` runs it (prepack).
+// `npm pack` runs it (prepack); `node build.mjs DIR` writes them into DIR instead.
 import { readFileSync, writeFileSync } from "node:fs";
+import { join, resolve } from "node:path";
+import { fileURLToPath } from "node:url";
 
 const here = new URL(".", import.meta.url);
 const source = readFileSync(new URL("../o2obroker/web/static/o2obroker.js", here), "utf8");
@@ -25,5 +27,6 @@ export default O2OBroker;
 export { O2OBroker };
 export const O2OBrokerError = O2OBroker.Error;
 `;
-writeFileSync(new URL("index.js", here), esm);
-writeFileSync(new URL("o2obroker.cjs", here), source);
+const out = process.argv[2] ? join(resolve(process.argv[2]), "/") : fileURLToPath(here);
+writeFileSync(join(out, "index.js"), esm);
+writeFileSync(join(out, "o2obroker.cjs"), source);

@@ -306,6 +306,36 @@ scenarios.history = async (context) => {
   return { asked: asked.length, shown };
 };
 
+/** The package's ES module, imported by a page as a bundler-free application would. */
+scenarios.esm = async (context) => {
+  const page = await context.newPage();
+  page.on("pageerror", (e) => console.error("page error:", e.message));
+  await page.route(`${config.base}/esm/o2obroker.js`, (route) =>
+    route.fulfill({ path: config.module, contentType: "text/javascript; charset=utf-8" }),
+  );
+  await page.goto(`${config.base}/harness.html`);
+  return page.evaluate(async () => {
+    const { default: O2OBroker, O2OBrokerError } = await import("/esm/o2obroker.js");
+    const a = new O2OBroker({ user: "esm-a", storage: null });
+    const b = new O2OBroker({ user: "esm-b", storage: null });
+    await a.connect();
+    await b.connect();
+    const got = new Promise((resolve) => b.once("message", resolve));
+    const receipt = await a.send({ to: "esm-b", body: { text: "from a module" } });
+    const msg = await got;
+    a.close();
+    b.close();
+    return {
+      transport: a.transport,
+      status: receipt.status,
+      text: msg.body.text,
+      error: O2OBrokerError === O2OBroker.Error,
+      // the page's global O2OBroker is the served script's, not the module's
+      separate: window.O2OBroker !== O2OBroker,
+    };
+  });
+};
+
 /** The demo page at phone and desktop widths: no sideways scroll, live rooms, receipts, a favicon. */
 scenarios.demo = async (context) => {
   const result = {};

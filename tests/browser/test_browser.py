@@ -281,6 +281,23 @@ class PackageTests(BrowserTestCase):
         # js/test/types.ts uses the API and expects errors where the types must refuse
         await self._exec([str(ROOT / "node_modules" / ".bin" / "tsc"), "-p", str(PACKAGE)], ROOT)
 
+    async def test_es_module_in_chromium(self) -> None:
+        node = shutil.which("node") or "node"
+        built = tempfile.mkdtemp(prefix="o2o-esm-")
+        self.addCleanup(shutil.rmtree, built, True)
+        await self._exec([node, str(PACKAGE / "build.mjs"), built], ROOT)
+        result = await self.scenario("esm", module=os.path.join(built, "index.js"))
+        self.assertEqual(
+            result,
+            {
+                "transport": "ws",
+                "status": "delivered",
+                "text": "from a module",
+                "error": True,
+                "separate": True,
+            },
+        )
+
     async def test_pack_install_and_import(self) -> None:
         npm = shutil.which("npm")
         assert npm is not None
