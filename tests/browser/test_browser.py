@@ -31,6 +31,7 @@ from twisted.web.resource import Resource
 from twisted.web.server import Site
 from twisted.web.static import Data
 
+from o2obroker import __version__
 from o2obroker.client.binary import BinaryClient
 from o2obroker.config import Config
 from o2obroker.service.node import Node
@@ -319,7 +320,12 @@ class PackageTests(BrowserTestCase):
         self.assertEqual(
             result, {"transport": "lp", "status": "delivered", "text": "from node", "refused": 401}
         )
-        files = sorted(p.name for p in (app / "node_modules" / "o2obroker").iterdir())
+        installed = app / "node_modules" / "o2obroker"
+        # one version for the broker and its client
+        self.assertEqual(
+            json.loads((installed / "package.json").read_text())["version"], __version__
+        )
+        files = sorted(p.name for p in installed.iterdir())
         self.assertEqual(
             files, ["README.md", "index.d.ts", "index.js", "o2obroker.cjs", "package.json"]
         )
