@@ -261,6 +261,16 @@ class CorsTests(SynchronousTestCase):
         self.assertEqual(answer["frames"][0]["code"], 403)
         self.assertEqual(h.site.longpoll.sessions, {})
 
+    def test_a_beacon_from_another_origin_closes_the_session(self) -> None:
+        # navigator.sendBeacon: a POST with a text/plain body, no custom headers, no preflight
+        h = WebHarness(allowed_origins="https://shop.example")
+        sid, _, _ = h.lp_open("bob")
+        beacon = {"Origin": "https://shop.example", "Content-Type": "text/plain;charset=UTF-8"}
+        code, answer = h.call("POST", f"/lp/close?sid={sid}", b"", beacon).json()
+        self.assertEqual((code, answer), (200, {"frames": [{"t": "bye"}]}))
+        self.assertEqual(h.site.longpoll.sessions, {})
+        self.assertEqual(h.node.gateway.connections["lp"], 0)
+
     def test_allowed_origin_gets_cors_headers(self) -> None:
         h = WebHarness(allowed_origins="https://shop.example")
         r = h.call(
