@@ -148,7 +148,17 @@ class LongPollConnection:
         if last is not None:
             self.send(last)
         self.closed = True
+        self._answer_sends()
         self._wake()
+
+    def _answer_sends(self) -> None:
+        """No receipt can come through an ended session: sends still waiting for
+        theirs are answered now with what they have (the client sends them again,
+        with the same ids, on its next session)."""
+        waiting, self._waiting = self._waiting, {}
+        for answers in waiting.values():
+            for answer in answers:
+                self._res.finish_send(answer)
 
     def _push(self, text: str) -> None:
         if self.closed:
@@ -272,6 +282,7 @@ class LongPollConnection:
     def expire(self) -> None:
         """End the session now; the device goes offline."""
         self.closed = True
+        self._answer_sends()
         if self.session is not None:
             self.session.lost()
         self._res.forget(self)
