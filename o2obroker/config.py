@@ -5,6 +5,7 @@ from __future__ import annotations
 import configparser
 import ipaddress
 import re
+import shlex
 from dataclasses import dataclass, field, fields
 from typing import Any
 
@@ -160,6 +161,13 @@ def _check_supervisor(c: Config) -> None:
         command, url = getattr(c, f"{hook}_command"), getattr(c, f"{hook}_url")
         if command and url:
             raise ConfigError(f"{hook}_command, {hook}_url: give one of them, not both")
+        if command is not None:
+            try:
+                argv = shlex.split(command)
+            except ValueError as e:
+                raise ConfigError(f"{hook}_command: {command!r}: {e}") from None
+            if not argv:
+                raise ConfigError(f"{hook}_command: empty; leave the key out for no hook")
         if url and not url.startswith(("http://", "https://")):
             raise ConfigError(f"{hook}_url: must be an http:// or https:// URL, not {url!r}")
 
@@ -223,7 +231,8 @@ def _convert(name: str, raw: str, like: Any) -> Any:
         if isinstance(like, float):
             return float(raw)
     except ValueError:
-        raise ConfigError(f"{name}: {raw!r} is not a {type(like).__name__}") from None
+        kind = "an integer" if isinstance(like, int) else "a number"
+        raise ConfigError(f"{name}: {raw!r} is not {kind}") from None
     return raw
 
 
@@ -239,8 +248,14 @@ def load(path: str | None = None, overrides: dict[str, Any] | None = None) -> Co
                 parser.read_file(f)
         except OSError as e:
             raise ConfigError(f"config: cannot read {path}: {e.strerror}") from None
+        except configparser.MissingSectionHeaderError as e:
+            raise ConfigError(
+                f"config: {path} line {e.lineno}: no section header; keys go under [broker]"
+            ) from None
         except configparser.Error as e:
-            raise ConfigError(f"config: {path}: {e}") from None
+            # configparser's messages span lines (file, line, the text): keep one
+            message = " ".join(str(e).split())
+            raise ConfigError(f"config: {path}: {message}") from None
         for section in parser.sections():
             if section not in ("broker", "limits"):
                 raise ConfigError(f"config: unknown section [{section}] in {path}")

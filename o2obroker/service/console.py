@@ -14,7 +14,7 @@ from collections.abc import Iterator
 from typing import Any
 
 from cryptography.hazmat.primitives.asymmetric import ed25519
-from twisted.application import service, strports
+from twisted.application import service
 from twisted.conch import manhole, manhole_ssh, telnet
 from twisted.conch.checkers import IAuthorizedKeysDB, SSHPublicKeyChecker
 from twisted.conch.insults import insults
@@ -26,6 +26,7 @@ from zope.interface import implementer
 
 from o2obroker.config import Config, ConfigError, local_endpoint
 from o2obroker.service.facade import Broker
+from o2obroker.service.listen import Listener
 
 log = Logger()
 
@@ -68,14 +69,22 @@ class AuthorizedKeys:
 def host_key(path: str | None) -> keys.Key:
     """The console's SSH host key: read from ``path``, made there (mode 0600) when it
     does not exist yet, or made for this run only when no path is configured."""
-    if path and os.path.exists(path):
+    if path and os.path.lexists(path):
         try:
-            return keys.Key.fromFile(path)
-        except (OSError, keys.BadKeyError, ValueError) as e:
-            raise ConfigError(f"manhole_host_key: cannot use {path}: {e}") from None
+            key = keys.Key.fromFile(path)
+        except OSError as e:
+            raise ConfigError(f"manhole_host_key: cannot read {path}: {e.strerror}") from None
+        except (keys.BadKeyError, ValueError, IndexError, TypeError) as e:
+            raise ConfigError(f"manhole_host_key: {path} is not a private key ({e})") from None
+        if key.isPublic():
+            raise ConfigError(f"manhole_host_key: {path} is a public key; give the private one")
+        return key
     key = keys.Key(ed25519.Ed25519PrivateKey.generate())
     if path:
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        try:
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        except OSError as e:
+            raise ConfigError(f"manhole_host_key: cannot create {path}: {e.strerror}") from None
         with os.fdopen(fd, "wb") as f:
             f.write(key.toString("openssh"))
     else:
@@ -153,6 +162,9 @@ def check_console_files(config: Config) -> None:
     with a usage error rather than a traceback."""
     if config.manhole and config.manhole_keys:
         read_authorized_keys(config.manhole_keys)
+    path = config.manhole_host_key
+    if config.manhole and path and os.path.lexists(path):
+        host_key(path)
     passwd = config.manhole_passwd
     if config.manhole_telnet and passwd and not os.access(passwd, os.R_OK):
         raise ConfigError(f"manhole_passwd: cannot read {passwd}")
@@ -175,17 +187,14 @@ def console_service(
         factory = ssh_factory(
             ns, read_authorized_keys(config.manhole_keys), host_key(config.manhole_host_key)
         )
-        ssh = strports.service(config.manhole, factory, reactor=reactor)
-        ssh.setName("ssh")
-        ssh.setServiceParent(top)
+        Listener("manhole", config.manhole, factory, reactor, "ssh").setServiceParent(top)
     if config.manhole_telnet:
         if not config.manhole_passwd:
             raise ConfigError("manhole_telnet: needs manhole_passwd")
         if not local_endpoint(config.manhole_telnet):
             raise ConfigError(f"manhole_telnet: {config.manhole_telnet!r} is not on loopback")
-        plain = strports.service(
-            config.manhole_telnet, telnet_factory(ns, config.manhole_passwd), reactor=reactor
-        )
-        plain.setName("telnet")
-        plain.setServiceParent(top)
+        plain = telnet_factory(ns, config.manhole_passwd)
+        Listener(
+            "manhole_telnet", config.manhole_telnet, plain, reactor, "telnet"
+        ).setServiceParent(top)
     return top

@@ -5,13 +5,14 @@ from __future__ import annotations
 import gc
 from typing import Any
 
-from twisted.application import service, strports
+from twisted.application import service
 from twisted.internet import reactor as global_reactor
 from twisted.logger import Logger
 from twisted.python import usage
 
 from o2obroker.config import ConfigError, load
 from o2obroker.service.console import check_console_files, console_service, namespace
+from o2obroker.service.listen import Listener, NodeTree, check_endpoint, exit_with
 from o2obroker.service.node import Node
 from o2obroker.transports.tcp import BinaryFactory
 from o2obroker.transports.web import build_site
@@ -63,9 +64,16 @@ class Options(usage.Options):
             "manhole_keys": self["manhole-keys"],
         }
         try:
-            self["settings"] = load(self["config"], overrides)
-            check_console_files(self["settings"])
+            self["settings"] = config = load(self["config"], overrides)
+            for key in ("tcp", "http", "manhole", "manhole_telnet"):
+                if getattr(config, key):
+                    check_endpoint(key, getattr(config, key), global_reactor)
+            check_console_files(config)
         except ConfigError as e:
+            if self.parent is not None:
+                # run by twistd, which would print its whole usage before the one line
+                # that matters, on stdout: say only that line, on stderr
+                exit_with(str(e))
             raise usage.UsageError(str(e)) from None
 
 
@@ -118,15 +126,12 @@ def makeService(options: dict[str, Any], reactor: Any = None) -> service.MultiSe
     reactor = reactor or global_reactor
     config = options["settings"]
     node = Node(config, reactor)
-    top = service.MultiService()
+    twistd = getattr(options, "parent", None)  # twistd's own options, when run by it
+    top = NodeTree(pidfile=twistd.get("pidfile") if twistd is not None else None)
     top.node = node  # for the console and tests
     NodeService(node).setServiceParent(top)
-    tcp = strports.service(config.tcp, BinaryFactory(node.gateway), reactor=reactor)
-    tcp.setName("tcp")
-    tcp.setServiceParent(top)
-    http = strports.service(config.http, build_site(node, reactor), reactor=reactor)
-    http.setName("http")
-    http.setServiceParent(top)
+    Listener("tcp", config.tcp, BinaryFactory(node.gateway), reactor).setServiceParent(top)
+    Listener("http", config.http, build_site(node, reactor), reactor).setServiceParent(top)
     console = console_service(config, namespace(node, top), reactor)
     if console is not None:
         console.setServiceParent(top)
