@@ -14,6 +14,7 @@ from o2obroker.actors import ActorSystem
 from o2obroker.metrics import Stats
 from o2obroker.session.auth import Authenticator
 from o2obroker.session.liveness import Liveness
+from o2obroker.session.service import ServiceSender
 from o2obroker.session.session import Session
 from o2obroker.wire.errors import ProtocolError
 from o2obroker.wire.limits import Limits
@@ -96,6 +97,8 @@ class Gateway:
         # frames a second per connection, and how many at once (0: no limit)
         self.rate_limit = rate_limit
         self.rate_burst = rate_burst or max(1, int(2 * rate_limit))
+        # sends of back-end services (HTTP API, console): the one path they take in
+        self.service = ServiceSender(self)
 
     def connect(self, conn: Any) -> Session:
         """A transport has a new connection: give it a session."""
