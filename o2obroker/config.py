@@ -81,6 +81,8 @@ class Config:
     manhole_host_key: str | None = None
     manhole_telnet: str | None = None
     manhole_passwd: str | None = None
+    # the log (doc/operations.md): text lines, or one JSON object a line
+    log_format: str = "text"
     limits: Limits = field(default_factory=Limits)
 
     @property
@@ -125,6 +127,8 @@ class Config:
             raise ConfigError(f"transfer_rate: must be at least 1 byte/s, not {self.transfer_rate}")
         if not self.node or "/" in self.node:
             raise ConfigError(f"node: {self.node!r} is not a valid node id")
+        if self.log_format not in ("text", "json"):
+            raise ConfigError(f"log_format: must be 'text' or 'json', not {self.log_format!r}")
         _check_supervisor(self)
         _check_console(self)
 

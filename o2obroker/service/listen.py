@@ -9,7 +9,8 @@ from typing import Any, NoReturn
 from twisted.application import internet, service
 from twisted.internet.endpoints import serverFromString
 from twisted.internet.error import CannotListenError
-from twisted.logger import Logger
+from twisted.logger import ILogObserver, Logger
+from twisted.python.components import Componentized
 
 from o2obroker.config import ConfigError
 
@@ -67,13 +68,22 @@ class NodeTree(service.MultiService):
     """The top of a node's service tree: a child that cannot start stops the process
     with one line on stderr (and in the log) and exit status 1.
 
-    ``pidfile`` is twistd's, removed on that exit (twistd removes it only after a
-    reactor run), so the next start does not have to call it stale.
+    ``log_observer``, when set, becomes the application's log observer (twistd's
+    ``--log-format json``). ``pidfile`` is twistd's, removed on that exit (twistd
+    removes it only after a reactor run), so the next start need not call it stale.
     """
 
     def __init__(self, pidfile: str | None = None) -> None:
         super().__init__()
         self.pidfile = pidfile
+        self.log_observer: ILogObserver | None = None
+
+    def setServiceParent(self, parent: Any) -> None:
+        # twistd makes the application after makeService and logs to the ILogObserver
+        # it carries, if any: the way a plugin chooses its log format
+        if self.log_observer is not None and isinstance(parent, Componentized):
+            parent.setComponent(ILogObserver, self.log_observer)
+        super().setServiceParent(parent)
 
     def privilegedStartService(self) -> None:
         try:

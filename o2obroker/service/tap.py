@@ -11,6 +11,7 @@ from twisted.logger import Logger
 from twisted.python import usage
 
 from o2obroker.config import ConfigError, load
+from o2obroker.logs import twistd_observer
 from o2obroker.service.console import check_console_files, console_service, namespace
 from o2obroker.service.listen import Listener, NodeTree, check_endpoint, exit_with
 from o2obroker.service.node import Node
@@ -48,6 +49,7 @@ class Options(usage.Options):
             "(e.g. tcp:2222:interface=127.0.0.1); needs --manhole-keys. Off by default.",
         ],
         ["manhole-keys", None, None, "authorized_keys file of the admin console."],
+        ["log-format", None, None, "text|json: json writes one object a line [default: text]."],
     ]
 
     def postOptions(self) -> None:
@@ -62,6 +64,7 @@ class Options(usage.Options):
             "hb": self["hb"],
             "manhole": self["manhole"],
             "manhole_keys": self["manhole-keys"],
+            "log_format": self["log-format"],
         }
         try:
             self["settings"] = config = load(self["config"], overrides)
@@ -128,6 +131,9 @@ def makeService(options: dict[str, Any], reactor: Any = None) -> service.MultiSe
     node = Node(config, reactor)
     twistd = getattr(options, "parent", None)  # twistd's own options, when run by it
     top = NodeTree(pidfile=twistd.get("pidfile") if twistd is not None else None)
+    if twistd is not None:
+        # twistd opens its log after this returns, and takes the application's observer
+        top.log_observer = twistd_observer(twistd, config.log_format)
     top.node = node  # for the console and tests
     NodeService(node).setServiceParent(top)
     Listener("tcp", config.tcp, BinaryFactory(node.gateway), reactor).setServiceParent(top)

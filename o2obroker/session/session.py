@@ -52,6 +52,7 @@ class Session:
         "_gateway",
         "actor",
         "conn",
+        "connlog",
         "cursor",
         "device",
         "identity",
@@ -73,6 +74,7 @@ class Session:
     def __init__(self, gateway: Gateway, conn: Any) -> None:
         self._gateway = gateway
         self.conn = conn
+        self.connlog: Any = None  # the gateway's ConnectionLog of this connection
         self.kind: str = conn.kind
         self.state = HELLO
         self.user: str | None = None
@@ -150,6 +152,7 @@ class Session:
         if self.state is CLOSED:
             return
         self._gateway.stats.errors[error.code] += 1
+        self._gateway.error_sent(self, error.code, error.reason, error.fatal)
         self.conn.send(error.frame())
         if error.fatal:
             self.close()
@@ -160,7 +163,7 @@ class Session:
         if self._bucket is not None:
             self._bucket.discard(self)
             self._bucket = None
-            self._gateway.disconnected(self.conn)
+            self._gateway.disconnected(self.conn, self)
         was_open = self.state is OPEN
         self.state = CLOSED
         if was_open:
@@ -209,9 +212,8 @@ class Session:
                 stats.pings_saved_transfer += 1
             return
         if silent >= 2 * gw.hb:
-            self.log.info(
-                "{session!r} silent for {silent:.0f}s: closing", session=self, silent=silent
-            )
+            if self.connlog is not None:
+                self.connlog.reason = f"silent for {silent:.0f}s"
             self.close()
         elif silent >= gw.hb and not self.pinged:
             self.pinged = True
@@ -283,6 +285,7 @@ class Session:
             error = ProtocolError(400, "unsupported protocol version", fatal=True)
             frame = error.frame()
             frame["versions"] = [1]
+            gw.error_sent(self, 400, error.reason, True)
             self.conn.send(frame)
             self.close()
             return
@@ -310,6 +313,7 @@ class Session:
 
     def welcome(self, last: int, resumed: bool) -> None:
         gw = self._gateway
+        gw.welcomed(self, last, resumed)
         self.conn.send(
             {
                 "t": "welcome",
@@ -341,6 +345,8 @@ class Session:
 
     def send_frame(self, frame: dict[str, Any]) -> None:
         if self.state is OPEN:
+            if frame.get("t") == "error":
+                self._gateway.error_sent(self, frame.get("code", 0), frame.get("reason", ""), False)
             self.conn.send(frame)
 
     def send_presence(self, out: OutFrame) -> None:
@@ -373,6 +379,7 @@ class Session:
     def replaced(self) -> None:
         if self.state is OPEN:
             self.state = CLOSED  # the actor has already let go of this device
+            self._gateway.error_sent(self, 409, "replaced", True)
             self.conn.send({"t": "error", "code": 409, "reason": "replaced"})
             self.lost()
             self.conn.close()
@@ -402,6 +409,8 @@ class Session:
         pass
 
     def _on_bye(self, frame: Bye) -> None:
+        if self.connlog is not None:
+            self.connlog.reason = "bye"
         self.conn.send(BYE)
         self.close()
 

@@ -419,6 +419,10 @@ class _Open(_Child):
             request.setHeader(b"content-type", _JSON)
             return _error_body(400, "the body of /lp/open is one hello frame")
         conn = LongPollConnection(lp, secrets.token_urlsafe(24))
+        address = request.getClientAddress()
+        conn.peer = (
+            f"{getattr(address, 'host', '-')}:{getattr(address, 'port', '-')}"  # for the log
+        )
         conn._collect = errors = []
         session = conn.session = lp.gateway.connect(conn)
         session.touch()
