@@ -58,7 +58,7 @@ class Broker:
             "node": node.config.node,
             "connections": dict(node.gateway.connections),
             "actors": len(node.actors),
-            "frames_in": stats.frames_in,
+            "frames_in": sum(t.frames_in for t in stats.traffic.values()),
             "messages_in": stats.msgs_in,
             "messages_out": stats.msgs_out,
             "receipts": dict(stats.receipts),

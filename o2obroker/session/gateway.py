@@ -67,12 +67,13 @@ class ConnectionLog:
     """What the log keeps of one connection: its peer, when it opened, why it
     ended, and how many error frames it was sent (their lines on a budget)."""
 
-    __slots__ = ("budget", "errors", "opened", "peer", "reason")
+    __slots__ = ("budget", "errors", "kind", "opened", "peer", "reason")
 
     def __init__(self, peer: str, opened: float) -> None:
         self.peer = peer
         self.opened = opened
         self.reason: str | None = None  # set by whoever closes it; else the peer went away
+        self.kind = "lost"  # the reason as a metric label: bye, lost, silent, or an error code
         self.errors = 0
         self.budget: Budget | None = None  # made at the first error
 
@@ -137,6 +138,7 @@ class Gateway:
     def connect(self, conn: Any) -> Session:
         """A transport has a new connection: give it a session."""
         self.connections[conn.transport_name] += 1
+        self.stats.opened[conn.transport_name] += 1
         session = Session(self, conn)
         record = session.connlog = ConnectionLog(peer_of(conn), self.clock.seconds())
         self.log.info(
@@ -152,6 +154,8 @@ class Gateway:
         record = session.connlog if session is not None else None
         if record is None:
             return
+        # a connection that never got its welcome was refused (bad hello, 503...), or gave up
+        (self.stats.closed if session.welcomed else self.stats.refused)[record.kind] += 1
         duration = round(self.clock.seconds() - record.opened, 3)
         suppressed = record.budget.suppressed if record.budget is not None else 0
         self.log.info(
@@ -191,6 +195,7 @@ class Gateway:
         record.errors += 1
         if fatal:
             record.reason = f"{code} {reason}"
+            record.kind = str(code)
         now = self.clock.seconds()
         budget = record.budget
         if budget is None:

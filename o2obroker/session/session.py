@@ -69,12 +69,14 @@ class Session:
         "state",
         "transfer",
         "user",
+        "welcomed",
     )
 
     def __init__(self, gateway: Gateway, conn: Any) -> None:
         self._gateway = gateway
         self.conn = conn
         self.connlog: Any = None  # the gateway's ConnectionLog of this connection
+        self.welcomed = 0.0  # clock time of the welcome; 0 before it
         self.kind: str = conn.kind
         self.state = HELLO
         self.user: str | None = None
@@ -214,6 +216,7 @@ class Session:
         if silent >= 2 * gw.hb:
             if self.connlog is not None:
                 self.connlog.reason = f"silent for {silent:.0f}s"
+                self.connlog.kind = "silent"
             self.close()
         elif silent >= gw.hb and not self.pinged:
             self.pinged = True
@@ -313,6 +316,7 @@ class Session:
 
     def welcome(self, last: int, resumed: bool) -> None:
         gw = self._gateway
+        self.welcomed = gw.clock.seconds()
         gw.welcomed(self, last, resumed)
         self.conn.send(
             {
@@ -332,8 +336,13 @@ class Session:
 
     def send_msgs(self, items: list[tuple[int, Any]]) -> None:
         if self.state is OPEN:
-            self._gateway.stats.msgs_out += len(items)
+            stats = self._gateway.stats
+            stats.msgs_out += len(items)
             self.conn.send_msgs(items)
+            # one sample a batch: its newest message, unless it waited for this device's hello
+            accepted = items[-1][1].fields.get("ts", 0) / 1000.0
+            if accepted >= self.welcomed:
+                stats.latency.observe(max(0.0, self._gateway.clock.seconds() - accepted))
 
     def when_drained(self) -> Deferred[None] | None:
         """None while the device takes what is written (or its transport cannot
@@ -410,7 +419,7 @@ class Session:
 
     def _on_bye(self, frame: Bye) -> None:
         if self.connlog is not None:
-            self.connlog.reason = "bye"
+            self.connlog.reason = self.connlog.kind = "bye"
         self.conn.send(BYE)
         self.close()
 

@@ -25,6 +25,7 @@ from twisted.logger import Logger
 from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET
 
+from o2obroker.metrics import traffic_of
 from o2obroker.session import Gateway, Liveness, Session
 from o2obroker.transports.web import OriginPolicy, origin_of
 from o2obroker.transports.websocket import Flusher
@@ -106,7 +107,11 @@ class LongPollConnection:
                 answer = answers.pop(0)
                 if not answers:
                     del self._waiting[key]
-                answer.frames.append(encode_json(frame))
+                text = encode_json(frame)
+                answer.frames.append(text)
+                traffic = self._res.traffic
+                traffic.frames_out += 1
+                traffic.bytes_out += len(text)
                 answer.waiting -= 1
                 if answer.waiting == 0:
                     self._res.finish_send(answer)
@@ -133,6 +138,9 @@ class LongPollConnection:
         self._last += 1
         self._frames.append((self._last, text))
         self._size += len(text)
+        traffic = self._res.traffic
+        traffic.frames_out += 1
+        traffic.bytes_out += len(text)  # characters: bytes for all but non-ASCII text
         if self._size > self._res.gateway.limits.max_queue and not self._overflow and self._slow():
             # a client that stopped polling; its messages stay in the inbox for its resume
             self._overflow = True
@@ -269,6 +277,7 @@ class LongPollResource(Resource):
     ) -> None:
         super().__init__()
         self.gateway = gateway
+        self.traffic = traffic_of(gateway.stats, "lp")
         self.origins = origins
         self.clock = clock
         self.timeout = timeout
@@ -359,8 +368,10 @@ class LongPollResource(Resource):
 
     def frames_of(self, request: Any) -> list[dict[str, Any]] | bytes:
         """The body's frames, or the 400 body that refuses it."""
+        body = request.content.read()
+        self.traffic.bytes_in += len(body)
         try:
-            value = decode_json(request.content.read(), self.gateway.limits)
+            value = decode_json(body, self.gateway.limits)
         except ProtocolError as e:
             if isinstance(e, FrameTooLarge):
                 request.setResponseCode(413)
@@ -368,7 +379,9 @@ class LongPollResource(Resource):
                 request.setResponseCode(400)
             request.setHeader(b"content-type", _JSON)
             return _body({"frames": [e.frame()]})
-        return [value] if type(value) is dict else value
+        frames = [value] if type(value) is dict else value
+        self.traffic.frames_in += len(frames)
+        return frames
 
 
 class _Child(Resource):

@@ -10,6 +10,7 @@ from twisted.internet.interfaces import IReactorTime
 from twisted.internet.protocol import Factory, Protocol
 from twisted.logger import Logger
 
+from o2obroker.metrics import traffic_of
 from o2obroker.session import Gateway, Session
 from o2obroker.session.transfer import LARGE
 from o2obroker.transports.backpressure import Backpressure
@@ -45,6 +46,7 @@ class BinaryProtocol(Protocol):
         self._closing = False
         self._abort: Any = None
         self.session: Session | None = None
+        self._traffic = traffic_of(gateway.stats, self.transport_name)
 
     def connectionMade(self) -> None:
         self.transport.registerProducer(self._pressure, True)
@@ -58,6 +60,9 @@ class BinaryProtocol(Protocol):
         except ProtocolError as e:
             session.fail(e)
             return
+        traffic = self._traffic
+        traffic.bytes_in += len(data)
+        traffic.frames_in += len(payloads)
         limits = self._gateway.limits
         for payload in payloads:
             try:
@@ -97,6 +102,7 @@ class BinaryProtocol(Protocol):
             return
         payload = encode_cbor(frame)
         self.transport.write(_prefix(len(payload)) + payload)
+        self._count(1, len(payload) + 4)
         if self._pressure.paused:
             self._check_queue()
 
@@ -108,7 +114,9 @@ class BinaryProtocol(Protocol):
             payload = encode_cbor(f)
             parts.append(_prefix(len(payload)))
             parts.append(payload)
-        self.transport.write(b"".join(parts))
+        data = b"".join(parts)
+        self.transport.write(data)
+        self._count(len(frames), len(data))
         if self._pressure.paused:
             self._check_queue()
 
@@ -122,6 +130,7 @@ class BinaryProtocol(Protocol):
             parts.append(payload)
         data = b"".join(parts)
         self.transport.write(data)
+        self._count(len(items), len(data))
         if len(data) >= LARGE:
             self.session.sending(len(data))
         if self._pressure.paused:
@@ -132,9 +141,15 @@ class BinaryProtocol(Protocol):
             return 0
         payload = out.cbor()
         self.transport.write(_prefix(len(payload)) + payload)
+        self._count(1, len(payload) + 4)
         if self._pressure.paused:
             self._check_queue()
         return len(payload) + 4
+
+    def _count(self, frames: int, size: int) -> None:
+        traffic = self._traffic
+        traffic.frames_out += frames
+        traffic.bytes_out += size
 
     def unsent(self) -> int:
         return unsent_bytes(self.transport)

@@ -23,6 +23,7 @@ from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.logger import Logger
 
+from o2obroker.metrics import traffic_of
 from o2obroker.session import Gateway, Session
 from o2obroker.transports.backpressure import Backpressure
 from o2obroker.transports.tcp import unsent_bytes
@@ -108,6 +109,7 @@ class WebSocketConnection(WebSocketServerProtocol):
             transport.unregisterProducer()  # the HTTP channel's, done with this socket
         self._pressure = Backpressure()
         transport.registerProducer(self._pressure, True)
+        self._traffic = traffic_of(self.factory.gateway.stats, self.transport_name)
         self.session = self.factory.gateway.connect(self)
 
     def onMessage(self, payload: bytes, isBinary: bool) -> None:
@@ -115,12 +117,15 @@ class WebSocketConnection(WebSocketServerProtocol):
         if session is None or self._closing:
             return
         session.touch()
+        traffic = self._traffic
+        traffic.bytes_in += len(payload)
         limits = self.factory.gateway.limits
         try:
             obj = decode_cbor_batch(payload, limits) if isBinary else decode_json(payload, limits)
         except ProtocolError as e:
             session.fail(e)
             return
+        traffic.frames_in += 1 if type(obj) is dict else len(obj)
         if type(obj) is dict:
             if not self._hello_seen:
                 self._hello(obj)
@@ -174,6 +179,7 @@ class WebSocketConnection(WebSocketServerProtocol):
 
     def _emit(self, payloads: list[Any]) -> None:
         """Write encoded frames: CBOR bytes, or JSON text (encoded to UTF-8 per message)."""
+        self._traffic.frames_out += len(payloads)
         if self.batch:
             self._out.extend(payloads)
             if not self._queued:
@@ -217,6 +223,7 @@ class WebSocketConnection(WebSocketServerProtocol):
         """
         if self.state != self.STATE_OPEN or self._perMessageCompress is not None:
             for payload in payloads:
+                self._traffic.bytes_out += len(payload)  # before compression and framing
                 self.sendMessage(payload, binary)
         else:
             opcode = 0x82 if binary else 0x81
@@ -230,7 +237,9 @@ class WebSocketConnection(WebSocketServerProtocol):
                 else:
                     parts.append(_head64(opcode, 127, n))
                 parts.append(payload)
-            self.transport.write(b"".join(parts))
+            data = b"".join(parts)
+            self._traffic.bytes_out += len(data)
+            self.transport.write(data)
         if self._pressure.paused:
             self._check_queue()
 
