@@ -15,6 +15,7 @@ from twisted.trial.unittest import SynchronousTestCase, TestCase
 
 from o2obroker.client import connect
 from o2obroker.config import Config
+from o2obroker.metrics import Latency
 from o2obroker.service.node import Node
 from o2obroker.transports.tcp import BinaryFactory
 from o2obroker.transports.web import build_site
@@ -107,9 +108,10 @@ class ScrapeTests(TestCase):
 
 class LatencyTests(SynchronousTestCase):
     def latency(self, h: Harness) -> tuple[float, float]:
-        histogram = h.node.metrics.stats.latency
-        found = {s.name: s.value for s in histogram.collect()[0].samples}
-        return found["o2o_send_to_write_seconds_count"], found["o2o_send_to_write_seconds_sum"]
+        found = samples(h.node.metrics.render().decode())
+        return found[("o2o_send_to_write_seconds_count", ())], found[
+            ("o2o_send_to_write_seconds_sum", ())
+        ]
 
     def test_only_live_deliveries_are_timed(self) -> None:
         h = Harness()
@@ -122,3 +124,17 @@ class LatencyTests(SynchronousTestCase):
         alice.write({"t": "send", "id": "2", "to": "bob", "body": 2})
         self.assertEqual([f["t"] for f in bob.read()], ["msg"])
         self.assertEqual(self.latency(h), (1, 0))
+
+
+class HistogramTests(SynchronousTestCase):
+    def test_buckets_are_cumulative_and_bounds_inclusive(self) -> None:
+        latency = Latency((0.01, 0.1))
+        for value in (0.005, 0.01, 0.05, 3.0):
+            latency.observe(value)
+        family = latency.family("x_seconds", "doc")
+        got = {(s.name, s.labels.get("le")): s.value for s in family.samples}
+        self.assertEqual(got[("x_seconds_bucket", "0.01")], 2)  # le: 0.01 itself counts
+        self.assertEqual(got[("x_seconds_bucket", "0.1")], 3)
+        self.assertEqual(got[("x_seconds_bucket", "+Inf")], 4)
+        self.assertEqual(got[("x_seconds_count", None)], 4)
+        self.assertAlmostEqual(got[("x_seconds_sum", None)], 3.065)
