@@ -37,7 +37,7 @@ def main(n: int = 2000) -> None:
     t = timeit.timeit(one_sample, number=rounds)
     print(f"sample (psutil + state machine): {t / rounds * 1e6:.1f} us, {n} connections")
     rounds = 100_000
-    t = timeit.timeit(supervisor.refusal, number=rounds)
+    t = timeit.timeit(h.node.gateway.refusal, number=rounds)
     print(f"admission check per hello: {t / rounds * 1e9:.0f} ns")
 
     done: list[None] = []

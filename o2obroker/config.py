@@ -16,6 +16,71 @@ class ConfigError(ValueError):
     """A configuration value is missing, unknown or out of range."""
 
 
+# -- the business layer (doc/business.md): sections [policy], [filter:NAME], [hook:NAME],
+# [archive]. Policies are keyed by app; "" is the node's own [policy]. An app registry
+# will add [policy:APP] sections that apply to that app's clients.
+
+
+@dataclass
+class FilterSettings:
+    """``[filter:NAME]``: a keyword list from files, and what a match does."""
+
+    files: list[str] = field(default_factory=list)
+    action: str = "mask"  # mask | reject
+
+
+@dataclass
+class HookSettings:
+    """``[hook:NAME]``: one application endpoint and how it is called."""
+
+    url: str = ""
+    timeout: float = 2.0  # seconds per call
+    concurrency: int = 16  # calls under way at once
+    max_waiting: int = 1000  # calls waiting for a slot; past it a call fails at once
+    on_failure: str = "allow"  # allow | refuse, when the application cannot answer
+    breaker_failures: int = 5  # failures in a row that open the circuit
+    breaker_reset: float = 30.0  # seconds open before one probe call
+    secret: str | None = None  # sent as "Authorization: Bearer <secret>"
+    # offline and presence events
+    batch: int = 100  # events per call
+    window: float = 0.2  # seconds events gather before a call
+    queue: int = 10_000  # events waiting; past it the oldest are dropped (counted, logged)
+    backoff: float = 1.0  # first retry delay, doubled per failure
+    max_backoff: float = 60.0
+
+
+@dataclass
+class PolicySettings:
+    """``[policy]``: which stages screen messages, and which hooks are called."""
+
+    filters: list[str] = field(default_factory=list)  # [filter:NAME] sections, in order
+    message_filters: list[str] = field(default_factory=list)  # plugin names or dotted paths
+    publish_hook: str | None = None  # [hook:NAME] sections
+    connect_hook: str | None = None
+    offline_hook: str | None = None
+    presence_hook: str | None = None
+
+    @property
+    def empty(self) -> bool:
+        return not (
+            self.filters
+            or self.message_filters
+            or self.publish_hook
+            or self.connect_hook
+            or self.offline_hook
+            or self.presence_hook
+        )
+
+
+@dataclass
+class ArchiveSettings:
+    """``[archive]``: the history archive, off by default."""
+
+    enabled: bool = False
+    max_messages: int = 1000  # per conversation and per room
+    max_age: float = 7 * 24 * 3600.0  # seconds
+
+
 @dataclass
 class Config:
     """Everything a node is built from. Names match the ini keys and the options."""
@@ -84,6 +149,15 @@ class Config:
     # the log (doc/operations.md): text lines, or one JSON object a line
     log_format: str = "text"
     limits: Limits = field(default_factory=Limits)
+    policies: dict[str, PolicySettings] = field(default_factory=dict)
+    filters: dict[str, FilterSettings] = field(default_factory=dict)
+    hooks: dict[str, HookSettings] = field(default_factory=dict)
+    archive: ArchiveSettings = field(default_factory=ArchiveSettings)
+
+    @property
+    def policy(self) -> PolicySettings:
+        """The node's own policy, ``[policy]`` (empty when not given)."""
+        return self.policies.get("", PolicySettings())
 
     @property
     def auth_mode(self) -> str:
@@ -131,6 +205,42 @@ class Config:
             raise ConfigError(f"log_format: must be 'text' or 'json', not {self.log_format!r}")
         _check_supervisor(self)
         _check_console(self)
+        _check_business(self)
+
+
+def _check_business(c: Config) -> None:
+    for app, policy in c.policies.items():
+        where = f"[policy:{app}]" if app else "[policy]"
+        if app:
+            # kept by app already, so that an app registry only has to lift this
+            raise ConfigError(f"{where}: per-app policies need an app registry; use [policy]")
+        for name in policy.filters:
+            if name not in c.filters:
+                raise ConfigError(f"{where} filters: no section [filter:{name}]")
+        for kind in ("publish", "connect", "offline", "presence"):
+            name = getattr(policy, f"{kind}_hook")
+            if name is not None and name not in c.hooks:
+                raise ConfigError(f"{where} {kind}_hook: no section [hook:{name}]")
+    for name, f in c.filters.items():
+        if f.action not in ("mask", "reject"):
+            raise ConfigError(f"[filter:{name}] action: must be mask or reject, not {f.action!r}")
+        if not f.files:
+            raise ConfigError(f"[filter:{name}] files: name at least one word list file")
+    for name, h in c.hooks.items():
+        where = f"[hook:{name}]"
+        if not h.url.startswith(("http://", "https://")):
+            raise ConfigError(f"{where} url: must be an http:// or https:// URL, not {h.url!r}")
+        if h.on_failure not in ("allow", "refuse"):
+            raise ConfigError(f"{where} on_failure: must be allow or refuse, not {h.on_failure!r}")
+        for key in ("timeout", "window", "backoff", "max_backoff", "breaker_reset"):
+            if getattr(h, key) <= 0:
+                raise ConfigError(f"{where} {key}: must be positive")
+        for key in ("concurrency", "batch", "queue", "breaker_failures", "max_waiting"):
+            if getattr(h, key) < 1:
+                raise ConfigError(f"{where} {key}: must be at least 1")
+    a = c.archive
+    if a.max_messages < 1 or a.max_age <= 0:
+        raise ConfigError("[archive] max_messages and max_age: must be positive")
 
 
 def _check_supervisor(c: Config) -> None:
@@ -240,6 +350,42 @@ def _convert(name: str, raw: str, like: Any) -> Any:
     return raw
 
 
+def _list(raw: str) -> list[str]:
+    return [item.strip() for item in raw.split(",") if item.strip()]
+
+
+def _fill(obj: Any, where: str, items: list[tuple[str, str]]) -> None:
+    """Set ``obj``'s fields from ini items, each converted like its default."""
+    names = {f.name: f for f in fields(obj)}
+    for key, raw in items:
+        if key not in names:
+            raise ConfigError(f"{where} {key}: unknown key")
+        like = getattr(type(obj)(), key)
+        if isinstance(like, list):
+            setattr(obj, key, _list(raw))
+        else:
+            value = None if raw == "" and like is None else _convert(f"{where} {key}", raw, like)
+            setattr(obj, key, value)
+
+
+def _business_section(config: Config, section: str, items: list[tuple[str, str]]) -> bool:
+    """Read a section of the business layer; False when ``section`` is not one."""
+    kind, _, name = section.partition(":")
+    name = name.strip()
+    if kind == "policy":
+        policy = config.policies.setdefault(name, PolicySettings())
+        _fill(policy, f"[{section}]", items)
+    elif kind == "filter" and name:
+        _fill(config.filters.setdefault(name, FilterSettings()), f"[{section}]", items)
+    elif kind == "hook" and name:
+        _fill(config.hooks.setdefault(name, HookSettings()), f"[{section}]", items)
+    elif section == "archive":
+        _fill(config.archive, "[archive]", items)
+    else:
+        return False
+    return True
+
+
 def load(path: str | None = None, overrides: dict[str, Any] | None = None) -> Config:
     """Build a Config from an ini file's ``[broker]`` and ``[limits]`` sections,
     then apply ``overrides`` (command-line values; None means not given)."""
@@ -261,7 +407,9 @@ def load(path: str | None = None, overrides: dict[str, Any] | None = None) -> Co
             message = " ".join(str(e).split())
             raise ConfigError(f"config: {path}: {message}") from None
         for section in parser.sections():
-            if section not in ("broker", "limits"):
+            if section in ("broker", "limits"):
+                continue
+            if not _business_section(config, section, parser.items(section)):
                 raise ConfigError(f"config: unknown section [{section}] in {path}")
         for key, raw in parser.items("broker") if parser.has_section("broker") else []:
             if key not in _TOP_KEYS:

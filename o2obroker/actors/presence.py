@@ -227,6 +227,9 @@ class PresenceHub:
         # users whose actor waits for a grace period to end, so that stop() ends them
         self.lingering: set[UserPresence] = set()
         self.running = True
+        # told (user, state, ts) when a user goes from offline to not, or back: the
+        # application's presence hook (o2obroker/policy); None when not configured
+        self.on_edge: Callable[[str, str, int], None] | None = None
 
     def now_ms(self) -> int:
         return int(self.clock.seconds() * 1000)
@@ -238,6 +241,8 @@ class PresenceHub:
         self.backend.set_presence(user, new).addErrback(
             lambda f: self.log.failure("recording presence of {user}", f, user=user)
         )
+        if self.on_edge is not None and (old.state == "offline") != (new.state == "offline"):
+            self.on_edge(user, new.state, new.ts)
         if (not changed and not self.naive) or not self.running:
             return
         if self.naive:

@@ -11,10 +11,12 @@ from twisted.internet.interfaces import IReactorTime
 from zope.interface import Attribute, Interface
 
 from o2obroker.actors.actor import Actor, Message, Scheduler
+from o2obroker.actors.history import read_history
 from o2obroker.actors.presence import PresenceHub, UserPresence, presence_frame
 from o2obroker.backend.interface import IBackend, InboxState, Receipt, StoredMessage
+from o2obroker.policy.pipeline import REJECTED_STATUS
 from o2obroker.routing import Envelope, Router, settle_all
-from o2obroker.wire import MessageTemplate, OutFrame
+from o2obroker.wire import MessageTemplate, OutFrame, ProtocolError
 
 BACKLOG_PAGE = 500
 
@@ -137,9 +139,11 @@ class UserActor(Actor):
         "watch": "_on_watch",
         "unwatch": "_on_unwatch",
         "probe": "_on_probe",
+        "history": "_on_history",
     }
 
     __slots__ = (
+        "_business",
         "_clock",
         "_inflight",
         "_mids",
@@ -159,8 +163,11 @@ class UserActor(Actor):
         clock: IReactorTime,
         mids: MidSource,
         presence: PresenceHub,
+        business: Any = None,
     ) -> None:
         super().__init__(scheduler)
+        # the node's business layer (o2obroker/policy), None when nothing is configured
+        self._business = business
         # the node's one hub: a hub of its own would fan this user's changes out alone
         self.presence = UserPresence(user, presence, self._grace_over)
         # device in its grace period -> {watched user: latest change it missed}
@@ -220,6 +227,9 @@ class UserActor(Actor):
     def probe(self, device: Any, users: list[str]) -> None:
         self.tell(("probe", device, users))
 
+    def history(self, device: Any, frame: Any) -> None:
+        self.tell(("history", device, frame))
+
     # -- incoming messages ------------------------------------------------
 
     def _on_deliver(self, batch: list[Message]) -> Deferred[None]:
@@ -249,6 +259,9 @@ class UserActor(Actor):
                             written[i] = True
                     if items:
                         device.send_msgs(items)
+        elif self._business is not None and self._business.offline is not None:
+            # business: stored for a user with no live device, for the application's push
+            self._business.stored_offline(user, [e.message for e in envelopes])
         settle_all([e for e, w in zip(envelopes, written, strict=True) if e.done(w)])
 
     def _on_submit(self, batch: list[Message]) -> Deferred[None]:
@@ -259,6 +272,16 @@ class UserActor(Actor):
         return d.addCallback(self._route_claimed, accepted, ts)
 
     def _route_claimed(self, kept: list[Receipt | None], accepted: list[Any], ts: int) -> Any:
+        # -- policy seam: the message pipeline screens the claimed batch before it is
+        # routed: rejected sends are answered and dropped, rewritten ones carry their
+        # new body (o2obroker/policy/pipeline.py, doc/business.md)
+        business = self._business
+        if business is not None and business.pipeline is not None:
+            d = business.pipeline.screen(self.user, self.backend, kept, accepted)
+            return d.addCallback(lambda screened: self._route_screened(*screened, ts))
+        return self._route_screened(kept, accepted, ts)
+
+    def _route_screened(self, kept: list[Receipt | None], accepted: list[Any], ts: int) -> Any:
         rooms = {send.room for _, send, _ in accepted if send.room is not None}
         if not rooms:
             self._route(kept, accepted, ts, {})
@@ -349,6 +372,10 @@ class UserActor(Actor):
         members: dict[str, frozenset[str]],
     ) -> None:
         """A send id seen before: answer with the first receipt, deliver nothing again."""
+        if old.status == REJECTED_STATUS:
+            # policy: an id refused by policy stays refused
+            device.send_frame(_error(403, "rejected by policy", send.id))
+            return
         if old.status is not None:
             device.receipts([(send.id, old.mid, old.ts, old.status)])
             return
@@ -381,6 +408,12 @@ class UserActor(Actor):
                         box.append(answer)
         for device, items in answers.items():
             device.receipts(items)
+        business = self._business
+        if business is not None and business.archive is not None:
+            # business: archive what was delivered, once per batch
+            business.archive.add([e.message for m in batch for e in m[1]]).addErrback(
+                lambda f: self.log.failure("archiving messages of {user}", f, user=self.user)
+            )
         self.backend.settle(self.user, statuses).addErrback(
             lambda f: self.log.failure("settling receipts of {user}", f, user=self.user)
         )
@@ -548,6 +581,30 @@ class UserActor(Actor):
                 device.send_presence(OutFrame(presence_frame(user, found[user])))
 
         return self.presence.hub.answer(users).addCallback(answer)
+
+    # -- history (PROTOCOL.md section 4; o2obroker/actors/history.py) -------------
+
+    def _on_history(self, message: Message) -> Deferred[None]:
+        _, device, frame = message
+        archive = self._business.archive if self._business is not None else None
+        d = read_history(
+            archive,
+            self.backend,
+            self.user,
+            peer=frame.peer,
+            room=frame.room,
+            before=frame.before,
+            limit=frame.limit,
+        )
+
+        def answer(page: dict[str, Any]) -> None:
+            device.send_frame({"t": "history", "ref": frame.id, **page})
+
+        def refused(f: Any) -> None:
+            f.trap(ProtocolError)
+            device.send_frame(_error(f.value.code, f.value.reason, frame.id))
+
+        return d.addCallbacks(answer, refused)
 
     # -- life cycle -------------------------------------------------------
 

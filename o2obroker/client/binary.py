@@ -102,6 +102,11 @@ class BinaryClient(Protocol):
             if d is not None:
                 d.callback(f)
             return
+        if t == "history":
+            d = self._pending.pop(f.get("ref"), None)
+            if d is not None:
+                d.callback(f)
+            return
         if t == "welcome":
             self.welcome.callback(f)
             return
@@ -164,6 +169,34 @@ class BinaryClient(Protocol):
     def leave(self, room: str) -> Deferred[dict[str, Any]]:
         d = self.wait_for("left")
         self.write_frame({"t": "leave", "room": room})
+        return d
+
+    def history(
+        self,
+        *,
+        with_: str | None = None,
+        room: str | None = None,
+        before: str | None = None,
+        limit: int | None = None,
+    ) -> Deferred[dict[str, Any]]:
+        """A page of the archive (PROTOCOL.md section 4, History): the
+        conversation with user ``with_`` or ``room``'s. Fires with the answer
+        frame (``messages``, newest first, and ``more``); pass the last
+        message's ``mid`` as ``before`` for the next page. Fails with
+        ClientError (403 not a member, 404 no archive)."""
+        query_id = self.next_id()
+        f: dict[str, Any] = {"t": "history", "id": query_id}
+        if room is not None:
+            f["room"] = room
+        else:
+            f["with"] = with_
+        if before is not None:
+            f["before"] = before
+        if limit is not None:
+            f["limit"] = limit
+        d: Deferred[dict[str, Any]] = Deferred()
+        self._pending[query_id] = d
+        self.write_frame(f)
         return d
 
     def ack(self, seq: int) -> None:

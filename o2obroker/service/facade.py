@@ -39,6 +39,7 @@ class Broker:
     broker.alerts(n=20)             the supervisor's recent alerts
     broker.drain()                  stop taking clients and send them away (Deferred: empty)
     broker.resume()                 take clients again after a drain
+    broker.reload_filters()         read the keyword lists again (Deferred), like SIGHUP
     """
 
     def __init__(self, node: Any) -> None:
@@ -155,6 +156,14 @@ class Broker:
     def drain(self) -> Deferred[None]:
         """Stop taking clients and send the connected ones elsewhere; fires when empty."""
         return self._node.supervisor.drain()
+
+    def reload_filters(self) -> Deferred[str]:
+        """Read the keyword filter's word lists again without a restart.
+
+        The new lists take effect at once for every later message; a list that
+        cannot be read keeps the old ones and fails with the reason.
+        """
+        return self._node.reload_filters()
 
     def resume(self) -> None:
         """Take clients again after a drain."""

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from typing import Any
+
+from twisted.internet.defer import Deferred, succeed
 from twisted.internet.interfaces import IReactorTime
 
 from o2obroker.actors import ActorSystem
@@ -16,6 +19,7 @@ from o2obroker.actors.supervisor import (
 from o2obroker.backend import IBackend, MemoryBackend
 from o2obroker.config import Config
 from o2obroker.metrics import Metrics
+from o2obroker.policy.build import build_business
 from o2obroker.routing import Router
 from o2obroker.session import Authenticator, Gateway
 
@@ -24,7 +28,12 @@ class Node:
     """The live objects of a broker process; transports and the console use these."""
 
     def __init__(
-        self, config: Config, clock: IReactorTime, backend: IBackend | None = None
+        self,
+        config: Config,
+        clock: IReactorTime,
+        backend: IBackend | None = None,
+        *,
+        agent: Any = None,
     ) -> None:
         self.config = config
         self.clock = clock
@@ -47,7 +56,12 @@ class Node:
             naive=config.presence_naive,
             stats=self.metrics.stats,
         )
-        self.actors = ActorSystem(self.router, clock, self.presence)
+        # the business layer (doc/business.md): pipeline, archive, hooks; ``agent``
+        # is the HTTP client of the hooks (default: one on ``clock``, the reactor)
+        self.business = build_business(config, clock, agent=agent)
+        if self.business.presence is not None:
+            self.presence.on_edge = self.business.presence_changed
+        self.actors = ActorSystem(self.router, clock, self.presence, self.business)
         self.gateway = Gateway(
             self.actors,
             Authenticator(config.auth_mode, config.secret, config.limits),
@@ -63,6 +77,7 @@ class Node:
             rate_burst=config.rate_burst,
             naive_presence=config.presence_naive,
         )
+        self.gateway.connect_hook = self.business.connect
         gauges = self.metrics.collector
         gauges.add_gauge(
             "o2o_connections",
@@ -91,13 +106,25 @@ class Node:
                 clock, config.scale_in_command, config.scale_in_url, config.hook_timeout
             ),
         )
-        self.gateway.admission = self.supervisor.refusal
+        self.gateway.admission = self.supervisor.admission.refusal  # one call per hello
+        gauges.add_counter(
+            "o2o_business_events",
+            "Business layer: sends rejected and rewritten, hook calls by outcome, events.",
+            self.business.counts,
+            "event",
+        )
+        if self.business.archive is not None:
+            gauges.add_gauge(
+                "o2o_archive_messages",
+                "Messages held in the history archive.",
+                lambda: self.business.archive.stored,
+            )
         for name, doc in SUPERVISOR_GAUGES.items():
             gauges.add_gauge(f"o2o_{name}", doc, lambda n=name: self.supervisor.gauges()[n])
         gauges.add_counter(
             "o2o_supervisor_events",
             "Alerts, hook runs and failures, sessions sent away by a drain.",
-            lambda: dict(self.supervisor.counts),
+            lambda: {**self.supervisor.counts, "drained": self.gateway.drainer.sent},
             "event",
         )
 
@@ -105,7 +132,15 @@ class Node:
         self.gateway.start()
         self.supervisor.start()
 
+    def reload_filters(self) -> Deferred[Any]:
+        """Read the keyword lists again without a restart (SIGHUP, the console)."""
+        d = self.business.reload_filters()
+        if d is None:
+            return succeed("no keyword filter configured")
+        return d.addCallback(lambda n: f"keyword filter reloaded: {n} keywords")
+
     def stop(self) -> None:
+        self.business.stop()
         self.gateway.stop()
         self.presence.stop()
         self.supervisor.stop()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gc
+import signal
 from typing import Any
 
 from twisted.application import service
@@ -12,6 +13,7 @@ from twisted.python import usage
 
 from o2obroker.config import ConfigError, load
 from o2obroker.logs import twistd_observer
+from o2obroker.policy.build import check_business
 from o2obroker.service.console import check_console_files, console_service, namespace
 from o2obroker.service.listen import Listener, NodeTree, check_endpoint, exit_with
 from o2obroker.service.node import Node
@@ -72,6 +74,7 @@ class Options(usage.Options):
                 if getattr(config, key):
                     check_endpoint(key, getattr(config, key), global_reactor)
             check_console_files(config)
+            check_business(config)
         except ConfigError as e:
             if self.parent is not None:
                 # run by twistd, which would print its whole usage before the one line
@@ -85,8 +88,10 @@ class NodeService(service.Service):
 
     log = Logger()
 
-    def __init__(self, node: Node) -> None:
+    def __init__(self, node: Node, reactor: Any = None) -> None:
         self.node = node
+        self.reactor = reactor
+        self._old_hup: Any = None
 
     def startService(self) -> None:
         super().startService()
@@ -97,10 +102,30 @@ class NodeService(service.Service):
                 "Set a secret (--secret) before real clients connect."
             )
         tune_gc()
+        if self.reactor is not None and hasattr(signal, "SIGHUP"):
+            self._old_hup = signal.signal(signal.SIGHUP, self.hangup)
         self.node.start()
         self.log.info("node {node} started", node=config.node)
 
+    def hangup(self, signum: int, frame: Any) -> None:
+        """SIGHUP: read the keyword lists again, on the reactor thread."""
+        self.reactor.callFromThread(self.reload)
+
+    def reload(self) -> Any:
+        d = self.node.reload_filters()
+
+        def done(result: str) -> str:
+            self.log.info("SIGHUP: {result}", result=result)
+            return result
+
+        d.addCallback(done)
+        d.addErrback(lambda f: self.log.error("SIGHUP: {why}", why=f.getErrorMessage()))
+        return d
+
     def stopService(self) -> None:
+        if self._old_hup is not None:
+            signal.signal(signal.SIGHUP, self._old_hup)
+            self._old_hup = None
         self.node.stop()
         return super().stopService()
 
@@ -135,7 +160,7 @@ def makeService(options: dict[str, Any], reactor: Any = None) -> service.MultiSe
         # twistd opens its log after this returns, and takes the application's observer
         top.log_observer = twistd_observer(twistd, config.log_format)
     top.node = node  # for the console and tests
-    NodeService(node).setServiceParent(top)
+    NodeService(node, reactor).setServiceParent(top)
     Listener("tcp", config.tcp, BinaryFactory(node.gateway), reactor).setServiceParent(top)
     Listener("http", config.http, build_site(node, reactor), reactor).setServiceParent(top)
     console = console_service(config, namespace(node, top), reactor)

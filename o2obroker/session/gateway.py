@@ -6,14 +6,17 @@ from collections import Counter
 from collections.abc import Callable
 from typing import Any
 
+from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
-from zope.interface import Attribute, Interface
+from zope.interface import Attribute, Interface, implementer
 
 from o2obroker.actors import ActorSystem
+from o2obroker.actors.supervisor import IGate
 from o2obroker.logs import Budget
 from o2obroker.metrics import Stats
 from o2obroker.session.auth import Authenticator
+from o2obroker.session.drain import Drainer
 from o2obroker.session.liveness import Liveness
 from o2obroker.session.service import ServiceSender
 from o2obroker.session.session import Session
@@ -83,6 +86,7 @@ ERROR_LINE_BURST = 5
 ERROR_LINE_EVERY = 10.0
 
 
+@implementer(IGate)
 class Gateway:
     """Shared by all transports of a node: limits, auth, heartbeats, counts.
 
@@ -121,7 +125,8 @@ class Gateway:
         self.liveness = Liveness(clock, max(1, hb // 4))
         self.connections: Counter[str] = Counter()
         self.sessions = 0
-        self.accepting = True
+        self.accepting = True  # False while draining
+        self.drainer = Drainer(clock, self.session_groups, self.open_connections)
         # set by the supervisor: returns a 503 (with a redirect) to refuse a hello
         self.admission: Callable[[], ProtocolError | None] | None = None
         self.stats = stats or Stats()
@@ -134,6 +139,8 @@ class Gateway:
         self.rate_burst = rate_burst or max(1, int(2 * rate_limit))
         # sends of back-end services (HTTP API, console): the one path they take in
         self.service = ServiceSender(self)
+        # the application's connect hook (o2obroker/policy/hooks.py), or None
+        self.connect_hook: Any = None
 
     def connect(self, conn: Any) -> Session:
         """A transport has a new connection: give it a session."""
@@ -220,11 +227,27 @@ class Gateway:
 
     def refusal(self) -> ProtocolError | None:
         """Why a new hello must be refused (503), or None to let it in."""
+        if not self.accepting:
+            return self.drainer.error or ProtocolError(503, "node is draining", fatal=True)
         if self.admission is not None:
             return self.admission()
-        if not self.accepting:
-            return ProtocolError(503, "node is draining", fatal=True)
         return None
+
+    def open_connections(self) -> int:
+        return sum(self.connections.values())
+
+    def drain(self, error: ProtocolError | None = None, rate: float = 200.0) -> Deferred[None]:
+        """Refuse new hellos and send every session away with ``error`` (a 503,
+        perhaps naming a better node), ``rate`` a second; fire when none is left."""
+        self.accepting = False
+        if error is None:
+            error = ProtocolError(503, "node is draining", fatal=True)
+        return self.drainer.start(error, rate)
+
+    def resume(self) -> None:
+        """Take clients again; a drain still waiting fails with CancelledError."""
+        self.accepting = True
+        self.drainer.stop()
 
     def session_groups(self) -> list[set[Any]]:
         """Every session, in the liveness buckets: callers take a few at a time."""
@@ -235,3 +258,4 @@ class Gateway:
 
     def stop(self) -> None:
         self.liveness.stop()
+        self.drainer.halt()

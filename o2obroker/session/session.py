@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any
 from twisted.internet.defer import Deferred
 from twisted.logger import Logger
 
+from o2obroker.session.auth import Identity
 from o2obroker.session.ratelimit import ALLOWED, PERSISTENT, RateLimiter
 from o2obroker.session.transfer import LARGE, Transfer
 from o2obroker.wire import OutFrame, ProtocolError
@@ -20,6 +21,7 @@ from o2obroker.wire.frames import (
     Ack,
     Bye,
     Hello,
+    History,
     Join,
     Leave,
     Ping,
@@ -36,7 +38,10 @@ if TYPE_CHECKING:
     from o2obroker.session.gateway import Gateway
 
 # The states of a session, and which frames each one takes (h11-style: as data).
-HELLO, OPEN, CLOSED = "hello", "open", "closed"
+# CONNECTING: the hello passed, the application's connect hook has not answered yet.
+HELLO, CONNECTING, OPEN, CLOSED = "hello", "connecting", "open", "closed"
+#: frames a device may send while the connect hook decides; past this, 429 and closed
+MAX_HELD = 64
 PING: dict[str, Any] = {"t": "ping"}
 PONG: dict[str, Any] = {"t": "pong"}
 BYE: dict[str, Any] = {"t": "bye"}
@@ -49,6 +54,7 @@ class Session:
 
     __slots__ = (
         "_bucket",
+        "_early",
         "_gateway",
         "actor",
         "conn",
@@ -99,6 +105,7 @@ class Session:
             else None
         )
         self._bucket = gateway.liveness.add(self)
+        self._early: list[tuple[Any, int | None, bool]] | None = None
 
     def __repr__(self) -> str:
         return f"<Session {self.user}/{self.device} {self.conn.transport_name} {self.state}>"
@@ -136,6 +143,13 @@ class Session:
             handler(self, frame)
         elif self.state is HELLO:
             self._hello(obj)
+        elif self.state is CONNECTING:
+            held = self._early
+            assert held is not None
+            if len(held) >= MAX_HELD:
+                self.fail(ProtocolError(429, "too many frames before welcome", fatal=True))
+            else:
+                held.append((obj, size, text))
 
     def _rate_limited(self, obj: Any) -> bool:
         """Drop a frame over the connection's rate; close a client that keeps on."""
@@ -184,7 +198,7 @@ class Session:
         """Called by Liveness every few seconds."""
         gw = self._gateway
         silent = now - self.last_rx
-        if self.state is HELLO:
+        if self.state is HELLO or self.state is CONNECTING:
             if silent >= gw.hello_timeout or now - self.since >= gw.hello_timeout:
                 self.fail(ProtocolError(401, "no hello in time", fatal=True))
             return
@@ -303,13 +317,42 @@ class Session:
         if refusal is not None:
             self.fail(refusal)
             return
+        device = hello.device or f"{self.kind}-{os.urandom(4).hex()}"
+        connect = gw.connect_hook
+        if connect is not None:
+            # business: the application's connect hook may refuse or rename (o2obroker/policy)
+            self.state = CONNECTING
+            self._early = []
+            d = connect.check(identity.user, device, self.conn.transport_name)
+            d.addCallback(self._connect_answered, identity, hello, device)
+            d.addErrback(lambda f: self.log.failure("connect hook", f))
+            return
+        self._open(identity, hello, device)
+
+    def _connect_answered(self, answer: Any, identity: Identity, hello: Hello, device: str) -> None:
+        if self.state is not CONNECTING:
+            return  # the connection went away meanwhile
+        if not answer.allowed:
+            self.fail(ProtocolError(answer.code, answer.reason, fatal=True))
+            return
+        if answer.user is not None or answer.rooms is not None:
+            identity = Identity(
+                answer.user or identity.user,
+                answer.rooms if answer.rooms is not None else identity.rooms,
+            )
+        held, self._early = self._early or [], None
+        self._open(identity, hello, device)
+        for obj, size, text in held:
+            self.receive(obj, size, text)
+
+    def _open(self, identity: Identity, hello: Hello, device: str) -> None:
         self.identity = identity
         self.user = identity.user
-        self.device = hello.device or f"{self.kind}-{os.urandom(4).hex()}"
+        self.device = device
         self.state = OPEN
         self.presence_state = hello.state
         self.presence_status = hello.status
-        self.actor = gw.actors.user(identity.user)
+        self.actor = self._gateway.actors.user(identity.user)
         self.actor.attach(self, hello.resume_last)
 
     # -- for the user's actor (IDevice) -------------------------------------
@@ -439,6 +482,9 @@ class Session:
     def _on_probe(self, frame: Probe) -> None:
         self.actor.probe(self, list(frame.users))
 
+    def _on_history(self, frame: History) -> None:
+        self.actor.history(self, frame)
+
 
 _OPEN_HANDLERS: dict[type, Any] = {
     Send: Session._on_send,
@@ -452,4 +498,5 @@ _OPEN_HANDLERS: dict[type, Any] = {
     Watch: Session._on_watch,
     Unwatch: Session._on_unwatch,
     Probe: Session._on_probe,
+    History: Session._on_history,
 }

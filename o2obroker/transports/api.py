@@ -14,16 +14,19 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from prometheus_client import CONTENT_TYPE_LATEST
-from twisted.internet.defer import Deferred, maybeDeferred
+from twisted.internet.defer import CancelledError, Deferred, maybeDeferred
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET
 
-from o2obroker.wire import ProtocolError, decode_json, encode_json, valid_user
+from o2obroker.actors.history import read_history
+from o2obroker.actors.supervisor import occupancy_of
+from o2obroker.wire import ProtocolError, decode_json, encode_json, parse_frame, valid_user
 
 _JSON = b"application/json"
 PUBLISH_TIMEOUT = 30.0
+FREE_HOST_RETRY = 5  # seconds, in Retry-After when no node can take a client
 
 
 def _write(request: Any, code: int, obj: Any) -> None:
@@ -166,6 +169,62 @@ def _late(request: Any) -> None:
     _write(request, 504, {"error": "no receipt in time; retry with the same id"})
 
 
+class History(_Endpoint):
+    """``GET /api/v1/history?room=r`` or ``?user=a&with=b``, ``&before=<mid>&limit=N``.
+
+    A page of the archive, like the ``history`` frame's answer. With ``room``
+    and ``user`` the user must be a member (403); with ``room`` alone a
+    back-end service reads any room, as it may publish to any.
+    """
+
+    def render_GET(self, request: Any) -> Any:
+        limits = self.node.config.limits
+        room, user, peer = _arg(request, "room"), _arg(request, "user"), _arg(request, "with")
+        frame: dict[str, Any] = {"t": "history", "id": "api"}
+        if room is not None:
+            frame["room"] = room
+            if user is not None and not valid_user(user, limits):
+                return _answer(request, 400, {"error": "user is not a valid user id"})
+        elif user is None or peer is None:
+            return _answer(request, 400, {"error": "give room, or user and with"})
+        elif not valid_user(user, limits):
+            return _answer(request, 400, {"error": "user is not a valid user id"})
+        else:
+            frame["with"] = peer
+        before = _arg(request, "before")
+        if before is not None:
+            frame["before"] = before
+        limit = _arg(request, "limit")
+        if limit is not None:
+            if not limit.isdigit():
+                return _answer(request, 400, {"error": "limit must be an integer"})
+            frame["limit"] = int(limit)
+        try:
+            history = parse_frame(frame, limits)
+        except ProtocolError as e:
+            return _answer(request, e.code, {"error": e.reason.removeprefix("history: ")})
+        business = getattr(self.node, "business", None)
+        d = read_history(
+            getattr(business, "archive", None),
+            self.node.backend,
+            user,
+            peer=history.peer,
+            room=history.room,
+            before=history.before,
+            limit=history.limit,
+        )
+        d.addCallback(lambda page: _write(request, 200, page))
+        d.addErrback(self._refused, request)
+        return NOT_DONE_YET
+
+    def _refused(self, failure: Any, request: Any) -> None:
+        if failure.check(ProtocolError):
+            _write(request, failure.value.code, {"error": failure.value.reason})
+        else:
+            Logger().failure("history", failure)
+            _write(request, 503, {"error": failure.getErrorMessage()})
+
+
 class Presence(_Endpoint):
     """``GET /api/v1/presence?user=a&user=b``, from the node's presence state."""
 
@@ -211,21 +270,37 @@ class Nodes(_Endpoint):
 
 
 def node_info(node: Any, request: Any, clock: IReactorTime) -> dict[str, Any]:
-    info: dict[str, Any] = {
+    """This node's record: who it is, where, how loaded, whether it takes clients.
+
+    ``cpu``, ``rss_bytes`` and ``memory_percent`` come from the supervisor's
+    last sample (None before the first); the connection counts and the
+    occupancy P computed from them are the gateway's, as of now.
+    """
+    supervisor = _supervisor(node)
+    sample = getattr(supervisor, "last", None)
+    connections = dict(node.gateway.connections)
+    return {
         "id": node.config.node,
         "cluster": getattr(node.config, "cluster", None) or "default",
         "addresses": addresses(node, request),
-        "connections": dict(node.gateway.connections),
+        "connections": connections,
+        "cpu": None if sample is None else sample.cpu,  # this process, % of one core
+        "rss_bytes": None if sample is None else sample.rss,  # this process's resident memory
+        "memory_percent": None if sample is None else sample.memory,  # the machine's, in use
+        "occupancy": occupancy_of(connections),
+        "advice": getattr(supervisor, "transport", "ws"),
+        "draining": not node.gateway.accepting,
         "last_heartbeat": clock.seconds(),
     }
-    sample = getattr(_supervisor(node), "last", None)
-    info["cpu"] = getattr(sample, "cpu", None)  # % of one core, at the last sample
-    info["memory"] = getattr(sample, "rss", None)  # bytes
-    return info
 
 
 class FreeHost(_Endpoint):
-    """``GET /getFreeHostAddress?room=r``: where a new client should connect, and how."""
+    """``GET /getFreeHostAddress?room=r``: where a new client should connect, and how.
+
+    Never a node that would refuse the client: while this node drains or is
+    past a hard limit, the answer is the better node the supervisor knows of,
+    or 503 when there is none.
+    """
 
     public = True
 
@@ -240,12 +315,19 @@ class FreeHost(_Endpoint):
         ):
             request.setHeader(b"access-control-allow-origin", origin)
             request.setHeader(b"vary", b"Origin")
-        transport = "ws"
         supervisor = _supervisor(self.node)
-        if supervisor is not None:
-            transport = supervisor.advice().get("transport", "ws")
-        answer = {"node": self.node.config.node, **addresses(self.node, request)}
-        answer["transport"] = transport
+        takes = self.node.gateway.accepting if supervisor is None else supervisor.takes_clients()
+        if takes:
+            answer = {"node": self.node.config.node, **addresses(self.node, request)}
+            answer["transport"] = getattr(supervisor, "transport", "ws")
+            return _answer(request, 200, answer)
+        better = supervisor.better_node() if supervisor is not None else None
+        if better is None:
+            request.setHeader(b"retry-after", b"%d" % FREE_HOST_RETRY)
+            return _answer(request, 503, {"error": "no node can take clients now"})
+        answer = {"node": better.get("node")}
+        answer.update({k: better[k] for k in ("ws", "tcp", "lp") if better.get(k)})
+        answer["transport"] = better.get("advice") or "ws"
         return _answer(request, 200, answer)
 
 
@@ -275,11 +357,9 @@ class Drain(_Endpoint):
 
     def render_POST(self, request: Any) -> bytes:
         supervisor = _supervisor(self.node)
-        if supervisor is not None:
-            d = maybeDeferred(supervisor.drain)
-            d.addErrback(lambda f: Logger().failure("drain failed", f))
-        else:
-            self.node.gateway.accepting = False
+        d = maybeDeferred(supervisor.drain if supervisor is not None else self.node.gateway.drain)
+        d.addErrback(lambda f: f.trap(CancelledError))  # resumed before it ended
+        d.addErrback(lambda f: Logger().failure("drain failed", f))
         return _answer(request, 202, {"draining": True})
 
 
@@ -317,6 +397,7 @@ def add_api(root: Resource, node: Any, clock: IReactorTime, origins: Any) -> Non
     root.putChild(b"api", api)
     v1.putChild(b"publish", Publish(node, clock))
     v1.putChild(b"presence", Presence(node, clock))
+    v1.putChild(b"history", History(node, clock))
     v1.putChild(b"nodes", Nodes(node, clock))
     v1.putChild(b"route", Route(node, clock))
     v1.putChild(b"drain", Drain(node, clock))

@@ -28,6 +28,7 @@ __all__ = [
     "Bye",
     "Frame",
     "Hello",
+    "History",
     "Join",
     "Leave",
     "Ping",
@@ -125,8 +126,37 @@ class Probe:
     users: tuple[str, ...]
 
 
+@dataclass(frozen=True, slots=True)
+class History:
+    """A page of the archive: the conversation ``with`` a user, or a ``room``."""
+
+    id: str
+    peer: str | None
+    room: str | None
+    before: str | None = None
+    limit: int = 50
+
+
+#: most messages one history page may ask for, and the page size without ``limit``
+HISTORY_MAX = 100
+HISTORY_DEFAULT = 50
+#: longest ``before`` (a mid) accepted
+MAX_MID = 256
+
 Frame = (
-    Hello | Send | Ack | Join | Leave | Ping | Pong | Bye | PresenceReport | Watch | Unwatch | Probe
+    Hello
+    | Send
+    | Ack
+    | Join
+    | Leave
+    | Ping
+    | Pong
+    | Bye
+    | PresenceReport
+    | Watch
+    | Unwatch
+    | Probe
+    | History
 )
 
 _PING = Ping()
@@ -341,6 +371,29 @@ def _probe(obj: dict, limits: Limits, size: int | None, text: bool) -> Probe:
     return Probe(_users_of(obj, limits, "probe"))
 
 
+def _history(obj: dict, limits: Limits, size: int | None, text: bool) -> History:
+    id_ = obj.get("id")
+    if type(id_) is not str or not id_ or not utf8_fits(id_, limits.max_id):
+        raise _bad(obj, limits, f"history: id must be a string of 1 to {limits.max_id} bytes")
+    peer = obj.get("with")
+    room = obj.get("room")
+    if (peer is None) == (room is None):
+        raise BadFrame("history: give exactly one of with and room", id_)
+    if peer is not None and not valid_user(peer, limits):
+        raise BadFrame("history: invalid user id in with", id_)
+    if room is not None and not valid_room(room, limits):
+        raise BadFrame("history: invalid room name", id_)
+    before = obj.get("before")
+    if before is not None and (type(before) is not str or not before or len(before) > MAX_MID):
+        raise BadFrame(f"history: before must be a mid of 1 to {MAX_MID} characters", id_)
+    limit = obj.get("limit")
+    if limit is None:
+        limit = HISTORY_DEFAULT
+    elif type(limit) is not int or not 1 <= limit <= HISTORY_MAX:
+        raise BadFrame(f"history: limit must be an integer from 1 to {HISTORY_MAX}", id_)
+    return History(id_, peer, room, before, limit)
+
+
 _PARSERS: dict[str, Callable[[dict, Limits, int | None, bool], Frame]] = {
     "hello": _hello,
     "send": _send,
@@ -354,6 +407,7 @@ _PARSERS: dict[str, Callable[[dict, Limits, int | None, bool], Frame]] = {
     "watch": _watch,
     "unwatch": _unwatch,
     "probe": _probe,
+    "history": _history,
 }
 
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections import Counter
 from typing import Any
 
 from twisted.internet.defer import Deferred, succeed
@@ -10,6 +9,8 @@ from twisted.internet.task import Clock
 
 from o2obroker.actors.actor import Scheduler
 from o2obroker.actors.supervisor import Resources, Supervisor, SupervisorSettings
+from o2obroker.session.gateway import Gateway
+from o2obroker.wire.limits import Limits
 
 
 class FakeSampler:
@@ -30,15 +31,19 @@ class FakeSampler:
 
 
 class FakeSession:
-    """A session in a liveness group: ``fail`` writes the error and leaves, like Session."""
+    """A session in the gateway's liveness groups: ``fail`` writes the error and
+    leaves, like Session."""
 
-    def __init__(self, gate: FakeGate, group: set[Any], transport: str) -> None:
+    def __init__(self, gate: Gateway, transport: str) -> None:
         self.gate = gate
-        self.group = group
-        self.transport = transport
+        self.transport_name = transport
         self.frames: list[dict[str, Any]] = []
         self.closed = False
-        group.add(self)
+        gate.connections[transport] += 1
+        self.group = gate.liveness.add(self)
+
+    def check(self, now: float) -> None:
+        pass
 
     def fail(self, error: Any) -> None:
         if self.closed:
@@ -47,30 +52,16 @@ class FakeSession:
         if error.fatal:
             self.closed = True
             self.group.discard(self)
-            self.gate.connections[self.transport] -= 1
+            self.gate.connections[self.transport_name] -= 1
 
 
-class FakeGate:
-    """The gateway as the supervisor sees it (IGate)."""
+def make_gate(clock: Clock) -> Gateway:
+    """A real gateway on ``clock`` for sessions that only need draining and counting."""
+    return Gateway(None, None, Limits(), clock)  # type: ignore[arg-type]
 
-    def __init__(self, groups: int = 4) -> None:
-        self.connections: Counter[str] = Counter()
-        self.accepting = True
-        self.admission: Any = None
-        self.groups: list[set[Any]] = [set() for _ in range(groups)]
-        self._next = 0
 
-    def session_groups(self) -> list[set[Any]]:
-        return self.groups
-
-    def open(self, transport: str = "tcp", n: int = 1) -> list[FakeSession]:
-        out = []
-        for _ in range(n):
-            group = self.groups[self._next]
-            self._next = (self._next + 1) % len(self.groups)
-            self.connections[transport] += 1
-            out.append(FakeSession(self, group, transport))
-        return out
+def open_sessions(gate: Gateway, transport: str = "tcp", n: int = 1) -> list[FakeSession]:
+    return [FakeSession(gate, transport) for _ in range(n)]
 
 
 class RecordingHook:
@@ -97,7 +88,7 @@ class Rig:
 
     def __init__(self, **settings: Any) -> None:
         self.clock = Clock()
-        self.gate = FakeGate()
+        self.gate = make_gate(self.clock)
         self.sampler = FakeSampler()
         self.scale_out = RecordingHook()
         self.scale_in = RecordingHook()
@@ -123,6 +114,9 @@ class Rig:
         self.sampler.resources = Resources(cpu=cpu, rss=50 << 20, memory=memory)
         self.supervisor.tick()
         self.clock.advance(0)  # the actor's mailbox runs on the next turn
+
+    def open(self, transport: str = "tcp", n: int = 1) -> list[FakeSession]:
+        return open_sessions(self.gate, transport, n)
 
     def set_connections(self, tcp: int = 0, ws: int = 0, lp: int = 0) -> None:
         c = self.gate.connections

@@ -7,12 +7,13 @@ import sys
 from typing import Any
 
 from twisted.internet import reactor
-from twisted.internet.defer import Deferred, inlineCallbacks
+from twisted.internet.defer import Deferred, gatherResults, inlineCallbacks
+from twisted.internet.protocol import Factory, Protocol
 from twisted.trial import unittest
 from twisted.web.resource import Resource
 from twisted.web.server import Site
 
-from o2obroker.actors.supervisor import CommandHook, HookFailed, WebhookHook, make_hook
+from o2obroker.actors.supervisor import ALERTING, CommandHook, HookFailed, WebhookHook, make_hook
 from tests.supervisor.helpers import Rig
 
 # Writes its stdin to the file named by argv[1], then exits with argv[2].
@@ -22,6 +23,8 @@ WRITER = (
 
 
 class CommandHookTests(unittest.TestCase):
+    timeout = 30  # hooks here time out after a second or less: far longer is a hang
+
     @inlineCallbacks
     def test_command_gets_the_payload_as_json_on_stdin(self) -> Any:
         out = self.mktemp()
@@ -51,6 +54,46 @@ class CommandHookTests(unittest.TestCase):
         hook = CommandHook(reactor, [self.mktemp()], timeout=20)
         yield self.assertFailure(hook.fire({}), HookFailed)
 
+    @inlineCallbacks
+    def test_a_timeout_kills_the_commands_children_too(self) -> Any:
+        """A shell whose child holds its output open ends at the timeout, child and all."""
+        pidfile = self.mktemp()
+        hook = CommandHook(reactor, ["sh", "-c", HANG_WITH_CHILD, "sh", pidfile], timeout=1)
+        error = yield self.assertFailure(hook.fire({}), HookFailed)
+        self.assertIn("killed", str(error))
+        with open(pidfile, encoding="utf-8") as f:
+            grandchild = int(f.read())
+        self.assertTrue(gone(grandchild), f"pid {grandchild} still runs")
+
+    @inlineCallbacks
+    def test_a_child_left_behind_by_an_exited_command_is_killed_too(self) -> Any:
+        """The shell exits at once; its child keeps the output open past the timeout."""
+        pidfile = self.mktemp()
+        hook = CommandHook(reactor, ["sh", "-c", LEAVE_CHILD, "sh", pidfile], timeout=1)
+        error = yield self.assertFailure(hook.fire({}), HookFailed)
+        self.assertIn("killed", str(error))
+        with open(pidfile, encoding="utf-8") as f:
+            self.assertTrue(gone(int(f.read())))
+
+    @inlineCallbacks
+    def test_the_next_scale_out_runs_after_a_killed_one(self) -> Any:
+        pidfile = self.mktemp()
+        rig = Rig(alert_connections=10, alert_cooldown=0)
+        hook = _Runs(CommandHook(reactor, ["sh", "-c", HANG_WITH_CHILD, "sh", pidfile], timeout=1))
+        rig.supervisor.hooks.hooks["scale_out"] = hook
+        rig.set_connections(tcp=10)
+        rig.sample()
+        yield hook.ended[0]
+        self.assertEqual(rig.supervisor.counts["scale_out_failures"], 1)
+        rig.set_connections(tcp=0)
+        rig.sample(advance=5)
+        rig.set_connections(tcp=10)
+        rig.sample(advance=5)  # a new alert: its hook starts, nothing is left running
+        self.assertEqual(rig.supervisor.state, ALERTING)
+        self.assertEqual(rig.supervisor.counts["scale_out_runs"], 2)
+        self.assertEqual(rig.supervisor.alerts()[-1]["hook"], "fired")
+        yield hook.ended[1]
+
     def test_command_line_is_split_like_a_shell(self) -> None:
         hook = CommandHook(reactor, "/usr/local/bin/scale --pool 'shop a'")
         self.assertEqual(hook.argv, ["/usr/local/bin/scale", "--pool", "shop a"])
@@ -62,7 +105,7 @@ class CommandHookTests(unittest.TestCase):
         out = self.mktemp()
         rig = Rig(alert_connections=10)
         hook = _Notifying(CommandHook(reactor, [sys.executable, "-c", WRITER, out, "0"]))
-        rig.supervisor.scale_out = hook
+        rig.supervisor.hooks.hooks["scale_out"] = hook
         rig.set_connections(tcp=8, lp=2)
         rig.sample(cpu=12.5, memory=40)
         yield hook.done
@@ -73,6 +116,41 @@ class CommandHookTests(unittest.TestCase):
         self.assertEqual(payload["metrics"]["cpu"], 12.5)
         self.assertEqual(payload["metrics"]["occupancy"], 60.0)
         self.assertEqual(payload["thresholds"]["alert_connections"], 10)
+
+
+# Starts a child that keeps the shell's stdout open, writes its pid to $1, and waits.
+HANG_WITH_CHILD = 'sleep 100 & echo $! > "$1"; wait'
+# The same child, but the shell exits at once, leaving it behind.
+LEAVE_CHILD = 'sleep 100 & echo $! > "$1"'
+
+
+def gone(pid: int) -> bool:
+    """No such process, or only its exit status is left (a zombie waiting for init)."""
+    try:
+        with open(f"/proc/{pid}/stat", encoding="ascii") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] == "Z"
+    except FileNotFoundError:
+        return True
+
+
+class _Runs:
+    """Passes payloads to a real hook; ``ended[i]`` fires in the turn after run i ended,
+    once the supervisor has seen the outcome."""
+
+    def __init__(self, hook: Any) -> None:
+        self.hook = hook
+        self.description = hook.description
+        self.ended: list[Deferred[None]] = []
+
+    def fire(self, payload: dict[str, Any]) -> Deferred[None]:
+        ended: Deferred[None] = Deferred()
+        self.ended.append(ended)
+
+        def end(result: Any) -> Any:
+            reactor.callLater(0, ended.callback, None)
+            return result
+
+        return self.hook.fire(payload).addBoth(end)
 
 
 class _Notifying:
@@ -129,6 +207,73 @@ class WebhookHookTests(unittest.TestCase):
         error = yield self.assertFailure(WebhookHook(reactor, url).fire({}), HookFailed)
         self.assertIn("HTTP 500", str(error))
         self.assertEqual(len(recorder.requests), 1)
+
+    def serve_raw(self, answer: bytes | None, close: bool = True) -> tuple[list[bytes], str]:
+        """A bare TCP server: reads one request, writes ``answer`` (if any) as it is,
+        then closes or hangs; every connection it had is gone before the test ends."""
+        requests: list[bytes] = []
+        lost: list[Deferred[None]] = []
+
+        class Raw(Protocol):
+            def connectionMade(self) -> None:
+                self.buffer = b""
+                self.lost: Deferred[None] = Deferred()
+                lost.append(self.lost)
+
+            def dataReceived(self, data: bytes) -> None:
+                self.buffer += data
+                head, sep, body = self.buffer.partition(b"\r\n\r\n")
+                if not sep:
+                    return
+                length = [
+                    int(line.split(b":", 1)[1])
+                    for line in head.split(b"\r\n")
+                    if line.lower().startswith(b"content-length:")
+                ]
+                if len(body) < (length[0] if length else 0):
+                    return
+                requests.append(body)
+                if answer is not None:
+                    self.transport.write(answer)
+                if close:
+                    self.transport.loseConnection()
+
+            def connectionLost(self, reason: Any) -> None:
+                self.lost.callback(None)
+
+        port = reactor.listenTCP(0, Factory.forProtocol(Raw), interface="127.0.0.1")
+        self.addCleanup(port.stopListening)
+        self.addCleanup(lambda: gatherResults(lost))
+        return requests, f"http://127.0.0.1:{port.getHost().port}/scale"
+
+    @inlineCallbacks
+    def test_2xx_without_content_length_is_success(self) -> Any:
+        """An HTTP/1.0 server: no Content-Length, the body ends when it closes."""
+        requests, url = self.serve_raw(b"HTTP/1.0 200 OK\r\ncontent-type: text/plain\r\n\r\nok")
+        yield WebhookHook(reactor, url, timeout=20).fire({"event": "scale_out"})
+        self.assertEqual([json.loads(r) for r in requests], [{"event": "scale_out"}])
+
+    @inlineCallbacks
+    def test_error_without_content_length_is_a_failure_with_its_text(self) -> Any:
+        _, url = self.serve_raw(b"HTTP/1.0 503 Service Unavailable\r\n\r\nbody, no length")
+        error = yield self.assertFailure(WebhookHook(reactor, url).fire({}), HookFailed)
+        self.assertEqual(str(error), "HTTP 503: body, no length")
+
+    @inlineCallbacks
+    def test_2xx_whose_body_never_ends_is_success(self) -> Any:
+        """The status decides; the body is dropped, and cut off after the timeout."""
+        answer = b"HTTP/1.1 200 OK\r\ncontent-length: 1000\r\n\r\nthe first bytes"
+        requests, url = self.serve_raw(answer, close=False)
+        yield WebhookHook(reactor, url, timeout=0.5).fire({"event": "scale_in"})
+        self.assertEqual(len(requests), 1)
+
+    @inlineCallbacks
+    def test_no_answer_in_time_is_a_failure(self) -> Any:
+        _, url = self.serve_raw(None, close=False)
+        error = yield self.assertFailure(
+            WebhookHook(reactor, url, timeout=0.5).fire({}), HookFailed
+        )
+        self.assertEqual(str(error), "no answer after 0.5s")
 
     def test_only_http_urls(self) -> None:
         self.assertRaises(ValueError, WebhookHook, reactor, "file:///etc/passwd")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import shlex
 import sys
+from collections.abc import Callable
 from typing import Any
 
 from twisted.internet import reactor, task
@@ -23,6 +24,20 @@ def port_of(svc: Any) -> int:
     ports: list[Any] = []
     svc._waitingForPort.addCallback(lambda p: ports.append(p) or p)
     return ports[0].getHost().port
+
+
+@inlineCallbacks
+def until(condition: Callable[[], bool], what: str, bound: float = 30.0, step: float = 0.02) -> Any:
+    """Wait on the real reactor until ``condition()`` holds; fail after ``bound`` seconds.
+
+    The bound only keeps a broken node from hanging the suite: the checks wait
+    for what happened, not for a time that a busy machine may not keep.
+    """
+    deadline = reactor.seconds() + bound
+    while not condition():
+        if reactor.seconds() > deadline:
+            raise AssertionError(f"no {what} within {bound:g} s")
+        yield task.deferLater(reactor, step, lambda: None)
 
 
 class StressTests(unittest.TestCase):
@@ -68,14 +83,18 @@ class StressTests(unittest.TestCase):
             self.addCleanup(c.transport.loseConnection)
         self.assertEqual(top.node.gateway.connections["tcp"], CLIENTS)
 
-        for _ in range(400):  # the hook's process writes its stdin, then exits
-            if supervisor.counts["scale_out_runs"] and "scale_out" not in supervisor._running:
-                break
-            yield task.deferLater(reactor, 0.05, lambda: None)
-        # many more samples over the threshold: nothing more fires
+        # the hook's process writes its stdin, then exits
+        yield until(
+            lambda: (
+                supervisor.counts["scale_out_runs"] == 1
+                and "scale_out" not in supervisor.hooks.running
+            ),
+            "the scale-out hook to run and end",
+        )
+        # five more samples over the threshold, however long a loaded machine takes
+        # to take them: nothing more fires
         samples = supervisor.counts["samples"]
-        yield task.deferLater(reactor, 0.5, lambda: None)
-        self.assertGreaterEqual(supervisor.counts["samples"] - samples, 5)
+        yield until(lambda: supervisor.counts["samples"] - samples >= 5, "five more samples")
 
         with open(fired, encoding="utf-8") as f:
             runs = [json.loads(line) for line in f.read().splitlines()]

@@ -278,7 +278,7 @@ class RefusalTests(unittest.TestCase):
     def test_gateway_not_accepting_is_refused(self) -> None:
         rig = Rig()
         rig.gate.accepting = False
-        self.assertEqual(rig.gate.admission().reason, "node is draining")
+        self.assertEqual(rig.gate.refusal().reason, "node is draining")
 
 
 class SamplingTests(unittest.TestCase):
@@ -323,14 +323,16 @@ class DrainTests(unittest.TestCase):
         rig = Rig(drain_rate=200)  # 20 per 0.1 s tick
         rig.peers = [{"node": "n2", "ws": "ws://n2/ws", "tcp": "n2:9100", "load": 1}]
         rig.sample()
-        sessions = rig.gate.open("tcp", 700) + rig.gate.open("lp", 300)
+        sessions = rig.open("tcp", 700) + rig.open("lp", 300)
         done = []
         d = rig.supervisor.drain()
         d.addCallback(done.append)
         self.assertTrue(rig.supervisor.draining)
         self.assertFalse(rig.gate.accepting)
         self.assertEqual(sum(s.closed for s in sessions), 20)  # the first tick, at once
-        self.assertEqual(rig.gate.admission().reason, "node is draining")
+        refusal = rig.gate.refusal()
+        self.assertEqual((refusal.code, refusal.reason), (503, "node is draining"))
+        self.assertEqual(refusal.frame()["redirect"], {"ws": "ws://n2/ws", "tcp": "n2:9100"})
         for tick in range(1, 49):
             rig.clock.advance(0.1)
             self.assertEqual(sum(s.closed for s in sessions), 20 * (tick + 1))
@@ -341,23 +343,23 @@ class DrainTests(unittest.TestCase):
         frame = sessions[0].frames[0]
         self.assertEqual(frame["code"], 503)
         self.assertEqual(frame["redirect"], {"ws": "ws://n2/ws", "tcp": "n2:9100"})
-        self.assertEqual(rig.supervisor.counts["drained"], 1000)
+        self.assertEqual(rig.gate.drainer.sent, 1000)
         self.assertEqual(rig.clock.getDelayedCalls(), [])  # the drain timer stopped
 
     def test_sessions_leaving_or_arriving_during_a_drain(self) -> None:
         rig = Rig(drain_rate=100)  # 10 per slice
-        sessions = rig.gate.open("tcp", 100)
+        sessions = rig.open("tcp", 100)
         done = []
         rig.supervisor.drain().addCallback(done.append)
         gone = [s for s in sessions if not s.closed][:30]
         for s in gone:  # these hang up on their own
             s.fail(type("Bye", (), {"fatal": True, "frame": lambda self: {"t": "bye"}})())
-        late = rig.gate.open("tcp", 5)  # connected before their hello was refused
+        late = rig.open("tcp", 5)  # connected before their hello was refused
         for _ in range(20):
             rig.clock.advance(0.1)
         self.assertEqual(done, [None])
         self.assertTrue(all(s.closed for s in sessions + late))
-        self.assertEqual(rig.supervisor.counts["drained"], 100 - 30 + 5)
+        self.assertEqual(rig.gate.drainer.sent, 100 - 30 + 5)
         for s in gone:
             self.assertEqual(s.frames, [{"t": "bye"}])
 
@@ -371,7 +373,7 @@ class DrainTests(unittest.TestCase):
 
     def test_two_drains_wait_for_the_same_end(self) -> None:
         rig = Rig(drain_rate=10)
-        rig.gate.open("ws", 3)
+        rig.open("ws", 3)
         done = []
         rig.supervisor.drain().addCallback(lambda _: done.append(1))
         rig.supervisor.drain().addCallback(lambda _: done.append(2))
@@ -382,13 +384,13 @@ class DrainTests(unittest.TestCase):
 
     def test_resume_takes_clients_again(self) -> None:
         rig = Rig(drain_rate=10)
-        sessions = rig.gate.open("tcp", 50)
+        sessions = rig.open("tcp", 50)
         failures = []
         rig.supervisor.drain().addErrback(failures.append)
         rig.supervisor.resume()
         self.assertFalse(rig.supervisor.draining)
         self.assertTrue(rig.gate.accepting)
-        self.assertIsNone(rig.gate.admission())
+        self.assertIsNone(rig.gate.refusal())
         failures[0].trap(CancelledError)
         rig.clock.advance(10)
         self.assertEqual(sum(s.closed for s in sessions), 1)  # only the first tick's one

@@ -1,0 +1,1 @@
+"""A plugin package for the tests, as a team's o2obroker/plugins directory would be."""

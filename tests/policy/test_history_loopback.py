@@ -1,0 +1,150 @@
+"""History on real loopback sockets: binary TCP, WebSocket, long-poll and the HTTP API."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import treq
+from twisted.internet import reactor
+from twisted.internet.task import deferLater
+from twisted.trial.unittest import TestCase
+
+from o2obroker.client.binary import BinaryClient, ClientError, connect
+from o2obroker.config import ArchiveSettings, Config
+from o2obroker.service.node import Node
+from o2obroker.transports.tcp import BinaryFactory
+from o2obroker.transports.web import build_site
+from tests.web import test_loopback
+
+KEY = {b"Authorization": [b"Bearer k3y"]}
+
+
+class HistoryLoopbackTests(TestCase):
+    timeout = 30
+
+    def setUp(self) -> None:
+        self.node = Node(Config(archive=ArchiveSettings(enabled=True), api_key="k3y"), reactor)
+        self.node.start()
+        self.addCleanup(self.node.stop)
+        self.site = build_site(self.node, reactor)
+        self.http = reactor.listenTCP(0, self.site, interface="127.0.0.1")
+        self.tcp = reactor.listenTCP(0, BinaryFactory(self.node.gateway), interface="127.0.0.1")
+        self.addCleanup(self.http.stopListening)
+        self.addCleanup(self.tcp.stopListening)
+        self.addCleanup(self._settle)
+        self.base = f"http://127.0.0.1:{self.http.getHost().port}"
+        self.endpoint = f"tcp:127.0.0.1:{self.tcp.getHost().port}"
+
+    # the same helpers as the HTTP port's loopback tests (not their tests)
+    _settle = test_loopback.LoopbackTests._settle
+    ws = test_loopback.LoopbackTests.ws
+
+    async def phone(self, user: str) -> BinaryClient:
+        client = await connect(reactor, self.endpoint, user=user, device="phone")
+        self.addCleanup(client.transport.loseConnection)
+        return client
+
+    async def _conversation(self) -> tuple[BinaryClient, BinaryClient]:
+        alice = await self.phone("alice")
+        bob = await self.phone("bob")
+        for i in range(3):
+            await alice.send({"n": i}, to="bob")
+        await bob.send(b"\x00bytes", to="alice")
+        return alice, bob
+
+    async def test_binary_tcp(self) -> None:
+        alice, _ = await self._conversation()
+        page = await alice.history(with_="bob", limit=3)
+        self.assertEqual([m["body"] for m in page["messages"]], [b"\x00bytes", {"n": 2}, {"n": 1}])
+        self.assertTrue(page["more"])
+        older = await alice.history(with_="bob", before=page["messages"][-1]["mid"])
+        self.assertEqual([m["body"] for m in older["messages"]], [{"n": 0}])
+        self.assertFalse(older["more"])
+        await alice.join("r")
+        carol = await self.phone("carol")
+        with self.assertRaises(ClientError) as e:
+            await carol.history(room="r")
+        self.assertEqual(e.exception.code, 403)
+
+    async def test_websocket(self) -> None:
+        await self._conversation()
+        browser = await self.ws("bob", "tab")
+        browser.write({"t": "history", "id": "h1", "with": "alice", "limit": 2})
+        page = await browser.factory.frames.get()
+        self.assertEqual((page["t"], page["ref"], page["more"]), ("history", "h1", True))
+        # a mobile client's bytes reach the browser as $bytes, in history too
+        self.assertEqual(page["messages"][0]["body"], {"$bytes": "AGJ5dGVz"})
+
+    async def test_long_poll(self) -> None:
+        await self._conversation()
+        r = await treq.post(
+            self.base + "/lp/open",
+            json.dumps({"t": "hello", "user": "bob"}).encode(),
+            persistent=False,
+        )
+        opened = json.loads(await r.content())
+        sid, pos = opened["sid"], opened["pos"]
+        r = await treq.post(
+            self.base + f"/lp/send?sid={sid}",
+            json.dumps({"t": "history", "id": "h", "with": "alice"}).encode(),
+            persistent=False,
+        )
+        self.assertEqual(r.code, 200)
+        await r.content()
+        # the answer is not a receipt: it comes through the poll stream (PROTOCOL.md 6)
+        frames: list[Any] = []
+        for _ in range(10):
+            r = await treq.get(self.base + f"/lp/poll?sid={sid}&pos={pos}", persistent=False)
+            answer = json.loads(await r.content())
+            pos = answer["pos"]
+            frames.extend(answer["frames"])
+            if any(f["t"] == "history" for f in frames):
+                break
+        [page] = [f for f in frames if f["t"] == "history"]
+        self.assertEqual(len(page["messages"]), 4)
+        self.assertEqual(page["messages"][-1]["body"], {"n": 0})
+        await treq.post(self.base + f"/lp/close?sid={sid}", persistent=False)
+
+    async def test_http_api(self) -> None:
+        alice, _ = await self._conversation()
+        await alice.join("r")
+        await alice.send("in the room", room="r")
+        r = await treq.get(
+            self.base + "/api/v1/history?user=bob&with=alice&limit=2",
+            headers=KEY,
+            persistent=False,
+        )
+        page = json.loads(await r.content())
+        self.assertEqual(r.code, 200)
+        self.assertEqual(len(page["messages"]), 2)
+        self.assertTrue(page["more"])
+        before = page["messages"][-1]["mid"]
+        r = await treq.get(
+            self.base + f"/api/v1/history?user=bob&with=alice&before={before}",
+            headers=KEY,
+            persistent=False,
+        )
+        self.assertEqual(len(json.loads(await r.content())["messages"]), 2)
+        # a room: any for the service, members only when a user is named
+        r = await treq.get(self.base + "/api/v1/history?room=r", headers=KEY, persistent=False)
+        self.assertEqual(json.loads(await r.content())["messages"][0]["body"], "in the room")
+        r = await treq.get(
+            self.base + "/api/v1/history?room=r&user=bob", headers=KEY, persistent=False
+        )
+        self.assertEqual(
+            (r.code, json.loads(await r.content())), (403, {"error": "not a member of this room"})
+        )
+        for query in ("", "?user=bob", "?user=bob&with=alice&limit=500", "?room=r&limit=x"):
+            r = await treq.get(self.base + "/api/v1/history" + query, headers=KEY, persistent=False)
+            self.assertEqual(r.code, 400, query)
+            await r.content()
+        r = await treq.get(self.base + "/api/v1/history?room=r", persistent=False)
+        self.assertEqual(r.code, 401)
+        await r.content()
+        await deferLater(reactor, 0)
+
+    async def test_http_api_without_an_archive_is_404(self) -> None:
+        self.node.business.archive = None
+        r = await treq.get(self.base + "/api/v1/history?room=r", headers=KEY, persistent=False)
+        self.assertEqual((r.code, json.loads(await r.content())), (404, {"error": "no archive"}))
