@@ -10,7 +10,6 @@ shows them), so nothing is written as "unpersistable".
 from __future__ import annotations
 
 import json
-import sys
 from datetime import UTC, datetime
 from typing import Any
 
@@ -46,11 +45,6 @@ def json_line(event: dict[str, Any]) -> str:
         if type(value) in _PLAIN:
             out[key] = value
     return json.dumps(out, ensure_ascii=False, default=str) + "\n"
-
-
-def json_file_observer(out: Any = None) -> ILogObserver:
-    """An observer that writes ``json_line`` of each event to ``out`` (default stdout)."""
-    return FileLogObserver(out if out is not None else sys.stdout, json_line)
 
 
 def quiet(observer: ILogObserver) -> ILogObserver:

@@ -153,8 +153,8 @@ class NodeCollector:
             ),
             (
                 "o2o_connections_refused",
-                "Connections that ended before a welcome, by reason (the error code, or"
-                " lost when the peer went away).",
+                "Connections that ended before a welcome, by reason (the error code, lost"
+                " when the peer went away, origin for a browser page not allowed).",
                 s.refused,
                 "reason",
             ),

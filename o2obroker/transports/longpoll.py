@@ -423,6 +423,7 @@ class _Open(_Child):
         lp = self.lp
         refused = lp.guard(request)
         if refused is not None:
+            lp.gateway.stats.refused["origin"] += 1
             return refused
         frames = lp.frames_of(request)
         if type(frames) is bytes:

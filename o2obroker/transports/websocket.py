@@ -91,6 +91,7 @@ class WebSocketConnection(WebSocketServerProtocol):
         factory = self.factory
         if not factory.origins.allows(request.origin or None, request.headers.get("host")):
             factory.refused_origins += 1
+            factory.gateway.stats.refused["origin"] += 1
             raise ConnectionDeny(ConnectionDeny.FORBIDDEN, "origin not allowed")
         if CBOR_SUBPROTOCOL in request.protocols:
             self.cbor = True

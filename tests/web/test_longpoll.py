@@ -248,6 +248,7 @@ class CorsTests(SynchronousTestCase):
         self.assertEqual(code, 403)
         self.assertEqual(answer["frames"][0]["code"], 403)
         self.assertEqual(h.site.longpoll.sessions, {})
+        self.assertEqual(h.node.metrics.stats.refused, {"origin": 1})
 
     def test_allowed_origin_gets_cors_headers(self) -> None:
         h = WebHarness(allowed_origins="https://shop.example")

@@ -194,6 +194,7 @@ class OriginTests(SynchronousTestCase):
         self.assertEqual(refused.status, 403)
         self.assertEqual(h.node.gateway.connections["ws"], 2)
         self.assertEqual(h.site.websockets.refused_origins, 1)
+        self.assertEqual(h.node.metrics.stats.refused, {"origin": 1})
 
     def test_no_origin_is_allowed(self) -> None:
         h = WebHarness(allowed_origins="https://shop.example")
