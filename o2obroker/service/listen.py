@@ -68,14 +68,16 @@ class NodeTree(service.MultiService):
     """The top of a node's service tree: a child that cannot start stops the process
     with one line on stderr (and in the log) and exit status 1.
 
+    ``twistd`` is twistd's own options when it runs the node: its pid file is
+    removed on that exit (twistd removes it only after a reactor run), and a
+    daemon's failure goes to twistd, which tells the waiting parent process.
     ``log_observer``, when set, becomes the application's log observer (twistd's
-    ``--log-format json``). ``pidfile`` is twistd's, removed on that exit (twistd
-    removes it only after a reactor run), so the next start need not call it stale.
+    ``--log-format``).
     """
 
-    def __init__(self, pidfile: str | None = None) -> None:
+    def __init__(self, twistd: Any = None) -> None:
         super().__init__()
-        self.pidfile = pidfile
+        self.twistd = twistd
         self.log_observer: ILogObserver | None = None
 
     def setServiceParent(self, parent: Any) -> None:
@@ -90,16 +92,22 @@ class NodeTree(service.MultiService):
             super().privilegedStartService()
         except StartupError as e:
             log.critical("cannot start: {error}", error=str(e))
-            self._remove_pidfile()
+            twistd = self.twistd
+            if twistd is not None and twistd.get("statusPipe") is not None:
+                # a daemon: twistd writes the error to the parent still waiting on the
+                # terminal ("An error has occurred: ..."), removes its pid file, exits 1
+                raise
+            self._remove_pidfile(twistd.get("pidfile") if twistd is not None else None)
             exit_with(str(e))
 
-    def _remove_pidfile(self) -> None:
-        if not self.pidfile:
+    @staticmethod
+    def _remove_pidfile(pidfile: str | None) -> None:
+        if not pidfile:
             return
         try:
-            with open(self.pidfile, encoding="ascii") as f:
+            with open(pidfile, encoding="ascii") as f:
                 mine = f.read().strip() == str(os.getpid())
             if mine:
-                os.remove(self.pidfile)
+                os.remove(pidfile)
         except (OSError, ValueError):
             pass

@@ -155,7 +155,7 @@ def makeService(options: dict[str, Any], reactor: Any = None) -> service.MultiSe
     config = options["settings"]
     node = Node(config, reactor)
     twistd = getattr(options, "parent", None)  # twistd's own options, when run by it
-    top = NodeTree(pidfile=twistd.get("pidfile") if twistd is not None else None)
+    top = NodeTree(twistd)
     if twistd is not None:
         # twistd opens its log after this returns, and takes the application's observer
         top.log_observer = twistd_observer(twistd, config.log_format)

@@ -125,3 +125,22 @@ class StartupErrorTests(TestCase):
     async def test_bad_value_without_the_usage_dump(self) -> None:
         line = await self.refused("--hb", "often")
         self.assertEqual(line, "o2obroker: hb: 'often' is not an integer")
+
+    async def test_a_daemon_tells_the_waiting_parent(self) -> None:
+        port = self.busy_port()
+        out, err, code = await getProcessOutputAndValue(
+            sys.executable,
+            [
+                *(TWISTD, "--logfile", "node.log", "--pidfile", "node.pid", "o2obroker"),
+                *(*FREE, "--tcp", f"tcp:{port}:interface=127.0.0.1"),
+            ],
+            env=dict(os.environ),
+            path=str(self.dir),
+            reactor=reactor,
+        )
+        self.assertEqual(code, 1, (out, err))
+        self.assertIn(b"An error has occurred", err)
+        self.assertIn(f"tcp: cannot listen on tcp:{port}".encode(), err)
+        self.assertFalse((self.dir / "node.pid").exists())
+        log = (self.dir / "node.log").read_text()
+        self.assertIn(f"cannot start: tcp: cannot listen on tcp:{port}", log)
