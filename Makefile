@@ -8,7 +8,7 @@ STAMP := $(VENV)/.installed
 BROWSER := node_modules/.installed
 ARGS ?=
 
-.PHONY: run test lint bench clean
+.PHONY: run test lint bench clean redis-server
 
 $(STAMP): setup.cfg pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -22,6 +22,11 @@ $(BROWSER): package.json package-lock.json
 	npm ci --no-audit --no-fund --loglevel=error
 	touch $@
 
+# the Redis tests start their own servers from Debian's redis-server (never its service)
+redis-server:
+	command -v redis-server >/dev/null 2>&1 || { apt-get update -qq && \
+		DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends redis-server; }
+
 run: $(STAMP)
 	$(BIN)/twistd --nodaemon --pidfile= o2obroker $(ARGS)
 
@@ -30,7 +35,7 @@ lint: $(STAMP)
 	$(BIN)/ruff format --check .
 	$(BIN)/lint-imports
 
-test: $(STAMP) $(BROWSER) lint
+test: $(STAMP) $(BROWSER) redis-server lint
 	set -o pipefail; $(BIN)/python -m twisted.trial --jobs=2 tests 2>&1 | tee _trial.log
 	@# trial's own closing line, restated in the plain form CI tools read
 	@$(BIN)/python -c "$$TRIAL_SUMMARY" _trial.log

@@ -1,6 +1,6 @@
 """Presence load: the bytes presence costs on the wire, optimised against naive.
 
-    python bench/presence_load.py [--users 2000] [--watch 50] [--hours 1] [--seed 1]
+    python bench/presence_load.py [--users 2000] [--watch 50] [--hours 1] [--seed 1] [--no-since]
 
 Simulates N users, each watching K others, through a real node (sessions,
 user actors, presence hub, in-memory backend, heartbeat wheel) on a
@@ -8,10 +8,14 @@ user actors, presence hub, in-memory backend, heartbeat wheel) on a
 broker writes to it, as the binary transport would, and counts its bytes; the
 client behind it answers pings, watches its list on a fresh connection, and
 keeps its own view of the users it watches. One scenario, drawn from the seed
-before anything runs, is played twice: with ``presence_naive`` (ping every
-device every hb, every device event to every watcher at once, no grace
-period) and with the optimisations. Both runs must end in the same presence
-state, in the backend and in every connected client's view; the script fails
+before anything runs, is played twice. The baseline is ``presence_naive``: a
+broker that follows the protocol and nothing more (only user-level changes
+are sent, each at once; only silent devices are pinged; no grace period, no
+coalescing, no transfer hold) with clients that watch their whole list on
+every connection. The other run has the broker's savings, and clients that
+keep their view across sessions and watch again with ``since``
+(``--no-since``: without). Both runs must end in the same presence state, in
+the backend and in every connected client's view; the script fails
 otherwise.
 
 Presence traffic counted: presence frames, pings and pongs, and the watch
@@ -39,6 +43,7 @@ from o2obroker.wire.limits import Limits
 PRESENCE_TYPES = ("presence", "ping", "pong", "watch")
 HB = 30
 GRACE = 20.0
+EPOCH = 1_763_800_000.0  # when the simulated hour starts
 
 # The churn: mean seconds between events of one connected device (options override them).
 CHURN = {
@@ -65,6 +70,7 @@ class Wire:
 
     frames: Counter[str] = field(default_factory=Counter)
     bytes: Counter[str] = field(default_factory=Counter)
+    since: int = 0  # watch frames with since (the rest ask for every user)
 
     def count(self, kind: str, n: int) -> None:
         self.frames[kind] += 1
@@ -92,6 +98,7 @@ class SimDevice:
         self.owed_pong = False
         self.busy_until = 0.0  # the device's own upload, which its pong would wait behind
         self.view: dict[str, tuple[str, str]] = {}
+        self.seen_ts = 0  # the largest presence ts in the view: a later watch's since
         self.session = sim.node.gateway.connect(self)
 
     # -- the broker's side (IConnection) -----------------------------------
@@ -134,6 +141,8 @@ class SimDevice:
         if self.closed:
             return
         self.sim.wire.count(frame["t"], len(encode_cbor(frame)) + 4)
+        if "since" in frame:
+            self.sim.wire.since += 1
         self.session.touch()
         self.session.receive(frame)
 
@@ -141,6 +150,7 @@ class SimDevice:
         t = frame["t"]
         if t == "presence":
             self.view[frame["user"]] = (frame["state"], frame["status"])
+            self.seen_ts = max(self.seen_ts, frame["ts"])
         elif t == "ping":
             # a pong waits behind a large frame on either side of the link
             if self.pending or self.busy_until > self.sim.clock.seconds():
@@ -148,10 +158,17 @@ class SimDevice:
             else:
                 self.sim.later(self.write, {"t": "pong"})
         elif t == "welcome":
-            if frame.get("presence_kept"):
-                self.view = self.sim.kept_views.pop((self.user, self.name), {})
+            kept = self.sim.kept_views.pop((self.user, self.name), None)
+            watch = {"t": "watch", "users": self.sim.watch[self.user]}
+            if kept is not None and frame.get("presence_kept"):
+                self.view, self.seen_ts = kept  # up to date: what it missed follows
+            elif kept is not None and self.sim.since:
+                # the view of the last session, brought up to date by what changed since
+                self.view, self.seen_ts = kept
+                watch["since"] = self.seen_ts
+                self.sim.later(self.write, watch)
             else:
-                self.sim.later(self.write, {"t": "watch", "users": self.sim.watch[self.user]})
+                self.sim.later(self.write, watch)
 
     def _drained(self, n: int) -> None:
         self.pending = max(0, self.pending - n)
@@ -242,8 +259,12 @@ def scenario(
 class Sim:
     """One run of the scenario through a real node on a fake clock."""
 
-    def __init__(self, naive: bool, watch: dict[str, list[str]], link: dict[str, float]) -> None:
+    def __init__(
+        self, naive: bool, watch: dict[str, list[str]], link: dict[str, float], since: bool = True
+    ) -> None:
         self.clock = Clock()
+        # a real epoch: presence ts are as large on this wire as on a real one
+        self.clock.advance(EPOCH)
         self.wire = Wire()
         self.watch = watch
         self.link = link
@@ -258,7 +279,9 @@ class Sim:
         self.node = Node(config, self.clock)
         self.node.gateway.start()  # heartbeats; the supervisor is not part of this
         self.devices: dict[tuple[str, str], SimDevice] = {}
-        self.kept_views: dict[tuple[str, str], dict[str, tuple[str, str]]] = {}
+        # what each device's client keeps of its last session: its view and the largest ts
+        self.kept_views: dict[tuple[str, str], tuple[dict[str, tuple[str, str]], int]] = {}
+        self.since = since and not naive  # the baseline's clients watch without since
         self._timed: list[tuple[float, int, Any, Any]] = []
         self._soon: list[tuple[Any, Any]] = []
         self._n = 0
@@ -275,11 +298,11 @@ class Sim:
 
     def run(self, events: list[Event], seconds: float) -> None:
         for e in events:
-            self._advance(e.t)
+            self._advance(EPOCH + e.t)
             getattr(self, "_" + e.action)(e)
             self._answer()
         # quiet time: grace periods, windows and transfers run out; heartbeats go on
-        self._advance(seconds + GRACE + 3 * HB)
+        self._advance(EPOCH + seconds + GRACE + 3 * HB)
 
     def _advance(self, t: float) -> None:
         clock = self.clock
@@ -321,6 +344,7 @@ class Sim:
         if d is not None and not d.closed:
             d.write({"t": "bye"})
             d.closed = True
+            self.kept_views[(e.user, e.device)] = (d.view, d.seen_ts)
 
     def _drop(self, e: Event) -> None:
         d = self.devices.get((e.user, e.device))
@@ -328,7 +352,7 @@ class Sim:
             return
         d.closed = True
         d.session.lost()
-        self.kept_views[(e.user, e.device)] = d.view
+        self.kept_views[(e.user, e.device)] = (d.view, d.seen_ts)
         again = self.clock.seconds() + e.arg
         self.at(again, self._reconnect, (e.user, e.device, d))
 
@@ -408,6 +432,9 @@ def main() -> None:
     p.add_argument("--watch", type=int, default=50)
     p.add_argument("--hours", type=float, default=1.0)
     p.add_argument("--seed", type=int, default=1)
+    p.add_argument(
+        "--no-since", action="store_true", help="optimised clients watch without since too"
+    )
     for name, value in CHURN.items():
         p.add_argument("--" + name.replace("_", "-"), type=float, default=value, metavar="S")
     args = p.parse_args()
@@ -424,7 +451,7 @@ def main() -> None:
     results = {}
     for mode in ("naive", "optimised"):
         started = time.process_time()
-        sim = Sim(mode == "naive", watch, link)
+        sim = Sim(mode == "naive", watch, link, since=not args.no_since)
         sim.run(events, seconds)
         check(sim, mode)
         results[mode] = sim
@@ -435,6 +462,7 @@ def main() -> None:
             + "  ".join(
                 f"{t} {sim.wire.frames[t]:,}/{sim.wire.bytes[t]:,}B" for t in PRESENCE_TYPES
             )
+            + f" ({sim.wire.since:,} with since)"
             + f"  | pings saved: liveness {stats.pings_saved_live:,} transfer "
             f"{stats.pings_saved_transfer:,}; coalesced {stats.presence_coalesced:,}"
             f"  ({time.process_time() - started:.1f} s CPU)"

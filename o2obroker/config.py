@@ -97,11 +97,17 @@ class Config:
     inbox_cap: int = 10_000
     inbox_ttl: float = 7 * 24 * 3600.0
     dedupe_ttl: float = 600.0
+    # the Redis backend (doc/cluster.md): comma-separated redis:// or rediss:// URLs,
+    # one per shard; empty: the embedded in-memory backend
+    redis: str | None = None
+    redis_ca: str | None = None  # PEM file of the CA for rediss://; default: the system's
+    redis_timeout: float = 5.0  # seconds a Redis call may take before it fails
     # presence (PROTOCOL.md section 5; doc/presence.md)
     watch_cap: int = 1000  # users on one user's watch list
     presence_grace: float = 20.0  # seconds a dropped device still counts, for quick reconnects
     presence_window: float = 0.5  # seconds of changes coalesced before watchers are told
-    presence_naive: bool = False  # benchmark baseline only: no grace, no coalescing, ping all
+    presence_skew: float = 5.0  # seconds a watch's since is moved back, for clocks of other nodes
+    presence_naive: bool = False  # benchmark baseline only: no grace, coalescing or transfer hold
     transfer_rate: int = 32768  # bytes/s assumed of a link before its rate is measured
     # per-connection rate limit (PROTOCOL.md section 7, 429): frames/s, 0 = off;
     # burst 0 means twice the rate
@@ -195,6 +201,8 @@ class Config:
                 "presence_window: must be above 0 and at most 60 seconds,"
                 f" not {self.presence_window}"
             )
+        if not 0 <= self.presence_skew <= 3600:
+            raise ConfigError(f"presence_skew: must be 0 to 3600 seconds, not {self.presence_skew}")
         if self.rate_limit < 0 or self.rate_burst < 0:
             raise ConfigError("rate_limit and rate_burst: must not be negative")
         if self.transfer_rate < 1:
@@ -205,7 +213,34 @@ class Config:
             raise ConfigError(f"log_format: must be 'text' or 'json', not {self.log_format!r}")
         _check_supervisor(self)
         _check_console(self)
+        _check_redis(self)
         _check_business(self)
+
+
+def _check_redis(c: Config) -> None:
+    if c.redis_timeout <= 0:
+        raise ConfigError(f"redis_timeout: must be positive, not {c.redis_timeout}")
+    if not c.redis:
+        if c.redis_ca:
+            raise ConfigError("redis_ca: only means something with redis = rediss://...")
+        return
+    # the backend's own parser, so that what passes here is what connects
+    from o2obroker.backend.redis.url import parse_urls
+
+    try:
+        targets = parse_urls(c.redis)
+    except ValueError as e:
+        raise ConfigError(f"redis: {e}") from None
+    if c.redis_ca:
+        if not any(t.tls for t in targets):
+            raise ConfigError("redis_ca: only means something with rediss:// URLs")
+        try:
+            with open(c.redis_ca, "rb") as f:
+                pem = f.read()
+        except OSError as e:
+            raise ConfigError(f"redis_ca: cannot read {c.redis_ca}: {e.strerror}") from None
+        if b"-----BEGIN CERTIFICATE-----" not in pem:
+            raise ConfigError(f"redis_ca: {c.redis_ca} holds no PEM certificate")
 
 
 def _check_business(c: Config) -> None:

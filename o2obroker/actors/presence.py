@@ -172,7 +172,7 @@ class UserPresence:
         state, status, count = aggregate(self.entries.values())
         old = self.published
         changed = state != old.state or status != old.status
-        if not changed and count == old.devices and not self.hub.naive:
+        if not changed and count == old.devices:
             return
         ts = self.hub.now_ms() if changed else old.ts
         new = self.published = Presence(state, status, count, ts)
@@ -188,8 +188,13 @@ class PresenceHub:
     all when it ended where it started. Deliveries are queued to the watchers'
     actors, at most ``slice_size`` per reactor turn.
 
-    ``naive`` is the baseline the benchmark measures against: no grace
-    period, no coalescing, every device event sent to every watcher at once.
+    ``skew`` seconds are taken off a watch's ``since`` before it is compared to
+    the records' ``ts``: another node's clock that runs behind this one's must
+    not hide a change.
+
+    ``naive`` is the baseline the benchmark measures against, a broker that
+    follows the protocol and nothing more: no grace period, no coalescing,
+    every change of the user-level state sent to its watchers at once.
     """
 
     log = Logger()
@@ -202,6 +207,7 @@ class PresenceHub:
         *,
         window: float = 0.5,
         grace: float = 20.0,
+        skew: float = 5.0,
         watch_cap: int = 1000,
         slice_size: int = 1000,
         naive: bool = False,
@@ -212,6 +218,7 @@ class PresenceHub:
         self.clock = clock
         self.window = window
         self.grace = grace
+        self.skew_ms = int(skew * 1000)
         self.watch_cap = watch_cap
         self.slice_size = slice_size
         self.naive = naive
@@ -243,7 +250,7 @@ class PresenceHub:
         )
         if self.on_edge is not None and (old.state == "offline") != (new.state == "offline"):
             self.on_edge(user, new.state, new.ts)
-        if (not changed and not self.naive) or not self.running:
+        if not changed or not self.running:
             return
         if self.naive:
             self._look_up({user: new})

@@ -218,8 +218,8 @@ class UserActor(Actor):
     def report(self, device: Any, state: str, status: str) -> None:
         self.tell(("presence", device, state, status))
 
-    def watch(self, device: Any, users: list[str]) -> None:
-        self.tell(("watch", device, users))
+    def watch(self, device: Any, users: list[str], since: int | None = None) -> None:
+        self.tell(("watch", device, users, since))
 
     def unwatch(self, device: Any, users: list[str]) -> None:
         self.tell(("unwatch", device, users))
@@ -553,7 +553,7 @@ class UserActor(Actor):
                         missed[out.frame["user"]] = out
 
     def _on_watch(self, message: Message) -> Deferred[None]:
-        _, device, users = message
+        _, device, users, since = message
         hub = self.presence.hub
 
         def added(ok: bool) -> Deferred[None] | None:
@@ -562,7 +562,7 @@ class UserActor(Actor):
                     _error(400, f"watch list full: at most {hub.watch_cap} users", None)
                 )
                 return None
-            return self._answer_presence(device, users)
+            return self._answer_presence(device, users, since)
 
         return self.backend.watch(self.user, users, hub.watch_cap).addCallback(added)
 
@@ -573,12 +573,19 @@ class UserActor(Actor):
         _, device, users = message
         return self._answer_presence(device, users)
 
-    def _answer_presence(self, device: Any, users: list[str]) -> Deferred[None]:
-        """The current state of each user, from the broker's own state."""
+    def _answer_presence(
+        self, device: Any, users: list[str], since: int | None = None
+    ) -> Deferred[None]:
+        """The current state of each user, from the broker's own state; with
+        ``since``, of those whose state changed since then (less the skew
+        margin) and of those with no record, whose last change is unknown."""
+        floor = None if since is None else since - self.presence.hub.skew_ms
 
         def answer(found: dict[str, Any]) -> None:
             for user in dict.fromkeys(users):
-                device.send_presence(OutFrame(presence_frame(user, found[user])))
+                presence = found[user]
+                if floor is None or presence.ts == 0 or presence.ts >= floor:
+                    device.send_presence(OutFrame(presence_frame(user, presence)))
 
         return self.presence.hub.answer(users).addCallback(answer)
 

@@ -79,6 +79,19 @@ class Presence:
 OFFLINE = Presence()
 
 
+class BackendUnavailable(Exception):
+    """A backend call failed or timed out; it may or may not have been applied.
+
+    Callers answer the client with an error it may retry: sends carry ids, and
+    a retried id is deduplicated, so a call that did apply is not applied twice.
+    """
+
+
+class StoreFull(Exception):
+    """The store refused a write: it is out of memory. Nothing of the call was
+    applied; the write may succeed once inboxes have been read and trimmed."""
+
+
 class IBackend(Interface):
     """Cluster-wide state. Every method returns a Deferred."""
 
@@ -86,6 +99,10 @@ class IBackend(Interface):
 
     def append(user: str, messages: list[StoredMessage]) -> Any:
         """Store messages in the user's inbox; fire with the list of seqs given."""
+
+    def append_many(inboxes: dict[str, list[StoredMessage]]) -> Any:
+        """Store messages in several users' inboxes in one call; fire with
+        {user: list of seqs given}, like ``append`` for each user."""
 
     def read(user: str, after: int, limit: int) -> Any:
         """Fire with up to ``limit`` (seq, StoredMessage) pairs with seq > after, in order."""
@@ -101,6 +118,10 @@ class IBackend(Interface):
         """Move the device's cursor to ``seq`` (never backwards; clamped to the
         inbox's last seq) and drop what every recent device has acknowledged.
         Fire with the new cursor."""
+
+    def set_cursor(user: str, device: str, seq: int) -> Any:
+        """Set the device's cursor to min(seq, the inbox's last seq), even
+        backwards (a client resuming from an older position). Fire with it."""
 
     def claim(user: str, ts: int, claims: list[tuple[str, str]]) -> Any:
         """Record (send id, mid) pairs accepted at ``ts``, for ids that are new;
@@ -120,7 +141,10 @@ class IBackend(Interface):
         """Fire with the set of member user ids (empty when the room does not exist)."""
 
     def set_presence(user: str, presence: Presence) -> Any:
-        """Record the user-level presence of ``user`` (OFFLINE forgets it)."""
+        """Record the user-level presence of ``user`` (OFFLINE forgets it).
+
+        An offline record with a ``ts`` is kept: a watch with ``since`` must
+        learn that a user went offline after that time."""
 
     def presence(users: list[str]) -> Any:
         """Fire with {user: Presence} for every user asked (OFFLINE when unknown)."""

@@ -82,6 +82,7 @@ class MemoryBackend:
         device_ttl: float = 7 * DAY,
         dedupe_ttl: float = 600.0,
         dedupe_cap: int = 100_000,
+        offline_ttl: float = DAY,
     ) -> None:
         self.node_id = node_id
         self._clock = clock
@@ -97,6 +98,9 @@ class MemoryBackend:
         #: messages held in all inboxes, counted as they come and go (a metric)
         self.stored = 0
         self._presence: dict[str, Presence] = {}
+        # offline records, oldest first: kept offline_ttl seconds for watches with since
+        self._offline_ttl = offline_ttl
+        self._offline: deque[tuple[float, str, Presence]] = deque()
         self._watching: dict[str, set[str]] = {}  # watcher -> users
         self._watchers: dict[str, set[str]] = {}  # user -> watchers
 
@@ -124,6 +128,15 @@ class MemoryBackend:
         return entries
 
     def append(self, user: str, messages: list[StoredMessage]) -> Deferred[list[int]]:
+        return succeed(self._append(user, messages))
+
+    def append_many(
+        self, inboxes: dict[str, list[StoredMessage]]
+    ) -> Deferred[dict[str, list[int]]]:
+        append = self._append
+        return succeed({user: append(user, messages) for user, messages in inboxes.items()})
+
+    def _append(self, user: str, messages: list[StoredMessage]) -> list[int]:
         box = self._inbox(user)
         first = box.last + 1
         entries = box.entries
@@ -134,7 +147,7 @@ class MemoryBackend:
         self.stored += len(messages)
         if len(box.entries) > self._inbox_cap:
             self._expire(box)
-        return succeed(list(range(first, box.last + 1)))
+        return list(range(first, box.last + 1))
 
     def read(self, user: str, after: int, limit: int) -> Deferred[list[tuple[int, StoredMessage]]]:
         box = self._inboxes.get(user)
@@ -179,6 +192,20 @@ class MemoryBackend:
             known[0] = seq
             self._trim_acked(box, now)
         return succeed(int(known[0]))
+
+    def set_cursor(self, user: str, device: str, seq: int) -> Deferred[int]:
+        box = self._inbox(user)
+        now = self._clock.seconds()
+        seq = max(0, min(seq, box.last))
+        known = box.cursors.get(device)
+        if known is None:
+            known = box.cursors[device] = [0, now]
+        known[1] = now
+        forward = seq > known[0]
+        known[0] = seq
+        if forward:
+            self._trim_acked(box, now)
+        return succeed(seq)
 
     def _trim_acked(self, box: _Inbox, now: float) -> None:
         horizon = now - self._device_ttl
@@ -247,14 +274,29 @@ class MemoryBackend:
 
     # -- presence ----------------------------------------------------------
 
+    def _forget_offline(self, now: float) -> None:
+        """Drop offline records older than ``offline_ttl``, oldest first."""
+        offline = self._offline
+        while offline and offline[0][0] <= now:
+            _, gone, record = offline.popleft()
+            if self._presence.get(gone) is record:
+                del self._presence[gone]  # no record: a watch with since sends it anyway
+
     def set_presence(self, user: str, presence: Presence) -> Deferred[None]:
+        now = self._clock.seconds()
+        offline = self._offline
+        self._forget_offline(now)
         if presence.devices == 0 and presence.state == "offline":
-            self._presence.pop(user, None)
-        else:
-            self._presence[user] = presence
+            if presence.ts == 0:
+                self._presence.pop(user, None)
+                return succeed(None)
+            offline.append((now + self._offline_ttl, user, presence))
+        self._presence[user] = presence
         return succeed(None)
 
     def presence(self, users: list[str]) -> Deferred[dict[str, Presence]]:
+        if self._offline:
+            self._forget_offline(self._clock.seconds())
         known = self._presence
         return succeed({u: known.get(u, OFFLINE) for u in users})
 

@@ -17,6 +17,7 @@ from o2obroker.actors.supervisor import (
     make_hook,
 )
 from o2obroker.backend import IBackend, MemoryBackend
+from o2obroker.backend.redis import RedisBackend, parse_urls
 from o2obroker.config import Config
 from o2obroker.metrics import Metrics
 from o2obroker.policy.build import build_business
@@ -38,13 +39,7 @@ class Node:
         self.config = config
         self.clock = clock
         self.metrics = Metrics()
-        self.backend = backend or MemoryBackend(
-            clock,
-            config.node,
-            inbox_cap=config.inbox_cap,
-            inbox_ttl=config.inbox_ttl,
-            dedupe_ttl=config.dedupe_ttl,
-        )
+        self.backend = backend or make_backend(config, clock)
         self.router = Router(self.backend)
         self.presence = PresenceHub(
             self.backend,
@@ -52,6 +47,7 @@ class Node:
             clock,
             window=config.presence_window,
             grace=config.presence_grace,
+            skew=config.presence_skew,
             watch_cap=config.watch_cap,
             naive=config.presence_naive,
             stats=self.metrics.stats,
@@ -92,6 +88,20 @@ class Node:
                 "Messages held in the inboxes of the backend.",
                 lambda: self.backend.stored,
             )
+        if isinstance(self.backend, RedisBackend):
+            shards = self.backend.shards
+            gauges.add_gauge(
+                "o2o_redis_up",
+                "Whether each Redis server of the backend is connected (1) or not (0).",
+                lambda: {s.name: int(s.ready) for s in shards},
+                "server",
+            )
+            gauges.add_counter(
+                "o2o_redis_commands",
+                "Commands sent to each Redis server (a batch of messages is one).",
+                lambda: {s.name: s.calls for s in shards},
+                "server",
+            )
         self.supervisor = Supervisor(
             self.actors.scheduler,
             clock,
@@ -129,6 +139,8 @@ class Node:
         )
 
     def start(self) -> None:
+        if isinstance(self.backend, RedisBackend):
+            self.backend.start()
         self.gateway.start()
         self.supervisor.start()
 
@@ -139,8 +151,34 @@ class Node:
             return succeed("no keyword filter configured")
         return d.addCallback(lambda n: f"keyword filter reloaded: {n} keywords")
 
-    def stop(self) -> None:
+    def stop(self) -> Deferred[object] | None:
         self.business.stop()
         self.gateway.stop()
         self.presence.stop()
         self.supervisor.stop()
+        if isinstance(self.backend, RedisBackend):
+            return self.backend.stop()
+        return None
+
+
+def make_backend(config: Config, clock: IReactorTime, reactor: object = None) -> IBackend:
+    """The embedded backend, or Redis when ``redis`` names servers."""
+    if not config.redis:
+        return MemoryBackend(
+            clock,
+            config.node,
+            inbox_cap=config.inbox_cap,
+            inbox_ttl=config.inbox_ttl,
+            dedupe_ttl=config.dedupe_ttl,
+        )
+    return RedisBackend(
+        parse_urls(config.redis),
+        clock,
+        reactor or clock,
+        config.node,
+        ca=config.redis_ca,
+        timeout=config.redis_timeout,
+        inbox_cap=config.inbox_cap,
+        inbox_ttl=config.inbox_ttl,
+        dedupe_ttl=config.dedupe_ttl,
+    )

@@ -8,6 +8,7 @@ from typing import Any
 
 from twisted.application import service
 from twisted.internet import reactor as global_reactor
+from twisted.internet.defer import Deferred
 from twisted.logger import Logger
 from twisted.python import usage
 
@@ -52,6 +53,13 @@ class Options(usage.Options):
         ],
         ["manhole-keys", None, None, "authorized_keys file of the admin console."],
         ["log-format", None, None, "text|json: json writes one object a line [default: text]."],
+        [
+            "redis",
+            None,
+            None,
+            "Redis backend: redis:// or rediss:// URL, several comma-separated to shard "
+            "(redis://[user:password@]host[:port][/db]). Default: the in-memory backend.",
+        ],
     ]
 
     def postOptions(self) -> None:
@@ -67,6 +75,7 @@ class Options(usage.Options):
             "manhole": self["manhole"],
             "manhole_keys": self["manhole-keys"],
             "log_format": self["log-format"],
+            "redis": self["redis"],
         }
         try:
             self["settings"] = config = load(self["config"], overrides)
@@ -122,12 +131,13 @@ class NodeService(service.Service):
         d.addErrback(lambda f: self.log.error("SIGHUP: {why}", why=f.getErrorMessage()))
         return d
 
-    def stopService(self) -> None:
+    def stopService(self) -> Deferred[object] | None:
         if self._old_hup is not None:
             signal.signal(signal.SIGHUP, self._old_hup)
             self._old_hup = None
-        self.node.stop()
-        return super().stopService()
+        super().stopService()
+        # the Redis backend closes once its calls in flight are answered
+        return self.node.stop()
 
 
 # Young objects a collection waits for; CPython's default is 700.

@@ -132,7 +132,7 @@ class Gateway:
         self.stats = stats or Stats()
         # first guess of a link's rate (bytes/s) for the transfer hold, before it is measured
         self.transfer_rate = transfer_rate
-        # the benchmark's baseline: ping every device every hb, whatever it did
+        # the presence benchmark's baseline: no transfer hold
         self.naive_presence = naive_presence
         # frames a second per connection, and how many at once (0: no limit)
         self.rate_limit = rate_limit

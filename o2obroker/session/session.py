@@ -202,7 +202,13 @@ class Session:
             if silent >= gw.hello_timeout or now - self.since >= gw.hello_timeout:
                 self.fail(ProtocolError(401, "no hello in time", fatal=True))
             return
-        held = self.transfer is not None and self.transfer.active and self._held(now)
+        # the presence benchmark's baseline (naive) has no transfer hold
+        held = (
+            self.transfer is not None
+            and self.transfer.active
+            and not gw.naive_presence
+            and self._held(now)
+        )
         if (
             not held
             and self.partial_since is not None
@@ -215,14 +221,6 @@ class Session:
         due = now >= self.next_probe
         if due:
             self.next_probe = now + gw.hb
-        if gw.naive_presence:
-            # the baseline of the presence benchmark: every device, every hb
-            if due:
-                stats.pings_sent += 1
-                self.conn.send(PING)
-            if silent >= 2 * gw.hb:
-                self.close()
-            return
         if held:
             if due:
                 stats.pings_saved_transfer += 1
@@ -474,7 +472,7 @@ class Session:
         self.actor.report(self, frame.state, self.presence_status)
 
     def _on_watch(self, frame: Watch) -> None:
-        self.actor.watch(self, list(frame.users))
+        self.actor.watch(self, list(frame.users), frame.since)
 
     def _on_unwatch(self, frame: Unwatch) -> None:
         self.actor.unwatch(self, list(frame.users))

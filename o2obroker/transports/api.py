@@ -364,7 +364,9 @@ class Drain(_Endpoint):
 
 
 class Health(_Endpoint):
-    """``GET /healthz``: 200 while the node takes clients, 503 while it drains."""
+    """``GET /healthz``: 200 while the node takes clients, 503 while it drains
+    or while its backend is unreachable (a load balancer then sends clients
+    to a node whose sends can succeed)."""
 
     public = True
 
@@ -375,6 +377,10 @@ class Health(_Endpoint):
         )
         if draining:
             return _answer(request, 503, {"status": "draining", "node": self.node.config.node})
+        if not getattr(self.node.backend, "available", True):
+            return _answer(
+                request, 503, {"status": "backend unavailable", "node": self.node.config.node}
+            )
         return _answer(request, 200, {"status": "ok", "node": self.node.config.node})
 
 

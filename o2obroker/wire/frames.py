@@ -113,7 +113,11 @@ class PresenceReport:
 
 @dataclass(frozen=True, slots=True)
 class Watch:
+    """Add ``users`` to the watch list. ``since`` (ms, the largest presence ``ts``
+    the client has seen) asks only for the users that changed since then."""
+
     users: tuple[str, ...]
+    since: int | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -360,7 +364,11 @@ def _users_of(obj: dict, limits: Limits, kind: str) -> tuple[str, ...]:
 
 
 def _watch(obj: dict, limits: Limits, size: int | None, text: bool) -> Watch:
-    return Watch(_users_of(obj, limits, "watch"))
+    users = _users_of(obj, limits, "watch")
+    since = obj.get("since")
+    if since is not None and not _nonneg_int(since):
+        raise _bad(obj, limits, "watch: since must be a non-negative integer (ms)")
+    return Watch(users, since)
 
 
 def _unwatch(obj: dict, limits: Limits, size: int | None, text: bool) -> Unwatch:

@@ -11,8 +11,8 @@ class PresenceConfigTests(SynchronousTestCase):
     def test_defaults(self) -> None:
         config = load()
         self.assertEqual(
-            (config.watch_cap, config.presence_grace, config.presence_window),
-            (1000, 20.0, 0.5),
+            (config.watch_cap, config.presence_grace, config.presence_window, config.presence_skew),
+            (1000, 20.0, 0.5, 5.0),
         )
         self.assertFalse(config.presence_naive)
 
@@ -21,12 +21,13 @@ class PresenceConfigTests(SynchronousTestCase):
         with open(path, "w") as f:
             f.write(
                 "[broker]\nwatch_cap = 50\npresence_grace = 0\npresence_window = 2\n"
-                "presence_naive = yes\ntransfer_rate = 8192\n"
+                "presence_skew = 0\npresence_naive = yes\ntransfer_rate = 8192\n"
             )
         config = load(path)
         self.assertEqual(config.watch_cap, 50)
         self.assertEqual(config.presence_grace, 0.0)  # 0: no grace period
         self.assertEqual(config.presence_window, 2.0)
+        self.assertEqual(config.presence_skew, 0.0)
         self.assertTrue(config.presence_naive)
         self.assertEqual(config.transfer_rate, 8192)
 
@@ -36,6 +37,8 @@ class PresenceConfigTests(SynchronousTestCase):
             ("presence_grace", "-1", "0"),
             ("presence_window", "0", "0.01"),
             ("presence_window", "61", "60"),
+            ("presence_skew", "-1", "0"),
+            ("presence_skew", "3601", "3600"),
             ("transfer_rate", "0", "1"),
         ]:
             with self.assertRaises(ConfigError) as caught:

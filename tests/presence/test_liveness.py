@@ -103,16 +103,34 @@ class ProbeTests(LivenessCase):
 
 
 class NaiveProbeTests(LivenessCase):
-    settings = {"presence_naive": True}
+    """The benchmark's baseline follows the protocol: it too probes only silent
+    devices, but it holds nothing for a transfer."""
 
-    def test_naive_mode_pings_every_device_every_hb(self) -> None:
+    settings = {
+        "presence_naive": True,
+        "transfer_rate": 1024,
+        "limits": Limits(max_body=1 << 20),
+    }
+
+    def test_naive_mode_probes_only_silent_devices(self) -> None:
         d = self.h.login("alice")
         d.read()
-        for _ in range(8):
-            self.run_for(5)
-            d.write({"t": "pong"})
-        self.assertGreaterEqual(self.pings(d), 4)
-        self.assertFalse(d.closed)
+        for _ in range(10):
+            self.run_for(6)
+            d.write({"t": "ack", "seq": 0})
+        self.assertEqual(self.pings(d), 0)
+        self.run_for(10)
+        self.assertEqual(self.pings(d), 1)
+
+    def test_naive_mode_has_no_transfer_hold(self) -> None:
+        d = self.h.login("alice")
+        d.read()
+        d.write_bytes(large_send(100_000)[:10_000])
+        self.run_for(10)
+        self.assertEqual(self.pings(d), 1)  # held with the hold: see InboundHoldTests
+        self.assertEqual(self.stats.pings_saved_transfer, 0)
+        self.run_for(8)
+        self.assertTrue(d.closed)
 
 
 def large_send(size: int) -> bytes:

@@ -245,6 +245,38 @@ class GraceTests(PresenceCase):
         )
 
 
+class NaiveTests(PresenceCase):
+    """The benchmark's baseline: what the protocol requires, and none of the savings."""
+
+    settings = {"presence_naive": True}
+
+    def test_every_change_goes_out_at_once(self) -> None:
+        bob = self.login("bob")
+        alice = self.watching("alice", "bob")
+        bob.write({"t": "presence", "state": "away"})
+        bob.write({"t": "presence", "state": "online"})
+        self.h.flush()  # no window: not a moment of the clock passes
+        self.assertEqual(self.presence(alice), [("bob", "away", "", 1), ("bob", "online", "", 1)])
+
+    def test_a_second_device_sends_nothing(self) -> None:
+        self.login("bob")
+        alice = self.watching("alice", "bob")
+        web = self.login("bob", "web")
+        web.write({"t": "bye"})
+        self.settle()
+        self.assertEqual(self.presence(alice), [])
+
+    def test_a_drop_is_offline_at_once(self) -> None:
+        bob = self.login("bob")
+        alice = self.watching("alice", "bob")
+        bob.lose()
+        self.assertEqual(self.presence(alice), [("bob", "offline", "", 0)])
+        again = self.h.login("bob")
+        self.h.flush()
+        self.assertEqual(self.presence(alice), [("bob", "online", "", 1)])
+        self.assertNotIn("presence_kept", again.read()[0])
+
+
 class CoalescingTests(PresenceCase):
     def test_burst_sends_the_last_state_only(self) -> None:
         bob = self.login("bob")

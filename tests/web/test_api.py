@@ -106,24 +106,25 @@ class ApiTests(SynchronousTestCase):
         code, _ = self.api("GET", "/api/v1/publish")
         self.assertEqual(code, 405)
 
-    def test_presence_without_a_presence_service_answers_offline(self) -> None:
+    def test_presence_of_users_never_seen_is_offline(self) -> None:
         code, answer = self.api("GET", "/api/v1/presence?user=a&user=b")
         self.assertEqual(code, 200)
-        self.assertEqual(set(answer["users"]), {"a", "b"})
-        for entry in answer["users"].values():
-            self.assertIn(entry["state"], ("online", "away", "busy", "offline"))
+        offline = {"state": "offline", "status": "", "devices": 0}
+        self.assertEqual(answer, {"users": {"a": offline, "b": offline}})
 
     def test_presence_of_a_connected_user(self) -> None:
-        if getattr(self.h.node, "presence", None) is None:
-            raise __import__("twisted.trial.unittest", fromlist=["SkipTest"]).SkipTest(
-                "no presence"
-            )
-        self.h.ws_login("alice", "web").read()
+        ws = self.h.ws_login("alice", "web", state="busy", status="in a meeting")
+        ws.read()
         self.h.clock.advance(1)
         _, answer = self.api("GET", "/api/v1/presence?user=alice&user=zed")
-        self.assertEqual(answer["users"]["alice"]["state"], "online")
-        self.assertEqual(answer["users"]["alice"]["devices"], 1)
+        self.assertEqual(
+            answer["users"]["alice"], {"state": "busy", "status": "in a meeting", "devices": 1}
+        )
         self.assertEqual(answer["users"]["zed"]["state"], "offline")
+        ws.send({"t": "bye"})
+        self.h.clock.advance(1)
+        _, answer = self.api("GET", "/api/v1/presence?user=alice")
+        self.assertEqual(answer["users"]["alice"]["state"], "offline")
 
     def test_presence_needs_valid_users(self) -> None:
         self.assertEqual(self.api("GET", "/api/v1/presence")[0], 400)

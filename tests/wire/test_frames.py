@@ -303,6 +303,18 @@ class SmallFrameTests(FrameTestCase):
             for users in (None, "a", {"a": 1}, ["a", ""], ["a", "b/c"], ["a", 1], ["x" * 129]):
                 self.assertBad({"t": t, "users": users}, limits)
 
+    def test_watch_since(self) -> None:
+        frame = parse_frame({"t": "watch", "users": ["a"], "since": 1763800000123}, LIMITS)
+        self.assertEqual(frame, Watch(("a",), 1763800000123))
+        self.assertEqual(parse_frame({"t": "watch", "users": ["a"], "since": 0}, LIMITS).since, 0)
+        # null counts as absent: a full answer
+        self.assertIsNone(parse_frame({"t": "watch", "users": ["a"], "since": None}, LIMITS).since)
+        self.assertIsNone(parse_frame({"t": "watch", "users": ["a"]}, LIMITS).since)
+        for since in (-1, 1.5, 1e12, "1763800000123", True, [1], {"ms": 1}):
+            error = self.assertBad({"t": "watch", "id": "w1", "users": ["a"], "since": since})
+            self.assertEqual(error.reason, "watch: since must be a non-negative integer (ms)")
+            self.assertEqual(error.ref, "w1")
+
 
 class NameTests(SynchronousTestCase):
     def test_valid_user(self) -> None:

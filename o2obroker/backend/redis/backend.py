@@ -1,0 +1,411 @@
+"""IBackend on Redis: the durable store of a cluster, sharded over one or more servers.
+
+Each user's keys share the hash tag ``{u:<id>}`` (rooms: ``{r:<name>}``) and
+live on the shard a jump consistent hash of that tag picks, so one script
+reaches all of a user's state in one round trip. A batch of messages for many
+users is one script per shard, not one call per message. Timestamps come from
+the injected ``clock``; I/O, timeouts and reconnects use ``reactor``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import struct
+import uuid
+from collections.abc import Callable, Iterable, Sequence
+from typing import Any
+
+import cbor2
+from twisted.internet.defer import Deferred, DeferredList, FirstError, gatherResults, succeed
+from twisted.internet.interfaces import IReactorTime
+from twisted.internet.task import LoopingCall
+from twisted.python.failure import Failure
+from zope.interface import implementer
+
+from o2obroker.backend.interface import (
+    OFFLINE,
+    IBackend,
+    InboxState,
+    Presence,
+    Receipt,
+    StoredMessage,
+)
+from o2obroker.backend.redis import scripts as S
+from o2obroker.backend.redis.shard import Shard
+from o2obroker.backend.redis.url import RedisTarget
+
+DAY = 24 * 3600.0
+# keys outlive what the scripts keep by this much: clocks of nodes differ a little
+KEY_TTL_MARGIN = 60.0
+# messages one append script takes at most (one user's messages are never split)
+APPEND_CHUNK = 1000
+
+
+def jump_hash(key: int, buckets: int) -> int:
+    """Lamping and Veach's jump consistent hash: adding a bucket moves 1/n of the keys."""
+    b, j = -1, 0
+    while j < buckets:
+        b = j
+        key = (key * 2862933555777941757 + 1) & 0xFFFFFFFFFFFFFFFF
+        j = int((b + 1) * ((1 << 31) / ((key >> 33) + 1)))
+    return b
+
+
+def shard_of(tag: str, buckets: int) -> int:
+    """The shard index of a hash tag, the same on every node and every run."""
+    if buckets == 1:
+        return 0
+    digest = hashlib.blake2b(tag.encode(), digest_size=8).digest()
+    return jump_hash(int.from_bytes(digest, "big"), buckets)
+
+
+_HEAD = struct.Struct(">dI")
+
+
+def _packed(message: StoredMessage) -> bytes:
+    """A message as the append script reads it: ts, length, CBOR."""
+    blob = cbor2.dumps([message.mid, message.ts, message.fields])
+    return _HEAD.pack(message.ts, len(blob)) + blob
+
+
+_PAIR = struct.Struct(">II")
+
+
+def _pairs(pairs: Iterable[tuple[str, str]]) -> bytes:
+    """Pairs of strings in one argument, as the scripts' ``pairs_of`` reads them."""
+    out = []
+    for a, b in pairs:
+        x, y = a.encode(), b.encode()
+        out += (_PAIR.pack(len(x), len(y)), x, y)
+    return b"".join(out)
+
+
+def _decode(blob: bytes) -> StoredMessage:
+    mid, ts, fields = cbor2.loads(blob)
+    return StoredMessage(mid, ts, fields)
+
+
+def _seq(entry_id: bytes) -> int:
+    return int(entry_id.partition(b"-")[0])
+
+
+def _text(value: bytes) -> str:
+    return value.decode()
+
+
+@implementer(IBackend)
+class RedisBackend:
+    """Inboxes, cursors, dedupe, rooms, presence and watch lists in Redis.
+
+    The limits are those of MemoryBackend and mean the same; the contract
+    suite holds both to the same results. ``start()`` connects (in the
+    background: until a shard is up, its calls fail at once), ``stop()``
+    closes.
+    """
+
+    def __init__(
+        self,
+        targets: Sequence[RedisTarget],
+        clock: IReactorTime,
+        reactor: Any,
+        node_id: str = "n1",
+        *,
+        prefix: str = "o2o",
+        ca: str | None = None,
+        timeout: float = 5.0,
+        ping_interval: float = 10.0,
+        inbox_cap: int = 10_000,
+        inbox_ttl: float = 7 * DAY,
+        device_ttl: float = 7 * DAY,
+        dedupe_ttl: float = 600.0,
+        dedupe_cap: int = 100_000,
+        offline_ttl: float = DAY,
+    ) -> None:
+        if not targets:
+            raise ValueError("RedisBackend needs at least one server")
+        self.node_id = node_id
+        self._clock = clock
+        self._prefix = prefix
+        self._inbox_cap = inbox_cap
+        self._inbox_ttl = inbox_ttl
+        self._device_ttl = device_ttl
+        self._dedupe_ttl = dedupe_ttl
+        self._dedupe_cap = dedupe_cap
+        self._offline_ttl = offline_ttl
+        # key lifetimes in Redis's own (real) time, for abandoned users' keys only
+        self._inbox_key_ttl = int((inbox_ttl + KEY_TTL_MARGIN) * 1000)
+        self._device_key_ttl = int((device_ttl + KEY_TTL_MARGIN) * 1000)
+        self._dedupe_key_ttl = int((dedupe_ttl + KEY_TTL_MARGIN) * 1000)
+        self.shards = [Shard(t, reactor, S.ALL, timeout=timeout, ca=ca) for t in targets]
+        self._pinger = LoopingCall(self._ping)
+        self._pinger.clock = reactor
+        self._ping_interval = ping_interval
+
+    # -- life ----------------------------------------------------------------
+
+    @property
+    def available(self) -> bool:
+        """Whether every shard is connected (``/healthz`` says 503 otherwise)."""
+        return all(s.ready for s in self.shards)
+
+    def when_ready(self) -> Deferred[Any]:
+        """Fires once every shard is connected."""
+        return gatherResults([s.when_ready() for s in self.shards])
+
+    def start(self) -> None:
+        for shard in self.shards:
+            shard.start()
+        if self._ping_interval:
+            self._pinger.start(self._ping_interval, now=False)
+
+    def stop(self) -> Deferred[Any]:
+        if self._pinger.running:
+            self._pinger.stop()
+        return DeferredList([s.stop() for s in self.shards])
+
+    def _ping(self) -> None:
+        # a half-open connection answers nothing: the ping's timeout replaces it
+        for shard in self.shards:
+            if shard.ready:
+                shard.call("PING").addErrback(lambda f: None)
+
+    # -- keys ----------------------------------------------------------------
+
+    def _user_shard(self, user: str) -> Shard:
+        shards = self.shards
+        return shards[0] if len(shards) == 1 else shards[shard_of("u:" + user, len(shards))]
+
+    def _key(self, user: str, suffix: str) -> str:
+        return f"{self._prefix}:{{u:{user}}}:{suffix}"
+
+    def _keys(self, user: str, *suffixes: str) -> list[str]:
+        head = f"{self._prefix}:{{u:{user}}}:"
+        return [head + s for s in suffixes]
+
+    def _room(self, room: str) -> tuple[Shard, str]:
+        shards = self.shards
+        shard = shards[0] if len(shards) == 1 else shards[shard_of("r:" + room, len(shards))]
+        return shard, f"{self._prefix}:{{r:{room}}}:members"
+
+    def _horizon(self) -> int:
+        return int((self._clock.seconds() - self._inbox_ttl) * 1000)
+
+    def _by_shard(self, users: Sequence[str]) -> dict[Shard, list[str]]:
+        groups: dict[Shard, list[str]] = {}
+        for user in users:
+            groups.setdefault(self._user_shard(user), []).append(user)
+        return groups
+
+    # -- inbox ---------------------------------------------------------------
+
+    def append(self, user: str, messages: list[StoredMessage]) -> Deferred[list[int]]:
+        return self.append_many({user: messages}).addCallback(lambda seqs: seqs[user])
+
+    def append_many(
+        self, inboxes: dict[str, list[StoredMessage]]
+    ) -> Deferred[dict[str, list[int]]]:
+        """One script per shard for the whole batch, or per ``APPEND_CHUNK``
+        messages of it: Redis runs nothing else while a script runs."""
+        head = [self._horizon(), self._inbox_cap, self._inbox_key_ttl, uuid.uuid4().hex[:12]]
+        calls = []
+
+        def send(shard: Shard, users: list[str], keys: list[str], args: list[Any]) -> None:
+            d = shard.evalsha(S.APPEND, keys, args)
+            calls.append(d.addCallback(self._seqs, users, inboxes))
+
+        for shard, users in self._by_shard(list(inboxes)).items():
+            keys: list[str] = []
+            args: list[Any] = list(head)
+            chunk: list[str] = []
+            size = 0
+            for user in users:
+                messages = inboxes[user]
+                if size and size + len(messages) > APPEND_CHUNK:
+                    send(shard, chunk, keys, args)
+                    keys, args, chunk, size = [], list(head), [], 0
+                chunk.append(user)
+                size += len(messages)
+                keys += self._keys(user, "meta", "inbox")
+                args += (len(messages), b"".join(map(_packed, messages)))
+            send(shard, chunk, keys, args)
+        return _merged(calls)
+
+    @staticmethod
+    def _seqs(
+        firsts: list[int], users: list[str], inboxes: dict[str, list[StoredMessage]]
+    ) -> dict[str, list[int]]:
+        return {
+            u: list(range(first, first + len(inboxes[u])))
+            for u, first in zip(users, firsts, strict=True)
+        }
+
+    def read(self, user: str, after: int, limit: int) -> Deferred[list[tuple[int, StoredMessage]]]:
+        keys = self._keys(user, "meta", "inbox")
+        d = self._user_shard(user).evalsha(S.READ, keys, [self._horizon(), after, limit])
+        return d.addCallback(lambda entries: [(_seq(i), _decode(f[3])) for i, f in entries])
+
+    def inbox_state(self, user: str) -> Deferred[InboxState]:
+        keys = self._keys(user, "meta", "inbox")
+        d = self._user_shard(user).evalsha(S.STATE, keys, [self._horizon(), uuid.uuid4().hex[:12]])
+        return d.addCallback(lambda r: InboxState(last=r[0], first=r[1], epoch=r[2].decode()))
+
+    def cursor(self, user: str, device: str) -> Deferred[int]:
+        return self._user_shard(user).evalsha(S.CURSOR, self._keys(user, "cur"), [device])
+
+    def ack(self, user: str, device: str, seq: int) -> Deferred[int]:
+        return self._move(user, device, seq, "ack")
+
+    def set_cursor(self, user: str, device: str, seq: int) -> Deferred[int]:
+        return self._move(user, device, seq, "set")
+
+    def _move(self, user: str, device: str, seq: int, mode: str) -> Deferred[int]:
+        now = self._clock.seconds()
+        keys = self._keys(user, "meta", "inbox", "cur", "seen")
+        args = [device, seq, now, now - self._device_ttl, mode, self._device_key_ttl]
+        return self._user_shard(user).evalsha(S.MOVE, keys, args)
+
+    # -- send-id dedupe ------------------------------------------------------
+
+    def claim(
+        self, user: str, ts: int, claims: list[tuple[str, str]]
+    ) -> Deferred[list[Receipt | None]]:
+        now = self._clock.seconds()
+        args = [now, now + self._dedupe_ttl, self._dedupe_cap, ts, self._dedupe_key_ttl]
+        args.append(_pairs(claims))
+        keys = self._keys(user, "sid", "sidq", "sst")
+        d = self._user_shard(user).evalsha(S.CLAIM, keys, args)
+        return d.addCallback(lambda out: [_receipt(r) for r in out])
+
+    def settle(self, user: str, statuses: dict[str, str]) -> Deferred[None]:
+        if not statuses:
+            return succeed(None)
+        keys = self._keys(user, "sid", "sst")
+        d = self._user_shard(user).evalsha(S.SETTLE, keys, [_pairs(statuses.items())])
+        return d.addCallback(lambda _: None)
+
+    # -- rooms ---------------------------------------------------------------
+
+    def join(self, room: str, user: str) -> Deferred[int]:
+        shard, key = self._room(room)
+        return shard.evalsha(S.MEMBERSHIP, [key], ["join", user])
+
+    def leave(self, room: str, user: str) -> Deferred[int]:
+        shard, key = self._room(room)
+        return shard.evalsha(S.MEMBERSHIP, [key], ["leave", user])
+
+    def members(self, room: str) -> Deferred[frozenset[str]]:
+        shard, key = self._room(room)
+        return shard.call("SMEMBERS", key).addCallback(lambda ms: frozenset(map(_text, ms)))
+
+    # -- presence ------------------------------------------------------------
+
+    def set_presence(self, user: str, presence: Presence) -> Deferred[None]:
+        shard, key = self._user_shard(user), self._key(user, "pres")
+        p = presence
+        if p.devices == 0 and p.state == "offline":
+            if p.ts == 0:
+                return shard.call("DEL", key).addCallback(lambda _: None)
+            # kept for watches with since, until the node's clock passes ``expires``;
+            # Redis's own TTL only clears what nobody reads again
+            expires = self._clock.seconds() + self._offline_ttl
+            value = cbor2.dumps([p.state, p.status, p.devices, p.ts, expires])
+            ttl = int((self._offline_ttl + KEY_TTL_MARGIN) * 1000)
+            d = shard.call("SET", key, value, "PX", ttl)
+        else:
+            d = shard.call("SET", key, cbor2.dumps([p.state, p.status, p.devices, p.ts]))
+        return d.addCallback(lambda _: None)
+
+    def presence(self, users: list[str]) -> Deferred[dict[str, Presence]]:
+        now = self._clock.seconds()
+
+        def got(values: list[bytes | None], users: list[str]) -> dict[str, Presence]:
+            return {u: _presence(v, now) for u, v in zip(users, values, strict=True)}
+
+        # MGET spans key slots: fine on the plain servers we shard over ourselves
+        calls = [
+            shard.call("MGET", *[self._key(u, "pres") for u in group]).addCallback(got, group)
+            for shard, group in self._by_shard(users).items()
+        ]
+        return _merged(calls)
+
+    def watch(self, watcher: str, users: list[str], cap: int) -> Deferred[bool]:
+        shard, key = self._user_shard(watcher), self._key(watcher, "watching")
+
+        def added(new: list[bytes] | None) -> Deferred[bool] | bool:
+            if new is None:
+                return False
+            # then the reverse index, on each watched user's own shard
+            return self._each_user(
+                [u.decode() for u in new], lambda u: ("SADD", self._key(u, "watchers"), watcher)
+            ).addCallback(lambda _: True)
+
+        return shard.evalsha(S.WATCH, [key], [cap, *users]).addCallback(added)
+
+    def unwatch(self, watcher: str, users: list[str]) -> Deferred[None]:
+        if not users:
+            return succeed(None)
+        d = self._user_shard(watcher).call("SREM", self._key(watcher, "watching"), *users)
+        return d.addCallback(
+            lambda _: self._each_user(
+                users, lambda u: ("SREM", self._key(u, "watchers"), watcher)
+            ).addCallback(lambda _: None)
+        )
+
+    def watching(self, watcher: str) -> Deferred[frozenset[str]]:
+        d = self._user_shard(watcher).call("SMEMBERS", self._key(watcher, "watching"))
+        return d.addCallback(lambda ms: frozenset(map(_text, ms)))
+
+    def watchers(self, users: list[str]) -> Deferred[dict[str, frozenset[str]]]:
+        def got(members: list[list[bytes]]) -> dict[str, frozenset[str]]:
+            return {
+                u: frozenset(map(_text, ms)) for u, ms in zip(users, members, strict=False) if ms
+            }
+
+        return self._each_user(users, lambda u: ("SMEMBERS", self._key(u, "watchers"))).addCallback(
+            got
+        )
+
+    def _each_user(
+        self, users: list[str], command: Callable[[str], tuple[Any, ...]]
+    ) -> Deferred[Any]:
+        """One command per user, each on its shard; they go out back to back
+        (one round trip per shard), and the results come in the order of ``users``."""
+        return gatherResults(
+            [self._user_shard(u).call(*command(u)) for u in users], consumeErrors=True
+        ).addErrback(_first_error)
+
+
+def _first_error(f: Failure) -> Failure:
+    # gatherResults wraps the first failure; callers want BackendUnavailable itself
+    if f.check(FirstError):
+        return f.value.subFailure  # type: ignore[no-any-return]
+    return f
+
+
+def _merged(calls: list[Deferred[dict[Any, Any]]]) -> Deferred[dict[Any, Any]]:
+    if len(calls) == 1:
+        return calls[0]
+
+    def merge(parts: list[dict[Any, Any]]) -> dict[Any, Any]:
+        out: dict[Any, Any] = {}
+        for part in parts:
+            out.update(part)
+        return out
+
+    return gatherResults(calls, consumeErrors=True).addCallbacks(merge, _first_error)
+
+
+def _receipt(r: Any) -> Receipt | None:
+    if r == 0:
+        return None
+    mid, ts, status = r
+    return Receipt(mid.decode(), int(ts), status.decode() or None)
+
+
+def _presence(value: bytes | None, now: float) -> Presence:
+    if value is None:
+        return OFFLINE
+    state, status, devices, ts, *expires = cbor2.loads(value)
+    if expires and expires[0] <= now:
+        return OFFLINE  # an offline record past its day: as if never seen
+    return Presence(state, status, devices, ts)

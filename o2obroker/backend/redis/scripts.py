@@ -1,0 +1,300 @@
+"""The Lua scripts of the Redis backend: each step on a user's state is one script.
+
+Every key a script touches is passed in KEYS, and the keys of one user share
+the hash tag ``{u:<id>}``, so a per-user script stays on one key slot. Time
+comes from the caller (ARGV), never from Redis's clock: the node's clock is
+the one that stamps messages, and tests drive it.
+
+A user's keys (``P`` is the prefix, ``o2o`` by default):
+
+``P:{u:<id>}:meta``      hash ``last`` (highest seq ever given), ``epoch``
+``P:{u:<id>}:inbox``     stream; entry id ``<seq>-0``, fields ``t`` (ts, ms), ``m`` (CBOR)
+``P:{u:<id>}:cur``       hash device -> cursor
+``P:{u:<id>}:seen``      hash device -> last seen (seconds)
+``P:{u:<id>}:sid``       hash send id -> ``<expires>\\n<ts>\\n<mid>``
+``P:{u:<id>}:sidq``      list of send ids, oldest first (expiry and cap in order)
+``P:{u:<id>}:sst``       hash send id -> final status
+``P:{u:<id>}:pres``      string, the user-level presence (CBOR)
+``P:{u:<id>}:watching``  set of users this user watches
+``P:{u:<id>}:watchers``  set of users watching this user
+``P:{r:<name>}:members`` set of member users of a room
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass, field
+
+
+@dataclass(frozen=True)
+class Script:
+    name: str
+    source: str
+    sha: str = field(init=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "sha", hashlib.sha1(self.source.encode()).hexdigest())
+
+
+# Drop entries from the front of an inbox while their ts is below the horizon.
+_EXPIRE_FRONT = """
+local function seq_of(id)
+  return tonumber(string.match(id, '^(%d+)'))
+end
+local function expire_front(inbox, horizon)
+  -- the common case: the oldest entry is young, one entry read
+  local head = redis.call('XRANGE', inbox, '-', '+', 'COUNT', 1)
+  if #head == 0 or tonumber(head[1][2][2]) >= horizon then return end
+  while true do
+    local batch = redis.call('XRANGE', inbox, '-', '+', 'COUNT', 64)
+    if #batch == 0 then return end
+    for i = 1, #batch do
+      if tonumber(batch[i][2][2]) >= horizon then
+        if i > 1 then redis.call('XTRIM', inbox, 'MINID', batch[i][1]) end
+        return
+      end
+    end
+    redis.call('XTRIM', inbox, 'MINID', (seq_of(batch[#batch][1]) + 1) .. '-0')
+  end
+end
+"""
+
+# KEYS: meta, inbox per user. ARGV: horizon, cap, key ttl (ms), epoch, then per
+# user: n, and the n messages packed in one string, each a big-endian double
+# (ts) and 4-byte length before its CBOR (one argument per user, not two per
+# message: building a command costs the client per argument). Returns the
+# first seq given to each user.
+APPEND = Script(
+    "append",
+    _EXPIRE_FRONT
+    + """
+local horizon, cap, ttl, epoch = tonumber(ARGV[1]), tonumber(ARGV[2]), ARGV[3], ARGV[4]
+local out = {}
+local a = 5
+for k = 1, #KEYS, 2 do
+  local meta, inbox = KEYS[k], KEYS[k + 1]
+  local n = tonumber(ARGV[a])
+  a = a + 1
+  if redis.call('HSETNX', meta, 'epoch', epoch) == 1 then
+    -- a new epoch: whatever an inbox holds without its meta belongs to no seq
+    redis.call('DEL', inbox)
+  end
+  local last = redis.call('HINCRBY', meta, 'last', n)
+  local seq = last - n
+  local data, pos = ARGV[a], 1
+  a = a + 1
+  for i = 1, n do
+    local ts, len
+    ts, len, pos = struct.unpack('>dI4', data, pos)
+    seq = seq + 1
+    redis.call('XADD', inbox, seq .. '-0', 't', string.format('%.0f', ts),
+               'm', string.sub(data, pos, pos + len - 1))
+    pos = pos + len
+  end
+  out[#out + 1] = last - n + 1
+  if n > 0 then
+    redis.call('XTRIM', inbox, 'MAXLEN', cap)
+    expire_front(inbox, horizon)
+    redis.call('PEXPIRE', inbox, ttl)
+  end
+end
+return out
+""",
+)
+
+# KEYS: meta, inbox. ARGV: horizon, after, limit. Returns XRANGE entries.
+READ = Script(
+    "read",
+    _EXPIRE_FRONT
+    + """
+expire_front(KEYS[2], tonumber(ARGV[1]))
+local limit = tonumber(ARGV[3])
+if limit <= 0 then return {} end
+local start = math.max(tonumber(ARGV[2]) + 1, 0)
+return redis.call('XRANGE', KEYS[2], start .. '-0', '+', 'COUNT', limit)
+""",
+)
+
+# KEYS: meta, inbox. ARGV: horizon, epoch. Returns {last, first, epoch}.
+STATE = Script(
+    "state",
+    _EXPIRE_FRONT
+    + """
+expire_front(KEYS[2], tonumber(ARGV[1]))
+if redis.call('HSETNX', KEYS[1], 'epoch', ARGV[2]) == 1 then
+  redis.call('DEL', KEYS[2])
+end
+local last = tonumber(redis.call('HGET', KEYS[1], 'last') or '0')
+local first = last + 1
+local head = redis.call('XRANGE', KEYS[2], '-', '+', 'COUNT', 1)
+if #head > 0 then first = seq_of(head[1][1]) end
+return {last, first, redis.call('HGET', KEYS[1], 'epoch')}
+""",
+)
+
+# KEYS: cur. ARGV: device. The device's cursor, else the highest of the others.
+CURSOR = Script(
+    "cursor",
+    """
+local c = redis.call('HGET', KEYS[1], ARGV[1])
+if c then return tonumber(c) end
+local best = 0
+for _, v in ipairs(redis.call('HVALS', KEYS[1])) do
+  local x = tonumber(v)
+  if x > best then best = x end
+end
+return best
+""",
+)
+
+# KEYS: meta, inbox, cur, seen. ARGV: device, seq, now, device horizon, mode
+# ('ack': never backwards; 'set': even backwards), key ttl (ms). Returns the cursor.
+MOVE = Script(
+    "move",
+    """
+local meta, inbox, cur, seen = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
+local device = ARGV[1]
+local last = tonumber(redis.call('HGET', meta, 'last') or '0')
+local seq = math.min(tonumber(ARGV[2]), last)
+local known = redis.call('HGET', cur, device)
+local cursor = tonumber(known or '0')
+redis.call('HSET', seen, device, ARGV[3])
+local forward = seq > cursor
+if ARGV[5] == 'set' then
+  cursor = math.max(seq, 0)
+elseif forward then
+  cursor = seq
+end
+redis.call('HSET', cur, device, cursor)
+if forward then
+  -- devices not seen for device_ttl no longer hold messages back
+  local horizon = tonumber(ARGV[4])
+  local all = redis.call('HGETALL', seen)
+  for i = 1, #all, 2 do
+    if tonumber(all[i + 1]) < horizon then
+      redis.call('HDEL', seen, all[i])
+      redis.call('HDEL', cur, all[i])
+    end
+  end
+  local floor = nil
+  for _, v in ipairs(redis.call('HVALS', cur)) do
+    local x = tonumber(v)
+    if floor == nil or x < floor then floor = x end
+  end
+  if floor ~= nil and floor > 0 then
+    redis.call('XTRIM', inbox, 'MINID', (floor + 1) .. '-0')
+  end
+end
+redis.call('PEXPIRE', cur, ARGV[6])
+redis.call('PEXPIRE', seen, ARGV[6])
+return cursor
+""",
+)
+
+# Pairs of strings packed in one argument, each pair two big-endian 4-byte
+# lengths and then the two strings: one argument for a batch, whatever its size.
+_PAIRS = """
+local function pairs_of(data)
+  local out, pos = {}, 1
+  while pos <= #data do
+    local a, b
+    a, b, pos = struct.unpack('>I4I4', data, pos)
+    out[#out + 1] = {string.sub(data, pos, pos + a - 1), string.sub(data, pos + a, pos + a + b - 1)}
+    pos = pos + a + b
+  end
+  return out
+end
+"""
+
+# KEYS: sid, sidq, sst. ARGV: now, expires, cap, ts, key ttl (ms), packed pairs
+# (send id, mid). Returns per pair 0 (new) or {mid, ts, status or ''}.
+CLAIM = Script(
+    "claim",
+    _PAIRS
+    + """
+local sid, sidq, sst = KEYS[1], KEYS[2], KEYS[3]
+local now, expires, cap, ts = tonumber(ARGV[1]), ARGV[2], tonumber(ARGV[3]), ARGV[4]
+local function expire()
+  while true do
+    local n = redis.call('LLEN', sidq)
+    if n == 0 then return end
+    local id = redis.call('LINDEX', sidq, 0)
+    local v = redis.call('HGET', sid, id)
+    if v and n <= cap and tonumber(string.match(v, '^([^\\n]*)')) > now then return end
+    redis.call('LPOP', sidq)
+    redis.call('HDEL', sid, id)
+    redis.call('HDEL', sst, id)
+  end
+end
+expire()
+local out = {}
+for _, pair in ipairs(pairs_of(ARGV[6])) do
+  local id = pair[1]
+  local v = redis.call('HGET', sid, id)
+  if v then
+    local _, _, t, mid = string.find(v, '^[^\\n]*\\n([^\\n]*)\\n(.*)$')
+    out[#out + 1] = {mid, t, redis.call('HGET', sst, id) or ''}
+  else
+    redis.call('HSET', sid, id, expires .. '\\n' .. ts .. '\\n' .. pair[2])
+    redis.call('RPUSH', sidq, id)
+    out[#out + 1] = 0
+  end
+end
+if redis.call('LLEN', sidq) > cap then expire() end
+redis.call('PEXPIRE', sid, ARGV[5])
+redis.call('PEXPIRE', sidq, ARGV[5])
+redis.call('PEXPIRE', sst, ARGV[5])
+return out
+""",
+)
+
+# KEYS: sid, sst. ARGV: packed pairs (send id, status); ids no longer kept are skipped.
+SETTLE = Script(
+    "settle",
+    _PAIRS
+    + """
+for _, pair in ipairs(pairs_of(ARGV[1])) do
+  if redis.call('HEXISTS', KEYS[1], pair[1]) == 1 then
+    redis.call('HSET', KEYS[2], pair[1], pair[2])
+  end
+end
+local ttl = redis.call('PTTL', KEYS[1])
+if ttl > 0 then redis.call('PEXPIRE', KEYS[2], ttl) end
+return 0
+""",
+)
+
+# KEYS: members. ARGV: 'join' or 'leave', user. Returns the member count.
+MEMBERSHIP = Script(
+    "membership",
+    """
+if ARGV[1] == 'join' then
+  redis.call('SADD', KEYS[1], ARGV[2])
+else
+  redis.call('SREM', KEYS[1], ARGV[2])
+end
+return redis.call('SCARD', KEYS[1])
+""",
+)
+
+# KEYS: watching. ARGV: cap, users. Returns the users newly added, or nil (and
+# no change) when the list would pass cap.
+WATCH = Script(
+    "watch",
+    """
+local cap = tonumber(ARGV[1])
+local new, seen = {}, {}
+for i = 2, #ARGV do
+  local u = ARGV[i]
+  if not seen[u] and redis.call('SISMEMBER', KEYS[1], u) == 0 then
+    new[#new + 1] = u
+  end
+  seen[u] = true
+end
+if redis.call('SCARD', KEYS[1]) + #new > cap then return false end
+for _, u in ipairs(new) do redis.call('SADD', KEYS[1], u) end
+return new
+""",
+)
+
+ALL = (APPEND, READ, STATE, CURSOR, MOVE, CLAIM, SETTLE, MEMBERSHIP, WATCH)

@@ -1,0 +1,215 @@
+"""The Redis backend against a real redis-server: the contract suite, then what only Redis has."""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Callable
+from typing import Any
+
+from twisted.internet import reactor
+from twisted.internet.task import Clock
+from twisted.trial.unittest import TestCase
+
+from o2obroker.backend import MemoryBackend, StoredMessage
+from o2obroker.backend.interface import Presence
+from o2obroker.backend.redis import RedisBackend, jump_hash, parse_urls, shard_of
+from tests.backend.contract import BackendContract, msg
+from tests.redis_server import shared, unique_prefix
+
+
+class RedisCase(TestCase):
+    """Backends on the process's shared redis-server, each under its own key prefix."""
+
+    timeout = 30
+
+    def redisBackend(self, url: str | None = None, **kw: Any) -> Any:
+        url = url or shared().url
+        kw.setdefault("prefix", unique_prefix())
+        b = RedisBackend(parse_urls(url), self.clock, reactor, **kw)
+        b.start()
+        self.addCleanup(b.stop)
+        return b
+
+
+class RedisContractTests(BackendContract, RedisCase):
+    def makeBackend(self, **limits: Any) -> RedisBackend:
+        return self.redisBackend(**limits)
+
+    async def backendReady(self, backend: Any) -> None:
+        await backend.when_ready()
+
+
+class ShardedContractTests(BackendContract, RedisCase):
+    """The same contract with users and rooms spread over two servers."""
+
+    def makeBackend(self, **limits: Any) -> RedisBackend:
+        return self.redisBackend(f"{shared(0).url},{shared(1).url}", **limits)
+
+    async def backendReady(self, backend: Any) -> None:
+        await backend.when_ready()
+
+
+class ShardingTests(RedisCase):
+    def setUp(self) -> None:
+        self.clock = Clock()
+
+    def test_jump_hash_moves_a_share_of_keys(self) -> None:
+        keys = range(2000)
+        three = [jump_hash(k * 7919 + 13, 3) for k in keys]
+        four = [jump_hash(k * 7919 + 13, 4) for k in keys]
+        self.assertEqual(set(three), {0, 1, 2})
+        moved = [(a, b) for a, b in zip(three, four, strict=True) if a != b]
+        # a new bucket takes about a quarter, and keys only ever move to it
+        self.assertTrue(350 < len(moved) < 650, len(moved))
+        self.assertEqual({b for _, b in moved}, {3})
+
+    def test_shard_of_is_pinned(self) -> None:
+        # Nodes of different versions must agree on where a user lives: a change
+        # here moves users' data, so it must be deliberate (and migrated).
+        self.assertEqual(shard_of("u:alice", 2), 1)
+        self.assertEqual(
+            [shard_of(f"u:user{i}", 2) for i in range(10)], [0, 1, 0, 0, 1, 0, 0, 0, 0, 0]
+        )
+        self.assertEqual(shard_of("u:anything", 1), 0)
+
+    async def test_users_spread_and_each_stays_on_one_server(self) -> None:
+        prefix = unique_prefix()
+        b = self.redisBackend(f"{shared(0).url},{shared(1).url}", prefix=prefix)
+        await b.when_ready()
+        users = [f"user{i}" for i in range(40)]
+        await b.append_many({u: [msg(1)] for u in users})
+        for u in users:
+            await b.ack(u, "phone", 0)
+            await b.claim(u, 1, [("c", "m")])
+        placed: dict[str, set[int]] = {}
+        for i, shard in enumerate(b.shards):
+            for key in await shard.call("KEYS", f"{prefix}:*"):
+                user = key.decode().split("{u:")[1].split("}")[0]
+                placed.setdefault(user, set()).add(i)
+        self.assertEqual(set(placed), set(users))
+        # every key of one user on one server, and both servers used
+        self.assertTrue(all(len(s) == 1 for s in placed.values()))
+        self.assertEqual(set().union(*placed.values()), {0, 1})
+        for u in users:
+            self.assertEqual(placed[u], {shard_of("u:" + u, 2)})
+
+
+def _calls(info: bytes) -> dict[str, int]:
+    out = {}
+    for line in info.decode().splitlines():
+        if line.startswith("cmdstat_"):
+            name, _, rest = line.partition(":")
+            out[name[8:]] = int(rest.split(",")[0].split("=")[1])
+    return out
+
+
+class RoundTripTests(RedisCase):
+    def setUp(self) -> None:
+        self.clock = Clock()
+
+    async def test_a_batch_for_many_users_is_one_script_call(self) -> None:
+        b = self.redisBackend()
+        await b.when_ready()
+        shard = b.shards[0]
+        await shard.call("CONFIG", "RESETSTAT")
+        got = await b.append_many({f"u{i}": [msg(j) for j in range(10)] for i in range(50)})
+        self.assertEqual(got["u49"], list(range(1, 11)))
+        calls = _calls(await shard.call("INFO", "commandstats"))
+        # commands run by the script count too; the client sent one EVALSHA
+        self.assertEqual(calls["evalsha"], 1)
+        self.assertEqual(calls["xadd"], 500)
+        self.assertNotIn("eval", calls)
+
+    async def test_a_huge_batch_is_cut_into_scripts_of_bounded_size(self) -> None:
+        # Redis serves no one else while a script runs: 2,500 messages make 3 scripts
+        b = self.redisBackend()
+        await b.when_ready()
+        shard = b.shards[0]
+        await shard.call("CONFIG", "RESETSTAT")
+        got = await b.append_many({f"u{i}": [msg(j) for j in range(50)] for i in range(50)})
+        self.assertEqual(got["u0"], list(range(1, 51)))
+        self.assertEqual(got["u49"], list(range(1, 51)))
+        calls = _calls(await shard.call("INFO", "commandstats"))
+        self.assertEqual(calls["evalsha"], 3)
+        # one user's messages are never split, however many
+        await shard.call("CONFIG", "RESETSTAT")
+        got = await b.append_many({"big": [msg(j) for j in range(1500)], "small": [msg(1)]})
+        self.assertEqual(got["big"], list(range(1, 1501)))
+        self.assertEqual(_calls(await shard.call("INFO", "commandstats"))["evalsha"], 2)
+
+
+class SameAsMemoryTests(RedisCase):
+    """Random runs of every operation on both backends, compared call by call."""
+
+    def setUp(self) -> None:
+        self.clock = Clock()
+
+    async def run_both(self, seed: int, steps: int) -> None:
+        rnd = random.Random(seed)
+        limits = {"inbox_cap": 6, "inbox_ttl": 40, "device_ttl": 30, "dedupe_ttl": 20}
+        limits["dedupe_cap"] = 5
+        memory = MemoryBackend(self.clock, **limits)
+        redis = self.redisBackend(**limits)
+        await redis.when_ready()
+        users = ["ann", "bob", "cat"]
+        devices = ["phone", "web", "tab"]
+        n = 0
+
+        def some_msgs() -> list[StoredMessage]:
+            nonlocal n
+            out = []
+            for _ in range(rnd.randrange(0, 4)):
+                n += 1
+                out.append(msg(n, ts=int(self.clock.seconds() * 1000)))
+            return out
+
+        ops: list[Callable[[], tuple[str, Callable[[Any], Any]]]] = [
+            lambda: ("append_many", {u: some_msgs() for u in rnd.sample(users, 2)}),
+            lambda: ("append", rnd.choice(users), some_msgs()),
+            lambda: ("read", rnd.choice(users), rnd.randrange(-1, 12), rnd.randrange(0, 5)),
+            lambda: ("cursor", rnd.choice(users), rnd.choice(devices)),
+            lambda: ("ack", rnd.choice(users), rnd.choice(devices), rnd.randrange(-1, 15)),
+            lambda: ("set_cursor", rnd.choice(users), rnd.choice(devices), rnd.randrange(-1, 15)),
+            lambda: (
+                "claim",
+                rnd.choice(users),
+                rnd.randrange(1000),
+                [
+                    (f"c{rnd.randrange(8)}", f"m{rnd.randrange(99)}")
+                    for _ in range(rnd.randrange(4))
+                ],
+            ),
+            lambda: (
+                "settle",
+                rnd.choice(users),
+                {f"c{rnd.randrange(8)}": rnd.choice(["stored", "delivered"])},
+            ),
+            lambda: ("join", "room", rnd.choice(users)),
+            lambda: ("leave", "room", rnd.choice(users)),
+            lambda: ("members", "room"),
+            lambda: (
+                "set_presence",
+                rnd.choice(users),
+                Presence(rnd.choice(["online", "away", "offline"]), "", rnd.randrange(2), 7),
+            ),
+            lambda: ("presence", rnd.sample(users, 2)),
+            lambda: ("watch", rnd.choice(users), rnd.sample(users, 2), 2),
+            lambda: ("unwatch", rnd.choice(users), rnd.sample(users, 1)),
+            lambda: ("watching", rnd.choice(users)),
+            lambda: ("watchers", users),
+        ]
+        for step in range(steps):
+            if rnd.random() < 0.15:
+                self.clock.advance(rnd.choice([1, 5, 15]))
+            name, *args = rnd.choice(ops)()
+            want = await getattr(memory, name)(*args)
+            got = await getattr(redis, name)(*args)
+            self.assertEqual(got, want, f"seed {seed}, step {step}: {name}{tuple(args)!r}")
+            if name in ("append", "append_many", "ack", "set_cursor", "read"):
+                for user in users:
+                    a, b = await memory.inbox_state(user), await redis.inbox_state(user)
+                    self.assertEqual((b.last, b.first), (a.last, a.first), f"seed {seed}, {step}")
+
+    async def test_random_runs(self) -> None:
+        for seed in range(3):
+            await self.run_both(seed, 250)
