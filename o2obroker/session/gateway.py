@@ -165,9 +165,12 @@ class Gateway:
         (self.stats.closed if session.welcomed else self.stats.refused)[record.kind] += 1
         duration = round(self.clock.seconds() - record.opened, 3)
         suppressed = record.budget.suppressed if record.budget is not None else 0
+        errors_text = ""
+        if record.errors:
+            errors_text = f" ({record.errors} error frames sent"
+            errors_text += f", {suppressed} not logged)" if suppressed else ")"
         self.log.info(
-            "{transport} {peer} closed {who} after {duration}s: {reason}"
-            " ({errors} errors sent, {suppressed} of them not logged)",
+            "{transport} {peer} closed {who} after {duration}s: {reason}{errors_text}",
             event="close",
             transport=conn.transport_name,
             peer=record.peer,
@@ -178,6 +181,7 @@ class Gateway:
             reason=record.reason or "connection lost",
             errors=record.errors,
             suppressed=suppressed,
+            errors_text=errors_text,
         )
 
     def welcomed(self, session: Session, last: int, resumed: bool) -> None:
