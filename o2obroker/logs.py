@@ -4,7 +4,8 @@ Events are logged with plain strings and numbers as keys (``user``,
 ``device``, ``transport``, ``peer``, ``code``...), so the JSON line of an
 event carries them as they are; its ``message`` is the text line's message.
 Keys that hold other objects are left out of the JSON (the message already
-shows them), so nothing is written as "unpersistable".
+shows them), so nothing is written as "unpersistable"; so are keys that start
+with ``_``, pieces of the text line only.
 """
 
 from __future__ import annotations
@@ -40,7 +41,7 @@ def json_line(event: dict[str, Any]) -> str:
     if failure is not None:
         out["failure"] = failure.getTraceback()
     for key, value in event.items():
-        if key in out or key.startswith("log_") or key in ("format", "message"):
+        if key in out or key.startswith(("log_", "_")) or key in ("format", "message"):
             continue
         if type(value) in _PLAIN:
             out[key] = value

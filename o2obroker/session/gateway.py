@@ -170,18 +170,18 @@ class Gateway:
             errors_text = f" ({record.errors} error frames sent"
             errors_text += f", {suppressed} not logged)" if suppressed else ")"
         self.log.info(
-            "{transport} {peer} closed {who} after {duration}s: {reason}{errors_text}",
+            "{transport} {peer} closed {_who} after {duration}s: {reason}{_errors_text}",
             event="close",
             transport=conn.transport_name,
             peer=record.peer,
-            who=f"{session.user}/{session.device}" if session.user else "before hello",
+            _who=f"{session.user}/{session.device}" if session.user else "before hello",
             user=session.user,
             device=session.device,
             duration=duration,
             reason=record.reason or "connection lost",
             errors=record.errors,
             suppressed=suppressed,
-            errors_text=errors_text,
+            _errors_text=errors_text,
         )
 
     def welcomed(self, session: Session, last: int, resumed: bool) -> None:
@@ -216,17 +216,17 @@ class Gateway:
             return
         held, budget.held = budget.held, 0
         self.log.info(
-            "{transport} {peer} error {code} to {who}: {reason}{held_text}",
+            "{transport} {peer} error {code} to {_who}: {reason}{_held_text}",
             event="error",
             transport=session.conn.transport_name,
             peer=record.peer,
-            who=f"{session.user}/{session.device}" if session.user else "(no hello)",
+            _who=f"{session.user}/{session.device}" if session.user else "(no hello)",
             user=session.user,
             device=session.device,
             code=code,
             reason=reason,
             held=held,
-            held_text=f" ({held} earlier error lines not logged)" if held else "",
+            _held_text=f" ({held} earlier error lines not logged)" if held else "",
         )
 
     def refusal(self) -> ProtocolError | None:

@@ -130,6 +130,7 @@ class JSONLineTests(SynchronousTestCase):
             "device": "phone",
             "code": 400,
             "conn": object(),
+            "_device_text": " (for the text line only)",
         }
         line = json_line(event)
         self.assertTrue(line.endswith("\n"))
@@ -148,6 +149,7 @@ class JSONLineTests(SynchronousTestCase):
         )
         self.assertTrue(obj["message"].startswith("alice/phone via <object"))
         self.assertNotIn("conn", obj)
+        self.assertNotIn("_device_text", obj)
         self.assertNotIn("unpersistable", line)
 
     def test_a_failure_is_one_line_too(self) -> None:
