@@ -76,18 +76,26 @@ class AuthorizedKeys:
         return iter(self.keys)
 
 
+def read_host_key(path: str) -> keys.Key:
+    """The private host key in ``path``; ConfigError when it cannot serve as one."""
+    try:
+        key = keys.Key.fromFile(path)
+    except OSError as e:
+        raise ConfigError(f"manhole_host_key: cannot read {path}: {e.strerror}") from None
+    except (keys.BadKeyError, ValueError, IndexError, TypeError) as e:
+        raise ConfigError(f"manhole_host_key: {path} is not a private key ({e})") from None
+    if key.isPublic():
+        raise ConfigError(f"manhole_host_key: {path} is a public key; give the private one")
+    return key
+
+
 def host_key(path: str | None) -> keys.Key:
     """The console's SSH host key: read from ``path``, made there (mode 0600) when it
-    does not exist yet, or made for this run only when no path is configured."""
+    does not exist yet, or made for this run only when no path is configured. Its
+    fingerprint is logged as ``ssh`` shows it, for the operator's first connection."""
     if path and os.path.lexists(path):
-        try:
-            key = keys.Key.fromFile(path)
-        except OSError as e:
-            raise ConfigError(f"manhole_host_key: cannot read {path}: {e.strerror}") from None
-        except (keys.BadKeyError, ValueError, IndexError, TypeError) as e:
-            raise ConfigError(f"manhole_host_key: {path} is not a private key ({e})") from None
-        if key.isPublic():
-            raise ConfigError(f"manhole_host_key: {path} is a public key; give the private one")
+        key = read_host_key(path)
+        log.info("manhole: host key {fp} from {path}", fp=fingerprint(key), path=path)
         return key
     key = keys.Key(ed25519.Ed25519PrivateKey.generate())
     if path:
@@ -97,6 +105,7 @@ def host_key(path: str | None) -> keys.Key:
             raise ConfigError(f"manhole_host_key: cannot create {path}: {e.strerror}") from None
         with os.fdopen(fd, "wb") as f:
             f.write(key.toString("openssh"))
+        log.info("manhole: new host key {fp} in {path}", fp=fingerprint(key), path=path)
     else:
         log.warn(
             "manhole: no manhole_host_key configured; this run's host key is {fp}",
@@ -363,7 +372,7 @@ def check_console_files(config: Config) -> None:
         read_authorized_keys(config.manhole_keys)
     path = config.manhole_host_key
     if config.manhole and path and os.path.lexists(path):
-        host_key(path)
+        read_host_key(path)
     passwd = config.manhole_passwd
     if config.manhole_telnet and passwd and not os.access(passwd, os.R_OK):
         raise ConfigError(f"manhole_passwd: cannot read {passwd}")

@@ -15,7 +15,7 @@ from twisted.internet import defer, protocol, reactor
 from twisted.internet.defer import Deferred, inlineCallbacks
 from twisted.internet.endpoints import TCP4ClientEndpoint
 from twisted.internet.utils import getProcessOutputAndValue
-from twisted.logger import globalLogPublisher
+from twisted.logger import capturedLogs, globalLogPublisher
 from twisted.python import usage
 from twisted.trial import unittest
 
@@ -24,6 +24,7 @@ from o2obroker.service import tap
 from o2obroker.service.console import (
     console_service,
     fingerprint,
+    host_key,
     namespace,
     read_authorized_keys,
 )
@@ -185,6 +186,14 @@ class SSHConsoleTests(unittest.TestCase):
             first = f.read()
         self.assertFalse(keys.Key.fromString(first).isPublic())
         self.assertEqual(os.stat(self.host_key_path).st_mode & 0o777, 0o600)
+
+    def test_host_key_fingerprint_is_logged_as_ssh_shows_it(self) -> None:
+        kept = keys.Key.fromFile(self.host_key_path)
+        with capturedLogs() as events:
+            host_key(self.host_key_path)
+        [line] = [e for e in events if "fp" in e]
+        self.assertEqual(line["fp"], fingerprint(kept))
+        self.assertRegex(line["fp"], r"^SHA256:[A-Za-z0-9+/]{43}$")
 
 
 class ConsoleConfigTests(unittest.TestCase):
