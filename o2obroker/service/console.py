@@ -224,9 +224,14 @@ class _Session(manhole_ssh.TerminalSession):
     and exited with its status (``ssh host 'broker.stats()'``). End of input closes it."""
 
     width, height = 80, 24  # without a pty
+    pty = False
     namespace: dict[str, Any]
     _proto: Any = None
     _terminal: Any = None
+
+    def getPty(self, term: bytes, windowSize: Any, attrs: Any) -> None:
+        super().getPty(term, windowSize, attrs)
+        self.pty = True
 
     def openShell(self, proto: Any) -> None:
         self._proto = proto
@@ -249,12 +254,13 @@ class _Session(manhole_ssh.TerminalSession):
             self._proto.processEnded(Failure(ProcessDone(0)))
 
     def execCommand(self, proto: Any, cmd: bytes) -> None:
-        run_command(self.namespace, cmd.decode("utf-8", "replace"), proto)
+        run_command(self.namespace, cmd.decode("utf-8", "replace"), proto, crlf=self.pty)
 
 
-def run_command(ns: dict[str, Any], source: str, proto: Any) -> Deferred[None]:
+def run_command(ns: dict[str, Any], source: str, proto: Any, crlf: bool = False) -> Deferred[None]:
     """Run one console command (an expression is printed; a Deferred is waited for),
-    write its output to ``proto`` and end it with exit status 0, or 1 on an exception."""
+    write its output to ``proto`` and end it with exit status 0, or 1 on an exception.
+    ``crlf``: lines end in CR LF, for a client that asked for a terminal (``ssh -t``)."""
     out = io.StringIO()
 
     def finish(value: Any, failed: bool = False) -> None:
@@ -263,6 +269,8 @@ def run_command(ns: dict[str, Any], source: str, proto: Any) -> Deferred[None]:
         elif value is not None:
             out.write(pprint.pformat(value, width=100) + "\n")
         text = out.getvalue()
+        if crlf:
+            text = text.replace("\n", "\r\n")
         if text:
             proto.write(text.encode("utf-8"))
         reason = ProcessTerminated(exitCode=1) if failed else ProcessDone(0)

@@ -411,6 +411,10 @@ class OpenSSHClientTests(unittest.TestCase):
         out, err, code = await self.ssh("print('a'); print('b')")
         self.assertEqual((out, code), (b"a\nb\n", 0), err)
 
+    async def test_one_command_on_a_terminal_ends_lines_for_it(self) -> None:
+        out, err, code = await self.ssh("print('a'); print('b')", "-tt")
+        self.assertEqual((out, code), (b"a\r\nb\r\n", 0), err)
+
     async def test_a_failing_command_exits_non_zero(self) -> None:
         out, _, code = await self.ssh("broker.user(")
         self.assertEqual(code, 1)
