@@ -60,7 +60,7 @@ class Node:
         self.actors = ActorSystem(self.router, clock, self.presence, self.business)
         self.gateway = Gateway(
             self.actors,
-            Authenticator(config.auth_mode, config.secret, config.limits),
+            Authenticator(config.auth_mode, config.secret, config.limits, clock),
             config.limits,
             clock,
             node_id=config.node,

@@ -18,8 +18,8 @@ from o2obroker.policy.build import check_business
 from o2obroker.service.console import check_console_files, console_service, namespace
 from o2obroker.service.listen import Listener, NodeTree, check_endpoint, exit_with
 from o2obroker.service.node import Node
+from o2obroker.service.site import build_site
 from o2obroker.transports.tcp import BinaryFactory
-from o2obroker.transports.web import build_site
 
 
 class Options(usage.Options):

@@ -5,10 +5,18 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import jwt
+from twisted.internet.interfaces import IReactorTime
+from twisted.logger import Logger
 
 from o2obroker.wire import ProtocolError
 from o2obroker.wire.frames import Hello, valid_user
 from o2obroker.wire.limits import Limits
+
+#: user ids no client may take: the HTTP API publishes as ``system`` by default,
+#: so a client that said hello as ``system`` could claim its send ids first
+RESERVED_USERS = frozenset({"system"})
+#: seconds of clock difference allowed between the token's issuer and the node
+LEEWAY = 10.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -26,11 +34,24 @@ class Authenticator:
     """Checks a hello's credentials; raises ProtocolError 401 when they fail.
 
     ``mode`` is ``token`` (a JWT signed with ``secret``: ``sub`` names the
-    user, ``exp`` is honoured, ``rooms`` limits joins) or ``none``, where a
-    hello names its user and nothing is checked.
+    user, ``exp`` and ``nbf`` are honoured, ``rooms`` limits joins) or
+    ``none``, where a hello names its user and nothing is checked. Times are
+    read from ``clock``, with ``leeway`` seconds for the issuer's clock. A
+    client is told only "bad token" or "token expired"; the detail goes to
+    the log.
     """
 
-    def __init__(self, mode: str, secret: str | None, limits: Limits) -> None:
+    log = Logger()
+
+    def __init__(
+        self,
+        mode: str,
+        secret: str | None,
+        limits: Limits,
+        clock: IReactorTime,
+        *,
+        leeway: float = LEEWAY,
+    ) -> None:
         if mode not in ("token", "none"):
             raise ValueError(f"auth must be 'token' or 'none', not {mode!r}")
         if mode == "token" and not secret:
@@ -38,8 +59,16 @@ class Authenticator:
         self.mode = mode
         self._secret = secret
         self._limits = limits
+        self._clock = clock
+        self._leeway = leeway
 
     def authenticate(self, hello: Hello) -> Identity:
+        identity = self._identify(hello)
+        if identity.user in RESERVED_USERS:
+            raise ProtocolError(401, "reserved user id", fatal=True)
+        return identity
+
+    def _identify(self, hello: Hello) -> Identity:
         if self.mode == "none":
             user = hello.user
             if user is None and hello.token is not None and self._secret:
@@ -53,16 +82,29 @@ class Authenticator:
 
     def _from_token(self, token: str, claimed: str | None) -> Identity:
         try:
+            # times are checked below, against the node's clock
             claims = jwt.decode(
                 token,
                 self._secret,
                 algorithms=["HS256"],
-                options={"require": ["sub"]},
+                options={
+                    "require": ["sub"],
+                    "verify_exp": False,
+                    "verify_nbf": False,
+                    "verify_iat": False,
+                },
             )
-        except jwt.ExpiredSignatureError:
-            raise ProtocolError(401, "token expired", fatal=True) from None
         except jwt.PyJWTError as e:
-            raise ProtocolError(401, f"bad token: {e}", fatal=True) from None
+            self.log.info("bad token: {error}", error=str(e))
+            raise ProtocolError(401, "bad token", fatal=True) from None
+        now = self._clock.seconds()
+        exp = self._time(claims, "exp")
+        if exp is not None and exp <= now - self._leeway:
+            raise ProtocolError(401, "token expired", fatal=True)
+        nbf = self._time(claims, "nbf")
+        if nbf is not None and nbf > now + self._leeway:
+            self.log.info("bad token: not valid before {nbf}", nbf=nbf)
+            raise ProtocolError(401, "bad token", fatal=True)
         user = claims.get("sub")
         if not isinstance(user, str) or not valid_user(user, self._limits):
             raise ProtocolError(401, "bad token: sub is not a valid user id", fatal=True)
@@ -74,6 +116,15 @@ class Authenticator:
         if not isinstance(rooms, list) or not all(isinstance(r, str) for r in rooms):
             raise ProtocolError(401, "bad token: rooms must be a list of names or '*'", fatal=True)
         return Identity(user, frozenset(rooms))
+
+    def _time(self, claims: dict[str, object], name: str) -> float | None:
+        value = claims.get(name)
+        if value is None:
+            return None
+        if type(value) not in (int, float) or value != value:
+            self.log.info("bad token: {name} is not a number", name=name)
+            raise ProtocolError(401, "bad token", fatal=True)
+        return float(value)  # type: ignore[arg-type]
 
 
 def make_token(

@@ -25,7 +25,10 @@ from o2obroker.wire.limits import Limits
 
 
 class IConnection(Interface):
-    """What a session needs of its transport: encode and write, or close."""
+    """What a session needs of its transport: encode and write, or close.
+
+    Every transport provides all of it; nothing here is optional.
+    """
 
     kind = Attribute("'mobile' (binary TCP) or 'web' (WebSocket, long-poll).")
     transport_name = Attribute("'tcp', 'ws' or 'lp'.")
@@ -34,22 +37,26 @@ class IConnection(Interface):
         """Encode and write one server frame."""
 
     def send_many(frames: list[dict[str, Any]]) -> None:
-        """Encode and write several server frames at once (optional: a
-        connection without it gets them one by one through ``send``)."""
+        """Encode and write several server frames at once."""
 
     def send_msgs(items: list[tuple[int, Any]]) -> None:
         """Write msg frames given as (seq, MessageTemplate), in order."""
 
-    def close() -> None:
-        """Close after what was written has been sent."""
-
     def send_out(frame: Any) -> int:
-        """Write one OutFrame in this connection's encoding; return the bytes written.
-        (Optional: without it, the session falls back to ``send``.)"""
+        """Write one OutFrame (encoded once for all its recipients) in this
+        connection's encoding; return the bytes written."""
+
+    def close(last: dict[str, Any] | None = None) -> None:
+        """Write ``last`` (if given), then close after what was written has
+        been sent. Once called, the connection writes nothing more."""
 
     def unsent() -> int:
-        """Bytes written but not yet taken by the peer, for the transfer hold.
-        (Optional: without it, a large write is taken as delivered at once.)"""
+        """Bytes written but not yet taken by the peer: for the transfer hold,
+        which ends when this is 0."""
+
+    def when_drained() -> Deferred[None] | None:
+        """None while the peer takes what is written; else a Deferred that fires
+        once it does again (or the connection is gone)."""
 
 
 def peer_of(conn: Any) -> str:

@@ -1,13 +1,19 @@
-"""Heartbeats for thousands of connections without a timer each.
+"""Heartbeats and deadlines for thousands of connections without a timer each.
 
 Sessions are spread over buckets; a timer ticks once a second and looks at
 one bucket, so each session is checked every ``hb / 4`` seconds and a tick
 costs a fraction of all sessions, never all of them. Transports note the
 time of their last byte from ``now``, a clock reading taken once per tick.
+
+A deadline that must hold more closely than a bucket's round (the hello
+deadline) goes into a queue in the order it was set: every deadline has the
+same length, so the queue is sorted by construction and each tick takes from
+its head only those that are due. A deadline holds to within one tick.
 """
 
 from __future__ import annotations
 
+from collections import deque
 from typing import Any, Protocol
 
 from twisted.internet.interfaces import IReactorTime
@@ -16,6 +22,10 @@ from twisted.internet.task import LoopingCall
 
 class Checked(Protocol):
     def check(self, now: float) -> None: ...
+
+
+class Overdue(Protocol):
+    def overdue(self, now: float) -> None: ...
 
 
 class Liveness:
@@ -27,6 +37,8 @@ class Liveness:
         self._next = 0
         self._tick = 0
         self.now = clock.seconds()
+        # [due time, object or None once it no longer waits], in the order they were set
+        self.deadlines: deque[list[Any]] = deque()
         self._loop = LoopingCall(self.tick)
         self._loop.clock = clock
 
@@ -44,8 +56,23 @@ class Liveness:
         bucket.add(session)
         return bucket
 
+    def deadline(self, obj: Overdue, delay: float) -> list[Any]:
+        """Call ``obj.overdue(now)`` on the first tick ``delay`` seconds from now.
+
+        Every caller must use the same ``delay`` (the queue stays sorted); the
+        entry returned is cancelled by setting its item 1 to None.
+        """
+        entry = [self._clock.seconds() + delay, obj]
+        self.deadlines.append(entry)
+        return entry
+
     def tick(self) -> None:
         self.now = now = self._clock.seconds()
+        deadlines = self.deadlines
+        while deadlines and deadlines[0][0] <= now:
+            obj = deadlines.popleft()[1]
+            if obj is not None:
+                obj.overdue(now)
         bucket = self.buckets[self._tick]
         self._tick = (self._tick + 1) % len(self.buckets)
         for session in list(bucket):

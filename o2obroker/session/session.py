@@ -12,7 +12,9 @@ from typing import TYPE_CHECKING, Any
 
 from twisted.internet.defer import Deferred
 from twisted.logger import Logger
+from zope.interface import implementer
 
+from o2obroker.actors.user import IDevice
 from o2obroker.session.auth import Identity
 from o2obroker.session.ratelimit import ALLOWED, PERSISTENT, RateLimiter
 from o2obroker.session.transfer import LARGE, Transfer
@@ -47,15 +49,18 @@ PONG: dict[str, Any] = {"t": "pong"}
 BYE: dict[str, Any] = {"t": "bye"}
 
 
+@implementer(IDevice)
 class Session:
     """The protocol state of one connection of one device."""
 
     log = Logger()
 
     __slots__ = (
+        "__weakref__",
         "_bucket",
         "_early",
         "_gateway",
+        "_hello_due",
         "actor",
         "conn",
         "connlog",
@@ -106,6 +111,8 @@ class Session:
         )
         self._bucket = gateway.liveness.add(self)
         self._early: list[tuple[Any, int | None, bool]] | None = None
+        # the hello deadline holds to the second, without a timer per connection
+        self._hello_due: list[Any] | None = gateway.liveness.deadline(self, gateway.hello_timeout)
 
     def __repr__(self) -> str:
         return f"<Session {self.user}/{self.device} {self.conn.transport_name} {self.state}>"
@@ -164,18 +171,26 @@ class Session:
         return True
 
     def fail(self, error: ProtocolError) -> None:
-        """Answer a bad frame with an error; close when the error says so."""
+        """Answer a bad frame with an error; close when the error says so.
+
+        Before the welcome, any frame but a good hello ends the connection
+        with 401 (a value rule broken by the first frame included).
+        """
         if self.state is CLOSED:
             return
+        if self.state is HELLO and not error.fatal:
+            error = ProtocolError(401, f"no valid hello: {error.reason}", fatal=True)
         self._gateway.stats.errors[error.code] += 1
         self._gateway.error_sent(self, error.code, error.reason, error.fatal)
-        self.conn.send(error.frame())
         if error.fatal:
-            self.close()
+            self.close(error.frame())
+        else:
+            self.conn.send(error.frame())
 
     def lost(self, linger: bool = True) -> None:
         """The connection is gone. Unless we closed it (``linger`` false), the
         device's presence stays for the grace period: it may be straight back."""
+        self._no_deadline()
         if self._bucket is not None:
             self._bucket.discard(self)
             self._bucket = None
@@ -185,23 +200,37 @@ class Session:
         if was_open:
             self.actor.detach(self, linger)
 
-    def close(self) -> None:
-        """Close from our side; the device is gone at once."""
+    def close(self, last: dict[str, Any] | None = None) -> None:
+        """Close from our side, with ``last`` as the final frame (the error or
+        bye that says why); the device is gone at once.
+
+        The session is closed before anything is written, so that a write that
+        trips the transport's slow-consumer check cannot close it again.
+        """
         if self.state is CLOSED:
             return
         self.lost(linger=False)
-        self.conn.close()
+        self.conn.close(last)
 
     # -- heartbeats -----------------------------------------------------
+
+    def overdue(self, now: float) -> None:
+        """Called by Liveness once ``hello_timeout`` has passed since the connection."""
+        self._hello_due = None
+        if self.state is HELLO or self.state is CONNECTING:
+            self.fail(ProtocolError(401, "no hello in time", fatal=True))
+
+    def _no_deadline(self) -> None:
+        due = self._hello_due
+        if due is not None:
+            due[1] = None  # let the queue drop this session now, not when it is due
+            self._hello_due = None
 
     def check(self, now: float) -> None:
         """Called by Liveness every few seconds."""
         gw = self._gateway
-        silent = now - self.last_rx
         if self.state is HELLO or self.state is CONNECTING:
-            if silent >= gw.hello_timeout or now - self.since >= gw.hello_timeout:
-                self.fail(ProtocolError(401, "no hello in time", fatal=True))
-            return
+            return  # the hello deadline is kept by ``overdue``
         # the presence benchmark's baseline (naive) has no transfer hold
         held = (
             self.transfer is not None
@@ -266,19 +295,16 @@ class Session:
         if transfer.direction == "out":
             transfer.extend(size, now)
         elif not transfer.active:
-            queued = getattr(self.conn, "unsent", None)
-            transfer.start("out", max(size, queued() if queued is not None else size), now)
+            transfer.start("out", max(size, self.conn.unsent()), now)
 
     def _held(self, now: float) -> bool:
         """Whether the transfer under way still holds the device; ends it when not."""
         transfer = self.transfer
         assert transfer is not None
-        if transfer.direction == "out":
-            queued = getattr(self.conn, "unsent", None)
-            if queued is None or queued() == 0:
-                transfer.finish(self._gateway.clock.seconds())
-                self._resume_probing(now)
-                return False
+        if transfer.direction == "out" and self.conn.unsent() == 0:
+            transfer.finish(self._gateway.clock.seconds())
+            self._resume_probing(now)
+            return False
         if now < transfer.until:
             return True
         transfer.lapse()
@@ -300,9 +326,9 @@ class Session:
             error = ProtocolError(400, "unsupported protocol version", fatal=True)
             frame = error.frame()
             frame["versions"] = [1]
+            self._gateway.stats.errors[400] += 1
             gw.error_sent(self, 400, error.reason, True)
-            self.conn.send(frame)
-            self.close()
+            self.close(frame)
             return
         try:
             hello = parse_frame(obj, gw.limits)
@@ -344,6 +370,7 @@ class Session:
             self.receive(obj, size, text)
 
     def _open(self, identity: Identity, hello: Hello, device: str) -> None:
+        self._no_deadline()
         self.identity = identity
         self.user = identity.user
         self.device = device
@@ -390,8 +417,7 @@ class Session:
         tell); else a Deferred that fires once it does again."""
         if self.state is not OPEN:
             return None
-        when = getattr(self.conn, "when_drained", None)
-        return when() if when is not None else None
+        return self.conn.when_drained()
 
     def send_frame(self, frame: dict[str, Any]) -> None:
         if self.state is OPEN:
@@ -403,13 +429,7 @@ class Session:
         if self.state is OPEN:
             stats = self._gateway.stats
             stats.presence_frames += 1
-            send_out = getattr(self.conn, "send_out", None)
-            if send_out is not None:
-                stats.presence_bytes += send_out(out)
-            else:
-                # web connections take the OutFrame itself: encoded once for all watchers
-                self.conn.send(out)
-                stats.presence_bytes += len(out.cbor() if self.kind == "mobile" else out.json())
+            stats.presence_bytes += self.conn.send_out(out)
 
     def receipts(self, items: list[tuple[str, str, int, str]]) -> None:
         """Answer sends, all written at once: (send id, mid, ts, status) each."""
@@ -419,20 +439,14 @@ class Session:
                 {"t": "receipt", "id": send_id, "mid": mid, "ts": ts, "status": status}
                 for send_id, mid, ts, status in items
             ]
-            send_many = getattr(self.conn, "send_many", None)
-            if send_many is not None:
-                send_many(frames)
-            else:
-                for frame in frames:
-                    self.conn.send(frame)
+            self.conn.send_many(frames)
 
     def replaced(self) -> None:
         if self.state is OPEN:
             self.state = CLOSED  # the actor has already let go of this device
             self._gateway.error_sent(self, 409, "replaced", True)
-            self.conn.send({"t": "error", "code": 409, "reason": "replaced"})
             self.lost()
-            self.conn.close()
+            self.conn.close({"t": "error", "code": 409, "reason": "replaced"})
 
     def may_join(self, room: str) -> bool:
         return bool(self.identity.may_join(room))
@@ -461,8 +475,7 @@ class Session:
     def _on_bye(self, frame: Bye) -> None:
         if self.connlog is not None:
             self.connlog.reason = self.connlog.kind = "bye"
-        self.conn.send(BYE)
-        self.close()
+        self.close(BYE)
 
     def _on_presence(self, frame: PresenceReport) -> None:
         # a report without a status keeps the device's status text

@@ -22,30 +22,19 @@ from twisted.web.server import NOT_DONE_YET
 
 from o2obroker.actors.history import read_history
 from o2obroker.actors.supervisor import occupancy_of
-from o2obroker.wire import ProtocolError, decode_json, encode_json, parse_frame, valid_user
+from o2obroker.transports.common import finish, json_answer, json_body
+from o2obroker.wire import ProtocolError, decode_json, parse_frame, valid_user
 
-_JSON = b"application/json"
 PUBLISH_TIMEOUT = 30.0
 FREE_HOST_RETRY = 5  # seconds, in Retry-After when no node can take a client
 
 
 def _write(request: Any, code: int, obj: Any) -> None:
-    if request.finished or request._disconnected:
-        return
-    body = encode_json(obj).encode()
-    request.setResponseCode(code)
-    request.setHeader(b"content-type", _JSON)
-    request.setHeader(b"cache-control", b"no-store")
-    request.setHeader(b"content-length", b"%d" % len(body))
-    request.write(body)
-    request.finish()
+    finish(request, code, json_body(obj))
 
 
 def _answer(request: Any, code: int, obj: Any) -> bytes:
-    request.setResponseCode(code)
-    request.setHeader(b"content-type", _JSON)
-    request.setHeader(b"cache-control", b"no-store")
-    return encode_json(obj).encode()
+    return json_answer(request, code, json_body(obj))
 
 
 def _args(request: Any, name: str) -> list[str]:

@@ -24,11 +24,19 @@ from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.logger import Logger
 from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET
+from zope.interface import implementer
 
 from o2obroker.metrics import traffic_of
-from o2obroker.session import Gateway, Liveness, Session
-from o2obroker.transports.web import OriginPolicy, origin_of
-from o2obroker.transports.websocket import Flusher
+from o2obroker.session import Gateway, IConnection, Liveness, Session
+from o2obroker.transports.common import (
+    Flusher,
+    OriginPolicy,
+    error_frames,
+    finish,
+    json_answer,
+    json_body,
+    origin_of,
+)
 from o2obroker.wire import (
     FrameTooLarge,
     OutFrame,
@@ -38,15 +46,9 @@ from o2obroker.wire import (
     json_array,
 )
 
-_JSON = b"application/json"
 
-
-def _body(obj: Any) -> bytes:
-    return encode_json(obj).encode()
-
-
-def _error_body(code: int, reason: str) -> bytes:
-    return _body({"frames": [{"t": "error", "code": code, "reason": reason}]})
+def _frames(frames: list[dict[str, Any]]) -> bytes:
+    return json_body({"frames": frames})
 
 
 class _SendAnswer:
@@ -62,6 +64,7 @@ class _SendAnswer:
         self.done = False
 
 
+@implementer(IConnection)
 class LongPollConnection:
     """One long-poll session: the session's IConnection, and its outbound stream."""
 
@@ -121,14 +124,34 @@ class LongPollConnection:
                 return
         self._push(encode_json(frame))
 
+    def send_many(self, frames: list[dict[str, Any]]) -> None:
+        for frame in frames:
+            self.send(frame)
+
     def send_msgs(self, items: list[tuple[int, Any]]) -> None:
         for seq, template in items:
             self._push(template.json(seq))
 
-    def close(self) -> None:
-        """The session is over: the next poll gets what is left, then the sid is gone."""
+    def send_out(self, out: OutFrame) -> int:
+        text = out.json()
+        self._push(text)
+        return len(text)
+
+    def unsent(self) -> int:
+        """Characters queued that no poll has confirmed (the whole stream is in memory)."""
+        return self._size
+
+    def when_drained(self) -> None:
+        """Always None: a poll takes all that is queued, so nothing waits for the client."""
+        return None
+
+    def close(self, last: dict[str, Any] | None = None) -> None:
+        """The session is over: the next poll gets what is left (``last`` at the
+        end), then the sid is gone."""
         if self.closed:
             return
+        if last is not None:
+            self.send(last)
         self.closed = True
         self._wake()
 
@@ -327,14 +350,7 @@ class LongPollResource(Resource):
     # -- HTTP ------------------------------------------------------------------
 
     def respond(self, request: Any, code: int, body: bytes) -> None:
-        if request.finished or request._disconnected:
-            return
-        request.setResponseCode(code)
-        request.setHeader(b"content-type", _JSON)
-        request.setHeader(b"cache-control", b"no-store")
-        request.setHeader(b"content-length", b"%d" % len(body))
-        request.write(body)
-        request.finish()
+        finish(request, code, body)
 
     def finish_send(self, answer: _SendAnswer) -> None:
         if answer.done:
@@ -348,9 +364,7 @@ class LongPollResource(Resource):
         """CORS and the origin check; the body of a refusal, or None to go on."""
         origin, host = origin_of(request)
         if not self.origins.allows(origin, host):
-            request.setResponseCode(403)
-            request.setHeader(b"content-type", _JSON)
-            return _error_body(403, "origin not allowed")
+            return json_answer(request, 403, error_frames(403, "origin not allowed"))
         if origin is not None:
             request.setHeader(b"access-control-allow-origin", origin.encode("latin-1"))
             request.setHeader(b"vary", b"Origin")
@@ -373,12 +387,9 @@ class LongPollResource(Resource):
         try:
             value = decode_json(body, self.gateway.limits)
         except ProtocolError as e:
-            if isinstance(e, FrameTooLarge):
-                request.setResponseCode(413)
-            else:
-                request.setResponseCode(400)
-            request.setHeader(b"content-type", _JSON)
-            return _body({"frames": [e.frame()]})
+            return json_answer(
+                request, 413 if isinstance(e, FrameTooLarge) else 400, _frames([e.frame()])
+            )
         frames = [value] if type(value) is dict else value
         self.traffic.frames_in += len(frames)
         return frames
@@ -402,9 +413,7 @@ class _Child(Resource):
             return refused
         conn = self.lp.find(request)
         if conn is None:
-            request.setResponseCode(404)
-            request.setHeader(b"content-type", _JSON)
-            return _error_body(404, "unknown session")
+            return json_answer(request, 404, error_frames(404, "unknown session"))
         return conn
 
 
@@ -429,9 +438,9 @@ class _Open(_Child):
         if type(frames) is bytes:
             return frames
         if len(frames) != 1:
-            request.setResponseCode(400)
-            request.setHeader(b"content-type", _JSON)
-            return _error_body(400, "the body of /lp/open is one hello frame")
+            return json_answer(
+                request, 400, error_frames(400, "the body of /lp/open is one hello frame")
+            )
         conn = LongPollConnection(lp, secrets.token_urlsafe(24))
         address = request.getClientAddress()
         conn.peer = (
@@ -446,9 +455,7 @@ class _Open(_Child):
             # the hello failed at once: the error frame says why
             session.lost()
             code = errors[0].get("code", 400) if errors else 400
-            request.setResponseCode(code if code in (401, 503) else 400)
-            request.setHeader(b"content-type", _JSON)
-            return _body({"frames": errors})
+            return json_answer(request, code if code in (401, 503) else 400, _frames(errors))
         lp._register(conn)
         conn._opening = request
         return NOT_DONE_YET
@@ -463,9 +470,9 @@ class _Poll(_Child):
             pos = _nonneg(request, b"pos")
             ack = _nonneg(request, b"ack")
         except ValueError as e:
-            request.setResponseCode(400)
-            request.setHeader(b"content-type", _JSON)
-            return _error_body(400, f"{e} must be a non-negative integer")
+            return json_answer(
+                request, 400, error_frames(400, f"{e} must be a non-negative integer")
+            )
         conn.session.touch()
         if ack is not None and not conn.closed:
             conn.session.receive({"t": "ack", "seq": ack})
@@ -507,7 +514,7 @@ class _Send(_Child):
         answer.frames.extend(encode_json(f) for f in errors)
         if answer.waiting == 0:
             answer.done = True
-            return f'{{"frames":{json_array(answer.frames)}}}'.encode()
+            return json_answer(request, 200, f'{{"frames":{json_array(answer.frames)}}}'.encode())
         answer.timer = lp.clock.callLater(lp.timeout, self._late, conn, answer)
         request.notifyFinish().addErrback(lambda _: self._late(conn, answer))
         return NOT_DONE_YET
@@ -534,5 +541,4 @@ class _Close(_Child):
             conn.answer_poll()
         conn.session.lost(linger=False)  # a clean close, like bye: offline at once
         lp.forget(conn)
-        request.setHeader(b"content-type", _JSON)
-        return b'{"frames":[{"t":"bye"}]}'
+        return json_answer(request, 200, b'{"frames":[{"t":"bye"}]}')

@@ -5,33 +5,28 @@ from __future__ import annotations
 import struct
 from typing import Any
 
-from twisted.internet.defer import Deferred
-from twisted.internet.interfaces import IReactorTime
+from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.internet.protocol import Factory, Protocol
 from twisted.logger import Logger
+from zope.interface import implementer
 
 from o2obroker.metrics import traffic_of
-from o2obroker.session import Gateway, Session
+from o2obroker.session import Gateway, IConnection, Session
 from o2obroker.session.transfer import LARGE
-from o2obroker.transports.backpressure import Backpressure
+from o2obroker.transports.common import Backpressure, SocketOutput, socket_under
 from o2obroker.wire import FrameSplitter, OutFrame, ProtocolError, decode_cbor, encode_cbor
 
 _prefix = struct.Struct(">I").pack
 
 
-def unsent_bytes(transport: Any) -> int:
-    """Bytes a Twisted socket transport holds that the peer has not taken yet."""
-    buffered = getattr(transport, "dataBuffer", b"")
-    return len(buffered) - getattr(transport, "offset", 0) + getattr(transport, "_tempDataLen", 0)
-
-
-class BinaryProtocol(Protocol):
+@implementer(IConnection)
+class BinaryProtocol(SocketOutput, Protocol):
     """One binary TCP connection: split, decode, hand to the session; encode and write.
 
     A Backpressure registered as the producer of the transport has Twisted
-    say when the peer stops reading; only then is the unsent
-    output measured, and past ``max_queue`` the connection is closed with 503
-    ("slow consumer"): its messages stay in the inbox for its resume.
+    say when the peer stops reading; only then is the unsent output counted,
+    and past ``max_queue`` the connection is closed with 503 ("slow
+    consumer"): its messages stay in the inbox for its resume.
     """
 
     kind = "mobile"
@@ -43,13 +38,13 @@ class BinaryProtocol(Protocol):
         self._splitter = FrameSplitter(gateway.limits.max_frame)
         self._max_queue = gateway.limits.max_queue
         self._pressure = Backpressure()
-        self._closing = False
-        self._abort: Any = None
+        self._abort: IDelayedCall | None = None
         self.session: Session | None = None
         self._traffic = traffic_of(gateway.stats, self.transport_name)
 
     def connectionMade(self) -> None:
         self.transport.registerProducer(self._pressure, True)
+        self._socket = socket_under(self.transport)
         self.session = self._gateway.connect(self)
 
     def dataReceived(self, data: bytes) -> None:
@@ -104,7 +99,7 @@ class BinaryProtocol(Protocol):
         self.transport.write(_prefix(len(payload)) + payload)
         self._count(1, len(payload) + 4)
         if self._pressure.paused:
-            self._check_queue()
+            self._wrote(len(payload) + 4)
 
     def send_many(self, frames: list[dict[str, Any]]) -> None:
         if self._closing:
@@ -118,7 +113,7 @@ class BinaryProtocol(Protocol):
         self.transport.write(data)
         self._count(len(frames), len(data))
         if self._pressure.paused:
-            self._check_queue()
+            self._wrote(len(data))
 
     def send_msgs(self, items: list[tuple[int, Any]]) -> None:
         if self._closing:
@@ -131,10 +126,10 @@ class BinaryProtocol(Protocol):
         data = b"".join(parts)
         self.transport.write(data)
         self._count(len(items), len(data))
-        if len(data) >= LARGE:
-            self.session.sending(len(data))
         if self._pressure.paused:
-            self._check_queue()
+            self._wrote(len(data))
+        if len(data) >= LARGE and not self._closing:
+            self.session.sending(len(data))
 
     def send_out(self, out: OutFrame) -> int:
         if self._closing:
@@ -143,34 +138,24 @@ class BinaryProtocol(Protocol):
         self.transport.write(_prefix(len(payload)) + payload)
         self._count(1, len(payload) + 4)
         if self._pressure.paused:
-            self._check_queue()
+            self._wrote(len(payload) + 4)
         return len(payload) + 4
+
+    def _write_last(self, frame: dict[str, Any]) -> None:
+        payload = encode_cbor(frame)
+        self.transport.write(_prefix(len(payload)) + payload)
+        self._count(1, len(payload) + 4)
 
     def _count(self, frames: int, size: int) -> None:
         traffic = self._traffic
         traffic.frames_out += frames
         traffic.bytes_out += size
 
-    def unsent(self) -> int:
-        return unsent_bytes(self.transport)
-
-    def close(self) -> None:
-        if not self._closing:
-            self._closing = True
-            self.transport.loseConnection()
-            # a peer that never reads would hold the socket open: cut it after a while
-            clock: IReactorTime = self._gateway.clock
-            self._abort = clock.callLater(10, self.transport.abortConnection)
-
-    def _check_queue(self) -> None:
-        if unsent_bytes(self.transport) > self._max_queue:
-            self.log.info("{session!r}: slow consumer, closing", session=self.session)
-            self.session.fail(ProtocolError(503, "slow consumer", fatal=True))
-
-    def when_drained(self) -> Deferred[None] | None:
-        """None while the peer takes what is written; else a Deferred that fires
-        once it does again, or once the connection is gone."""
-        return None if self._closing else self._pressure.when_drained()
+    def _shut(self) -> None:
+        self.transport.loseConnection()
+        # a peer that never reads would hold the socket open: cut it after a while
+        clock: IReactorTime = self._gateway.clock
+        self._abort = clock.callLater(10, self.transport.abortConnection)
 
 
 class BinaryFactory(Factory):

@@ -1,4 +1,6 @@
-"""The HTTP port: one twisted.web site for WebSocket, long-poll, the API and static files.
+"""The HTTP port's site: one twisted.web site for WebSocket, long-poll, the API and static files.
+
+(The site is put together from the transports in ``o2obroker.service.site``.)
 
 twisted.web resets a connection's idle timeout on every byte, so a client that
 sends its request one byte at a time (slowloris) would hold the connection
@@ -6,6 +8,7 @@ forever. :class:`GuardedChannel` gives every request an absolute deadline to
 arrive whole, and :class:`GuardedRequest` refuses a body over the limit with
 413 from its Content-Length (or as soon as a chunked body passes it), before
 reading it, and never spools a body to a temporary file on the reactor thread.
+Every answer of the port is JSON, twisted.web's own 404 and 405 pages too.
 """
 
 from __future__ import annotations
@@ -13,25 +16,26 @@ from __future__ import annotations
 from io import BytesIO
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit
 
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.logger import Logger
+from twisted.web.error import UnsupportedMethod
 from twisted.web.http import HTTPChannel
 from twisted.web.resource import Resource
 from twisted.web.server import Request, Site
 from twisted.web.static import Data
 
+from o2obroker.transports.common import json_answer, json_body, raw_response
+
 STATIC = Path(__file__).resolve().parent.parent / "web" / "static"
 
-_LOOPBACK_HOSTS = frozenset({"localhost", "127.0.0.1", "[::1]", "::1"})
-
-
-def _response(code: int, reason: bytes, body: bytes) -> bytes:
-    return (
-        b"HTTP/1.1 %d %s\r\nContent-Type: application/json\r\nContent-Length: %d\r\n"
-        b"Connection: close\r\n\r\n%s" % (code, reason, len(body), body)
-    )
+# one body for both kinds of client of the port: the API reads "error", long-poll "frames"
+_TOO_LARGE = json_body(
+    {
+        "error": "request body too large",
+        "frames": [{"t": "error", "code": 413, "reason": "request body too large"}],
+    }
+)
 
 
 class GuardedChannel(HTTPChannel):
@@ -83,7 +87,7 @@ class GuardedChannel(HTTPChannel):
             return
         self.site.slow_requests += 1
         self.log.info("request not received within {s}s: closing", s=self.site.request_deadline)
-        self.transport.write(_response(408, b"Request Timeout", b'{"error":"request too slow"}'))
+        self.transport.write(raw_response(408, b"Request Timeout", b'{"error":"request too slow"}'))
         self.transport.loseConnection()
         self._abort = self.callLater(5, self.transport.abortConnection)
 
@@ -115,14 +119,45 @@ class GuardedRequest(Request):
             return
         super().requestReceived(command, path, version)
 
+    def render(self, resrc: Any) -> None:
+        super().render(_JsonErrors(resrc))
+
     def _refuse(self) -> None:
         self._refused = True
         self.content = BytesIO()
         self.requestHeaders.removeHeader(b"expect")  # no "100 Continue" for it
         self.channel.site.refused_bodies += 1
         transport = self.channel.transport
-        transport.write(_response(413, b"Payload Too Large", b'{"error":"request body too large"}'))
+        transport.write(raw_response(413, b"Payload Too Large", _TOO_LARGE))
         transport.loseConnection()
+
+
+class _JsonErrors:
+    """Wraps the resource a request found, so that twisted.web's HTML error pages
+    (no such resource, method not allowed) are answered as JSON instead."""
+
+    __slots__ = ("resource",)
+
+    def __init__(self, resource: Any) -> None:
+        self.resource = resource
+
+    def render(self, request: Any) -> Any:
+        try:
+            body = self.resource.render(request)
+        except UnsupportedMethod as e:
+            allowed = e.allowedMethods
+            if request.method == b"HEAD" and b"GET" in allowed:
+                raise  # twisted.web answers HEAD with GET's headers
+            method = request.method.decode("latin-1")
+            request.setHeader(b"allow", b", ".join(allowed))
+            return json_answer(request, 405, json_body({"error": f"method {method} not allowed"}))
+        if request.code >= 400 and request.responseHeaders.getRawHeaders(b"content-type") == [
+            b"text/html; charset=utf-8"
+        ]:
+            # one of twisted.web's own error pages (no such resource, ...)
+            reason = request.code_message.decode("latin-1").lower()
+            return json_answer(request, request.code, json_body({"error": reason}))
+        return body
 
 
 class WebSite(Site):
@@ -161,50 +196,6 @@ class WebSite(Site):
         super().stopFactory()
 
 
-class OriginPolicy:
-    """Which browser pages may use the WebSocket and long-poll endpoints (PROTOCOL.md 6).
-
-    ``allowed`` is a comma-separated list of origins (``https://shop.example``)
-    or ``*``. Empty means the protocol's default: any origin when clients need
-    a token, loopback pages only when they do not (``auth = none``), where any
-    page in the browser could otherwise act as any user. A request without an
-    ``Origin`` (not a browser page) and a page served by the broker itself are
-    always allowed.
-    """
-
-    def __init__(self, allowed: str, auth_mode: str) -> None:
-        items = [o.strip().lower().rstrip("/") for o in allowed.replace(" ", ",").split(",")]
-        self.origins = frozenset(o for o in items if o and o != "*")
-        self.any = "*" in items or (not self.origins and auth_mode == "token")
-        self.loopback_only = not self.origins and not self.any
-
-    def allows(self, origin: str | None, host: str | None = None) -> bool:
-        if origin is None or self.any:
-            return True
-        origin = origin.strip().lower().rstrip("/")
-        if origin in self.origins:
-            return True
-        try:
-            parts = urlsplit(origin)
-        except ValueError:
-            return False
-        if host is not None and parts.netloc and parts.netloc == host.strip().lower():
-            return True  # a page of this very site
-        if self.loopback_only:
-            return parts.scheme in ("http", "https") and parts.hostname in _LOOPBACK_HOSTS
-        return False
-
-
-def origin_of(request: Any) -> tuple[str | None, str | None]:
-    """The Origin and Host headers of a twisted.web request, as text."""
-    origin = request.getHeader(b"origin")
-    host = request.getHeader(b"host")
-    return (
-        origin.decode("latin-1") if origin is not None else None,
-        host.decode("latin-1") if host is not None else None,
-    )
-
-
 _TYPES = {
     ".html": "text/html; charset=utf-8",
     ".js": "text/javascript; charset=utf-8",
@@ -225,31 +216,3 @@ def static_file(name: str) -> Resource:
     """One file of the packaged static directory (there is no directory listing)."""
     path = STATIC / name
     return _Static(path.read_bytes(), _TYPES[path.suffix])
-
-
-def build_site(node: Any, reactor: IReactorTime) -> WebSite:
-    """The whole HTTP port of a node: ``/``, ``/ws``, ``/lp/*``, the API and static files."""
-    from o2obroker.transports.api import add_api
-    from o2obroker.transports.longpoll import LongPollResource
-    from o2obroker.transports.websocket import websocket_resource
-
-    config = node.config
-    origins = OriginPolicy(config.allowed_origins, config.auth_mode)
-    root = Resource()
-    root.putChild(b"", static_file("index.html"))
-    for name in ("o2obroker.js", "demo.js", "demo.css"):
-        root.putChild(name.encode(), static_file(name))
-    ws = websocket_resource(node.gateway, config, origins, reactor)
-    root.putChild(b"ws", ws)
-    lp = LongPollResource(node.gateway, origins, reactor, timeout=config.lp_timeout)
-    root.putChild(b"lp", lp)
-    add_api(root, node, reactor, origins)
-    site = WebSite(
-        root,
-        reactor,
-        request_deadline=config.request_deadline,
-        max_body=config.limits.max_frame,
-    )
-    site.longpoll = lp
-    site.websockets = ws.factory
-    return site

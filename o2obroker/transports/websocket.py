@@ -19,15 +19,18 @@ from autobahn.twisted.websocket import WebSocketServerFactory, WebSocketServerPr
 from autobahn.websocket.compress import PerMessageDeflateOffer, PerMessageDeflateOfferAccept
 from autobahn.websocket.protocol import TrafficStats
 from autobahn.websocket.types import ConnectionDeny
-from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
-from twisted.logger import Logger
+from zope.interface import implementer
 
 from o2obroker.metrics import traffic_of
-from o2obroker.session import Gateway, Session
-from o2obroker.transports.backpressure import Backpressure
-from o2obroker.transports.tcp import unsent_bytes
-from o2obroker.transports.web import OriginPolicy
+from o2obroker.session import Gateway, IConnection, Session
+from o2obroker.transports.common import (
+    Backpressure,
+    Flusher,
+    OriginPolicy,
+    SocketOutput,
+    socket_under,
+)
 from o2obroker.wire import (
     OutFrame,
     ProtocolError,
@@ -43,49 +46,22 @@ CBOR_SUBPROTOCOL = "o2o.cbor.v1"
 _head7 = struct.Struct(">BB").pack
 _head16 = struct.Struct(">BBH").pack
 _head64 = struct.Struct(">BBQ").pack
-_log = Logger()
 
 
-class Flusher:
-    """Writes every batching connection's pending frames once per reactor turn.
-
-    One delayed call serves all connections that have output in this turn, so
-    batching costs no reactor call per connection or per message.
-    """
-
-    def __init__(self, clock: IReactorTime) -> None:
-        self._clock = clock
-        self._dirty: list[Any] = []
-        self._call: IDelayedCall | None = None
-        self.runs = 0
-
-    def add(self, conn: Any) -> None:
-        self._dirty.append(conn)
-        if self._call is None:
-            self._call = self._clock.callLater(0, self.run)
-
-    def run(self) -> None:
-        self._call = None
-        self.runs += 1
-        dirty, self._dirty = self._dirty, []
-        for conn in dirty:
-            conn.flush()
-
-
-class WebSocketConnection(WebSocketServerProtocol):
+@implementer(IConnection)
+class WebSocketConnection(SocketOutput, WebSocketServerProtocol):
     """One WebSocket client; the IConnection of its session."""
 
     kind = "web"
     transport_name = "ws"
-    # (Autobahn's own ``log`` stays: it drops debug events before formatting them)
+    # Autobahn's own ``log`` stays: it drops debug events before formatting them
+    log = WebSocketServerProtocol.log
 
     session: Session | None = None
     cbor = False
     batch = False
     _hello_seen = False
-    _closing = False
     _queued = False
-    _pressure: Backpressure | None = None
 
     def onConnect(self, request: Any) -> str | None:
         factory = self.factory
@@ -109,7 +85,9 @@ class WebSocketConnection(WebSocketServerProtocol):
         if getattr(transport, "producer", None) is not None:
             transport.unregisterProducer()  # the HTTP channel's, done with this socket
         self._pressure = Backpressure()
+        self._max_queue = self.factory.gateway.limits.max_queue
         transport.registerProducer(self._pressure, True)
+        self._socket = socket_under(transport)
         self._traffic = traffic_of(self.factory.gateway.stats, self.transport_name)
         self.session = self.factory.gateway.connect(self)
 
@@ -146,19 +124,19 @@ class WebSocketConnection(WebSocketServerProtocol):
     def onClose(self, wasClean: bool, code: int | None, reason: str | None) -> None:
         self._closing = True
         self._out = []
+        # Autobahn leaves this timer running once the socket is gone, and with it
+        # the whole connection for closeHandshakeTimeout
+        timer = self.closeHandshakeTimeoutCall
+        if timer is not None:
+            self.closeHandshakeTimeoutCall = None
+            if timer.active():
+                timer.cancel()
         if self._pressure is not None:
             self._pressure.release()
         if self.session is not None:
             self.session.lost()
 
     # -- IConnection ----------------------------------------------------------
-
-    def when_drained(self) -> Deferred[None] | None:
-        """None while the peer takes what is written; else a Deferred that fires
-        once it does again, or once the connection is gone."""
-        if self._pressure is None or self._closing:
-            return None
-        return self._pressure.when_drained()
 
     def send(self, frame: dict[str, Any] | OutFrame) -> None:
         if self._closing:
@@ -194,10 +172,11 @@ class WebSocketConnection(WebSocketServerProtocol):
     def flush(self) -> None:
         """Write the frames of this turn as one array message (``batch`` clients)."""
         self._queued = False
-        out = self._out
-        if not out or self._closing:
-            return
-        self._out = []
+        if self._out and not self._closing:
+            self._write_out()
+
+    def _write_out(self) -> None:
+        out, self._out = self._out, []
         limit = self.maxMessagePayloadSize
         if self.cbor:
             data = cbor_array(out)
@@ -241,21 +220,40 @@ class WebSocketConnection(WebSocketServerProtocol):
             data = b"".join(parts)
             self._traffic.bytes_out += len(data)
             self.transport.write(data)
+            if self._pressure.paused:
+                self._wrote(len(data))
+            return
         if self._pressure.paused:
-            self._check_queue()
+            self._wrote(sum(map(len, payloads)))
 
-    def close(self) -> None:
+    def send_many(self, frames: list[dict[str, Any]]) -> None:
         if self._closing:
             return
-        if self.batch:
-            self.flush()  # the error frame that explains the close goes first
-        self._closing = True
-        self.sendClose(code=1000)
+        if self.cbor:
+            self._emit([encode_cbor(f) for f in frames])
+        else:
+            self._emit([encode_json(f) for f in frames])
 
-    def _check_queue(self) -> None:
-        if unsent_bytes(self.transport) > self.factory.gateway.limits.max_queue:
-            _log.info("{session!r}: slow consumer, closing", session=self.session)
-            self.session.fail(ProtocolError(503, "slow consumer", fatal=True))
+    def send_out(self, out: OutFrame) -> int:
+        if self._closing:
+            return 0
+        payload = out.cbor() if self.cbor else out.json()
+        self._emit([payload])
+        return len(payload)
+
+    def _write_last(self, frame: dict[str, Any]) -> None:
+        """The frame that explains the close, after what is pending (``batch``)."""
+        last = encode_cbor(frame) if self.cbor else encode_json(frame)
+        self._traffic.frames_out += 1
+        if self.batch:
+            self._out.append(last)
+            self._write_out()
+        else:
+            self._write_messages([last if self.cbor else last.encode()], self.cbor)
+
+    def _shut(self) -> None:
+        self._out = []
+        self.sendClose(code=1000)
 
 
 def _utf8_len(text: str) -> int:
@@ -323,6 +321,8 @@ class WebSocketFactory(WebSocketServerFactory):
             # the session's error frame says why; the socket then goes quickly
             "closeHandshakeTimeout": 2,
             "failByDrop": False,
+            # Autobahn would refuse ``Origin: null`` itself with 400: the policy decides (403)
+            "allowNullOrigin": True,
         }
         if compression:
             options["perMessageCompressionAccept"] = _accept_deflate

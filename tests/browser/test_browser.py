@@ -25,8 +25,8 @@ from twisted.trial.unittest import SkipTest, TestCase
 from o2obroker.client.binary import BinaryClient
 from o2obroker.config import Config
 from o2obroker.service.node import Node
+from o2obroker.service.site import build_site
 from o2obroker.transports.tcp import BinaryFactory
-from o2obroker.transports.web import build_site
 
 ROOT = Path(__file__).resolve().parent.parent.parent
 SCRIPT = ROOT / "tests" / "browser" / "chat.mjs"

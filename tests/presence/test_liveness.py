@@ -14,30 +14,29 @@ from o2obroker.wire.limits import Limits
 from tests.harness import Device, Harness
 
 
-class _Pending:
-    """Stands for a socket transport's unsent buffer: only its length is read."""
-
-    def __init__(self, transport: SlowTransport) -> None:
-        self._transport = transport
-
-    def __len__(self) -> int:
-        return self._transport.pending
-
-
 class SlowTransport(StringTransport):
-    """A transport whose peer takes the written bytes only when the test says so."""
+    """A transport whose peer takes the written bytes only when the test says so.
+
+    Like a Twisted socket, it pauses its streaming producer while more than
+    ``bufferSize`` bytes wait, and resumes it once they are all taken.
+    """
+
+    bufferSize = 1 << 16
 
     def __init__(self) -> None:
         super().__init__(peerAddress=IPv4Address("TCP", "127.0.0.1", 5001))
         self.pending = 0
-        self.dataBuffer = _Pending(self)
 
     def write(self, data: bytes) -> None:
         super().write(data)
         self.pending += len(data)
+        if self.pending > self.bufferSize and self.producer is not None:
+            self.producer.pauseProducing()
 
     def drain(self, n: int | None = None) -> None:
         self.pending = 0 if n is None else max(0, self.pending - n)
+        if self.pending == 0 and self.producer is not None:
+            self.producer.resumeProducing()
 
 
 class SlowDevice(Device):

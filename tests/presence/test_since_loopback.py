@@ -14,8 +14,8 @@ from twisted.trial.unittest import TestCase
 from o2obroker.client.binary import BinaryClient
 from o2obroker.config import Config
 from o2obroker.service.node import Node
+from o2obroker.service.site import build_site
 from o2obroker.transports.tcp import BinaryFactory
-from o2obroker.transports.web import build_site
 from tests.web.test_loopback import _Ws
 
 

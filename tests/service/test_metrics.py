@@ -17,8 +17,8 @@ from o2obroker.client import connect
 from o2obroker.config import Config
 from o2obroker.metrics import Latency
 from o2obroker.service.node import Node
+from o2obroker.service.site import build_site
 from o2obroker.transports.tcp import BinaryFactory
-from o2obroker.transports.web import build_site
 from o2obroker.wire import encode_cbor, frame
 from tests.harness import Harness
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import jwt
+from twisted.logger import globalLogPublisher
 from twisted.trial.unittest import SynchronousTestCase
 
 from o2obroker.wire import frame
@@ -37,17 +39,65 @@ class HelloTests(SynchronousTestCase):
         token = self.h.token("alice")
         d.write({"t": "hello", "token": token[:-2] + ("AA" if token[-2:] != "AA" else "BB")})
         [error] = d.read()
-        self.assertEqual(error["code"], 401)
-        self.assertIn("bad token", error["reason"])
+        self.assertEqual((error["code"], error["reason"]), (401, "bad token"))
         self.assertTrue(d.closed)
 
-    def test_expired_token(self) -> None:
+    def test_library_error_text_stays_in_the_log(self) -> None:
+        events: list[dict] = []
+        globalLogPublisher.addObserver(events.append)
+        self.addCleanup(globalLogPublisher.removeObserver, events.append)
         d = self.h.connect()
-        self.h.clock.advance(1000)
-        d.write({"t": "hello", "token": self.h.token("alice", exp=1)})
+        d.write({"t": "hello", "token": "not.a.jwt"})
+        [error] = d.read()
+        self.assertEqual((error["code"], error["reason"]), (401, "bad token"))
+        [logged] = [e for e in events if e.get("log_format") == "bad token: {error}"]
+        self.assertTrue(logged["error"])  # the detail, for the operator
+
+    def test_token_expires_on_the_node_clock(self) -> None:
+        # the node's clock, not the wall clock: at 0 s this token has 100 s to live
+        self.assertEqual(self.h.clock.seconds(), 0)
+        token = self.h.token("alice", exp=100)
+        d = self.h.login("alice", claims={"exp": 100})
+        self.assertEqual(d.read_types(), ["welcome"])
+        self.h.clock.advance(105)  # within the leeway (10 s)
+        d = self.h.connect()
+        d.write({"t": "hello", "token": token, "device": "p2"})
+        self.assertEqual(d.read_types(), ["welcome"])
+        self.h.clock.advance(10)
+        d = self.h.connect()
+        d.write({"t": "hello", "token": token, "device": "p3"})
         [error] = d.read()
         self.assertEqual((error["code"], error["reason"]), (401, "token expired"))
         self.assertTrue(d.closed)
+
+    def test_token_not_valid_yet(self) -> None:
+        d = self.h.connect()
+        d.write({"t": "hello", "token": jwt.encode({"sub": "a", "nbf": 60}, SECRET)})
+        [error] = d.read()
+        self.assertEqual((error["code"], error["reason"]), (401, "bad token"))
+        self.h.clock.advance(55)
+        d = self.h.connect()
+        d.write({"t": "hello", "token": jwt.encode({"sub": "a", "nbf": 60}, SECRET)})
+        self.assertEqual(d.read_types(), ["welcome"])
+
+    def test_exp_that_is_not_a_number(self) -> None:
+        for exp in ("soon", True):
+            d = self.h.connect()
+            d.write({"t": "hello", "token": jwt.encode({"sub": "a", "exp": exp}, SECRET)})
+            [error] = d.read()
+            self.assertEqual((error["code"], error["reason"]), (401, "bad token"))
+
+    def test_system_is_a_reserved_user_id(self) -> None:
+        d = self.h.connect()
+        d.write({"t": "hello", "token": self.h.token("system")})
+        [error] = d.read()
+        self.assertEqual((error["code"], error["reason"]), (401, "reserved user id"))
+        self.assertTrue(d.closed)
+        h = Harness(auth="none")
+        d = h.connect()
+        d.write({"t": "hello", "user": "system"})
+        [error] = d.read()
+        self.assertEqual((error["code"], error["reason"]), (401, "reserved user id"))
 
     def test_token_for_another_user(self) -> None:
         d = self.h.connect()

@@ -15,7 +15,7 @@ from twisted.internet.error import ConnectionDone
 from twisted.internet.testing import StringTransport
 from twisted.python.failure import Failure
 
-from o2obroker.transports.web import build_site
+from o2obroker.service.site import build_site
 from tests.harness import Harness
 
 

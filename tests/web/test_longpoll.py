@@ -250,6 +250,15 @@ class CorsTests(SynchronousTestCase):
         self.assertEqual(h.site.longpoll.sessions, {})
         self.assertEqual(h.node.metrics.stats.refused, {"origin": 1})
 
+    def test_null_origin_is_403(self) -> None:
+        # a sandboxed frame or a file: page; allowed only where any origin is
+        h = WebHarness(allowed_origins="https://shop.example")
+        code, answer = h.call(
+            "POST", "/lp/open", {"t": "hello", "user": "bob"}, {"Origin": "null"}
+        ).json()
+        self.assertEqual(code, 403)
+        self.assertEqual(answer["frames"][0]["code"], 403)
+
     def test_allowed_origin_gets_cors_headers(self) -> None:
         h = WebHarness(allowed_origins="https://shop.example")
         r = h.call(

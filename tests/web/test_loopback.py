@@ -17,8 +17,8 @@ from twisted.trial.unittest import TestCase
 from o2obroker.client.binary import BinaryClient
 from o2obroker.config import Config
 from o2obroker.service.node import Node
+from o2obroker.service.site import build_site
 from o2obroker.transports.tcp import BinaryFactory
-from o2obroker.transports.web import build_site
 
 
 class _Ws(WebSocketClientProtocol):
@@ -122,8 +122,13 @@ class LoopbackTests(TestCase):
         poll = treq.get(self.base + f"/lp/poll?sid={sid}&pos={pos}", persistent=False)
         answered: list[bytes] = []
         poll.addCallback(treq.content).addCallback(answered.append)
-        await deferLater(reactor, 0.1)
-        self.assertEqual(answered, [])  # held
+        conn = self.site.longpoll.sessions[sid]
+        for _ in range(500):  # until the poll has reached the broker
+            if conn._poll is not None:
+                break
+            await deferLater(reactor, 0.01)
+        self.assertIsNotNone(conn._poll)
+        self.assertEqual(answered, [])  # held: no answer while nothing is ready
         phone.send(to="carol", body=b"\x01\x02")
         await poll
         answer = json.loads(answered[0])

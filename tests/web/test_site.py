@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 from twisted.trial.unittest import SynchronousTestCase
 
 from o2obroker.wire.limits import Limits
@@ -68,7 +70,14 @@ class BodyLimitTests(SynchronousTestCase):
         c.send_raw(b"POST /lp/open HTTP/1.1\r\nHost: x\r\nContent-Length: 1001\r\n\r\n")
         code, _, body = c.response()
         self.assertEqual(code, 413)
-        self.assertIn(b"too large", body)
+        # the API reads "error"; a long-poll client reads the error frame in "frames"
+        self.assertEqual(
+            json.loads(body),
+            {
+                "error": "request body too large",
+                "frames": [{"t": "error", "code": 413, "reason": "request body too large"}],
+            },
+        )
         self.assertTrue(c.transport.disconnecting)
         self.assertEqual(self.h.site.refused_bodies, 1)
 
@@ -111,3 +120,30 @@ class StaticTests(SynchronousTestCase):
     def test_unknown_path_is_404(self) -> None:
         h = WebHarness()
         self.assertEqual(h.call("GET", "/nope").response()[0], 404)
+
+
+class JsonErrorPagesTests(SynchronousTestCase):
+    """twisted.web's own error pages are JSON on this port, like every other answer."""
+
+    def setUp(self) -> None:
+        self.h = WebHarness()
+
+    def test_unknown_path_is_a_json_404(self) -> None:
+        for path in ("/nope", "/lp/nope", "/api/v1/nope"):
+            code, headers, body = self.h.call("GET", path).response()
+            self.assertEqual(code, 404, path)
+            self.assertEqual(headers["content-type"], "application/json")
+            self.assertEqual(json.loads(body), {"error": "not found"})
+
+    def test_method_not_allowed_is_a_json_405(self) -> None:
+        for method, path in [("GET", "/lp/open"), ("POST", "/"), ("DELETE", "/o2obroker.js")]:
+            code, headers, body = self.h.call(method, path).response()
+            self.assertEqual(code, 405, path)
+            self.assertEqual(headers["content-type"], "application/json")
+            self.assertEqual(json.loads(body), {"error": f"method {method} not allowed"})
+            self.assertIn("allow", headers)
+
+    def test_head_still_answers_like_get(self) -> None:
+        c = self.h.call("HEAD", "/o2obroker.js")
+        head = c.transport.value().split(b"\r\n")[0]
+        self.assertEqual(head, b"HTTP/1.1 200 OK")

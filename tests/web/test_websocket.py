@@ -196,6 +196,13 @@ class OriginTests(SynchronousTestCase):
         self.assertEqual(h.site.websockets.refused_origins, 1)
         self.assertEqual(h.node.metrics.stats.refused, {"origin": 1})
 
+    def test_null_origin_is_403(self) -> None:
+        # Autobahn itself would answer 400; the origin policy refuses it like any origin
+        for settings in ({}, {"allowed_origins": "https://shop.example"}):
+            refused = WebHarness(**settings).ws(origin="null")
+            self.assertEqual(refused.status, 403)
+        self.assertEqual(WebHarness(allowed_origins="*").ws(origin="null").status, 101)
+
     def test_no_origin_is_allowed(self) -> None:
         h = WebHarness(allowed_origins="https://shop.example")
         self.assertEqual(h.ws().status, 101)
