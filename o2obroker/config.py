@@ -5,6 +5,7 @@ from __future__ import annotations
 import configparser
 import ipaddress
 import re
+import shlex
 from dataclasses import dataclass, field, fields
 from typing import Any
 
@@ -156,6 +157,8 @@ class Config:
     manhole_host_key: str | None = None
     manhole_telnet: str | None = None
     manhole_passwd: str | None = None
+    # the log (doc/operations.md): text lines, or one JSON object a line
+    log_format: str = "text"
     limits: Limits = field(default_factory=Limits)
     policies: dict[str, PolicySettings] = field(default_factory=dict)
     filters: dict[str, FilterSettings] = field(default_factory=dict)
@@ -222,6 +225,8 @@ class Config:
             raise ConfigError(f"transfer_rate: must be at least 1 byte/s, not {self.transfer_rate}")
         if not self.node or "/" in self.node:
             raise ConfigError(f"node: {self.node!r} is not a valid node id")
+        if self.log_format not in ("text", "json"):
+            raise ConfigError(f"log_format: must be 'text' or 'json', not {self.log_format!r}")
         _check_supervisor(self)
         _check_console(self)
         _check_redis(self)
@@ -321,6 +326,13 @@ def _check_supervisor(c: Config) -> None:
         command, url = getattr(c, f"{hook}_command"), getattr(c, f"{hook}_url")
         if command and url:
             raise ConfigError(f"{hook}_command, {hook}_url: give one of them, not both")
+        if command is not None:
+            try:
+                argv = shlex.split(command)
+            except ValueError as e:
+                raise ConfigError(f"{hook}_command: {command!r}: {e}") from None
+            if not argv:
+                raise ConfigError(f"{hook}_command: empty; leave the key out for no hook")
         if url and not url.startswith(("http://", "https://")):
             raise ConfigError(f"{hook}_url: must be an http:// or https:// URL, not {url!r}")
 
@@ -384,7 +396,8 @@ def _convert(name: str, raw: str, like: Any) -> Any:
         if isinstance(like, float):
             return float(raw)
     except ValueError:
-        raise ConfigError(f"{name}: {raw!r} is not a {type(like).__name__}") from None
+        kind = "an integer" if isinstance(like, int) else "a number"
+        raise ConfigError(f"{name}: {raw!r} is not {kind}") from None
     return raw
 
 
@@ -436,8 +449,14 @@ def load(path: str | None = None, overrides: dict[str, Any] | None = None) -> Co
                 parser.read_file(f)
         except OSError as e:
             raise ConfigError(f"config: cannot read {path}: {e.strerror}") from None
+        except configparser.MissingSectionHeaderError as e:
+            raise ConfigError(
+                f"config: {path} line {e.lineno}: no section header; keys go under [broker]"
+            ) from None
         except configparser.Error as e:
-            raise ConfigError(f"config: {path}: {e}") from None
+            # configparser's messages span lines (file, line, the text): keep one
+            message = " ".join(str(e).split())
+            raise ConfigError(f"config: {path}: {message}") from None
         for section in parser.sections():
             if section in ("broker", "limits"):
                 continue

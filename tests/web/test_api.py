@@ -64,6 +64,13 @@ class ApiTests(SynchronousTestCase):
         frames = phone.read()
         self.assertEqual(frames[-1]["from"], "ops")
 
+    def test_publish_is_counted_like_a_send(self) -> None:
+        self.api("POST", "/api/v1/publish", {"to": "carol", "body": 1})
+        self.api("POST", "/api/v1/publish", {"room": "nobody", "body": 1})
+        stats = self.h.node.metrics.stats
+        self.assertEqual(stats.msgs_in, 2)
+        self.assertEqual((dict(stats.receipts), dict(stats.errors)), ({"stored": 1}, {404: 1}))
+
     def test_bad_bodies_are_400(self) -> None:
         for body in (
             b"{nope",

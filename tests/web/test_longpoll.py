@@ -260,6 +260,7 @@ class CorsTests(SynchronousTestCase):
         self.assertEqual(code, 403)
         self.assertEqual(answer["frames"][0]["code"], 403)
         self.assertEqual(h.site.longpoll.sessions, {})
+        self.assertEqual(h.node.metrics.stats.refused, {"origin": 1})
 
     def test_null_origin_is_403(self) -> None:
         # a sandboxed frame or a file: page; allowed only where any origin is
