@@ -107,14 +107,14 @@ class Config:
     backend_timeout: float = 5.0
     max_stored_bytes_per_user: int = 16 << 20
     max_stored_bytes: int = 512 << 20
-    # presence (PROTOCOL.md section 5; doc/presence.md)
+    # presence (doc/protocol.md section 5; doc/presence.md)
     watch_cap: int = 1000  # users on one user's watch list
     presence_grace: float = 20.0  # seconds a dropped device still counts, for quick reconnects
     presence_window: float = 0.5  # seconds of changes coalesced before watchers are told
     presence_skew: float = 5.0  # seconds a watch's since is moved back, for clocks of other nodes
     presence_naive: bool = False  # benchmark baseline only: no grace, coalescing or transfer hold
     transfer_rate: int = 32768  # bytes/s assumed of a link before its rate is measured
-    # per-connection rate limit (PROTOCOL.md section 7, 429): frames/s, 0 = off;
+    # per-connection rate limit (doc/protocol.md section 7, 429): frames/s, 0 = off;
     # burst 0 means twice the rate
     rate_limit: float = 0.0
     rate_burst: int = 0

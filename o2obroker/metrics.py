@@ -97,7 +97,7 @@ class Stats:
         self.receipts: Counter[str] = Counter()  # by status
         self.errors: Counter[int] = Counter()  # error frames sent, by code
         self.store_refused = 0  # sends answered 503 "store full": a byte cap of the store
-        # presence load (PROTOCOL.md section 5)
+        # presence load (doc/protocol.md section 5)
         self.presence_frames = 0  # presence frames written to devices
         self.presence_bytes = 0  # their encoded size
         self.presence_coalesced = 0  # changes never sent: superseded within a window

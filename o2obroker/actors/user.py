@@ -566,7 +566,7 @@ class UserActor(Actor):
         )
         device.send_frame(_error(*UNAVAILABLE, None))
 
-    # -- presence (PROTOCOL.md section 5; the rules are in presence.py) -------
+    # -- presence (doc/protocol.md section 5; the rules are in presence.py) -------
 
     def _on_presence(self, batch: list[Message]) -> None:
         presence = self.presence

@@ -179,7 +179,7 @@ class BinaryClient(Protocol):
         before: str | None = None,
         limit: int | None = None,
     ) -> Deferred[dict[str, Any]]:
-        """A page of the archive (PROTOCOL.md section 4, History): the
+        """A page of the archive (doc/protocol.md section 4, History): the
         conversation with user ``with_`` or ``room``'s. Fires with the answer
         frame (``messages``, newest first, and ``more``); pass the last
         message's ``mid`` as ``before`` for the next page. Fails with

@@ -1,6 +1,6 @@
 """Hooks to the application: a POST of JSON per call, guarded and bounded.
 
-Every hook (PROTOCOL.md section 8) goes through a :class:`HookClient`: a
+Every hook (doc/protocol.md section 8) goes through a :class:`HookClient`: a
 timeout per call, at most ``concurrency`` calls at once (and a bounded number
 waiting), and a circuit breaker that stops calling an application that is down.
 The publish hook is a pipeline stage (one call per actor batch); the connect

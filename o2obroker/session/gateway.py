@@ -97,7 +97,7 @@ ERROR_LINE_EVERY = 10.0
 class Gateway:
     """Shared by all transports of a node: limits, auth, heartbeats, counts.
 
-    ``hb`` is the heartbeat interval of PROTOCOL.md section 3;
+    ``hb`` is the heartbeat interval of doc/protocol.md section 3;
     ``hello_timeout`` closes a connection that never says hello, and
     ``stall_timeout`` one whose frame stops arriving half-way.
     """

@@ -1,4 +1,4 @@
-"""The server-side HTTP API (PROTOCOL.md section 8), health and metrics.
+"""The server-side HTTP API (doc/protocol.md section 8), health and metrics.
 
 Every answer is JSON (``/metrics`` is Prometheus text). ``/api/v1/...`` needs
 ``Authorization: Bearer <api key>``; health, metrics and the free-host look-up

@@ -1,4 +1,4 @@
-"""HTTP long-poll on ``/lp/...`` (PROTOCOL.md section 6), for browsers without WebSockets.
+"""HTTP long-poll on ``/lp/...`` (doc/protocol.md section 6), for browsers without WebSockets.
 
 A long-poll session is an IConnection like a socket, for the same
 :class:`~o2obroker.session.Session`: what the session writes goes into an

@@ -1,4 +1,4 @@
-"""Binary TCP: 4-byte length prefix, one CBOR map per frame (PROTOCOL.md section 1)."""
+"""Binary TCP: 4-byte length prefix, one CBOR map per frame (doc/protocol.md section 1)."""
 
 from __future__ import annotations
 

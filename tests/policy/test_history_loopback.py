@@ -92,7 +92,7 @@ class HistoryLoopbackTests(TestCase):
         )
         self.assertEqual(r.code, 200)
         await r.content()
-        # the answer is not a receipt: it comes through the poll stream (PROTOCOL.md 6)
+        # the answer is not a receipt: it comes through the poll stream (doc/protocol.md 6)
         frames: list[Any] = []
         for _ in range(10):
             r = await treq.get(self.base + f"/lp/poll?sid={sid}&pos={pos}", persistent=False)

@@ -1,4 +1,4 @@
-"""Heartbeats that probe only silent devices, and the transfer hold (PROTOCOL.md sections 3, 5)."""
+"""Heartbeats that probe only silent devices, and the transfer hold (protocol sections 3, 5)."""
 
 from __future__ import annotations
 

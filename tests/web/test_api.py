@@ -1,4 +1,4 @@
-"""The server-side HTTP API (PROTOCOL.md section 8), health and metrics."""
+"""The server-side HTTP API (doc/protocol.md section 8), health and metrics."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""HTTP long-poll (PROTOCOL.md section 6) through the whole site, on a task.Clock."""
+"""HTTP long-poll (doc/protocol.md section 6) through the whole site, on a task.Clock."""
 
 from __future__ import annotations
 
