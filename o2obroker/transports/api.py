@@ -185,7 +185,7 @@ class History(_Endpoint):
             frame["before"] = before
         limit = _arg(request, "limit")
         if limit is not None:
-            if not limit.isdigit():
+            if not (limit.isascii() and limit.isdigit()):  # "²" is a digit to isdigit
                 return _answer(request, 400, {"error": "limit must be an integer"})
             frame["limit"] = int(limit)
         try:
