@@ -135,7 +135,14 @@ class HistoryLoopbackTests(TestCase):
         self.assertEqual(
             (r.code, json.loads(await r.content())), (403, {"error": "not a member of this room"})
         )
-        for query in ("", "?user=bob", "?user=bob&with=alice&limit=500", "?room=r&limit=x"):
+        for query in (
+            "",
+            "?user=bob",
+            "?user=bob&with=alice&limit=500",
+            "?room=r&limit=x",
+            "?room=r&limit=%C2%B2",  # a digit to str.isdigit, not to int()
+            "?room=r&limit=-1",
+        ):
             r = await treq.get(self.base + "/api/v1/history" + query, headers=KEY, persistent=False)
             self.assertEqual(r.code, 400, query)
             await r.content()

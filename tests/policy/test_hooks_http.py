@@ -10,10 +10,11 @@ from twisted.internet.task import deferLater
 from twisted.trial.unittest import TestCase
 from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET, Site
+from zope.interface.verify import verifyObject
 
 from o2obroker.client.binary import BinaryClient, ClientError, connect
 from o2obroker.config import Config, HookSettings, PolicySettings
-from o2obroker.policy import UNAVAILABLE, Candidate
+from o2obroker.policy import UNAVAILABLE, Candidate, IMessageFilter
 from o2obroker.policy.breaker import CircuitBreaker
 from o2obroker.policy.events import EventQueue
 from o2obroker.policy.hooks import ConnectHook, HookClient, HookError, PublishHook
@@ -100,6 +101,9 @@ def _batch(*bodies: str) -> list[Candidate]:
 
 
 class PublishHookTests(HookTestCase):
+    def test_provides_the_interface(self) -> None:
+        self.assertTrue(verifyObject(IMessageFilter, PublishHook(self.client())))
+
     async def test_accept_reject_rewrite(self) -> None:
         hook = PublishHook(self.client())
         verdicts = await hook.check(_batch("yes", "no"))
