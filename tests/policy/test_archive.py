@@ -229,6 +229,29 @@ class RedisArchiveTests(ArchiveContract, RedisArchiveCase):
         )
         self.assertEqual(shard.calls - before, 1)
 
+    async def test_a_large_add_is_split_between_threads(self) -> None:
+        archive = RedisArchive(self.backend, self.clock, max_messages=2000, max_age=60)
+        await archive.add([msg(0, 999_999, "x", "y")])  # the first call loads the script
+        [shard] = self.backend.shards
+        before = shard.calls
+        sizes = {"a": 1200, "b": 900, "c": 400}
+        batch = [
+            msg(n, 1_000_000 + n, u, "v")
+            for n, u in enumerate(u for u, size in sizes.items() for _ in range(size))
+        ]
+        self.assertEqual(await archive.add(batch), 2500)
+        # 1,000 messages a script at most, but one thread's 1,200 are never split
+        self.assertEqual(shard.calls - before, 3)
+        for user, size in sizes.items():
+            stream, index = archive._where(conversation(user, "v"))[1]
+            self.assertEqual(await shard.call("XLEN", stream), size)
+            self.assertEqual(await shard.call("HLEN", index), size)
+            messages, more = await archive.page(conversation(user, "v"), None, 2)
+            last = max(n for n, m in enumerate(batch) if m.fields["from"] == user)
+            self.assertEqual(
+                ([m.mid for m in messages], more), ([f"m{last}", f"m{last - 1}"], True)
+            )
+
     async def test_a_server_that_is_down_fails_at_once(self) -> None:
         await self.backend.stop()
         with self.assertRaises(BackendUnavailable):

@@ -18,6 +18,7 @@ threads leave nothing behind.
 
 from __future__ import annotations
 
+import struct
 from typing import Any
 
 import cbor2
@@ -29,6 +30,11 @@ from o2obroker.backend.archive import IArchive, thread_of
 from o2obroker.backend.interface import StoredMessage
 from o2obroker.backend.redis.backend import KEY_TTL_MARGIN, RedisBackend, shard_of
 from o2obroker.backend.redis.scripts import Script
+
+#: messages one add script takes at most (a thread's messages are never split):
+#: Redis runs nothing else while a script runs
+CHUNK = 1000
+_HEAD = struct.Struct(">IdI")
 
 # Drop a thread's oldest entries: the first ``n``, and then every one older
 # than the horizon; their mids leave the index with them.
@@ -62,25 +68,30 @@ end
 """
 
 # KEYS: stream and index of each thread, in pairs. ARGV: cap, horizon (ms),
-# key ttl (ms), then per thread: n, then n times mid, ts, CBOR. Returns the
-# number of messages added (a mid already archived is not added again).
+# key ttl (ms), then per thread its messages packed in one string: each the
+# mid's length, ts and the CBOR's length ('>I4dI4'), the mid, the CBOR.
+# Returns the number of messages added (a mid already archived is not added again).
 ADD = Script(
     "archive_add",
     _TRIM
     + """
 local cap, horizon, ttl = tonumber(ARGV[1]), tonumber(ARGV[2]), ARGV[3]
-local a, added = 4, 0
+local added = 0
 for k = 1, #KEYS, 2 do
   local stream, index = KEYS[k], KEYS[k + 1]
-  local n = tonumber(ARGV[a])
-  a = a + 1
-  for i = 1, n do
-    local mid, ts, blob = ARGV[a], ARGV[a + 1], ARGV[a + 2]
-    a = a + 3
+  local data = ARGV[3 + (k + 1) / 2]
+  local pos = 1
+  while pos <= #data do
+    local ml, ts, bl
+    ml, ts, bl, pos = struct.unpack('>I4dI4', data, pos)
+    local mid = string.sub(data, pos, pos + ml - 1)
     if redis.call('HEXISTS', index, mid) == 0 then
-      redis.call('HSET', index, mid, redis.call('XADD', stream, '*', 't', ts, 'i', mid, 'm', blob))
+      local id = redis.call('XADD', stream, '*', 't', string.format('%.0f', ts), 'i', mid,
+                            'm', string.sub(data, pos + ml, pos + ml + bl - 1))
+      redis.call('HSET', index, mid, id)
       added = added + 1
     end
+    pos = pos + ml + bl
   end
   trim(stream, index, redis.call('XLEN', stream) - cap, horizon)
   if redis.call('XLEN', stream) > 0 then
@@ -116,8 +127,10 @@ return out
 )
 
 
-def _blob(message: StoredMessage) -> bytes:
-    return cbor2.dumps([message.mid, message.ts, message.fields])
+def _packed(m: StoredMessage) -> bytes:
+    mid = m.mid.encode()
+    blob = cbor2.dumps([m.mid, m.ts, m.fields])
+    return _HEAD.pack(len(mid), m.ts, len(blob)) + mid + blob
 
 
 def _message(blob: bytes) -> StoredMessage:
@@ -162,23 +175,30 @@ class RedisArchive:
     def add(self, messages: list[StoredMessage]) -> Deferred[Any]:
         if not messages:
             return succeed(0)
-        # per shard: per thread (in first-seen order), its messages in order
-        by_shard: dict[Any, dict[str, list[StoredMessage]]] = {}
+        # per thread (in first-seen order) its messages in order, then per shard
+        threads: dict[str, list[StoredMessage]] = {}
         for m in messages:
             thread = thread_of(m.fields)
-            shard, _ = self._where(thread)
-            by_shard.setdefault(shard, {}).setdefault(thread, []).append(m)
+            its = threads.get(thread)
+            if its is None:
+                threads[thread] = [m]
+            else:
+                its.append(m)
         head = [self.max_messages, self._horizon(), self._key_ttl]
+        # per shard, the keys and args of the script being filled, and its size
+        filling: dict[Any, tuple[list[str], list[Any], list[int]]] = {}
         calls = []
-        for shard, threads in by_shard.items():
-            keys: list[str] = []
-            args: list[Any] = list(head)
-            for thread, its in threads.items():
-                keys += self._where(thread)[1]
-                args.append(len(its))
-                for m in its:
-                    args += (m.mid, m.ts, _blob(m))
-            calls.append(shard.evalsha(ADD, keys, args))
+        for thread, its in threads.items():
+            shard, keys = self._where(thread)
+            call = filling.get(shard)
+            if call is None or (call[2][0] and call[2][0] + len(its) > CHUNK):
+                if call is not None:
+                    calls.append(shard.evalsha(ADD, call[0], call[1]))
+                call = filling[shard] = ([], list(head), [0])
+            call[0].extend(keys)
+            call[1].append(b"".join(map(_packed, its)))
+            call[2][0] += len(its)
+        calls += [shard.evalsha(ADD, keys, args) for shard, (keys, args, _) in filling.items()]
         if len(calls) == 1:
             return calls[0]
         return gatherResults(calls, consumeErrors=True).addCallback(sum)
