@@ -47,6 +47,9 @@ local function drop(stream, index, entries)
 end
 local function trim(stream, index, extra, horizon)
   if extra > 0 then drop(stream, index, redis.call('XRANGE', stream, '-', '+', 'COUNT', extra)) end
+  -- the common case: the oldest entry is young, one entry read
+  local head = redis.call('XRANGE', stream, '-', '+', 'COUNT', 1)
+  if #head == 0 or tonumber(head[1][2][2]) > horizon then return end
   while true do
     local batch = redis.call('XRANGE', stream, '-', '+', 'COUNT', 64)
     if #batch == 0 then return end
