@@ -229,6 +229,18 @@ class OfflineAndPresenceHookTests(TestCase):
         )
         self.assertEqual(len({e["id"] for e in events}), 2)
 
+    def test_a_dropped_link_in_its_grace_period_is_not_a_live_device(self) -> None:
+        alice = self.h.login("alice")
+        bob = self.h.login("bob")
+        bob.lose()  # presence holds bob online for the grace period; no device takes messages
+        alice.write({"t": "send", "id": "1", "to": "bob", "body": "for the push"})
+        self.assertEqual(alice.read()[-1]["status"], "stored")
+        self.h.clock.advance(1)
+        self.assertEqual(
+            [(e["user"], e["message"]["body"]) for e in self.calls("offline")],
+            [("bob", "for the push")],
+        )
+
     def test_presence_edges_only(self) -> None:
         alice = self.h.login("alice", "phone")
         self.h.flush()
