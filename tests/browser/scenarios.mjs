@@ -120,6 +120,39 @@ scenarios.order = async (context) => {
   return { posts: posts.length, history };
 };
 
+/**
+ * A WebSocket session with a watch and a room drops: the next WebSocket
+ * session watches and joins again, opens, and takes new calls at once.
+ */
+scenarios.restore = async (context) => {
+  const bob = await open(context, config.base);
+  await bob.evaluate(() => make({ user: "bob-restore" }).connect());
+  const alice = await open(context, config.base);
+  await alice.evaluate(async () => {
+    window.joins = [];
+    const c = make({ user: "alice-restore" });
+    c.on("joined", (f) => joins.push(f.room));
+    await c.connect();
+    c.watch(["bob-restore"]);
+    await c.join("restore-room");
+  });
+  await waitFor(alice, () => presence.some((p) => p.user === "bob-restore" && p.state === "online"), null, "alice watches bob");
+  const before = await alice.evaluate(() => [client.transport, client.device]);
+  check(before[0] === "ws", "alice on ws: " + before);
+  // the socket drops as a network would drop it
+  await alice.evaluate(() => { window.states = []; client.on("state", (s) => states.push(s)); client._conn.ws.close(); });
+  await waitFor(alice, () => states.join() === "connecting,open", null, "alice open again", 10000);
+  await waitFor(alice, () => joins.length === 2, null, "the room joined again");
+  // a call on the new session goes out at once, and the watch is live on it
+  const receipt = await alice.evaluate(() => client.send({ to: "bob-restore", body: { n: 1 } }).then((r) => r.status));
+  check(receipt === "delivered", "a send after the reconnect: " + receipt);
+  await bob.evaluate(() => client.setPresence("away", "back soon"));
+  await waitFor(alice, () => presence.some((p) => p.user === "bob-restore" && p.state === "away"), null, "the watch restored");
+  const errors = await alice.evaluate(() => errors);
+  check(errors.length === 0, "no error events: " + JSON.stringify(errors));
+  return { transports: await alice.evaluate(() => transports), joins: await alice.evaluate(() => joins) };
+};
+
 /** A WebSocket stalls: ping, long-poll, then back to WebSocket; 500 messages each way. */
 scenarios.stall = async (context) => {
   const bob = await open(context, config.base);

@@ -218,6 +218,11 @@ class ClientLibraryTests(BrowserTestCase):
         # 400 sends in order (checked in the page) went out in a handful of POSTs, not one each
         self.assertLess(result["posts"], 40, result)
 
+    async def test_a_dropped_websocket_session_restores_watches_and_rooms(self) -> None:
+        result = await self.scenario("restore")
+        # one session after another on WebSocket, the room joined on each
+        self.assertEqual(result, {"transports": ["ws"], "joins": ["restore-room", "restore-room"]})
+
     async def test_history_pages_and_no_archive(self) -> None:
         result = await self.scenario("history")
         self.assertEqual(result, {"asked": 4, "shown": ["first", "second"]})

@@ -791,7 +791,8 @@
       var limit = this._maxBody || 524288;
       chunks(frames, limit).forEach(function (text) { conn.ws.send(text); });
       // a WebSocket keeps order and loses nothing while it lives: the broker has them
-      if (entries) entries.forEach(function (e) { if (!e.send) this._taken(e); }, this);
+      // (frames of the session itself, a restored watch or join, have no entry)
+      if (entries) entries.forEach(function (e) { if (e && !e.send) this._taken(e); }, this);
       return true;
     }
     if (!conn.sid) return false;
