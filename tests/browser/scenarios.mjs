@@ -148,6 +148,26 @@ scenarios.restore = async (context) => {
   check(receipt === "delivered", "a send after the reconnect: " + receipt);
   await bob.evaluate(() => client.setPresence("away", "back soon"));
   await waitFor(alice, () => presence.some((p) => p.user === "bob-restore" && p.state === "away"), null, "the watch restored");
+  // a join or leave the broker refuses rejects its own promise (the error names its id)
+  const refused = await alice.evaluate(() => {
+    const settled = (p) => Promise.race([
+      p.then(() => "resolved", (e) => e.code),
+      new Promise((resolve) => setTimeout(() => resolve("pending"), 3000)),
+    ]);
+    return Promise.all([settled(client.join("r".repeat(129))), settled(client.leave("")), settled(client.join("restore-room"))]);
+  });
+  check(same(refused, [400, 400, "resolved"]), "refused join and leave: " + JSON.stringify(refused));
+  // a device name of the broker's largest size still makes ids that fit its 64 bytes
+  const long = await alice.evaluate(async () => {
+    const c = new O2OBroker({ baseUrl: location.origin, user: "carol-restore", device: "d".repeat(64), storage: null });
+    await c.connect();
+    const r = await c.send({ to: "bob-restore", body: { n: 2 } });
+    const j = await c.join("restore-room");
+    const h = await c.history({ with: "bob-restore" }).then(() => "page", (e) => e.code);
+    c.close();
+    return [r.status, j.members, h];
+  });
+  check(same(long, ["delivered", 2, 404]), "a 64-byte device: " + JSON.stringify(long));
   const errors = await alice.evaluate(() => errors);
   check(errors.length === 0, "no error events: " + JSON.stringify(errors));
   return { transports: await alice.evaluate(() => transports), joins: await alice.evaluate(() => joins) };
@@ -256,7 +276,22 @@ scenarios.refuse = async (context) => {
       none: await attempt({ transports: ["lp"] }),
     };
   });
+  // a token that allows room "a" only: each refused join rejects its own promise, before and after the welcome
+  tries.rooms = await page.evaluate(async (token) => {
+    var c = new O2OBroker({ baseUrl: location.origin, token: token, storage: null });
+    var errors = 0;
+    c.on("error", function () { errors += 1; });
+    var settle = (p) => p.then((j) => j.members, (e) => e.code);
+    var early = [c.join("b"), c.join("a"), c.join("c")].map(settle);
+    await c.connect();
+    var late = [c.join("d"), c.join("a")].map(settle);
+    var got = await Promise.all(early.concat(late));
+    c.close();
+    return { got: got, errors: errors };
+  }, config.roomsToken);
+  check(same(tries.rooms, { got: [403, 1, 403, 403, 1], errors: 0 }), "rooms: " + JSON.stringify(tries.rooms));
   for (const [what, t] of Object.entries(tries)) {
+    if (what === "rooms") continue;
     check(t.code === 401 && t.state === "closed" && t.ms < 3000 && t.errors === 1 && t.join === 401, `${what}: ${JSON.stringify(t)}`);
   }
   const dead = await open(context, config.deadBase, { script: true });
