@@ -182,6 +182,13 @@ scenarios.stall = async (context) => {
     make({ user: "alice-stall", wsRetryMs: 3000, pingTimeoutMs: 1000, connectTimeoutMs: 2000 }).connect());
   const first = await alice.evaluate(() => [client.transport, transports, errors]);
   check(first[0] === "ws", "alice starts on ws: " + JSON.stringify(first));
+  // when each message and each change of transport reached the page
+  await alice.evaluate(() => {
+    window.arrivals = [];
+    window.switches = [];
+    client.on("message", () => arrivals.push(Date.now()));
+    client.on("transport", (t) => switches.push([t, Date.now()]));
+  });
   const fromAlice = alice.evaluate(() => numbered("bob-stall", 500, 30));
   const fromBob = bob.evaluate(() => numbered("alice-stall", 500, 30));
   await alice.waitForTimeout(1000);
@@ -200,7 +207,15 @@ scenarios.stall = async (context) => {
   assertNumbered(await alice.evaluate(() => log), 500, "alice");
   const errors = await alice.evaluate(() => errors);
   check(errors.length === 0, "no error events on alice: " + JSON.stringify(errors));
-  return { detectedMs: detected, transports: await alice.evaluate(() => transports) };
+  // no pause in delivery around the upgrade: the longest wait between two messages
+  // from a second before the WebSocket took over until two seconds after
+  const upgrade = await alice.evaluate(() => {
+    const at = switches[switches.length - 1][1];
+    const near = arrivals.filter((t) => t >= at - 1000 && t <= at + 2000);
+    const gaps = near.slice(1).map((t, i) => t - near[i]);
+    return { count: near.length, gapMs: Math.max(0, ...gaps), sending: arrivals[arrivals.length - 1] - at };
+  });
+  return { detectedMs: detected, transports: await alice.evaluate(() => transports), upgrade };
 };
 
 /** Reloads under traffic resume as the same device: nothing lost, nothing twice. */

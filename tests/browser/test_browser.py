@@ -243,6 +243,11 @@ class ClientLibraryTests(BrowserTestCase):
         self.assertEqual(result["transports"], ["ws", "lp", "ws"])
         # hb (5 s) plus the margin (1 s) and the ping timeout (1 s): before the broker's 2 x hb
         self.assertLess(result["detectedMs"], 10_000, result)
+        # messages kept coming through the upgrade (bob was still sending), without a pause
+        # like the 5 s of a take-over that ends the long-poll session first
+        upgrade = result["upgrade"]
+        self.assertTrue(upgrade["count"] >= 30 and upgrade["sending"] > 2000, result)
+        self.assertLess(upgrade["gapMs"], 2000, result)
 
     async def test_reloads_resume_the_same_device_and_closed_tabs_go_offline(self) -> None:
         result = await self.scenario("reload")
