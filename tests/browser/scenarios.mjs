@@ -178,6 +178,8 @@ scenarios.stall = async (context) => {
   const bob = await open(context, config.base);
   await bob.evaluate(() => make({ user: "bob-stall" }).connect());
   const alice = await open(context, config.proxy);
+  const closes = [];
+  alice.on("request", (r) => { if (r.url().includes("/lp/close")) closes.push(r.url()); });
   await alice.evaluate(() =>
     make({ user: "alice-stall", wsRetryMs: 3000, pingTimeoutMs: 1000, connectTimeoutMs: 2000 }).connect());
   const first = await alice.evaluate(() => [client.transport, transports, errors]);
@@ -207,6 +209,8 @@ scenarios.stall = async (context) => {
   assertNumbered(await alice.evaluate(() => log), 500, "alice");
   const errors = await alice.evaluate(() => errors);
   check(errors.length === 0, "no error events on alice: " + JSON.stringify(errors));
+  // the long-poll session ended when the WebSocket's hello took it over: nothing to close after that
+  check(closes.length === 0, "no /lp/close on the upgrade: " + closes);
   // no pause in delivery around the upgrade: the longest wait between two messages
   // from a second before the WebSocket took over until two seconds after
   const upgrade = await alice.evaluate(() => {
