@@ -309,8 +309,30 @@ scenarios.refuse = async (context) => {
     return { got: got, errors: errors };
   }, config.roomsToken);
   check(same(tries.rooms, { got: [403, 1, 403, 403, 1], errors: 0 }), "rooms: " + JSON.stringify(tries.rooms));
+  // an unknown app (403, protocol.md section 3; this broker has no app registry, so the
+  // routes answer the hello as one would): rejected at once, over either transport
+  const apps = await open(context, config.tokenBase);
+  const unknownApp = { t: "error", code: 403, reason: "unknown app" };
+  await apps.routeWebSocket(/\/ws$/, (ws) => ws.onMessage(() => { ws.send(JSON.stringify([unknownApp])); ws.close(); }));
+  await apps.route("**/lp/open", (route) => route.fulfill({ status: 403, contentType: "application/json", body: JSON.stringify({ frames: [unknownApp] }) }));
+  for (const transports of [["ws", "lp"], ["lp"]]) {
+    tries["app-" + transports[0]] = await apps.evaluate(async (transports) => {
+      var t0 = Date.now();
+      var c = new O2OBroker({ baseUrl: location.origin, token: "t", app: "nope", transports: transports, storage: null });
+      var errors = 0;
+      c.on("error", function () { errors += 1; });
+      var early = c.join("r");
+      return c.connect().then(() => ({ ok: true }), async (e) => ({
+        code: e.code, ms: Date.now() - t0, state: c.state, errors: errors, join: await early.catch((j) => j.code),
+      }));
+    }, transports);
+  }
   for (const [what, t] of Object.entries(tries)) {
     if (what === "rooms") continue;
+    if (what.startsWith("app-")) {
+      check(t.code === 403 && t.state === "closed" && t.ms < 3000 && t.errors === 1 && t.join === 403, `${what}: ${JSON.stringify(t)}`);
+      continue;
+    }
     check(t.code === 401 && t.state === "closed" && t.ms < 3000 && t.errors === 1 && t.join === 401, `${what}: ${JSON.stringify(t)}`);
   }
   const dead = await open(context, config.deadBase, { script: true });
