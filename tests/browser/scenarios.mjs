@@ -60,7 +60,7 @@ function assertNumbered(log, n, what) {
 const scenarios = {};
 
 /**
- * Calls made before connect() (join, watch, setPresence, 200 sends) wait and
+ * Calls made before connect() (join, watch, setPresence, probe, 200 sends) wait and
  * go out in order; on long-poll the sends are batched into few POSTs and
  * arrive in order; history() settles (rejected while the broker has no archive).
  */
@@ -76,6 +76,7 @@ scenarios.order = async (context) => {
     var joined = c.join("order-room");
     c.watch(["bob-order"]);
     c.setPresence("busy", "queued before the session");
+    c.probe(["nobody-order"]);
     var sends = [];
     for (var i = 1; i <= 200; i++) sends.push(c.send({ to: "bob-order", body: { n: i } }));
     await c.connect();
@@ -91,6 +92,7 @@ scenarios.order = async (context) => {
   await bob.waitForTimeout(200);
   assertNumbered(await bob.evaluate(() => log), 400, "bob");
   await waitFor(alice, () => presence.some((p) => p.user === "bob-order" && p.state === "online"), null, "alice's queued watch");
+  await waitFor(alice, () => presence.some((p) => p.user === "nobody-order" && p.state === "offline"), null, "alice's queued probe");
   const history = await alice.evaluate(() =>
     client.history({ with: "bob-order", limit: 5 }).then(
       (page) => ({ ok: true, count: page.messages.length }),
