@@ -242,11 +242,12 @@ class UserActor(Actor):
     def ack(self, device: Any, seq: int) -> None:
         self.tell(("ack", device, seq))
 
-    def join(self, device: Any, room: str) -> None:
-        self.tell(("join", device, room))
+    def join(self, device: Any, room: str, ref: str | None = None) -> None:
+        """Join ``room``; an error answering it names ``ref`` (the frame's id)."""
+        self.tell(("join", device, room, ref))
 
-    def leave(self, device: Any, room: str) -> None:
-        self.tell(("leave", device, room))
+    def leave(self, device: Any, room: str, ref: str | None = None) -> None:
+        self.tell(("leave", device, room, ref))
 
     def report(self, device: Any, state: str, status: str) -> None:
         self.tell(("presence", device, state, status))
@@ -537,27 +538,30 @@ class UserActor(Actor):
     # -- rooms ------------------------------------------------------------------
 
     def _on_join(self, message: Message) -> Deferred[None] | None:
-        _, device, room = message
+        # answered here, in the order of the user's other joins, not ahead of them
+        _, device, room, ref = message
         if not device.may_join(room):
-            device.send_frame(_error(403, "room not allowed by token", None))
+            device.send_frame(_error(403, "room not allowed by token", ref))
             return None
 
         def joined(count: int) -> None:
             device.send_frame({"t": "joined", "room": room, "members": count})
 
         d = self.backend.join(room, self.user)
-        return d.addCallbacks(joined, self._unavailable, errbackArgs=(device, "join"))
+        return d.addCallbacks(joined, self._unavailable, errbackArgs=(device, "join", ref))
 
     def _on_leave(self, message: Message) -> Deferred[None]:
-        _, device, room = message
+        _, device, room, ref = message
 
         def left(_: int) -> None:
             device.send_frame({"t": "left", "room": room})
 
         d = self.backend.leave(room, self.user)
-        return d.addCallbacks(left, self._unavailable, errbackArgs=(device, "leave"))
+        return d.addCallbacks(left, self._unavailable, errbackArgs=(device, "leave", ref))
 
-    def _unavailable(self, failure: Failure, device: Any, what: str) -> None:
+    def _unavailable(
+        self, failure: Failure, device: Any, what: str, ref: str | None = None
+    ) -> None:
         """A backend call for a device's frame failed: tell the device, which may
         send the frame again; the actor holds nothing of it."""
         self.log.warn(
@@ -566,7 +570,7 @@ class UserActor(Actor):
             user=self.user,
             error=failure.getErrorMessage(),
         )
-        device.send_frame(_error(*UNAVAILABLE, None))
+        device.send_frame(_error(*UNAVAILABLE, ref))
 
     # -- presence (doc/protocol.md section 5; the rules are in presence.py) -------
 

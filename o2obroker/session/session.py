@@ -462,10 +462,10 @@ class Session:
         self.actor.ack(self, frame.seq)
 
     def _on_join(self, frame: Join) -> None:
-        self.actor.join(self, frame.room)
+        self.actor.join(self, frame.room, frame.id)
 
     def _on_leave(self, frame: Leave) -> None:
-        self.actor.leave(self, frame.room)
+        self.actor.leave(self, frame.room, frame.id)
 
     def _on_ping(self, frame: Ping) -> None:
         self.conn.send(PONG)

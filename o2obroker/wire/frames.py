@@ -85,12 +85,19 @@ class Ack:
 
 @dataclass(frozen=True, slots=True)
 class Join:
+    """Join ``room``. ``id`` (optional) comes back as ``ref`` on an error that
+    answers this frame, so a client can tell which of its joins was refused."""
+
     room: str
+    id: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
 class Leave:
+    """Leave ``room``; ``id`` as for :class:`Join`."""
+
     room: str
+    id: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -328,12 +335,19 @@ def _room_of(obj: dict, limits: Limits, kind: str) -> str:
     return room
 
 
+def _optional_id(obj: dict, limits: Limits, kind: str) -> str | None:
+    id_ = obj.get("id")
+    if id_ is not None and (type(id_) is not str or not id_ or not utf8_fits(id_, limits.max_id)):
+        raise _bad(obj, limits, f"{kind}: id must be a string of 1 to {limits.max_id} bytes")
+    return id_
+
+
 def _join(obj: dict, limits: Limits, size: int | None, text: bool) -> Join:
-    return Join(_room_of(obj, limits, "join"))
+    return Join(_room_of(obj, limits, "join"), _optional_id(obj, limits, "join"))
 
 
 def _leave(obj: dict, limits: Limits, size: int | None, text: bool) -> Leave:
-    return Leave(_room_of(obj, limits, "leave"))
+    return Leave(_room_of(obj, limits, "leave"), _optional_id(obj, limits, "leave"))
 
 
 def _ping(obj: dict, limits: Limits, size: int | None, text: bool) -> Ping:

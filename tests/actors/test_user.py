@@ -427,6 +427,13 @@ class FailingBackendCase(ActorCase):
         self.system.user("alice").leave(alice, "r")
         self.wait()
         self.assertEqual(alice.frames, [UNAVAILABLE, UNAVAILABLE])
+        # with the frames' ids, the errors name them
+        self.system.user("alice").join(alice, "r", "j-1")
+        self.system.user("alice").leave(alice, "r", "l-1")
+        self.wait()
+        self.assertEqual(
+            alice.frames[2:], [{**UNAVAILABLE, "ref": "j-1"}, {**UNAVAILABLE, "ref": "l-1"}]
+        )
         self.flaky.heal()
         self.system.user("alice").join(alice, "r")
         self.flush()

@@ -60,7 +60,7 @@ function assertNumbered(log, n, what) {
 const scenarios = {};
 
 /**
- * Calls made before connect() (join, watch, setPresence, 200 sends) wait and
+ * Calls made before connect() (join, watch, setPresence, probe, 200 sends) wait and
  * go out in order; on long-poll the sends are batched into few POSTs and
  * arrive in order; history() settles (rejected while the broker has no archive).
  */
@@ -76,6 +76,7 @@ scenarios.order = async (context) => {
     var joined = c.join("order-room");
     c.watch(["bob-order"]);
     c.setPresence("busy", "queued before the session");
+    c.probe(["nobody-order"]);
     var sends = [];
     for (var i = 1; i <= 200; i++) sends.push(c.send({ to: "bob-order", body: { n: i } }));
     await c.connect();
@@ -91,6 +92,7 @@ scenarios.order = async (context) => {
   await bob.waitForTimeout(200);
   assertNumbered(await bob.evaluate(() => log), 400, "bob");
   await waitFor(alice, () => presence.some((p) => p.user === "bob-order" && p.state === "online"), null, "alice's queued watch");
+  await waitFor(alice, () => presence.some((p) => p.user === "nobody-order" && p.state === "offline"), null, "alice's queued probe");
   const history = await alice.evaluate(() =>
     client.history({ with: "bob-order", limit: 5 }).then(
       (page) => ({ ok: true, count: page.messages.length }),
@@ -120,15 +122,77 @@ scenarios.order = async (context) => {
   return { posts: posts.length, history };
 };
 
+/**
+ * A WebSocket session with a watch and a room drops: the next WebSocket
+ * session watches and joins again, opens, and takes new calls at once.
+ */
+scenarios.restore = async (context) => {
+  const bob = await open(context, config.base);
+  await bob.evaluate(() => make({ user: "bob-restore" }).connect());
+  const alice = await open(context, config.base);
+  await alice.evaluate(async () => {
+    window.joins = [];
+    const c = make({ user: "alice-restore" });
+    c.on("joined", (f) => joins.push(f.room));
+    await c.connect();
+    c.watch(["bob-restore"]);
+    await c.join("restore-room");
+  });
+  await waitFor(alice, () => presence.some((p) => p.user === "bob-restore" && p.state === "online"), null, "alice watches bob");
+  const before = await alice.evaluate(() => [client.transport, client.device]);
+  check(before[0] === "ws", "alice on ws: " + before);
+  // the socket drops as a network would drop it
+  await alice.evaluate(() => { window.states = []; client.on("state", (s) => states.push(s)); client._conn.ws.close(); });
+  await waitFor(alice, () => states.join() === "connecting,open", null, "alice open again", 10000);
+  await waitFor(alice, () => joins.length === 2, null, "the room joined again");
+  // a call on the new session goes out at once, and the watch is live on it
+  const receipt = await alice.evaluate(() => client.send({ to: "bob-restore", body: { n: 1 } }).then((r) => r.status));
+  check(receipt === "delivered", "a send after the reconnect: " + receipt);
+  await bob.evaluate(() => client.setPresence("away", "back soon"));
+  await waitFor(alice, () => presence.some((p) => p.user === "bob-restore" && p.state === "away"), null, "the watch restored");
+  // a join or leave the broker refuses rejects its own promise (the error names its id)
+  const refused = await alice.evaluate(() => {
+    const settled = (p) => Promise.race([
+      p.then(() => "resolved", (e) => e.code),
+      new Promise((resolve) => setTimeout(() => resolve("pending"), 3000)),
+    ]);
+    return Promise.all([settled(client.join("r".repeat(129))), settled(client.leave("")), settled(client.join("restore-room"))]);
+  });
+  check(same(refused, [400, 400, "resolved"]), "refused join and leave: " + JSON.stringify(refused));
+  // a device name of the broker's largest size still makes ids that fit its 64 bytes
+  const long = await alice.evaluate(async () => {
+    const c = new O2OBroker({ baseUrl: location.origin, user: "carol-restore", device: "d".repeat(64), storage: null });
+    await c.connect();
+    const r = await c.send({ to: "bob-restore", body: { n: 2 } });
+    const j = await c.join("restore-room");
+    const h = await c.history({ with: "bob-restore" }).then(() => "page", (e) => e.code);
+    c.close();
+    return [r.status, j.members, h];
+  });
+  check(same(long, ["delivered", 2, 404]), "a 64-byte device: " + JSON.stringify(long));
+  const errors = await alice.evaluate(() => errors);
+  check(errors.length === 0, "no error events: " + JSON.stringify(errors));
+  return { transports: await alice.evaluate(() => transports), joins: await alice.evaluate(() => joins) };
+};
+
 /** A WebSocket stalls: ping, long-poll, then back to WebSocket; 500 messages each way. */
 scenarios.stall = async (context) => {
   const bob = await open(context, config.base);
   await bob.evaluate(() => make({ user: "bob-stall" }).connect());
   const alice = await open(context, config.proxy);
+  const closes = [];
+  alice.on("request", (r) => { if (r.url().includes("/lp/close")) closes.push(r.url()); });
   await alice.evaluate(() =>
     make({ user: "alice-stall", wsRetryMs: 3000, pingTimeoutMs: 1000, connectTimeoutMs: 2000 }).connect());
   const first = await alice.evaluate(() => [client.transport, transports, errors]);
   check(first[0] === "ws", "alice starts on ws: " + JSON.stringify(first));
+  // when each message and each change of transport reached the page
+  await alice.evaluate(() => {
+    window.arrivals = [];
+    window.switches = [];
+    client.on("message", () => arrivals.push(Date.now()));
+    client.on("transport", (t) => switches.push([t, Date.now()]));
+  });
   const fromAlice = alice.evaluate(() => numbered("bob-stall", 500, 30));
   const fromBob = bob.evaluate(() => numbered("alice-stall", 500, 30));
   await alice.waitForTimeout(1000);
@@ -147,7 +211,17 @@ scenarios.stall = async (context) => {
   assertNumbered(await alice.evaluate(() => log), 500, "alice");
   const errors = await alice.evaluate(() => errors);
   check(errors.length === 0, "no error events on alice: " + JSON.stringify(errors));
-  return { detectedMs: detected, transports: await alice.evaluate(() => transports) };
+  // the long-poll session ended when the WebSocket's hello took it over: nothing to close after that
+  check(closes.length === 0, "no /lp/close on the upgrade: " + closes);
+  // no pause in delivery around the upgrade: the longest wait between two messages
+  // from a second before the WebSocket took over until two seconds after
+  const upgrade = await alice.evaluate(() => {
+    const at = switches[switches.length - 1][1];
+    const near = arrivals.filter((t) => t >= at - 1000 && t <= at + 2000);
+    const gaps = near.slice(1).map((t, i) => t - near[i]);
+    return { count: near.length, gapMs: Math.max(0, ...gaps), sending: arrivals[arrivals.length - 1] - at };
+  });
+  return { detectedMs: detected, transports: await alice.evaluate(() => transports), upgrade };
 };
 
 /** Reloads under traffic resume as the same device: nothing lost, nothing twice. */
@@ -223,31 +297,88 @@ scenarios.refuse = async (context) => {
       none: await attempt({ transports: ["lp"] }),
     };
   });
+  // a token that allows room "a" only: each refused join rejects its own promise, before and after the welcome
+  tries.rooms = await page.evaluate(async (token) => {
+    var c = new O2OBroker({ baseUrl: location.origin, token: token, storage: null });
+    var errors = 0;
+    c.on("error", function () { errors += 1; });
+    var settle = (p) => p.then((j) => j.members, (e) => e.code);
+    var early = [c.join("b"), c.join("a"), c.join("c")].map(settle);
+    await c.connect();
+    var late = [c.join("d"), c.join("a")].map(settle);
+    var got = await Promise.all(early.concat(late));
+    c.close();
+    return { got: got, errors: errors };
+  }, config.roomsToken);
+  check(same(tries.rooms, { got: [403, 1, 403, 403, 1], errors: 0 }), "rooms: " + JSON.stringify(tries.rooms));
+  // an unknown app (403, protocol.md section 3; this broker has no app registry, so the
+  // routes answer the hello as one would): rejected at once, over either transport
+  const apps = await open(context, config.tokenBase);
+  const unknownApp = { t: "error", code: 403, reason: "unknown app" };
+  await apps.routeWebSocket(/\/ws$/, (ws) => ws.onMessage(() => { ws.send(JSON.stringify([unknownApp])); ws.close(); }));
+  await apps.route("**/lp/open", (route) => route.fulfill({ status: 403, contentType: "application/json", body: JSON.stringify({ frames: [unknownApp] }) }));
+  for (const transports of [["ws", "lp"], ["lp"]]) {
+    tries["app-" + transports[0]] = await apps.evaluate(async (transports) => {
+      var t0 = Date.now();
+      var c = new O2OBroker({ baseUrl: location.origin, token: "t", app: "nope", transports: transports, storage: null });
+      var errors = 0;
+      c.on("error", function () { errors += 1; });
+      var early = c.join("r");
+      return c.connect().then(() => ({ ok: true }), async (e) => ({
+        code: e.code, ms: Date.now() - t0, state: c.state, errors: errors, join: await early.catch((j) => j.code),
+      }));
+    }, transports);
+  }
   for (const [what, t] of Object.entries(tries)) {
+    if (what === "rooms") continue;
+    if (what.startsWith("app-")) {
+      check(t.code === 403 && t.state === "closed" && t.ms < 3000 && t.errors === 1 && t.join === 403, `${what}: ${JSON.stringify(t)}`);
+      continue;
+    }
     check(t.code === 401 && t.state === "closed" && t.ms < 3000 && t.errors === 1 && t.join === 401, `${what}: ${JSON.stringify(t)}`);
   }
   const dead = await open(context, config.deadBase, { script: true });
-  const attempts = [];
-  dead.on("request", (r) => { if (r.url().includes("/getFreeHostAddress")) attempts.push(Date.now()); });
+  // every request of the client, timed in the page itself: when it starts and when it fails
   tries.unreachable = await dead.evaluate(async () => {
+    var calls = [];
+    var realFetch = window.fetch;
+    window.fetch = function (url, init) {
+      var call = { url: String(url), at: Date.now(), done: 0 };
+      calls.push(call);
+      var p = realFetch.call(window, url, init);
+      var done = function () { call.done = Date.now(); };
+      p.then(done, done); // runs before the client's own handlers
+      return p;
+    };
     var t0 = Date.now();
     var c = new O2OBroker({ baseUrl: location.origin, storage: null, welcomeTimeoutMs: 3000 });
+    var located = 0;
+    c.on("located", function () { located += 1; });
+    var result;
     try {
       await c.connect();
-      return { ok: true };
+      result = { ok: true };
     } catch (e) {
-      return { code: e.code, ms: Date.now() - t0, state: c.state };
+      result = { code: e.code, ms: Date.now() - t0, state: c.state };
     }
+    var tried = calls.length;
+    await new Promise(function (resolve) { setTimeout(resolve, 1500); });
+    // an attempt starts at /getFreeHostAddress; the wait before it runs from the failure before it
+    var waits = [];
+    calls.forEach(function (call, i) {
+      if (i > 0 && call.url.indexOf("/getFreeHostAddress") >= 0) waits.push(call.at - calls[i - 1].done);
+    });
+    result.attempts = waits.length + 1;
+    result.located = located;
+    result.waits = waits;
+    result.after = calls.length - tried;
+    return result;
   });
   const u = tries.unreachable;
   check(u.code === 408 && u.ms >= 2900 && u.ms < 5000 && u.state === "closed", "unreachable: " + JSON.stringify(u));
   // retries back off (0.5-1 x 500 ms, x 1000 ms, x 2000 ms ...), and stop with the rejection
-  const tried = attempts.length;
-  await dead.waitForTimeout(1500);
-  const gaps = attempts.slice(1).map((t, i) => t - attempts[i]);
-  u.gaps = gaps;
-  check(tried >= 3 && tried <= 5 && attempts.length === tried, "attempts: " + JSON.stringify(gaps));
-  check(gaps[gaps.length - 1] > gaps[0] && gaps[0] >= 200, "backoff: " + JSON.stringify(gaps));
+  check(u.attempts >= 3 && u.attempts <= 4 && u.located === u.attempts && u.after === 0, "attempts: " + JSON.stringify(u));
+  check(u.waits.every((w, i) => w >= 250 * 2 ** i && w <= 500 * 2 ** i + 250), "backoff: " + JSON.stringify(u));
   return tries;
 };
 

@@ -19,6 +19,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+import jwt
 from twisted.internet import reactor
 from twisted.internet.endpoints import TCP4ClientEndpoint, connectProtocol
 from twisted.internet.protocol import ServerFactory
@@ -218,6 +219,11 @@ class ClientLibraryTests(BrowserTestCase):
         # 400 sends in order (checked in the page) went out in a handful of POSTs, not one each
         self.assertLess(result["posts"], 40, result)
 
+    async def test_a_dropped_websocket_session_restores_watches_and_rooms(self) -> None:
+        result = await self.scenario("restore")
+        # one session after another on WebSocket, the room joined on each
+        self.assertEqual(result, {"transports": ["ws"], "joins": ["restore-room"] * 3})
+
     async def test_history_pages_and_no_archive(self) -> None:
         result = await self.scenario("history")
         self.assertEqual(result, {"asked": 4, "shown": ["first", "second"]})
@@ -248,6 +254,11 @@ class ClientLibraryTests(BrowserTestCase):
         self.assertEqual(result["transports"], ["ws", "lp", "ws"])
         # hb (5 s) plus the margin (1 s) and the ping timeout (1 s): before the broker's 2 x hb
         self.assertLess(result["detectedMs"], 10_000, result)
+        # messages kept coming through the upgrade (bob was still sending), without a pause
+        # like the 5 s of a take-over that ends the long-poll session first
+        upgrade = result["upgrade"]
+        self.assertTrue(upgrade["count"] >= 30 and upgrade["sending"] > 2000, result)
+        self.assertLess(upgrade["gapMs"], 2000, result)
 
     async def test_reloads_resume_the_same_device_and_closed_tabs_go_offline(self) -> None:
         result = await self.scenario("reload")
@@ -256,12 +267,17 @@ class ClientLibraryTests(BrowserTestCase):
         self.assertLess(result["ws"]["offlineMs"], 3000, result)
 
     async def test_connect_rejects_on_a_bad_token_and_an_unreachable_broker(self) -> None:
-        secured = _Broker(self, Config(secret="s3cret-for-the-browser-test"))
+        secret = "s3cret-for-the-browser-test"
+        secured = _Broker(self, Config(secret=secret))
+        rooms = jwt.encode({"sub": "alice-rooms", "rooms": ["a"]}, secret, algorithm="HS256")
         dead = reactor.listenTCP(0, ServerFactory(), interface="127.0.0.1")
         dead_port = dead.getHost().port
         await dead.stopListening()
         result = await self.scenario(
-            "refuse", tokenBase=secured.base, deadBase=f"http://127.0.0.1:{dead_port}"
+            "refuse",
+            tokenBase=secured.base,
+            deadBase=f"http://127.0.0.1:{dead_port}",
+            roomsToken=rooms,
         )
         self.assertEqual(result["unreachable"]["code"], 408)
 

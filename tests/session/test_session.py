@@ -404,6 +404,22 @@ class RoomTests(SynchronousTestCase):
         self.assertEqual(frames[1]["t"], "joined")
         self.assertEqual(frames[2]["code"], 403)
 
+    def test_a_refused_join_names_its_id(self) -> None:
+        # which of several joins was refused, without guessing by order
+        alice = self.h.login("alice", claims={"rooms": ["a"]})
+        alice.write({"t": "join", "room": "b", "id": "j-1"})
+        alice.write({"t": "join", "room": "a", "id": "j-2"})
+        alice.write({"t": "join", "room": "c"})
+        frames = alice.read()[1:]
+        self.assertEqual(
+            frames,
+            [
+                {"t": "error", "code": 403, "reason": "room not allowed by token", "ref": "j-1"},
+                {"t": "joined", "room": "a", "members": 1},
+                {"t": "error", "code": 403, "reason": "room not allowed by token"},
+            ],
+        )
+
     def test_leave(self) -> None:
         alice = self.h.login("alice")
         alice.write({"t": "join", "room": "r"})

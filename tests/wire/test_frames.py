@@ -281,6 +281,21 @@ class SmallFrameTests(FrameTestCase):
                 self.assertBad({"t": t, "room": room})
             self.assertBad({"t": t})
 
+    def test_join_and_leave_ids(self) -> None:
+        # an id, when given, is what an error answering the frame names as ref
+        self.assertEqual(
+            parse_frame({"t": "join", "room": "r", "id": "j-1"}, LIMITS), Join("r", "j-1")
+        )
+        self.assertEqual(parse_frame({"t": "leave", "room": "r", "id": None}, LIMITS), Leave("r"))
+        for t in ("join", "leave"):
+            self.assertEqual(
+                parse_frame({"t": t, "room": "r", "id": "i" * 64}, LIMITS).id, "i" * 64
+            )
+            for id_ in ("", "i" * 65, 7, ["j"]):
+                self.assertBad({"t": t, "room": "r", "id": id_})
+            # a bad room names the frame's id
+            self.assertEqual(self.assertBad({"t": t, "room": "", "id": "j-2"}).ref, "j-2")
+
     def test_ping_pong_bye(self) -> None:
         self.assertEqual(parse_frame({"t": "ping"}, LIMITS), Ping())
         self.assertEqual(parse_frame({"t": "pong"}, LIMITS), Pong())

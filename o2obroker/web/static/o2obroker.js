@@ -756,9 +756,7 @@
       this._settleSend(f.ref, null, f);
       answered = true;
     } else if (f.ref !== undefined) {
-      answered = this._answer("history", f.ref, null, f);
-    } else if (f.code === 403) {
-      answered = this._answer("joined", undefined, null, f); // a join the token does not allow
+      answered = this._rejectRequest(f.ref, f); // a join, leave or history names its id
     }
     if (f.code === 401 || f.code === 409) {
       this._fail(errorOf(f)); // token expired, or this device connected elsewhere
@@ -791,7 +789,8 @@
       var limit = this._maxBody || 524288;
       chunks(frames, limit).forEach(function (text) { conn.ws.send(text); });
       // a WebSocket keeps order and loses nothing while it lives: the broker has them
-      if (entries) entries.forEach(function (e) { if (!e.send) this._taken(e); }, this);
+      // (frames of the session itself, a restored watch or join, have no entry)
+      if (entries) entries.forEach(function (e) { if (e && !e.send) this._taken(e); }, this);
       return true;
     }
     if (!conn.sid) return false;
@@ -864,10 +863,30 @@
     return false;
   };
 
+  /** Reject the request whose frame had this id (an error's ref); false if none waits. */
+  P._rejectRequest = function (ref, error) {
+    for (var i = 0; i < this._waiting.length; i++) {
+      if (this._waiting[i].id === ref) {
+        this._waiting.splice(i, 1)[0].reject(errorOf(error));
+        return true;
+      }
+    }
+    return false;
+  };
+
+  /** A frame's id: unique among this user's devices, within the broker's 64 bytes. */
+  P._newId = function (kind) {
+    if (this._idPrefix === undefined) {
+      var bytes = typeof root.TextEncoder === "function" ? new root.TextEncoder().encode(this.device).length : this.device.length * 3;
+      this._idPrefix = bytes <= 32 ? this.device : randomHex(8); // a long device name would not fit
+    }
+    return kind + this._idPrefix + "-" + Date.now().toString(36) + "-" + (++this._ids);
+  };
+
   P._request = function (type, key, frame) {
     var self = this;
     return new Promise(function (resolve, reject) {
-      self._waiting.push({ type: type, key: key, resolve: resolve, reject: reject });
+      self._waiting.push({ type: type, key: key, id: frame.id, resolve: resolve, reject: reject });
       self._call(frame, false);
     });
   };
@@ -879,7 +898,7 @@
    * with the same id (so never twice), once a session is open.
    */
   P.send = function (message) {
-    var id = message.id || this.device + "-" + Date.now().toString(36) + "-" + (++this._ids);
+    var id = message.id || this._newId("");
     var frame = { t: "send", id: id, body: message.body === undefined ? null : message.body };
     if (message.room) frame.room = message.room;
     else frame.to = message.to;
@@ -893,9 +912,9 @@
   };
 
   /** Join a room; resolves with the joined frame ({members: N}). Rooms are joined again after a reconnect. */
-  P.join = function (room) { return this._request("joined", room, { t: "join", room: room }); };
+  P.join = function (room) { return this._request("joined", room, { t: "join", room: room, id: this._newId("j-") }); };
   /** Leave a room; resolves with the left frame. */
-  P.leave = function (room) { return this._request("left", room, { t: "leave", room: room }); };
+  P.leave = function (room) { return this._request("left", room, { t: "leave", room: room, id: this._newId("l-") }); };
   /** Get presence frames for these users now and on every change (kept across reconnects). */
   P.watch = function (users) { this._call({ t: "watch", users: users.slice() }, false); };
   P.unwatch = function (users) { this._call({ t: "unwatch", users: users.slice() }, false); };
@@ -914,7 +933,7 @@
    * broker keeps none, 403 for a room this user is not in.
    */
   P.history = function (query) {
-    var id = "h-" + this.device + "-" + (++this._ids);
+    var id = this._newId("h-");
     var frame = { t: "history", id: id };
     if (query.room) frame.room = query.room;
     else frame["with"] = query["with"];
