@@ -1,15 +1,33 @@
 """Store a batch of messages and deliver it: to local actors, or (in a cluster) other nodes."""
 
+from o2obroker.routing.apps import AppRegistry
+from o2obroker.routing.directory import (
+    INodeDirectory,
+    LocalDirectory,
+    NodeInfo,
+    StaticDirectory,
+    least_loaded,
+    pick,
+    rank,
+)
 from o2obroker.routing.messages import Delivery, Outgoing, Settlement
 from o2obroker.routing.router import IMailbox, IPublisher, LocalPublisher, Policy, Router
 
 __all__ = [
+    "AppRegistry",
     "Delivery",
     "IMailbox",
+    "INodeDirectory",
     "IPublisher",
+    "LocalDirectory",
     "LocalPublisher",
+    "NodeInfo",
     "Outgoing",
     "Policy",
     "Router",
     "Settlement",
+    "StaticDirectory",
+    "least_loaded",
+    "pick",
+    "rank",
 ]

@@ -337,6 +337,11 @@ class Session:
         except ProtocolError as e:
             self.fail(ProtocolError(e.code if e.code == 401 else 400, e.reason, fatal=True))
             return
+        apps = gw.apps
+        if apps and not apps.admits(identity.app or hello.app or self.conn.url_app):
+            # the token's claim wins, then the hello's, then the URL's (section 3)
+            self.fail(ProtocolError(403, "unknown app", fatal=True))
+            return
         refusal = gw.refusal()
         if refusal is not None:
             self.fail(refusal)
