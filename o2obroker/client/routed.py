@@ -205,8 +205,11 @@ class RoutedClient:
                     targets = iter([redirect])
                 continue
             failures = 0
+            # watched before anyone waiting for the connection hears of it, so that
+            # whoever learns of its end first finds ``connected`` cleared
+            watch = _watch(client.closed)  # a stop cancels the watch, not the client's Deferred
             self._attached(client)
-            await _watch(client.closed)  # a stop cancels the watch, not the client's Deferred
+            await watch
             self.connected = None
             if not self._running:
                 return

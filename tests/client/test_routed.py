@@ -22,6 +22,7 @@ from o2obroker.config import AppSettings, Config
 from o2obroker.routing import NodeInfo, StaticDirectory
 from o2obroker.service.node import Node
 from o2obroker.service.site import build_site
+from o2obroker.transports.tcp import BinaryFactory
 from tests.service.test_logs import TWISTD, _Collect
 
 
@@ -125,3 +126,42 @@ class FailoverTests(TestCase):
 
 def _turn() -> Deferred[None]:
     return deferLater(reactor, 0.01, lambda: None)
+
+
+class RedirectTests(TestCase):
+    timeout = 30
+
+    async def node(self, node_id: str) -> tuple[Node, str]:
+        node = Node(Config(auth="none", node=node_id), reactor)
+        node.start()
+        self.addCleanup(node.stop)
+        port = await TCP4ServerEndpoint(reactor, 0, interface="127.0.0.1").listen(
+            BinaryFactory(node.gateway)
+        )
+        self.addCleanup(port.stopListening)
+        return node, f"127.0.0.1:{port.getHost().port}"
+
+    async def test_a_draining_node_sends_the_device_where_its_503_says(self) -> None:
+        c, c_address = await self.node("c")
+        d, d_address = await self.node("d")
+        c.directory = StaticDirectory([NodeInfo("c", addresses={"tcp": c_address})])
+        site = await TCP4ServerEndpoint(reactor, 0, interface="127.0.0.1").listen(
+            build_site(c, reactor)
+        )
+        self.addCleanup(site.stopListening)
+        client = RoutedClient(
+            reactor,
+            [f"http://127.0.0.1:{site.getHost().port}"],
+            key="k",
+            hello={"user": "alice", "device": "phone"},
+        )
+        self.addCleanup(client.stop)
+        first = await client.start()
+        self.assertEqual(client.node, "c")
+        c.supervisor.peers = lambda: [{"node": "d", "tcp": d_address}]
+        c.supervisor.drain()
+        await first.closed
+        self.assertEqual(first.lost.code, 503)
+        await client.wait_connected()
+        self.assertEqual((client.node, client.moves), ("d", 1))
+        self.assertEqual(d.gateway.connections["tcp"], 1)
