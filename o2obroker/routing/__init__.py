@@ -1,10 +1,12 @@
-"""Store a batch of messages and deliver it: to local actors, or (in a cluster) other nodes."""
+"""Store a batch of messages and deliver it: to local actors, or (in a cluster) other nodes;
+and tell clients which node to connect to (the node directory, the app registry)."""
 
 from o2obroker.routing.apps import AppRegistry
 from o2obroker.routing.directory import (
     INodeDirectory,
     LocalDirectory,
     NodeInfo,
+    RegistryDirectory,
     StaticDirectory,
     least_loaded,
     pick,
@@ -24,6 +26,7 @@ __all__ = [
     "NodeInfo",
     "Outgoing",
     "Policy",
+    "RegistryDirectory",
     "Router",
     "Settlement",
     "StaticDirectory",

@@ -17,6 +17,7 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 from twisted.internet.defer import Deferred, succeed
+from twisted.logger import Logger
 from zope.interface import Interface, implementer
 
 TRANSPORTS = ("ws", "tcp", "lp")
@@ -124,6 +125,33 @@ class LocalDirectory:
     def nodes(self) -> Deferred[list[NodeInfo]]:
         record = {"id": self.node_id, "cluster": self.cluster, **self._figures()}
         return succeed([NodeInfo.from_record(record)])
+
+
+@implementer(INodeDirectory)
+class RegistryDirectory:
+    """The nodes of a node registry: ``records`` fires with its live records
+    (dicts in the shape of ``GET /api/v1/nodes``), read by ``NodeInfo.from_record``.
+
+    A record that cannot be read is left out (and logged), so that one bad
+    node never hides the others.
+    """
+
+    log = Logger()
+
+    def __init__(self, records: Callable[[], Deferred[list[Mapping[str, Any]]]]) -> None:
+        self._records = records
+
+    def nodes(self) -> Deferred[list[NodeInfo]]:
+        return self._records().addCallback(self._read)
+
+    def _read(self, records: list[Mapping[str, Any]]) -> list[NodeInfo]:
+        nodes = []
+        for record in records:
+            try:
+                nodes.append(NodeInfo.from_record(record))
+            except (KeyError, TypeError, ValueError) as e:
+                self.log.warn("node record left out: {error!r}", error=e)
+        return nodes
 
 
 def _score(key: bytes, node_id: str) -> bytes:

@@ -21,7 +21,6 @@ from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET
 
 from o2obroker.actors.history import read_history
-from o2obroker.actors.supervisor import occupancy_of
 from o2obroker.routing import NodeInfo, least_loaded, pick
 from o2obroker.transports.common import finish, json_answer, json_body
 from o2obroker.wire import ProtocolError, decode_json, parse_frame, valid_room, valid_user
@@ -263,23 +262,26 @@ def node_info(node: Any, request: Any, clock: IReactorTime) -> dict[str, Any]:
     """This node's record: who it is, where, how loaded, whether it takes clients.
 
     ``cpu``, ``rss_bytes`` and ``memory_percent`` come from the supervisor's
-    last sample (None before the first); the connection counts and the
-    occupancy P computed from them are the gateway's, as of now.
+    last sample (None before the first); the connection counts, the
+    occupancy P computed from them, and whether the node is healthy and
+    full (what routing reads: ``Node.figures``) are as of now.
     """
     supervisor = _supervisor(node)
     sample = getattr(supervisor, "last", None)
-    connections = dict(node.gateway.connections)
+    figures = node.figures()
     return {
         "id": node.config.node,
-        "cluster": getattr(node.config, "cluster", None) or "default",
+        "cluster": node.config.cluster,
         "addresses": addresses(node, request),
-        "connections": connections,
+        "connections": figures["connections"],
         "cpu": None if sample is None else sample.cpu,  # this process, % of one core
         "rss_bytes": None if sample is None else sample.rss,  # this process's resident memory
         "memory_percent": None if sample is None else sample.memory,  # the machine's, in use
-        "occupancy": occupancy_of(connections),
-        "advice": getattr(supervisor, "transport", "ws"),
-        "draining": not node.gateway.accepting,
+        "occupancy": figures["occupancy"],
+        "advice": figures["advice"],
+        "draining": figures["draining"],
+        "healthy": figures["healthy"],
+        "full": figures["full"],
         "last_heartbeat": clock.seconds(),
     }
 

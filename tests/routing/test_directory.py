@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections import Counter
 from typing import Any
 
+from twisted.internet.defer import fail, succeed
 from twisted.trial.unittest import SynchronousTestCase
 from zope.interface.verify import verifyObject
 
@@ -13,6 +14,7 @@ from o2obroker.routing import (
     INodeDirectory,
     LocalDirectory,
     NodeInfo,
+    RegistryDirectory,
     StaticDirectory,
     least_loaded,
     pick,
@@ -174,6 +176,21 @@ class DirectoryTests(SynchronousTestCase):
         figures["draining"] = True
         [node] = self.successResultOf(directory.nodes())
         self.assertFalse(node.takes_clients)
+
+    def test_a_registry_directory_reads_records_and_skips_bad_ones(self) -> None:
+        records = [
+            {"id": "a", "cluster": "c1", "connections": {"ws": 2}},
+            {"cluster": "c1"},  # no id
+            {"id": "b", "connections": "many"},
+        ]
+        directory = RegistryDirectory(lambda: succeed(records))
+        verifyObject(INodeDirectory, directory)
+        [node] = self.successResultOf(directory.nodes())
+        self.assertEqual((node.id, node.cluster, node.connections), ("a", "c1", 2))
+
+    def test_a_registry_that_fails_fails_the_look_up(self) -> None:
+        directory = RegistryDirectory(lambda: fail(OSError("registry down")))
+        self.failureResultOf(directory.nodes(), OSError)
 
     def test_a_registry_record_is_read(self) -> None:
         record = {

@@ -142,6 +142,9 @@ class LocalDirectoryTests(SynchronousTestCase):
         self.assertEqual(h.call("GET", "/api/v1/route?key=k").json()[0], 503)
         code, answer = h.call("GET", "/getFreeHostAddress?room=r").json()
         self.assertEqual((code, answer["node"]), (200, "n1"))
+        # the registry record says so too
+        [record] = h.call("GET", "/api/v1/nodes").json()[1]["nodes"]
+        self.assertEqual((record["healthy"], record["full"]), (False, False))
 
     def test_past_a_hard_limit_the_node_takes_no_client(self) -> None:
         h = WebHarness(secret=SECRET, hard_connections=1)
