@@ -131,7 +131,7 @@ class LocalDirectoryTests(SynchronousTestCase):
     """A node alone is its own directory: its alert state and limits are its health."""
 
     def test_over_an_alert_threshold_no_key_routes_here_yet_clients_may_come(self) -> None:
-        h = WebHarness(secret=SECRET, alert_connections=2)
+        h = WebHarness(secret=SECRET, api_key="k", alert_connections=2)
         h.node.supervisor.sampler = FakeSampler()
         for user in ("a", "b", "c"):
             h.ws_login(user).read()
@@ -143,7 +143,9 @@ class LocalDirectoryTests(SynchronousTestCase):
         code, answer = h.call("GET", "/getFreeHostAddress?room=r").json()
         self.assertEqual((code, answer["node"]), (200, "n1"))
         # the registry record says so too
-        [record] = h.call("GET", "/api/v1/nodes").json()[1]["nodes"]
+        [record] = h.call("GET", "/api/v1/nodes", headers={"Authorization": "Bearer k"}).json()[1][
+            "nodes"
+        ]
         self.assertEqual((record["healthy"], record["full"]), (False, False))
 
     def test_past_a_hard_limit_the_node_takes_no_client(self) -> None:
