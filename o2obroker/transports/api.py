@@ -2,8 +2,9 @@
 
 Every answer is JSON (``/metrics`` is Prometheus text). ``/api/v1/...`` needs
 ``Authorization: Bearer <api key>``; health, metrics, the free-host and the
-route look-ups are public. A publish goes through the sending user's actor exactly like a
-client's ``send``: the same id dedupe, routing, inbox and receipt.
+route look-ups are public. A publish goes through the sending user's actor
+exactly like a client's ``send``: the same id dedupe, routing, inbox and
+receipt.
 """
 
 from __future__ import annotations

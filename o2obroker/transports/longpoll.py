@@ -508,9 +508,6 @@ class _Send(_Child):
         session.touch()
         conn.last_seen = lp.clock.seconds()
         answer = _SendAnswer(request)
-        app = request.args.get(b"app")
-        if app:
-            conn.url_app = app[0].decode("utf-8", "replace")
         conn._collect = errors = []
         try:
             for frame in frames:
