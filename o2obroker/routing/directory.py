@@ -12,6 +12,7 @@ node for that key as standby, and the fewest connections.
 from __future__ import annotations
 
 import hashlib
+import heapq
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any
@@ -180,10 +181,16 @@ def pick(
     key's node is not, its standby is the key's node. None when the cluster
     has no routable node.
     """
-    ranked = rank(key, (n for n in nodes if n.cluster == cluster and n.routable))
-    if not ranked:
+    k = key.encode("utf-8", "surrogatepass")
+    # the two strongest claims only: no sort of the whole cluster per look-up
+    top = heapq.nlargest(
+        2,
+        (n for n in nodes if n.cluster == cluster and n.routable),
+        key=lambda n: _score(k, n.id),
+    )
+    if not top:
         return None
-    return ranked[0], ranked[1] if len(ranked) > 1 else None
+    return top[0], top[1] if len(top) > 1 else None
 
 
 def least_loaded(nodes: Iterable[NodeInfo], room: str | None = None) -> NodeInfo | None:
