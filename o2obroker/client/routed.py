@@ -32,6 +32,9 @@ from o2obroker.client.binary import BinaryClient, ClientClosed, ClientError
 # the broker's answers that another node would only repeat
 FINAL_CODES = (400, 401, 403, 409)
 LOOKUP_TIMEOUT = 10.0
+#: refused hellos in a row whose redirect is followed at once; past it, a look-up after a pause
+#: (two draining nodes naming each other must not make a loop)
+MAX_REDIRECTS = 3
 #: seconds before look-up number n after failures: 0.2 doubling to 10, with jitter
 RETRY = backoffPolicy(initialDelay=0.2, maxDelay=10.0)
 
@@ -180,11 +183,14 @@ class RoutedClient:
             d.errback(failure)
 
     async def _run(self) -> None:
+        # attempts in a row without a welcome: they space out the look-ups
         failures = 0
         targets: Iterator[str] = iter(())
         while self._running:
             address = next(targets, None)
             if address is None:
+                if failures:
+                    await deferLater(self.reactor, self.retry(failures), lambda: None)
                 try:
                     targets = iter(await self.lookup())
                 except LookupFailed as e:
@@ -192,16 +198,15 @@ class RoutedClient:
                         raise
                     self.log.info("look-up failed: {why}", why=str(e))
                     failures += 1
-                    await deferLater(self.reactor, self.retry(failures), lambda: None)
                 continue
             try:
                 client = await self._connect(address)
             except (ConnectError, ClientClosed, ClientError) as e:
-                code = getattr(e, "code", None)
-                if code in FINAL_CODES:
+                if getattr(e, "code", None) in FINAL_CODES:
                     raise
+                failures += 1
                 redirect = _redirect(e)
-                if redirect is not None:
+                if redirect is not None and failures <= MAX_REDIRECTS:
                     targets = iter([redirect])
                 continue
             failures = 0

@@ -12,6 +12,7 @@ from treq.client import HTTPClient
 from twisted.internet import reactor
 from twisted.internet.defer import Deferred
 from twisted.internet.endpoints import TCP4ServerEndpoint
+from twisted.internet.protocol import Factory
 from twisted.internet.task import deferLater
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 from twisted.web.client import Agent, HTTPConnectionPool
@@ -165,3 +166,29 @@ class RedirectTests(TestCase):
         await client.wait_connected()
         self.assertEqual((client.node, client.moves), ("d", 1))
         self.assertEqual(d.gateway.connections["tcp"], 1)
+
+
+class BackoffTests(TestCase):
+    timeout = 30
+
+    async def test_nodes_that_refuse_connections_space_out_the_look_ups(self) -> None:
+        dead = await TCP4ServerEndpoint(reactor, 0, interface="127.0.0.1").listen(Factory())
+        address = f"127.0.0.1:{dead.getHost().port}"
+        await dead.stopListening()
+        delays: list[int] = []
+        looked = 0
+
+        async def lookup() -> list[str]:
+            nonlocal looked
+            looked += 1
+            return [address, address]  # the node and its standby, both gone
+
+        client = RoutedClient(reactor, [], key="k", retry=lambda n: delays.append(n) or 0.05)
+        client.lookup = lookup  # type: ignore[method-assign]
+        self.addCleanup(client.stop)
+        client.start().addErrback(lambda f: None)
+        while len(delays) < 3:
+            await _turn()
+        # after each look-up whose two addresses failed: a pause, longer each time
+        self.assertEqual(delays[:3], [2, 4, 6])
+        self.assertLessEqual(looked, 4)
