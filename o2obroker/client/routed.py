@@ -94,6 +94,10 @@ class RoutedClient:
         self._running = False
         self._loop: Deferred[None] | None = None
         self._up: list[Deferred[BinaryClient]] = []
+        #: rooms joined again on every new connection
+        self.rooms: set[str] = set()
+        #: fails with the reason once the client gives up (a 401, 403, 409...)
+        self.ended: Deferred[None] = Deferred()
         self._http = Agent(reactor, pool=HTTPConnectionPool(reactor, persistent=False))
 
     # -- where to go ---------------------------------------------------------
@@ -177,10 +181,21 @@ class RoutedClient:
         if failure.check(CancelledError):
             return
         self._running = False
-        self.log.failure("routed client gave up", failure)
+        self.log.info("routed client gave up: {why}", why=failure.getErrorMessage())
+        self.ended.errback(failure)
         waiting, self._up = self._up, []
         for d in waiting:
             d.errback(failure)
+
+    async def join(self, room: str) -> dict[str, Any]:
+        """Join ``room`` now and on every connection to come; the ``joined`` frame."""
+        self.rooms.add(room)
+        while True:
+            client = await self.wait_connected()
+            try:
+                return await client.join(room)
+            except ClientClosed:
+                continue
 
     async def _run(self) -> None:
         # attempts in a row without a welcome: they space out the look-ups
@@ -213,6 +228,8 @@ class RoutedClient:
             # watched before anyone waiting for the connection hears of it, so that
             # whoever learns of its end first finds ``connected`` cleared
             watch = _watch(client.closed)  # a stop cancels the watch, not the client's Deferred
+            for room in sorted(self.rooms):
+                client.write_frame({"t": "join", "room": room})
             self._attached(client)
             await watch
             self.connected = None

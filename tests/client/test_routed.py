@@ -3,6 +3,7 @@ standby when that node is killed."""
 
 from __future__ import annotations
 
+import json
 import os
 import sys
 from typing import Any
@@ -14,6 +15,7 @@ from twisted.internet.defer import Deferred
 from twisted.internet.endpoints import TCP4ServerEndpoint
 from twisted.internet.protocol import Factory
 from twisted.internet.task import deferLater
+from twisted.internet.utils import getProcessOutputAndValue
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 from twisted.web.client import Agent, HTTPConnectionPool
 
@@ -117,12 +119,40 @@ class FailoverTests(TestCase):
             await _turn()
         self.assertEqual([m["body"] for m in got], [{"n": 1}, {"n": 2}])
 
+    async def test_the_command_line_sends_through_the_route(self) -> None:
+        answer = await self.route("store-7")
+        route = ["-m", "o2obroker.client", "--route", self.lookup]
+        send = ["send", "--to", "alice", '{"n": 7}']
+        out, err, code = await getProcessOutputAndValue(
+            sys.executable,
+            [*route, "--app", "shop", "--key", "store-7", "--user", "carol", *send],
+            env=dict(os.environ),
+        )
+        self.assertEqual(code, 0, err)
+        self.assertEqual(json.loads(out)["status"], "stored")
+        # stored on the node the route named: alice finds it there
+        alice = await connect(reactor, tcp_endpoint(answer["node"]["tcp"]), user="alice")
+        msg = await alice.next_message()
+        self.assertEqual((msg["from"], msg["body"]), ("carol", {"n": 7}))
+        await alice.bye()
+
+    async def test_the_command_line_says_unknown_app_in_one_line(self) -> None:
+        route = ["-m", "o2obroker.client", "--route", self.lookup]
+        _, err, code = await getProcessOutputAndValue(
+            sys.executable,
+            [*route, "--app", "nope", "--key", "k", "--user", "carol", "listen"],
+            env=dict(os.environ),
+        )
+        self.assertEqual(code, 1)
+        self.assertEqual(err.decode().strip().count("\n"), 0, err)
+        self.assertIn("unknown app", err.decode())
+
     async def test_an_unknown_app_ends_the_client(self) -> None:
         client = RoutedClient(reactor, [self.lookup], app="nope", key="k", hello={"user": "x"})
         with self.assertRaises(LookupFailed) as e:
             await client.start()
         self.assertTrue(e.exception.final)
-        self.flushLoggedErrors(LookupFailed)
+        self.failureResultOf(client.ended, LookupFailed)
 
 
 def _turn() -> Deferred[None]:
