@@ -368,6 +368,7 @@ class Session:
             identity = Identity(
                 answer.user or identity.user,
                 answer.rooms if answer.rooms is not None else identity.rooms,
+                identity.app,
             )
         held, self._early = self._early or [], None
         self._open(identity, hello, device)
