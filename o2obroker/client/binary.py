@@ -91,11 +91,17 @@ class BinaryClient(Protocol):
             if seq > self.last_seq:
                 self.last_seq = seq
             if self.on_msg is not None:
-                self.on_msg(f)
-            else:
-                self.messages.put(f)
+                self.on_msg(
+                    f
+                )  # acked once it has returned: a handler that raises leaves it unacked
+                if self.auto_ack:
+                    self.write_frame({"t": "ack", "seq": seq})
+                return
+            # acked before the queue hands it over: its reader runs at once, and a
+            # reader that says bye then must not leave this ack behind the bye
             if self.auto_ack:
                 self.write_frame({"t": "ack", "seq": seq})
+            self.messages.put(f)
             return
         if t == "receipt":
             d = self._pending.pop(f["id"], None)

@@ -54,6 +54,7 @@ class Session:
     """The protocol state of one connection of one device."""
 
     log = Logger()
+    service = False  # a client's device: it sends to rooms it is a member of
 
     __slots__ = (
         "__weakref__",

@@ -186,7 +186,7 @@ class History(_Endpoint):
             frame["before"] = before
         limit = _arg(request, "limit")
         if limit is not None:
-            if not limit.isdigit():
+            if not (limit.isascii() and limit.isdigit()):  # "²" is a digit to isdigit
                 return _answer(request, 400, {"error": "limit must be an integer"})
             frame["limit"] = int(limit)
         try:
@@ -228,11 +228,7 @@ class Presence(_Endpoint):
         bad = [u for u in users if not valid_user(u, limits)]
         if bad:
             return _answer(request, 400, {"error": f"not a valid user id: {bad[0][:140]!r}"})
-        lookup = getattr(getattr(self.node, "presence", None), "lookup", None)
-        if lookup is None:
-            # no presence service on this node: nobody is known to be online
-            return _answer(request, 200, {"users": {u: dict(_OFFLINE) for u in users}})
-        d: Deferred[Any] = maybeDeferred(lookup, users)
+        d: Deferred[Any] = maybeDeferred(self.node.presence.lookup, users)
         d.addCallback(lambda found: _write(request, 200, {"users": _presence_map(users, found)}))
         d.addErrback(lambda f: _write(request, 503, {"error": f.getErrorMessage()}))
         return NOT_DONE_YET

@@ -334,6 +334,108 @@ scenarios.route = async (context) => {
   return { first: first.node, ws: first.ws, standby: first.route.standby.id, then: then.node, got: await page.evaluate(() => window.got) };
 };
 
+/**
+ * history() and the demo against a broker that keeps an archive (nothing
+ * stands in for it here): a conversation between a WebSocket page and a
+ * long-poll page and a room, paged back by before from both sides; the room
+ * refused to a non-member; the demo shows the last 20 messages of a
+ * conversation and of a room when it is opened, on WebSocket and on long-poll.
+ */
+scenarios.archive = async (context) => {
+  const alice = await open(context, config.base);
+  await alice.evaluate(() => start("alice-arc", "ws"));
+  const bob = await open(context, config.base);
+  await bob.evaluate(() => start("bob-arc", "lp"));
+  const carol = await open(context, config.base);
+  await carol.evaluate(() => start("carol-arc", "ws"));
+  check((await alice.evaluate(() => client.transport)) === "ws", "alice on ws");
+  check((await bob.evaluate(() => client.transport)) === "lp", "bob on lp");
+  // 25 messages both ways, each receipt awaited so the archive's order is known
+  for (let n = 1; n <= 25; n++) {
+    const [from, to] = n % 3 === 0 ? [bob, "alice-arc"] : [alice, "bob-arc"];
+    const r = await from.evaluate(([to, n]) => client.send({ to, body: { n, text: "m" + n } }), [to, n]);
+    check(r.status === "delivered", `m${n}: ${JSON.stringify(r)}`);
+  }
+  for (const page of [alice, bob]) await page.evaluate(() => client.join("arc-room"));
+  for (const [page, n] of [[alice, 101], [bob, 102], [alice, 103]]) {
+    await page.evaluate((n) => client.send({ room: "arc-room", body: { n, text: "r" + n } }), n);
+  }
+  const pages = (page, query) =>
+    page.evaluate(async (query) => {
+      const seen = [];
+      const more = [];
+      let before = null;
+      for (;;) {
+        const p = await client.history(before ? Object.assign({ before }, query) : query);
+        for (const m of p.messages) {
+          if (m.t !== "msg" || "seq" in m || !m.mid || !m.ts) throw new Error("not a msg: " + JSON.stringify(m));
+          seen.push(m.body.n);
+        }
+        more.push(p.more);
+        if (!p.more) return { seen, more };
+        before = p.messages[p.messages.length - 1].mid;
+      }
+    }, query);
+  const newestFirst = range(25).reverse();
+  const fromAlice = await pages(alice, { with: "bob-arc", limit: 10 });
+  check(same(fromAlice, { seen: newestFirst, more: [true, true, false] }), "alice's pages: " + JSON.stringify(fromAlice));
+  const fromBob = await pages(bob, { with: "alice-arc", limit: 10 });
+  check(same(fromBob, fromAlice), "bob's pages over long-poll: " + JSON.stringify(fromBob));
+  const room = await pages(bob, { room: "arc-room" });
+  check(same(room, { seen: [103, 102, 101], more: [false] }), "the room: " + JSON.stringify(room));
+  const stranger = await carol.evaluate(() =>
+    client.history({ room: "arc-room" }).then(
+      (p) => ({ page: p }),
+      (e) => ({ code: e.code, reason: e.reason, isError: e instanceof O2OBroker.Error }),
+    ),
+  );
+  check(same(stranger, { code: 403, reason: "not a member of this room", isError: true }), "carol: " + JSON.stringify(stranger));
+  const nobody = await carol.evaluate(() => client.history({ with: "alice-arc" }));
+  check(same(nobody, { messages: [], more: false }), "carol has no conversation with alice: " + JSON.stringify(nobody));
+
+  // the demo, as a person opens a conversation in it: a new device of each user
+  const shown = {};
+  for (const [user, transport, to, want] of [
+    ["alice-arc", "", "bob-arc", range(25).slice(5).map((n) => "m" + n)],
+    ["bob-arc", "&transport=lp", "alice-arc", range(25).slice(5).map((n) => "m" + n)],
+  ]) {
+    const page = await context.newPage();
+    page.on("pageerror", (e) => console.error("page error:", e.message));
+    await page.goto(`${config.base}/?user=${user}${transport}`);
+    await page.waitForSelector("body[data-ready='1']", { timeout: 15000 });
+    check((await page.evaluate(() => demo.client.transport)) === (transport ? "lp" : "ws"), `${user}'s demo transport`);
+    await page.fill("#to", to);
+    await page.dispatchEvent("#to", "change");
+    await waitFor(page, () => document.querySelectorAll("#messages li.past").length > 0, null, `${user}: the archive in the demo`);
+    // then the room, whose three messages come before the conversation's
+    await page.fill("#to", "#arc-room");
+    await page.dispatchEvent("#to", "change");
+    const all = () => [...document.querySelectorAll("#messages li")].map((e) => [e.dataset.mid, e.querySelector(".text").textContent, e.classList.contains("past")]);
+    const rooms = ["r101", "r102", "r103"];
+    await waitFor(page, (rooms) => {
+      const texts = [...document.querySelectorAll("#messages li .text")].map((e) => e.textContent);
+      return rooms.every((r) => texts.includes(r));
+    }, rooms, `${user}: the room in the demo`);
+    const items = await page.evaluate(all);
+    const mids = items.map((i) => i[0]);
+    check(new Set(mids).size === mids.length, `${user}: each message once: ${JSON.stringify(items)}`);
+    const texts = items.map((i) => i[1]);
+    // what the new device resumed from the inbox may already be on the page; the archive adds the rest
+    check(same(texts.filter((t) => t[0] === "m").sort(), want.slice().sort()), `${user}: the last 20: ${JSON.stringify(texts)}`);
+    check(same(texts.filter((t) => t[0] === "r").sort(), rooms), `${user}: the room's: ${JSON.stringify(texts)}`);
+    const past = items.filter((i) => i[2]).map((i) => i[1]);
+    const numbers = (prefix) => past.filter((t) => t[0] === prefix).map((t) => Number(t.slice(1)));
+    const ascending = (a) => same(a, a.slice().sort((x, y) => x - y));
+    // opened last, the room's page goes on top; each page oldest first
+    const lastRoom = past.map((t) => t[0]).lastIndexOf("r");
+    check(lastRoom < past.indexOf(past.find((t) => t[0] === "m")) || lastRoom === -1, `${user}: the room on top: ${JSON.stringify(past)}`);
+    check(ascending(numbers("m")) && ascending(numbers("r")) && numbers("m").length > 0, `${user}: oldest first: ${JSON.stringify(past)}`);
+    shown[user] = past.length;
+    await page.close();
+  }
+  return { pages: fromAlice.more.length, room: room.seen.length, shown };
+};
+
 /** The package's ES module, imported by a page as a bundler-free application would. */
 scenarios.esm = async (context) => {
   const page = await context.newPage();

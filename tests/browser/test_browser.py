@@ -34,7 +34,7 @@ from twisted.web.static import Data
 
 from o2obroker import __version__
 from o2obroker.client.binary import BinaryClient
-from o2obroker.config import Config
+from o2obroker.config import ArchiveSettings, Config
 from o2obroker.routing import NodeInfo, StaticDirectory, pick
 from o2obroker.service.node import Node
 from o2obroker.service.site import build_site
@@ -223,6 +223,17 @@ class ClientLibraryTests(BrowserTestCase):
     async def test_history_pages_and_no_archive(self) -> None:
         result = await self.scenario("history")
         self.assertEqual(result, {"asked": 4, "shown": ["first", "second"]})
+
+    async def test_history_and_the_demo_against_a_broker_with_an_archive(self) -> None:
+        archived = _Broker(self, Config(hb=5, lp_timeout=5, archive=ArchiveSettings(enabled=True)))
+        result = await self.scenario("archive", base=archived.base)
+        # three pages of ten, ten and five; the room's three; the pages checked in Chromium
+        self.assertEqual(result["pages"], 3, result)
+        self.assertEqual(result["room"], 3, result)
+        self.assertEqual(archived.node.business.archive.stored, 28)
+        for user in ("alice-arc", "bob-arc"):
+            # 20 of the conversation and 3 of the room, less what the inbox resumed
+            self.assertGreater(result["shown"][user], 3, result)
 
     async def test_stalled_websocket_falls_back_and_upgrades_losing_nothing(self) -> None:
         proxy = _Proxy("127.0.0.1", self.http.getHost().port)

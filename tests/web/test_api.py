@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+from twisted.internet.defer import fail
 from twisted.trial.unittest import SynchronousTestCase
 
+from o2obroker.backend import BackendUnavailable
 from o2obroker.wire.limits import Limits
 from tests.harness import SECRET
 from tests.web.helpers import WebHarness
@@ -125,6 +127,11 @@ class ApiTests(SynchronousTestCase):
         self.h.clock.advance(1)
         _, answer = self.api("GET", "/api/v1/presence?user=alice")
         self.assertEqual(answer["users"]["alice"]["state"], "offline")
+
+    def test_presence_when_the_backend_fails_is_503(self) -> None:
+        self.h.node.presence.lookup = lambda users: fail(BackendUnavailable("redis is down"))
+        code, answer = self.api("GET", "/api/v1/presence?user=a")
+        self.assertEqual((code, answer), (503, {"error": "redis is down"}))
 
     def test_presence_needs_valid_users(self) -> None:
         self.assertEqual(self.api("GET", "/api/v1/presence")[0], 400)
