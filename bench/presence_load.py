@@ -92,6 +92,7 @@ class SimDevice:
 
     kind = "mobile"
     transport_name = "tcp"
+    url_app = None
 
     def __init__(self, sim: Sim, user: str, name: str) -> None:
         self.sim = sim

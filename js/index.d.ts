@@ -26,6 +26,10 @@ export interface Options {
   transports?: Transport[];
   /** Passed to /getFreeHostAddress to pick a node. */
   room?: string | null;
+  /** A key (room, shop, conversation, user) to route by: /api/v1/route picks its node and standby. */
+  key?: string | null;
+  /** The cluster to route in, where no app registry names it. */
+  cluster?: string | null;
   /** Time on long-poll before a WebSocket is tried again (60000). */
   wsRetryMs?: number;
   /** A WebSocket not welcomed by then counts as broken (5000). */
@@ -114,13 +118,33 @@ export interface HistoryPage {
   more: boolean;
 }
 
-/** The answer of /getFreeHostAddress (or the baseUrl itself when it has none). */
+/** A node as /api/v1/route names it. */
+export interface RoutedNode {
+  id: string;
+  ws: string;
+  lp: string;
+  tcp: string;
+}
+
+/** The answer of /api/v1/route?app=&key=. */
+export interface Route {
+  app: string | null;
+  cluster: string;
+  key: string;
+  node: RoutedNode;
+  standby: RoutedNode | null;
+}
+
+/** Where the next attempt goes: the /getFreeHostAddress answer, the route's node (or its
+ * standby after a failure), a 503's redirect, or the baseUrl itself when none answers. */
 export interface Located {
   node?: string;
   ws: string;
   lp: string;
   tcp?: string;
   transport: Transport;
+  /** With the key option: the whole route answer. */
+  route?: Route;
 }
 
 export interface Frame {

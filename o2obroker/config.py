@@ -82,6 +82,13 @@ class ArchiveSettings:
 
 
 @dataclass
+class AppSettings:
+    """``[app:ID]``: one business id of the app registry (doc/configuration.md)."""
+
+    cluster: str = ""  # the cluster serving the app; empty: this node's
+
+
+@dataclass
 class Config:
     """Everything a node is built from. Names match the ini keys and the options."""
 
@@ -91,6 +98,7 @@ class Config:
     secret: str | None = None
     api_key: str | None = None
     node: str = "n1"
+    cluster: str = "default"  # the group of nodes this one serves with (doc/operations.md)
     hb: int = 30
     hello_timeout: float = 10.0
     stall_timeout: float = 30.0
@@ -164,11 +172,17 @@ class Config:
     filters: dict[str, FilterSettings] = field(default_factory=dict)
     hooks: dict[str, HookSettings] = field(default_factory=dict)
     archive: ArchiveSettings = field(default_factory=ArchiveSettings)
+    # the app registry: business id -> its settings; empty: apps are not checked
+    apps: dict[str, AppSettings] = field(default_factory=dict)
 
     @property
     def policy(self) -> PolicySettings:
         """The node's own policy, ``[policy]`` (empty when not given)."""
         return self.policies.get("", PolicySettings())
+
+    def app_clusters(self) -> dict[str, str]:
+        """The app registry as business id -> cluster."""
+        return {app: a.cluster or self.cluster for app, a in self.apps.items()}
 
     @property
     def auth_mode(self) -> str:
@@ -225,12 +239,26 @@ class Config:
             raise ConfigError(f"transfer_rate: must be at least 1 byte/s, not {self.transfer_rate}")
         if not self.node or "/" in self.node:
             raise ConfigError(f"node: {self.node!r} is not a valid node id")
+        if not _name(self.cluster):
+            raise ConfigError(f"cluster: {self.cluster!r} is not a valid cluster name")
+        for app, a in self.apps.items():
+            if not _name(app) or "/" in app:
+                raise ConfigError(f"[app:{app}]: not a valid business id")
+            if a.cluster and not _name(a.cluster):
+                raise ConfigError(f"[app:{app}] cluster: {a.cluster!r} is not a valid cluster name")
         if self.log_format not in ("text", "json"):
             raise ConfigError(f"log_format: must be 'text' or 'json', not {self.log_format!r}")
         _check_supervisor(self)
         _check_console(self)
         _check_redis(self)
         _check_business(self)
+
+
+def _name(s: str) -> bool:
+    """A cluster or app name: 1 to 128 bytes, no space or control character."""
+    return 0 < len(s.encode("utf-8", "surrogatepass")) <= 128 and all(
+        c.isprintable() and not c.isspace() for c in s
+    )
 
 
 def _check_redis(c: Config) -> None:
@@ -382,7 +410,7 @@ def local_endpoint(description: str) -> bool:
 
 
 _LIMIT_KEYS = {f.name for f in fields(Limits)}
-_TOP_KEYS = {f.name for f in fields(Config)} - {"limits"}
+_TOP_KEYS = {f.name for f in fields(Config)} - {"limits", "apps"}
 
 
 def _convert(name: str, raw: str, like: Any) -> Any:
@@ -430,6 +458,8 @@ def _business_section(config: Config, section: str, items: list[tuple[str, str]]
         _fill(config.filters.setdefault(name, FilterSettings()), f"[{section}]", items)
     elif kind == "hook" and name:
         _fill(config.hooks.setdefault(name, HookSettings()), f"[{section}]", items)
+    elif kind == "app" and name:
+        _fill(config.apps.setdefault(name, AppSettings()), f"[{section}]", items)
     elif section == "archive":
         _fill(config.archive, "[archive]", items)
     else:

@@ -1,5 +1,6 @@
 """A Python client for the binary TCP protocol, for services, tools, tests and benchmarks."""
 
 from o2obroker.client.binary import BinaryClient, ClientClosed, ClientError, connect
+from o2obroker.client.routed import LookupFailed, RoutedClient
 
-__all__ = ["BinaryClient", "ClientClosed", "ClientError", "connect"]
+__all__ = ["BinaryClient", "ClientClosed", "ClientError", "LookupFailed", "RoutedClient", "connect"]

@@ -4,23 +4,26 @@ python -m o2obroker.client --user bob listen
 python -m o2obroker.client --user bob listen --reconnect   # resume after a kick or restart
 python -m o2obroker.client --user alice send --to bob '{"text": "hi"}'
 python -m o2obroker.client --token $JWT send --room store-42 '{"order": 991}'
+python -m o2obroker.client --route http://10.0.0.1:8080 --app shop --key store-42 --user bob listen
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from typing import Any
 
 from twisted.application.internet import ClientService, backoffPolicy
-from twisted.internet.defer import ensureDeferred
+from twisted.internet.defer import Deferred, ensureDeferred
 from twisted.internet.endpoints import clientFromString
 from twisted.internet.error import ConnectError
 from twisted.internet.protocol import Factory
 from twisted.internet.task import deferLater, react
 
 from o2obroker.client.binary import BinaryClient, ClientClosed, ClientError, connect
+from o2obroker.client.routed import LookupFailed, RoutedClient
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -34,6 +37,15 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--token", help="a JWT signed with the broker's secret")
     p.add_argument("--device", default="cli")
     p.add_argument("--resume", type=int, help="highest seq already processed")
+    p.add_argument(
+        "--route",
+        action="append",
+        metavar="URL",
+        help="ask this node's HTTP port where --key lives (repeat for more nodes to ask), "
+        "connect there instead of --endpoint, and move to the standby when that node dies",
+    )
+    p.add_argument("--app", help="the business id (with --route, and in the hello)")
+    p.add_argument("--key", help="the key to route by (with --route); default: the user")
     sub = p.add_subparsers(dest="command", required=True)
     send = sub.add_parser("send", help="send one message and print its receipt")
     target = send.add_mutually_exclusive_group(required=True)
@@ -104,7 +116,49 @@ async def _listen(reactor: Any, args: argparse.Namespace) -> None:
         await connector.stopService()
 
 
+async def _routed(reactor: Any, args: argparse.Namespace) -> None:
+    """``listen`` and ``send`` through a RoutedClient: it finds the node and follows it."""
+    hello: dict[str, Any] = {"device": args.device}
+    for name in ("token", "user"):
+        if getattr(args, name) is not None:
+            hello[name] = getattr(args, name)
+    key = args.key or args.user
+    if key is None:
+        raise SystemExit("error: --route needs --key (or --user)")
+    client = RoutedClient(reactor, args.route, app=args.app, key=key, hello=hello)
+    if args.resume is not None:
+        client.last_seq = args.resume
+    seen = 0
+    done: Deferred[None] = Deferred()
+
+    def printed(msg: dict[str, Any]) -> None:
+        nonlocal seen
+        print(json.dumps(msg, default=lambda b: {"$bytes": b.hex()}), flush=True)
+        seen += 1
+        if args.count and seen >= args.count and not done.called:
+            done.callback(None)
+
+    client.on_msg = printed
+    client.ended.addErrback(lambda f: done.called or done.errback(f))
+    try:
+        await client.start()
+        if args.command == "send":
+            receipt = await client.send(
+                json.loads(args.body), to=args.to, room=args.room, id=f"cli-{os.urandom(6).hex()}"
+            )
+            print(json.dumps(receipt))
+            return
+        for room in args.join:
+            await client.join(room)
+        await done
+    finally:
+        await client.stop()
+
+
 async def _main(reactor: Any, args: argparse.Namespace) -> None:
+    if args.route:
+        await _routed(reactor, args)
+        return
     if args.command == "listen":
         await _listen(reactor, args)
         return
@@ -115,6 +169,7 @@ async def _main(reactor: Any, args: argparse.Namespace) -> None:
         token=args.token,
         device=args.device,
         resume=args.resume,
+        **({"app": args.app} if args.app else {}),
     )
     try:
         receipt = await client.send(json.loads(args.body), to=args.to, room=args.room)
@@ -131,7 +186,7 @@ def main(argv: list[str] | None = None) -> None:
         async def guarded() -> None:
             try:
                 await _main(reactor, args)
-            except (ClientError, ClientClosed, ConnectError) as e:
+            except (ClientError, ClientClosed, ConnectError, LookupFailed) as e:
                 print(f"error: {e}", file=sys.stderr)
                 raise SystemExit(1) from None
 

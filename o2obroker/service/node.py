@@ -15,6 +15,7 @@ from o2obroker.actors.supervisor import (
     Supervisor,
     SupervisorSettings,
     make_hook,
+    occupancy_of,
 )
 from o2obroker.backend import IBackend, MemoryBackend
 from o2obroker.backend.redis import RedisBackend, parse_urls
@@ -23,7 +24,7 @@ from o2obroker.backend.timeouts import TimeoutBackend
 from o2obroker.config import Config
 from o2obroker.metrics import Metrics
 from o2obroker.policy.build import build_business
-from o2obroker.routing import Router
+from o2obroker.routing import AppRegistry, INodeDirectory, LocalDirectory, Router
 from o2obroker.session import Authenticator, Gateway
 
 
@@ -90,6 +91,7 @@ class Node:
             rate_limit=config.rate_limit,
             rate_burst=config.rate_burst,
             naive_presence=config.presence_naive,
+            apps=AppRegistry(config.app_clusters()),
         )
         self.gateway.connect_hook = self.business.connect
         gauges = self.metrics.collector
@@ -161,6 +163,24 @@ class Node:
             lambda: {**self.supervisor.counts, "drained": self.gateway.drainer.sent},
             "event",
         )
+
+        #: where clients are routed to (doc/protocol.md section 8): this node alone
+        #: until a node registry takes its place
+        self.directory: INodeDirectory = LocalDirectory(config.node, config.cluster, self.figures)
+
+    def figures(self) -> dict[str, Any]:
+        """This node's load and state, as a node registry record carries them."""
+        connections = dict(self.gateway.connections)
+        supervisor = self.supervisor
+        accepting = self.gateway.accepting
+        return {
+            "connections": connections,
+            "occupancy": occupancy_of(connections),
+            "advice": supervisor.transport,
+            "draining": not accepting,
+            "healthy": supervisor.state != "alerting",
+            "full": accepting and not supervisor.takes_clients(),
+        }
 
     def start(self) -> None:
         if isinstance(self.store, RedisBackend):

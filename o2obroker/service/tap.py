@@ -42,6 +42,7 @@ class Options(usage.Options):
         ["secret", None, None, "HS256 secret that signs client tokens."],
         ["api-key", None, None, "Bearer key of the server-side HTTP API."],
         ["node", None, None, "This node's id [default: n1]."],
+        ["cluster", None, None, "The cluster this node serves in [default: default]."],
         ["max-frame", None, None, "Largest frame in bytes [default: 1048576]."],
         ["hb", None, None, "Heartbeat interval in seconds [default: 30]."],
         [
@@ -70,6 +71,7 @@ class Options(usage.Options):
             "secret": self["secret"],
             "api_key": self["api-key"],
             "node": self["node"],
+            "cluster": self["cluster"],
             "max_frame": self["max-frame"],
             "hb": self["hb"],
             "manhole": self["manhole"],

@@ -25,6 +25,7 @@ class Identity:
 
     user: str
     rooms: frozenset[str] | None = None  # None: any room
+    app: str | None = None  # the token's app claim: it wins over the hello's
 
     def may_join(self, room: str) -> bool:
         return self.rooms is None or room in self.rooms
@@ -110,12 +111,15 @@ class Authenticator:
             raise ProtocolError(401, "bad token: sub is not a valid user id", fatal=True)
         if claimed is not None and claimed != user:
             raise ProtocolError(401, "hello names another user than its token", fatal=True)
+        app = claims.get("app")
+        if app is not None and not isinstance(app, str):
+            raise ProtocolError(401, "bad token: app must be a string", fatal=True)
         rooms = claims.get("rooms", "*")
         if rooms == "*":
-            return Identity(user)
+            return Identity(user, None, app)
         if not isinstance(rooms, list) or not all(isinstance(r, str) for r in rooms):
             raise ProtocolError(401, "bad token: rooms must be a list of names or '*'", fatal=True)
-        return Identity(user, frozenset(rooms))
+        return Identity(user, frozenset(rooms), app)
 
     def _time(self, claims: dict[str, object], name: str) -> float | None:
         value = claims.get(name)
@@ -128,10 +132,17 @@ class Authenticator:
 
 
 def make_token(
-    secret: str, user: str, *, exp: float | None = None, rooms: list[str] | None = None
+    secret: str,
+    user: str,
+    *,
+    exp: float | None = None,
+    rooms: list[str] | None = None,
+    app: str | None = None,
 ) -> str:
     """Sign a token as the broker expects it (for tools, tests and back ends)."""
     claims: dict[str, object] = {"sub": user}
+    if app is not None:
+        claims["app"] = app
     if exp is not None:
         claims["exp"] = int(exp)
     if rooms is not None:

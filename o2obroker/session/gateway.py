@@ -15,6 +15,7 @@ from o2obroker.actors import ActorSystem
 from o2obroker.actors.supervisor import IGate
 from o2obroker.logs import Budget
 from o2obroker.metrics import Stats
+from o2obroker.routing import AppRegistry
 from o2obroker.session.auth import Authenticator
 from o2obroker.session.drain import Drainer
 from o2obroker.session.liveness import Liveness
@@ -32,6 +33,10 @@ class IConnection(Interface):
 
     kind = Attribute("'mobile' (binary TCP) or 'web' (WebSocket, long-poll).")
     transport_name = Attribute("'tcp', 'ws' or 'lp'.")
+    url_app = Attribute(
+        "The app named in the URL the connection was opened by (WebSocket, "
+        "long-poll), or None: the hello's app when the hello names none."
+    )
 
     def send(frame: dict[str, Any]) -> None:
         """Encode and write one server frame."""
@@ -120,6 +125,7 @@ class Gateway:
         naive_presence: bool = False,
         rate_limit: float = 0.0,
         rate_burst: int = 0,
+        apps: AppRegistry | None = None,
     ) -> None:
         self.actors = actors
         self.auth = authenticator
@@ -148,6 +154,8 @@ class Gateway:
         self.service = ServiceSender(self)
         # the application's connect hook (o2obroker/policy/hooks.py), or None
         self.connect_hook: Any = None
+        # business ids every hello must name one of; empty: not checked
+        self.apps = apps or AppRegistry()
 
     def connect(self, conn: Any) -> Session:
         """A transport has a new connection: give it a session."""

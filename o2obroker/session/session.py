@@ -338,6 +338,11 @@ class Session:
         except ProtocolError as e:
             self.fail(ProtocolError(e.code if e.code == 401 else 400, e.reason, fatal=True))
             return
+        apps = gw.apps
+        if apps and not apps.admits(identity.app or hello.app or self.conn.url_app):
+            # the token's claim wins, then the hello's, then the URL's (section 3)
+            self.fail(ProtocolError(403, "unknown app", fatal=True))
+            return
         refusal = gw.refusal()
         if refusal is not None:
             self.fail(refusal)
@@ -364,6 +369,7 @@ class Session:
             identity = Identity(
                 answer.user or identity.user,
                 answer.rooms if answer.rooms is not None else identity.rooms,
+                identity.app,
             )
         held, self._early = self._early or [], None
         self._open(identity, hello, device)

@@ -1,9 +1,10 @@
 """The server-side HTTP API (doc/protocol.md section 8), health and metrics.
 
 Every answer is JSON (``/metrics`` is Prometheus text). ``/api/v1/...`` needs
-``Authorization: Bearer <api key>``; health, metrics and the free-host look-up
-are public. A publish goes through the sending user's actor exactly like a
-client's ``send``: the same id dedupe, routing, inbox and receipt.
+``Authorization: Bearer <api key>``; health, metrics, the free-host and the
+route look-ups are public. A publish goes through the sending user's actor
+exactly like a client's ``send``: the same id dedupe, routing, inbox and
+receipt.
 """
 
 from __future__ import annotations
@@ -21,9 +22,9 @@ from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET
 
 from o2obroker.actors.history import read_history
-from o2obroker.actors.supervisor import occupancy_of
+from o2obroker.routing import NodeInfo, least_loaded, pick
 from o2obroker.transports.common import finish, json_answer, json_body
-from o2obroker.wire import ProtocolError, decode_json, parse_frame, valid_user
+from o2obroker.wire import ProtocolError, decode_json, parse_frame, valid_room, valid_user
 
 PUBLISH_TIMEOUT = 30.0
 FREE_HOST_RETRY = 5  # seconds, in Retry-After when no node can take a client
@@ -258,33 +259,35 @@ def node_info(node: Any, request: Any, clock: IReactorTime) -> dict[str, Any]:
     """This node's record: who it is, where, how loaded, whether it takes clients.
 
     ``cpu``, ``rss_bytes`` and ``memory_percent`` come from the supervisor's
-    last sample (None before the first); the connection counts and the
-    occupancy P computed from them are the gateway's, as of now.
+    last sample (None before the first); the connection counts, the
+    occupancy P computed from them, and whether the node is healthy and
+    full (what routing reads: ``Node.figures``) are as of now.
     """
     supervisor = _supervisor(node)
     sample = getattr(supervisor, "last", None)
-    connections = dict(node.gateway.connections)
+    figures = node.figures()
     return {
         "id": node.config.node,
-        "cluster": getattr(node.config, "cluster", None) or "default",
+        "cluster": node.config.cluster,
         "addresses": addresses(node, request),
-        "connections": connections,
+        "connections": figures["connections"],
         "cpu": None if sample is None else sample.cpu,  # this process, % of one core
         "rss_bytes": None if sample is None else sample.rss,  # this process's resident memory
         "memory_percent": None if sample is None else sample.memory,  # the machine's, in use
-        "occupancy": occupancy_of(connections),
-        "advice": getattr(supervisor, "transport", "ws"),
-        "draining": not node.gateway.accepting,
+        "occupancy": figures["occupancy"],
+        "advice": figures["advice"],
+        "draining": figures["draining"],
+        "healthy": figures["healthy"],
+        "full": figures["full"],
         "last_heartbeat": clock.seconds(),
     }
 
 
-class FreeHost(_Endpoint):
-    """``GET /getFreeHostAddress?room=r``: where a new client should connect, and how.
+class _Lookup(_Endpoint):
+    """A public look-up that clients make before they connect, from any page's origin.
 
-    Never a node that would refuse the client: while this node drains or is
-    past a hard limit, the answer is the better node the supervisor knows of,
-    or 503 when there is none.
+    Both answer from the node directory (this node alone, or the cluster's
+    registry), so that every node of a cluster answers alike.
     """
 
     public = True
@@ -293,46 +296,120 @@ class FreeHost(_Endpoint):
         super().__init__(node, clock)
         self.origins = origins
 
-    def render_GET(self, request: Any) -> bytes:
+    def render_GET(self, request: Any) -> Any:
         origin = request.getHeader(b"origin")
         if origin is not None and self.origins.allows(
             origin.decode("latin-1"), (request.getHeader(b"host") or b"").decode("latin-1")
         ):
             request.setHeader(b"access-control-allow-origin", origin)
             request.setHeader(b"vary", b"Origin")
+        request.setHeader(b"cache-control", b"no-store")
+        return self.look_up(request)
+
+    def look_up(self, request: Any) -> Any:
+        raise NotImplementedError
+
+    def _nodes(self, request: Any, answer: Any) -> Any:
+        """Ask the directory, then ``answer(request, nodes)``; 503 when it cannot say."""
+        d: Deferred[Any] = maybeDeferred(self.node.directory.nodes)
+        d.addCallback(lambda nodes: answer(request, nodes))
+        d.addErrback(self._unknown, request)
+        return NOT_DONE_YET
+
+    def _unknown(self, failure: Any, request: Any) -> None:
+        Logger().failure("node directory", failure)
+        _unavailable(request, "the node directory cannot be read now")
+
+    def place(self, info: NodeInfo, request: Any) -> dict[str, str]:
+        """The node's addresses; this node's as the request reached it when it has none."""
+        if info.addresses or info.id != self.node.config.node:
+            return dict(info.addresses)
+        return addresses(self.node, request)
+
+
+def _unavailable(request: Any, error: str) -> None:
+    request.setHeader(b"retry-after", b"%d" % FREE_HOST_RETRY)
+    _write(request, 503, {"error": error})
+
+
+class FreeHost(_Lookup):
+    """``GET /getFreeHostAddress?room=r``: where a new client should connect, and how.
+
+    The node of this cluster taking clients with the fewest connections; with
+    ``room``, the room's own node while it is healthy (doc/protocol.md
+    section 8). Never a node that would refuse the client: when none of the
+    directory's can take one, the better node the supervisor knows of, or 503.
+    """
+
+    def look_up(self, request: Any) -> Any:
+        room = _arg(request, "room")
+        if room is not None and not valid_room(room, self.node.config.limits):
+            return _answer(request, 400, {"error": "room is not a valid room name"})
+        return self._nodes(request, lambda request, nodes: self._answer(request, nodes, room))
+
+    def _answer(self, request: Any, nodes: list[NodeInfo], room: str | None) -> None:
+        cluster = self.node.config.cluster
+        best = least_loaded((n for n in nodes if n.cluster == cluster), room)
+        if best is not None:
+            answer = {"node": best.id, **self.place(best, request), "transport": best.advice}
+            _write(request, 200, answer)
+            return
         supervisor = _supervisor(self.node)
-        takes = self.node.gateway.accepting if supervisor is None else supervisor.takes_clients()
-        if takes:
-            answer = {"node": self.node.config.node, **addresses(self.node, request)}
-            answer["transport"] = getattr(supervisor, "transport", "ws")
-            return _answer(request, 200, answer)
         better = supervisor.better_node() if supervisor is not None else None
         if better is None:
-            request.setHeader(b"retry-after", b"%d" % FREE_HOST_RETRY)
-            return _answer(request, 503, {"error": "no node can take clients now"})
+            _unavailable(request, "no node can take clients now")
+            return
         answer = {"node": better.get("node")}
         answer.update({k: better[k] for k in ("ws", "tcp", "lp") if better.get(k)})
         answer["transport"] = better.get("advice") or "ws"
-        return _answer(request, 200, answer)
+        _write(request, 200, answer)
 
 
-class Route(_Endpoint):
-    """``GET /api/v1/route?cluster=c&user=u``: the node user u hashes to (one node: this)."""
+class Route(_Lookup):
+    """``GET /api/v1/route?app=a&key=k``: the node a key of an app belongs to, and its standby.
 
-    def render_GET(self, request: Any) -> bytes:
-        user = _arg(request, "user")
-        if user is None or not valid_user(user, self.node.config.limits):
-            return _answer(request, 400, {"error": "user is missing or not a valid user id"})
-        cluster = _arg(request, "cluster") or "default"
-        return _answer(
+    The registry centre of doc/protocol.md section 8: the app names the
+    cluster (unknown → 403); a rendezvous hash of the key picks among the
+    cluster's healthy nodes, so a key keeps its node while that node is
+    healthy and only a failed node's keys move, each to its own standby.
+    Without an app registry ``cluster`` names the cluster (default: this
+    node's).
+    """
+
+    def look_up(self, request: Any) -> Any:
+        app, key = _arg(request, "app"), _arg(request, "key")
+        if key is None or not valid_room(key, self.node.config.limits):
+            return _answer(request, 400, {"error": "key is missing or not a valid name"})
+        apps = self.node.gateway.apps
+        if apps:
+            cluster = apps.cluster_of(app) if app is not None else None
+            if cluster is None:
+                return _answer(request, 403, {"error": "unknown app"})
+        else:
+            cluster = _arg(request, "cluster") or self.node.config.cluster
+        return self._nodes(
+            request, lambda request, nodes: self._answer(request, nodes, app, cluster, key)
+        )
+
+    def _answer(
+        self, request: Any, nodes: list[NodeInfo], app: str | None, cluster: str, key: str
+    ) -> None:
+        found = pick(key, nodes, cluster)
+        if found is None:
+            _unavailable(request, f"no healthy node in cluster {cluster}")
+            return
+        node, standby = found
+        _write(
             request,
             200,
             {
+                "app": app,
                 "cluster": cluster,
-                "user": user,
-                "node": self.node.config.node,
-                "standby": None,
-                **addresses(self.node, request),
+                "key": key,
+                "node": {"id": node.id, **self.place(node, request)},
+                "standby": None
+                if standby is None
+                else {"id": standby.id, **self.place(standby, request)},
             },
         )
 
@@ -390,7 +467,7 @@ def add_api(root: Resource, node: Any, clock: IReactorTime, origins: Any) -> Non
     v1.putChild(b"presence", Presence(node, clock))
     v1.putChild(b"history", History(node, clock))
     v1.putChild(b"nodes", Nodes(node, clock))
-    v1.putChild(b"route", Route(node, clock))
+    v1.putChild(b"route", Route(node, clock, origins))
     v1.putChild(b"drain", Drain(node, clock))
     root.putChild(b"getFreeHostAddress", FreeHost(node, clock, origins))
     root.putChild(b"healthz", Health(node, clock))

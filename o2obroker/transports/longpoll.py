@@ -70,6 +70,7 @@ class LongPollConnection:
 
     kind = "web"
     transport_name = "lp"
+    url_app: str | None = None  # the app named in the URL (section 3)
     log = Logger()
 
     def __init__(self, resource: LongPollResource, sid: str) -> None:
@@ -457,6 +458,9 @@ class _Open(_Child):
         conn.peer = (
             f"{getattr(address, 'host', '-')}:{getattr(address, 'port', '-')}"  # for the log
         )
+        app = request.args.get(b"app")
+        if app:
+            conn.url_app = app[0].decode("utf-8", "replace")
         conn._collect = errors = []
         session = conn.session = lp.gateway.connect(conn)
         session.touch()
@@ -466,7 +470,7 @@ class _Open(_Child):
             # the hello failed at once: the error frame says why
             session.lost()
             code = errors[0].get("code", 400) if errors else 400
-            return json_answer(request, code if code in (401, 503) else 400, _frames(errors))
+            return json_answer(request, code if code in (401, 403, 503) else 400, _frames(errors))
         lp._register(conn)
         conn._opening = request
         return NOT_DONE_YET

@@ -31,6 +31,7 @@ class BinaryProtocol(SocketOutput, Protocol):
 
     kind = "mobile"
     transport_name = "tcp"
+    url_app: str | None = None  # no URL: a hello names its app itself
     log = Logger()
 
     def __init__(self, gateway: Gateway) -> None:

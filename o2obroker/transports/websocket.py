@@ -54,6 +54,7 @@ class WebSocketConnection(SocketOutput, WebSocketServerProtocol):
 
     kind = "web"
     transport_name = "ws"
+    url_app: str | None = None  # the app named in the URL (section 3)
     # Autobahn's own ``log`` stays: it drops debug events before formatting them
     log = WebSocketServerProtocol.log
 
@@ -69,6 +70,9 @@ class WebSocketConnection(SocketOutput, WebSocketServerProtocol):
             factory.refused_origins += 1
             factory.gateway.stats.refused["origin"] += 1
             raise ConnectionDeny(ConnectionDeny.FORBIDDEN, "origin not allowed")
+        app = request.params.get("app")
+        if app:
+            self.url_app = app[0]
         if CBOR_SUBPROTOCOL in request.protocols:
             self.cbor = True
             return CBOR_SUBPROTOCOL

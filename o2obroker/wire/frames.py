@@ -59,6 +59,7 @@ class Hello:
     batch: bool = False
     state: str = "online"
     status: str = ""
+    app: str | None = None  #: the client's business id (doc/protocol.md section 3)
 
 
 @dataclass(frozen=True, slots=True)
@@ -285,7 +286,10 @@ def _hello(obj: dict, limits: Limits, size: int | None, text: bool) -> Hello:
         status = ""
     elif type(status) is not str or not utf8_fits(status, limits.max_status):
         raise _bad(obj, limits, f"hello: status must be a string within {limits.max_status} bytes")
-    return Hello(v, token, user, device, last, batch, state, status)
+    app = obj.get("app")
+    if app is not None and not _valid_name(app, limits.max_user):
+        raise _bad(obj, limits, f"hello: app must be a name within {limits.max_user} bytes")
+    return Hello(v, token, user, device, last, batch, state, status, app)
 
 
 def _body_size(body: Any, text: bool) -> int:

@@ -438,6 +438,34 @@ scenarios.history = async (context) => {
 };
 
 /**
+ * A client with a key asks /api/v1/route, connects to the key's node (another
+ * node than the page's), and when that node dies goes to the standby the
+ * route named, where a message sent after the move arrives.
+ */
+scenarios.route = async (context) => {
+  const page = await open(context, config.base);
+  const first = await page.evaluate(async (key) => {
+    var c = (window.routed = new O2OBroker({ baseUrl: location.origin, user: "alice-route", storage: null, key: key, backoffMs: 200 }));
+    window.got = [];
+    window.located = [];
+    c.on("located", function (w) { window.located.push(w); });
+    c.on("message", function (m) { window.got.push(m.body); });
+    var welcome = await c.connect();
+    return { node: welcome.node, ws: window.located[0].ws, route: window.located[0].route };
+  }, config.key);
+  const killed = await fetch(config.control + "/kill", { method: "POST" });
+  check(killed.ok, "the test killed the key's node");
+  await waitFor(page, () => window.routed.state === "open" && window.routed.welcome.node !== window.located[0].route.node.id, null, "the standby's welcome", 15000);
+  const then = await page.evaluate(async () => {
+    await window.routed.send({ to: "alice-route", body: { n: 1 } });
+    return { node: window.routed.welcome.node, tries: window.located.length };
+  });
+  await waitFor(page, () => window.got.length === 1, null, "the message on the standby");
+  await page.evaluate(() => window.routed.close());
+  return { first: first.node, ws: first.ws, standby: first.route.standby.id, then: then.node, got: await page.evaluate(() => window.got) };
+};
+
+/**
  * history() and the demo against a broker that keeps an archive (nothing
  * stands in for it here): a conversation between a WebSocket page and a
  * long-poll page and a room, paged back by before from both sides; the room

@@ -6,7 +6,8 @@ raw bytes; tests/browser/chat.mjs opens pages of the demo and chats over
 WebSocket, over long-poll, and through a WebSocket that fails mid-way.
 tests/browser/scenarios.mjs tries the client as an application uses it:
 order, refusals, a stalled WebSocket (through a proxy here that can stall
-its connections), reloads. The screenshots of the demo page are kept in
+its connections), reloads, a key routed to another node and then to its
+standby. The screenshots of the demo page are kept in
 var/browser/.
 """
 
@@ -35,6 +36,7 @@ from twisted.web.static import Data
 from o2obroker import __version__
 from o2obroker.client.binary import BinaryClient
 from o2obroker.config import ArchiveSettings, Config
+from o2obroker.routing import NodeInfo, StaticDirectory, pick
 from o2obroker.service.node import Node
 from o2obroker.service.site import build_site
 from o2obroker.transports.tcp import BinaryFactory
@@ -280,6 +282,48 @@ class ClientLibraryTests(BrowserTestCase):
             roomsToken=rooms,
         )
         self.assertEqual(result["unreachable"]["code"], 408)
+
+
+class _Kill(Resource):
+    """``POST /kill``: the node of ``broker`` dies, its sockets and its HTTP port at once."""
+
+    isLeaf = True
+
+    def __init__(self, broker: _Broker) -> None:
+        super().__init__()
+        self.broker = broker
+
+    def render_POST(self, request: Any) -> bytes:
+        self.broker.http.stopListening()
+        for group in self.broker.node.gateway.session_groups():
+            for session in list(group):
+                session.conn.transport.abortConnection()
+        return b"{}"
+
+
+class RoutedClientTests(BrowserTestCase):
+    async def test_a_key_goes_to_its_node_then_to_the_standby_when_that_dies(self) -> None:
+        other = _Broker(self, Config(node="b", hb=5, lp_timeout=5))
+
+        def place(base: str) -> dict[str, str]:
+            return {"ws": base.replace("http", "ws", 1) + "/ws", "lp": base + "/lp"}
+
+        directory = StaticDirectory(
+            [NodeInfo("n1", addresses=place(self.base)), NodeInfo("b", addresses=place(other.base))]
+        )
+        self.node.directory = directory
+        nodes = self.successResultOf(directory.nodes())
+        key = next(
+            k for k in (f"shop-{i}" for i in range(100)) if pick(k, nodes, "default")[0].id == "b"
+        )
+        control = reactor.listenTCP(0, Site(_Kill(other)), interface="127.0.0.1")
+        self.addCleanup(control.stopListening)
+        result = await self.scenario(
+            "route", key=key, control=f"http://127.0.0.1:{control.getHost().port}"
+        )
+        self.assertEqual((result["first"], result["standby"], result["then"]), ("b", "n1", "n1"))
+        self.assertIn(f"key={key}", result["ws"])
+        self.assertEqual(result["got"], [{"n": 1}])
 
 
 class DemoTests(BrowserTestCase):

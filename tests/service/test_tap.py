@@ -67,12 +67,15 @@ class OptionsTests(SynchronousTestCase):
 class ServiceTreeTests(SynchronousTestCase):
     def test_tree(self) -> None:
         options = Options()
-        options.parseOptions(["--tcp", "tcp:0:interface=127.0.0.1", "--node", "x1"])
+        options.parseOptions(
+            ["--tcp", "tcp:0:interface=127.0.0.1", "--node", "x1", "--cluster", "eu"]
+        )
         top = makeService(options, reactor=MemoryReactorClock())
         self.assertTrue(IServiceCollection.providedBy(top))
         tcp = top.getServiceNamed("tcp")
         self.assertEqual(tcp.endpoint._port, 0)
         self.assertEqual(top.node.config.node, "x1")
+        self.assertEqual(top.node.config.cluster, "eu")
 
     def test_plugin_is_found(self) -> None:
         import twisted.plugins

@@ -51,6 +51,8 @@ class NodesTests(SynchronousTestCase):
                 "occupancy",
                 "advice",
                 "draining",
+                "healthy",
+                "full",
                 "last_heartbeat",
             },
         )
@@ -61,6 +63,7 @@ class NodesTests(SynchronousTestCase):
         self.assertEqual(node["occupancy"], 50.0)  # (3 - 1) / 4
         self.assertEqual(node["advice"], "ws")
         self.assertIs(node["draining"], False)
+        self.assertEqual((node["healthy"], node["full"]), (True, False))
         self.assertEqual(node["last_heartbeat"], self.h.clock.seconds())
 
     def test_before_the_first_sample_the_figures_are_null(self) -> None:

@@ -142,6 +142,7 @@ class WsClient:
         protocol: str | None = None,
         origin: str | None = None,
         extensions: str | None = None,
+        path: str = "/ws",
     ) -> None:
         self.web = web
         self.http = Http(web)
@@ -159,7 +160,7 @@ class WsClient:
             headers["Origin"] = origin
         if extensions:
             headers["Sec-WebSocket-Extensions"] = extensions
-        self.http.request("GET", "/ws", headers=headers)
+        self.http.request("GET", path, headers=headers)
         raw = self.http.transport.value()
         head, _, rest = raw.partition(b"\r\n\r\n")
         self.handshake = head.decode("latin-1")
@@ -232,7 +233,7 @@ class WebHarness(Harness):
 
     def ws_login(self, user: str, device: str = "web", **hello: Any) -> WsClient:
         protocol = hello.pop("protocol", None)
-        c = self.ws(protocol=protocol)
+        c = self.ws(protocol=protocol, path=hello.pop("path", "/ws"))
         assert c.status == 101, c.handshake
         f: dict[str, Any] = {"t": "hello", "v": 1, "device": device}
         if self.config.auth_mode == "token":

@@ -154,11 +154,6 @@ class ApiTests(SynchronousTestCase):
         self.assertEqual(answer["lp"], "http://127.0.0.1:8080/lp")
         self.assertEqual(answer["tcp"], "127.0.0.1:9100")
 
-    def test_route_names_this_node(self) -> None:
-        code, answer = self.api("GET", "/api/v1/route?cluster=eu&user=alice")
-        self.assertEqual((code, answer["node"], answer["cluster"]), (200, "n1", "eu"))
-        self.assertEqual(self.api("GET", "/api/v1/route")[0], 400)
-
     def test_health_and_drain(self) -> None:
         self.assertEqual(
             self.h.call("GET", "/healthz").json(), (200, {"status": "ok", "node": "n1"})

@@ -116,6 +116,9 @@
     this.app = options.app || null;
     this.transports = options.transports || ["ws", "lp"];
     this.room = options.room || null;
+    this.key = options.key || null; // routed clusters: /api/v1/route?app=&key=
+    this.cluster = options.cluster || null;
+    this._redirect = null; // a 503's better node, for the next attempt
     this.wsRetryMs = options.wsRetryMs || 60000;
     this.connectTimeoutMs = options.connectTimeoutMs || 5000;
     this.welcomeTimeoutMs = options.welcomeTimeoutMs || 10000;
@@ -318,20 +321,54 @@
     this._timer("retry", ceiling * (0.5 + Math.random() / 2), function () { self._attempt(); });
   };
 
-  /** Ask the broker which node to use; falls back to baseUrl itself. */
+  function query(params) {
+    var parts = [];
+    Object.keys(params).forEach(function (k) {
+      if (params[k]) parts.push(k + "=" + encodeURIComponent(params[k]));
+    });
+    return parts.length ? "?" + parts.join("&") : "";
+  }
+
+  /**
+   * Ask the broker which node to use; falls back to baseUrl itself. With a key,
+   * /api/v1/route names the key's node and its standby: after a failed attempt
+   * the standby is tried, as the node may be dead before the registry says so.
+   * A 503's redirect goes first, once.
+   */
   P._locate = function () {
     var self = this;
-    var url = this.baseUrl + "/getFreeHostAddress" + (this.room ? "?room=" + encodeURIComponent(this.room) : "");
+    var redirect = this._redirect;
+    this._redirect = null;
+    var url = this.key
+      ? this.baseUrl + "/api/v1/route" + query({ app: this.app, cluster: this.cluster, key: this.key })
+      : this.baseUrl + "/getFreeHostAddress" + query({ room: this.room });
     var fallback = {
       ws: this.baseUrl.replace(/^http/, "ws") + "/ws",
       lp: this.baseUrl + "/lp",
       transport: "ws",
     };
-    if (typeof root.fetch !== "function") return Promise.resolve(fallback);
-    return root.fetch(url, { cache: "no-store" })
-      .then(function (r) { return r.ok ? r.json() : fallback; })
-      .catch(function () { return fallback; })
-      .then(function (where) { self._emit("located", where); return where; });
+    var found;
+    if (redirect && (redirect.ws || redirect.lp)) {
+      found = Promise.resolve({ ws: redirect.ws || fallback.ws, lp: redirect.lp || fallback.lp, transport: "ws" });
+    } else if (typeof root.fetch !== "function") {
+      found = Promise.resolve(fallback);
+    } else {
+      found = root.fetch(url, { cache: "no-store" })
+        .then(function (r) { return r.ok ? r.json() : fallback; })
+        .catch(function () { return fallback; })
+        .then(function (answer) { return answer.standby === undefined ? answer : self._routed(answer); });
+    }
+    return found.then(function (where) {
+      if (self.key || self.app) where.ws = where.ws + query({ app: self.app, cluster: self.cluster, key: self.key });
+      self._emit("located", where);
+      return where;
+    });
+  };
+
+  /** A route answer as a place to connect: the key's node, or its standby after a failure. */
+  P._routed = function (answer) {
+    var target = this._failures > 0 && answer.standby ? answer.standby : answer.node;
+    return { node: target.id, ws: target.ws, lp: target.lp, tcp: target.tcp, transport: "ws", route: answer };
   };
 
   P._hello = function () {
@@ -731,7 +768,9 @@
   /** An error frame before the welcome: fatal, or a reason to try elsewhere. */
   P._refused = function (conn, f) {
     if (FATAL[f.code]) return this._fail(errorOf(f));
-    // 503 (overloaded, draining) and the like: this connection is over, try again later
+    // 503 (overloaded, draining) and the like: this connection is over, try again later,
+    // at the better node when the 503 names one
+    if (f.code === 503 && f.redirect) this._redirect = f.redirect;
     if (conn.kind === "ws") this._drop(conn, false);
     if (conn === this._probe) {
       this._probe = null;
