@@ -10,6 +10,7 @@ the injected ``clock``; I/O, timeouts and reconnects use ``reactor``.
 from __future__ import annotations
 
 import hashlib
+import json
 import struct
 import uuid
 from collections.abc import Callable, Iterable, Sequence
@@ -373,6 +374,38 @@ class RedisBackend:
         return gatherResults(
             [self._user_shard(u).call(*command(u)) for u in users], consumeErrors=True
         ).addErrback(_first_error)
+
+    # -- node registry -------------------------------------------------------
+
+    def _registry(self) -> tuple[Shard, list[str]]:
+        head = f"{self._prefix}:{{nodes}}:"
+        return self.shards[0], [head + "records", head + "expires"]
+
+    def heartbeat(self, record: dict[str, Any], ttl: float) -> Deferred[None]:
+        shard, keys = self._registry()
+        expires = int((self._clock.seconds() + ttl) * 1000)
+        # the keys themselves outlive every record, whoever wrote last
+        key_ttl = int((ttl + KEY_TTL_MARGIN) * 1000)
+        blob = json.dumps(record, separators=(",", ":"))
+        args = [self.node_id, blob, expires, key_ttl]
+        return shard.evalsha(S.BEAT, keys, args).addCallback(lambda _: None)
+
+    def nodes(self) -> Deferred[list[dict[str, Any]]]:
+        shard, keys = self._registry()
+        now = int(self._clock.seconds() * 1000)
+
+        def got(flat: list[bytes]) -> list[dict[str, Any]]:
+            pairs = sorted(zip(flat[::2], flat[1::2], strict=True))
+            return [json.loads(record) for _, record in pairs]
+
+        return shard.evalsha(S.NODES, keys, [now]).addCallback(got)
+
+    def depart(self) -> Deferred[None]:
+        shard, keys = self._registry()
+        d = gatherResults(
+            [shard.call("HDEL", keys[0], self.node_id), shard.call("ZREM", keys[1], self.node_id)]
+        )
+        return d.addCallback(lambda _: None)
 
 
 def _first_error(f: Failure) -> Failure:
