@@ -23,7 +23,9 @@ from o2obroker.config import Config
 from o2obroker.metrics import Metrics
 from o2obroker.policy.build import build_business
 from o2obroker.routing import Router
+from o2obroker.service.registry import Registry
 from o2obroker.session import Authenticator, Gateway
+from o2obroker.transports.api import node_info, public_addresses
 
 
 class Node:
@@ -131,6 +133,14 @@ class Node:
             ),
         )
         self.gateway.admission = self.supervisor.admission.refusal  # one call per hello
+        # the node registry: heartbeats out, live peers in, the latter feeding redirects
+        self.registry = Registry(
+            self.backend,
+            clock,
+            lambda: node_info(self, public_addresses(self), clock),
+            interval=config.node_heartbeat,
+        )
+        self.supervisor.peers = self.registry.peers
         gauges.add_counter(
             "o2o_business_events",
             "Business layer: sends rejected and rewritten, hook calls by outcome, events.",
@@ -157,6 +167,7 @@ class Node:
             self.store.start()
         self.gateway.start()
         self.supervisor.start()
+        self.registry.start()
 
     def reload_filters(self) -> Deferred[Any]:
         """Read the keyword lists again without a restart (SIGHUP, the console)."""
@@ -170,8 +181,10 @@ class Node:
         self.gateway.stop()
         self.presence.stop()
         self.supervisor.stop()
+        left = self.registry.stop()  # before the backend closes: peers forget us now
         if isinstance(self.store, RedisBackend):
-            return self.store.stop()
+            store = self.store
+            return left.addCallback(lambda _: store.stop())
         return None
 
 
