@@ -56,6 +56,17 @@ class IPublisher(Interface):
     def settle(user: str, settlement: Settlement) -> None:
         """Tell the actor of ``user``, wherever it is, how its sends ended."""
 
+    def track(user: str) -> Deferred[None]:
+        """A device of ``user`` is attaching here: from when this fires, what is
+        published for the user reaches this node's actor. Fails when that
+        cannot be had now (the attach then fails, and the client retries)."""
+
+    def untrack(user: str) -> None:
+        """The last device of ``user`` here is gone."""
+
+    def replace(user: str, device: str) -> None:
+        """``device`` of ``user`` said hello here: replace it on other nodes."""
+
 
 @implementer(IPublisher)
 class LocalPublisher:
@@ -85,6 +96,15 @@ class LocalPublisher:
         actor = self._actors.get(user)
         if actor is not None:
             actor.settled(settlement)
+
+    def track(self, user: str) -> Deferred[None]:
+        return succeed(None)
+
+    def untrack(self, user: str) -> None:
+        pass
+
+    def replace(self, user: str, device: str) -> None:
+        pass
 
 
 class Router:

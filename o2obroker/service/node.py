@@ -23,6 +23,7 @@ from o2obroker.config import Config
 from o2obroker.metrics import Metrics
 from o2obroker.policy.build import build_business
 from o2obroker.routing import Router
+from o2obroker.routing.cluster import ClusterPublisher
 from o2obroker.service.registry import Registry
 from o2obroker.session import Authenticator, Gateway
 from o2obroker.transports.api import node_info, public_addresses
@@ -47,6 +48,9 @@ class Node:
         # every call gets a time limit: a backend that never answers fails its sends
         self.backend = TimeoutBackend(store, clock, config.backend_timeout)
         self.router = Router(self.backend, stats=self.metrics.stats)
+        if isinstance(store, RedisBackend):
+            # many nodes: what is stored goes to the other nodes by publish too
+            self.router.publisher = ClusterPublisher(self.router.actors, store, config.node)
         self.presence = PresenceHub(
             self.backend,
             self.router,

@@ -19,6 +19,9 @@ A user's keys (``P`` is the prefix, ``o2o`` by default):
 ``P:{u:<id>}:watchers``  set of users watching this user
 ``P:{r:<name>}:members`` set of member users of a room
 
+A user's channel, ``P:{u:<id>}``, carries what is stored for the user to the
+nodes that have a live device of it.
+
 The node registry, small and on the first shard:
 
 ``P:{nodes}:records``    hash node id -> its record (JSON)
@@ -339,4 +342,17 @@ return out
 """,
 )
 
-ALL = (APPEND, READ, STATE, CURSOR, MOVE, CLAIM, SETTLE, MEMBERSHIP, WATCH, BEAT, NODES)
+# KEYS: none. ARGV: channel, payload, channel, payload... Returns the receiver
+# count of each PUBLISH: the nodes subscribed to that user's channel.
+PUBLISH = Script(
+    "publish",
+    """
+local out = {}
+for i = 1, #ARGV, 2 do
+  out[#out + 1] = redis.call('PUBLISH', ARGV[i], ARGV[i + 1])
+end
+return out
+""",
+)
+
+ALL = (APPEND, READ, STATE, CURSOR, MOVE, CLAIM, SETTLE, MEMBERSHIP, WATCH, BEAT, NODES, PUBLISH)
