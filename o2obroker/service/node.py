@@ -42,6 +42,7 @@ class Node:
     ) -> None:
         self.config = config
         self.clock = clock
+        self._stopped = False
         self.metrics = Metrics()
         #: the backend itself (memory or Redis); the rest of the node uses ``backend``
         self.store = store = backend or make_backend(config, clock)
@@ -171,7 +172,11 @@ class Node:
             self.store.start()
         self.gateway.start()
         self.supervisor.start()
-        self.registry.start()
+        if isinstance(self.store, RedisBackend):
+            # the first heartbeat once Redis is there, not a failure logged before it
+            self.store.when_ready().addCallback(lambda _: self._stopped or self.registry.start())
+        else:
+            self.registry.start()
 
     def reload_filters(self) -> Deferred[Any]:
         """Read the keyword lists again without a restart (SIGHUP, the console)."""
@@ -181,6 +186,7 @@ class Node:
         return d.addCallback(lambda n: f"keyword filter reloaded: {n} keywords")
 
     def stop(self) -> Deferred[object] | None:
+        self._stopped = True
         self.business.stop()
         self.gateway.stop()
         self.presence.stop()

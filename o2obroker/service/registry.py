@@ -45,6 +45,7 @@ class Registry:
         #: the live records read at the last beat, this node's included
         self.nodes: list[dict[str, Any]] = []
         self._beating: Deferred[None] | None = None
+        self._waiters: list[Deferred[None]] = []
         self._failing = False
         self._loop = LoopingCall(self.beat)
         self._loop.clock = clock
@@ -65,17 +66,18 @@ class Registry:
         d = self.backend.depart()
         return d.addErrback(lambda f: None)  # then the record lapses by itself
 
-    def beat(self) -> Deferred[None] | None:
-        """Publish this node's record, then read the live ones; one beat at a time."""
+    def beat(self) -> Deferred[None]:
+        """Publish this node's record, then read the live ones; one beat at a
+        time: while one is under way, fire when it is done instead."""
         if self._beating is not None:
-            return None  # the last one has not returned: the backend is slow
-        beating = self._beating = Deferred()
-        d = self.backend.heartbeat(self.record(), self.ttl)
+            waiter: Deferred[None] = Deferred()
+            self._waiters.append(waiter)
+            return waiter
+        self._beating = d = self.backend.heartbeat(self.record(), self.ttl)
         d.addCallback(lambda _: self.backend.nodes())
         d.addCallbacks(self._seen, self._failed)
         d.addBoth(self._done)
-        d.chainDeferred(beating)
-        return beating
+        return d
 
     def _seen(self, nodes: list[dict[str, Any]]) -> None:
         self.nodes = nodes
@@ -91,7 +93,10 @@ class Registry:
             self.log.warn("node registry: heartbeat failed ({why})", why=f.getErrorMessage())
 
     def _done(self, _: object) -> None:
-        self._beating = None  # set before the calls: a backend may answer at once
+        self._beating = None
+        waiters, self._waiters = self._waiters, []
+        for waiter in waiters:
+            waiter.callback(None)
 
     def peers(self) -> list[dict[str, Any]]:
         """Live nodes of this node's cluster, as the supervisor's redirects take them.
