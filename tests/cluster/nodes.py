@@ -8,6 +8,7 @@ after its cleanup.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import sys
@@ -110,10 +111,8 @@ class BrokerProcess:
     def _signal(self, name: str) -> Deferred[None]:
         assert self._proto is not None
         if self.running:
-            try:
+            with contextlib.suppress(ProcessExitedAlready):
                 self._transport.signalProcess(name)
-            except ProcessExitedAlready:
-                pass
         return self._proto.ended
 
     def kill(self) -> Deferred[None]:

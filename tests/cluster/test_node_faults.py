@@ -68,7 +68,7 @@ class NodeKillTests(TestCase):
         return [n["id"] for n in json.loads(await r.content())["nodes"]]
 
     async def test_kill_9_a_node_mid_traffic(self) -> None:
-        n1, n2, n3 = self.nodes
+        n1, _, n3 = self.nodes
         listed: list[str] = []
 
         async def poll() -> None:
