@@ -51,8 +51,11 @@ def encode_replace(origin: bytes, device: str) -> bytes:
 
 
 def decode(payload: bytes) -> tuple[bytes, bytes, Any]:
-    """(kind, origin, deliveries or the replaced device's name)."""
+    """(kind, origin, deliveries or the replaced device's name); ValueError
+    for bytes that are not a whole payload."""
     kind = payload[:1]
+    if kind not in (b"m", b"r") or len(payload) < 2 or len(payload) < 2 + payload[1]:
+        raise ValueError("not a payload")
     n = payload[1]
     origin = payload[2 : 2 + n]
     at = 2 + n
@@ -63,6 +66,8 @@ def decode(payload: bytes) -> tuple[bytes, bytes, Any]:
     while at < len(payload):
         seq, dlen, blen = _ENTRY.unpack_from(payload, at)
         at += size
+        if at + dlen + blen > len(payload):
+            raise ValueError("a truncated payload")
         skip = payload[at : at + dlen].decode() if dlen else None
         at += dlen
         mid, ts, fields = cbor2.loads(payload[at : at + blen])
@@ -161,7 +166,8 @@ class ClusterPublisher:
         if actor is None:
             return
         if kind == b"m":
-            actor.deliver(what)
+            if what:
+                actor.deliver(what)
         elif kind == b"r":
             actor.displaced(what)
 
