@@ -4,11 +4,12 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
-# the browser tests: Debian's chromium and playwright-core (package-lock.json)
+# the browser tests: Debian's chromium, playwright-core and typescript (package-lock.json);
+# tests/browser also checks js/index.d.ts with tsc and packs, installs and imports js/
 BROWSER := node_modules/.installed
 ARGS ?=
 
-.PHONY: run test lint bench clean redis-server
+.PHONY: run test lint bench clean redis-server js
 
 $(STAMP): setup.cfg pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -26,6 +27,11 @@ $(BROWSER): package.json package-lock.json
 redis-server:
 	command -v redis-server >/dev/null 2>&1 || { apt-get update -qq && \
 		DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends redis-server; }
+
+# the npm package of the browser client, built from o2obroker/web/static/o2obroker.js
+js: $(BROWSER)
+	node_modules/.bin/tsc -p js
+	mkdir -p build && cd js && npm pack --pack-destination ../build
 
 run: $(STAMP)
 	$(BIN)/twistd --nodaemon --pidfile= o2obroker $(ARGS)
@@ -50,4 +56,4 @@ endef
 export TRIAL_SUMMARY
 
 clean:
-	rm -rf $(VENV) _trial_temp* _trial.log build *.egg-info node_modules
+	rm -rf $(VENV) _trial_temp* _trial.log build *.egg-info node_modules js/index.js js/o2obroker.cjs

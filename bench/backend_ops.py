@@ -1,4 +1,4 @@
-"""Backend throughput: append, read and claim on the memory backend and on Redis, one run.
+"""Backend throughput: append, read, claim, archive and history on memory and on Redis, one run.
 
     .venv/bin/python bench/backend_ops.py [--messages 50000] [--batch 100]
                                           [--users 1000] [--window 8]
@@ -7,7 +7,9 @@ Starts its own redis-server (Debian's, on a free port, nothing saved) and
 drives both backends with the same pre-built batches: ``append_many`` of
 ``batch`` messages spread over ``batch / 5`` users (an actor's outbox), then
 ``read`` of every inbox a page of 100 at a time, then ``claim`` of ``batch``
-send ids per call. Up to ``window`` calls are in flight at once, as many
+send ids per call, then ``archive`` of each batch (the same messages, as
+alice's conversation with each user) and a ``history`` page of 50 of each
+conversation. Up to ``window`` calls are in flight at once, as many
 actors would have. The memory backend is the baseline: the figure to watch
 is how much of it Redis keeps, and how many round trips a message costs
 (commands the client sent, and EVALSHA calls the server counted).
@@ -29,7 +31,9 @@ from twisted.internet.task import react
 
 from bench._common import free_port, wait_port
 from o2obroker.backend import MemoryBackend, StoredMessage
+from o2obroker.backend.archive import MemoryArchive, conversation
 from o2obroker.backend.redis import RedisBackend, parse_urls
+from o2obroker.backend.redis.archive import RedisArchive
 
 
 def make_batches(messages: int, batch: int, users: int) -> list[dict[str, list[StoredMessage]]]:
@@ -64,11 +68,16 @@ async def windowed(calls: list[Callable[[], Deferred[Any]]], window: int) -> int
 
 
 async def run(
-    backend: Any, batches: list[Any], users: int, batch: int, window: int
+    backend: Any, archive: Any, batches: list[Any], users: int, batch: int, window: int
 ) -> dict[str, tuple[float, float]]:
     """{op: (messages a second, this process's CPU µs per message)}."""
     messages = sum(len(ms) for b in batches for ms in b.values())
     claims = [[(f"c{k}.{j}", f"m{j}") for j in range(batch)] for k in range(messages // batch)]
+    # the same messages as the router archives them: alice's conversation with each user
+    archived = [
+        [StoredMessage(m.mid, m.ts, {**m.fields, "to": u}) for u, ms in b.items() for m in ms]
+        for b in batches
+    ]
     ops: dict[str, tuple[list[Callable[[], Deferred[Any]]], int | None]] = {
         "append": ([lambda b=b: backend.append_many(b) for b in batches], messages),
         "read": ([lambda u=u: backend.read(f"user{u}", 0, 100) for u in range(users)], None),
@@ -79,6 +88,11 @@ async def run(
             ],
             len(claims) * batch,
         ),
+        "archive": ([lambda a=a: archive.add(a) for a in archived], messages),
+        "history": (
+            [lambda u=u: page(archive, conversation("alice", f"user{u}")) for u in range(users)],
+            None,
+        ),
     }
     out = {}
     for op, (calls, count) in ops.items():
@@ -88,6 +102,11 @@ async def run(
         n = count if count is not None else got
         out[op] = (n / wall, cpu / n * 1e6)
     return out
+
+
+def page(archive: Any, thread: str) -> Deferred[list[Any]]:
+    """A page of 50 of the archive, newest first, as the history frame reads it."""
+    return archive.page(thread, None, 50).addCallback(lambda r: r[0])
 
 
 def server_cpu(info: str) -> float:
@@ -109,7 +128,7 @@ async def main(args: argparse.Namespace) -> None:
     batches = make_batches(args.messages, args.batch, args.users)
     messages = sum(len(ms) for b in batches for ms in b.values())
     memory = MemoryBackend(reactor, inbox_cap=1_000_000)
-    base = await run(memory, batches, args.users, args.batch, args.window)
+    base = await run(memory, MemoryArchive(reactor), batches, args.users, args.batch, args.window)
 
     port = free_port()
     directory = tempfile.mkdtemp(prefix="o2o-bench-")
@@ -134,8 +153,17 @@ async def main(args: argparse.Namespace) -> None:
             for line in info.splitlines()
             if line.startswith("cmdstat_evalsha:")
         )
+        # the archive pass alone, for the server's CPU per archived message
+        archive = RedisArchive(redis, reactor)
+        archived = [
+            [StoredMessage(m.mid, m.ts, {**m.fields, "to": u}) for u, ms in b.items() for m in ms]
+            for b in batches
+        ]
+        before = server_cpu((await shard.call("INFO", "cpu")).decode())
+        await windowed([lambda a=a: archive.add(a) for a in archived], args.window)
+        archive_cpu = server_cpu((await shard.call("INFO", "cpu")).decode()) - before
         await shard.call("FLUSHALL")
-        got = await run(redis, batches, args.users, args.batch, args.window)
+        got = await run(redis, archive, batches, args.users, args.batch, args.window)
         await redis.stop()
     finally:
         proc.terminate()
@@ -148,10 +176,11 @@ async def main(args: argparse.Namespace) -> None:
     )
     print(f"{'':<8}{'msgs/s':>24}{'client CPU µs/msg':>30}")
     print(f"{'op':<8}{'memory':>12}{'redis':>12}{'memory':>15}{'redis':>15}")
-    for op in ("append", "read", "claim"):
+    for op in ("append", "read", "claim", "archive", "history"):
         (mr, mc), (rr, rc) = base[op], got[op]
         print(f"{op:<8}{mr:>12,.0f}{rr:>12,.0f}{mc:>15.1f}{rc:>15.1f}")
     print(f"redis-server CPU, append: {cpu / messages * 1e6:.1f} µs per message")
+    print(f"redis-server CPU, archive: {archive_cpu / messages * 1e6:.1f} µs per message")
     print(
         f"round trips: {trips} commands sent for {len(batches)} batches"
         f" ({trips / messages:.3f} per message); server counted {evalsha} EVALSHA"

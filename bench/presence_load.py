@@ -33,10 +33,13 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
 
+from twisted.internet.defer import Deferred
 from twisted.internet.task import Clock
+from zope.interface import implementer
 
 from o2obroker.config import Config
 from o2obroker.service.node import Node
+from o2obroker.session.gateway import IConnection
 from o2obroker.wire import encode_cbor
 from o2obroker.wire.limits import Limits
 
@@ -83,6 +86,7 @@ class Wire:
         )
 
 
+@implementer(IConnection)
 class SimDevice:
     """One device: the broker's IConnection on one side, a well-behaved client on the other."""
 
@@ -109,6 +113,10 @@ class SimDevice:
         self.sim.wire.count(frame["t"], len(encode_cbor(frame)) + 4)
         self._client(frame)
 
+    def send_many(self, frames: list[dict[str, Any]]) -> None:
+        for frame in frames:
+            self.send(frame)
+
     def send_msgs(self, items: list[tuple[int, Any]]) -> None:
         if self.closed:
             return
@@ -132,7 +140,12 @@ class SimDevice:
     def unsent(self) -> int:
         return self.pending
 
-    def close(self) -> None:
+    def when_drained(self) -> Deferred[None] | None:
+        return None  # the simulated link carries what is written: no backlog pacing
+
+    def close(self, last: dict[str, Any] | None = None) -> None:
+        if last is not None:
+            self.send(last)
         self.closed = True
 
     # -- the client's side ---------------------------------------------------

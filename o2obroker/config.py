@@ -5,6 +5,7 @@ from __future__ import annotations
 import configparser
 import ipaddress
 import re
+import shlex
 from dataclasses import dataclass, field, fields
 from typing import Any
 
@@ -110,14 +111,14 @@ class Config:
     backend_timeout: float = 5.0
     max_stored_bytes_per_user: int = 16 << 20
     max_stored_bytes: int = 512 << 20
-    # presence (PROTOCOL.md section 5; doc/presence.md)
+    # presence (doc/protocol.md section 5; doc/presence.md)
     watch_cap: int = 1000  # users on one user's watch list
     presence_grace: float = 20.0  # seconds a dropped device still counts, for quick reconnects
     presence_window: float = 0.5  # seconds of changes coalesced before watchers are told
     presence_skew: float = 5.0  # seconds a watch's since is moved back, for clocks of other nodes
     presence_naive: bool = False  # benchmark baseline only: no grace, coalescing or transfer hold
     transfer_rate: int = 32768  # bytes/s assumed of a link before its rate is measured
-    # per-connection rate limit (PROTOCOL.md section 7, 429): frames/s, 0 = off;
+    # per-connection rate limit (doc/protocol.md section 7, 429): frames/s, 0 = off;
     # burst 0 means twice the rate
     rate_limit: float = 0.0
     rate_burst: int = 0
@@ -160,6 +161,8 @@ class Config:
     manhole_host_key: str | None = None
     manhole_telnet: str | None = None
     manhole_passwd: str | None = None
+    # the log (doc/operations.md): text lines, or one JSON object a line
+    log_format: str = "text"
     limits: Limits = field(default_factory=Limits)
     policies: dict[str, PolicySettings] = field(default_factory=dict)
     filters: dict[str, FilterSettings] = field(default_factory=dict)
@@ -226,6 +229,8 @@ class Config:
             raise ConfigError(f"transfer_rate: must be at least 1 byte/s, not {self.transfer_rate}")
         if not self.node or "/" in self.node:
             raise ConfigError(f"node: {self.node!r} is not a valid node id")
+        if self.log_format not in ("text", "json"):
+            raise ConfigError(f"log_format: must be 'text' or 'json', not {self.log_format!r}")
         _check_supervisor(self)
         _check_console(self)
         _check_redis(self)
@@ -329,6 +334,13 @@ def _check_supervisor(c: Config) -> None:
         command, url = getattr(c, f"{hook}_command"), getattr(c, f"{hook}_url")
         if command and url:
             raise ConfigError(f"{hook}_command, {hook}_url: give one of them, not both")
+        if command is not None:
+            try:
+                argv = shlex.split(command)
+            except ValueError as e:
+                raise ConfigError(f"{hook}_command: {command!r}: {e}") from None
+            if not argv:
+                raise ConfigError(f"{hook}_command: empty; leave the key out for no hook")
         if url and not url.startswith(("http://", "https://")):
             raise ConfigError(f"{hook}_url: must be an http:// or https:// URL, not {url!r}")
 
@@ -392,7 +404,8 @@ def _convert(name: str, raw: str, like: Any) -> Any:
         if isinstance(like, float):
             return float(raw)
     except ValueError:
-        raise ConfigError(f"{name}: {raw!r} is not a {type(like).__name__}") from None
+        kind = "an integer" if isinstance(like, int) else "a number"
+        raise ConfigError(f"{name}: {raw!r} is not {kind}") from None
     return raw
 
 
@@ -444,8 +457,14 @@ def load(path: str | None = None, overrides: dict[str, Any] | None = None) -> Co
                 parser.read_file(f)
         except OSError as e:
             raise ConfigError(f"config: cannot read {path}: {e.strerror}") from None
+        except configparser.MissingSectionHeaderError as e:
+            raise ConfigError(
+                f"config: {path} line {e.lineno}: no section header; keys go under [broker]"
+            ) from None
         except configparser.Error as e:
-            raise ConfigError(f"config: {path}: {e}") from None
+            # configparser's messages span lines (file, line, the text): keep one
+            message = " ".join(str(e).split())
+            raise ConfigError(f"config: {path}: {message}") from None
         for section in parser.sections():
             if section in ("broker", "limits"):
                 continue

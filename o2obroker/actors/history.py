@@ -1,4 +1,4 @@
-"""Pages of the archive for a reader: who may read what (PROTOCOL.md section 4, History)."""
+"""Pages of the archive for a reader: who may read what (doc/protocol.md section 4, History)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Presence (PROTOCOL.md section 5): the user-level rule and the fan-out to watchers.
+"""Presence (doc/protocol.md section 5): the user-level rule and the fan-out to watchers.
 
 Presence is pushed, never pulled: devices report their own state, the user's
 actor folds its devices into one user-level state (``UserPresence``), and only
@@ -49,7 +49,7 @@ class DeviceEntry:
 
 
 def aggregate(entries: Iterable[DeviceEntry]) -> tuple[str, str, int]:
-    """The user-level (state, status, visible device count) of PROTOCOL.md section 5.
+    """The user-level (state, status, visible device count) of doc/protocol.md section 5.
 
     Offline when no device is there or every one is invisible; else the most
     available state (online > busy > away), with the status text of the

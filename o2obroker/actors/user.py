@@ -16,7 +16,7 @@ from o2obroker.actors.history import read_history
 from o2obroker.actors.presence import PresenceHub, UserPresence, presence_frame
 from o2obroker.backend.interface import IBackend, InboxState, Receipt, StoredMessage
 from o2obroker.policy.pipeline import REJECTED_STATUS
-from o2obroker.routing import Delivery, Outgoing, Router, Settlement
+from o2obroker.routing import Delivery, IMailbox, Outgoing, Router, Settlement
 from o2obroker.routing.router import UNAVAILABLE
 from o2obroker.wire import MessageTemplate, OutFrame, ProtocolError
 
@@ -34,6 +34,9 @@ class IDevice(Interface):
     kind = Attribute("'mobile' or 'web'.")
     cursor = Attribute("Highest seq this device has acknowledged or been resumed at.")
     live = Attribute("Whether the device takes frames now.")
+    service = Attribute(
+        "True for a back-end service's sender (API, console): it may publish to any room."
+    )
 
     def welcome(last: int, resumed: bool) -> None:
         """The device is attached: send the welcome frame."""
@@ -131,6 +134,7 @@ class MidSource:
         return [f"{prefix}{next(count):x}" for _ in range(n)]
 
 
+@implementer(IMailbox)
 class UserActor(Actor):
     """Owns one user's devices on this node and serialises what happens to them.
 
@@ -419,9 +423,7 @@ class UserActor(Actor):
         if send.room is None:
             return Outgoing(user, send.id, name, message, send.to)
         # a back-end service (the HTTP API's publish) may publish to any room
-        return Outgoing(
-            user, send.id, name, message, None, send.room, getattr(device, "service", False)
-        )
+        return Outgoing(user, send.id, name, message, None, send.room, device.service)
 
     def _on_receipt(self, batch: list[Message]) -> None:
         answers: dict[Any, list[tuple[str, str, int, str]]] = {}
@@ -638,7 +640,7 @@ class UserActor(Actor):
         )
         device.send_frame(_error(*UNAVAILABLE, None))
 
-    # -- presence (PROTOCOL.md section 5; the rules are in presence.py) -------
+    # -- presence (doc/protocol.md section 5; the rules are in presence.py) -------
 
     def _on_presence(self, batch: list[Message]) -> None:
         presence = self.presence

@@ -3,7 +3,7 @@
 Independent of inboxes (which empty as devices acknowledge), the archive keeps
 the last messages of every conversation (a pair of users) and every room,
 capped by count and age, and pages back through them by ``before`` (a mid) and
-``limit``, newest first (PROTOCOL.md section 4, History). The memory archive is
+``limit``, newest first (doc/protocol.md section 4, History). The memory archive is
 the embedded one; a networked backend implements the same interface.
 """
 

@@ -103,7 +103,7 @@ class Receipt(NamedTuple):
 
 @dataclass(frozen=True, slots=True)
 class Presence:
-    """A user's presence as watchers see it (PROTOCOL.md section 5).
+    """A user's presence as watchers see it (doc/protocol.md section 5).
 
     ``devices`` counts the devices that are not invisible, so an invisible user
     looks exactly like one with no device. ``ts`` (ms since the epoch) is when

@@ -70,7 +70,7 @@ class _SentIds:
 class MemoryBackend:
     """Inboxes, cursors, rooms and send-id dedupe in dicts.
 
-    Limits are the ones of PROTOCOL.md section 4: an inbox keeps at most
+    Limits are the ones of doc/protocol.md section 4: an inbox keeps at most
     ``inbox_cap`` messages (oldest dropped first) for at most ``inbox_ttl``
     seconds, and a message leaves once every device seen within
     ``device_ttl`` has acknowledged it. Send ids are remembered for

@@ -1,6 +1,7 @@
 """Command line: ``python -m o2obroker.client listen|send ...``.
 
 python -m o2obroker.client --user bob listen
+python -m o2obroker.client --user bob listen --reconnect   # resume after a kick or restart
 python -m o2obroker.client --user alice send --to bob '{"text": "hi"}'
 python -m o2obroker.client --token $JWT send --room store-42 '{"order": 991}'
 """
@@ -12,10 +13,14 @@ import json
 import sys
 from typing import Any
 
+from twisted.application.internet import ClientService, backoffPolicy
 from twisted.internet.defer import ensureDeferred
-from twisted.internet.task import react
+from twisted.internet.endpoints import clientFromString
+from twisted.internet.error import ConnectError
+from twisted.internet.protocol import Factory
+from twisted.internet.task import deferLater, react
 
-from o2obroker.client.binary import ClientError, connect
+from o2obroker.client.binary import BinaryClient, ClientClosed, ClientError, connect
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -38,10 +43,71 @@ def _parser() -> argparse.ArgumentParser:
     listen = sub.add_parser("listen", help="print every message as a JSON line")
     listen.add_argument("--join", action="append", default=[], help="join this room first")
     listen.add_argument("--count", type=int, default=0, help="stop after this many (0: never)")
+    listen.add_argument(
+        "--reconnect",
+        action="store_true",
+        help="when the broker closes the connection (kick, drain, restart), connect again and"
+        " resume after the last message printed; without it, exit 1 with the reason."
+        " A replaced device (409) or a refused hello (401) always exits",
+    )
     return p
 
 
+# the broker's answers that another try would only repeat
+FINAL_CODES = (400, 401, 403, 409)
+
+
+async def _listen(reactor: Any, args: argparse.Namespace) -> None:
+    """Print messages until ``--count``; on a close, exit 1 or reconnect and resume."""
+    hello: dict[str, Any] = {"t": "hello", "v": 1, "device": args.device}
+    if args.token is not None:
+        hello["token"] = args.token
+    if args.user is not None:
+        hello["user"] = args.user
+    if args.resume is not None:
+        hello["resume"] = {"last": args.resume}
+    factory = Factory.forProtocol(lambda: BinaryClient(hello))
+    connector = ClientService(
+        clientFromString(reactor, args.endpoint),
+        factory,
+        retryPolicy=backoffPolicy(initialDelay=0.5, maxDelay=30.0),
+        clock=reactor,
+    )
+    connector.startService()
+    seen = 0
+    try:
+        while True:
+            # without --reconnect, a broker that cannot be reached is an error at once
+            client = await connector.whenConnected(failAfterFailures=None if args.reconnect else 1)
+            try:
+                await client.welcome
+                for room in args.join:
+                    await client.join(room)
+                while not args.count or seen < args.count:
+                    msg = await client.next_message()
+                    print(json.dumps(msg, default=lambda b: {"$bytes": b.hex()}), flush=True)
+                    seen += 1
+                await client.bye()
+                return
+            except (ClientClosed, ClientError) as e:
+                if not args.reconnect or getattr(e, "code", None) in FINAL_CODES:
+                    raise
+                if client.last_seq:
+                    hello["resume"] = {"last": client.last_seq}
+                print(f"closed: {e}; reconnecting", file=sys.stderr, flush=True)
+                await client.closed
+                # the connector learns of the loss just after the client: let it
+                await deferLater(reactor, 0, lambda: None)
+    finally:
+        # not from inside the connector's own callbacks (automat refuses re-entry)
+        await deferLater(reactor, 0, lambda: None)
+        await connector.stopService()
+
+
 async def _main(reactor: Any, args: argparse.Namespace) -> None:
+    if args.command == "listen":
+        await _listen(reactor, args)
+        return
     client = await connect(
         reactor,
         args.endpoint,
@@ -51,19 +117,11 @@ async def _main(reactor: Any, args: argparse.Namespace) -> None:
         resume=args.resume,
     )
     try:
-        if args.command == "send":
-            receipt = await client.send(json.loads(args.body), to=args.to, room=args.room)
-            print(json.dumps(receipt))
-        else:
-            for room in args.join:
-                await client.join(room)
-            seen = 0
-            while not args.count or seen < args.count:
-                msg = await client.messages.get()
-                print(json.dumps(msg, default=lambda b: {"$bytes": b.hex()}), flush=True)
-                seen += 1
+        receipt = await client.send(json.loads(args.body), to=args.to, room=args.room)
+        print(json.dumps(receipt))
     finally:
-        await client.bye()
+        if client.lost is None:
+            await client.bye()
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -73,7 +131,7 @@ def main(argv: list[str] | None = None) -> None:
         async def guarded() -> None:
             try:
                 await _main(reactor, args)
-            except ClientError as e:
+            except (ClientError, ClientClosed, ConnectError) as e:
                 print(f"error: {e}", file=sys.stderr)
                 raise SystemExit(1) from None
 

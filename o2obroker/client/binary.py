@@ -7,7 +7,7 @@ import os
 from collections.abc import Callable
 from typing import Any
 
-from twisted.internet.defer import Deferred, DeferredQueue
+from twisted.internet.defer import Deferred, DeferredQueue, fail
 from twisted.internet.endpoints import clientFromString
 from twisted.internet.protocol import Factory, Protocol
 from twisted.python.failure import Failure
@@ -25,6 +25,17 @@ class ClientError(Exception):
         self.code = frame.get("code")
 
 
+class ClientClosed(ConnectionError):
+    """The connection ended. ``frame`` is the error frame the broker closed it with
+    (409 replaced, 503 kicked or draining...), or None when it just went away."""
+
+    def __init__(self, frame: dict[str, Any] | None = None) -> None:
+        reason = f"{frame.get('code')} {frame.get('reason')}" if frame else "connection closed"
+        super().__init__(reason)
+        self.frame = frame
+        self.code = frame.get("code") if frame else None
+
+
 class BinaryClient(Protocol):
     """One device's connection. Incoming msgs go to ``on_msg`` if set, else to
     the ``messages`` queue; with ``auto_ack`` each received msg is acknowledged."""
@@ -38,6 +49,8 @@ class BinaryClient(Protocol):
         self.on_msg: Callable[[dict[str, Any]], None] | None = None
         self.last_seq = 0
         self.closed: Deferred[None] = Deferred()
+        self.lost: ClientClosed | None = None  # why the connection ended, once it has
+        self._last_error: dict[str, Any] | None = None
         self._splitter = FrameSplitter(Limits().max_frame * 16)
         self._pending: dict[str, Deferred[dict[str, Any]]] = {}
         self._waiters: dict[str, list[Deferred[dict[str, Any]]]] = {}
@@ -54,13 +67,22 @@ class BinaryClient(Protocol):
             self.frame_received(decode_cbor(payload, _CLIENT_LIMITS))
 
     def connectionLost(self, reason: Failure = None) -> None:  # type: ignore[assignment]
-        error = ConnectionError("connection closed")
+        error = self.lost = ClientClosed(self._last_error)
         if not self.welcome.called:
             self.welcome.errback(error)
         for d in self._pending.values():
             d.errback(error)
         self._pending.clear()
+        waiting, self.messages.waiting = self.messages.waiting, []
+        for d in waiting:
+            d.errback(error)
         self.closed.callback(None)
+
+    def next_message(self) -> Deferred[dict[str, Any]]:
+        """The next msg frame; fails with ClientClosed once none can come any more."""
+        if not self.messages.pending and self.lost is not None:
+            return fail(self.lost)
+        return self.messages.get()
 
     def frame_received(self, f: dict[str, Any]) -> None:
         t = f.get("t")
@@ -69,11 +91,17 @@ class BinaryClient(Protocol):
             if seq > self.last_seq:
                 self.last_seq = seq
             if self.on_msg is not None:
-                self.on_msg(f)
-            else:
-                self.messages.put(f)
+                self.on_msg(
+                    f
+                )  # acked once it has returned: a handler that raises leaves it unacked
+                if self.auto_ack:
+                    self.write_frame({"t": "ack", "seq": seq})
+                return
+            # acked before the queue hands it over: its reader runs at once, and a
+            # reader that says bye then must not leave this ack behind the bye
             if self.auto_ack:
                 self.write_frame({"t": "ack", "seq": seq})
+            self.messages.put(f)
             return
         if t == "receipt":
             d = self._pending.pop(f["id"], None)
@@ -100,6 +128,7 @@ class BinaryClient(Protocol):
             if not self.welcome.called:
                 self.welcome.errback(ClientError(f))
                 return
+            self._last_error = f  # an error that closes the connection says why
         self.frames.append(f)
         for d in self._waiters.pop(t, []):
             d.callback(f)
@@ -156,7 +185,7 @@ class BinaryClient(Protocol):
         before: str | None = None,
         limit: int | None = None,
     ) -> Deferred[dict[str, Any]]:
-        """A page of the archive (PROTOCOL.md section 4, History): the
+        """A page of the archive (doc/protocol.md section 4, History): the
         conversation with user ``with_`` or ``room``'s. Fires with the answer
         frame (``messages``, newest first, and ``more``); pass the last
         message's ``mid`` as ``before`` for the next page. Fails with

@@ -64,11 +64,17 @@ def build_business(
     *,
     agent: Any = None,
     run: Callable[[Callable[[], Any]], Deferred[Any]] | None = None,
+    archive: Any = None,
 ) -> Business:
-    """The pipeline, archive and hooks that ``config`` asks for (all None when off)."""
+    """The pipeline, archive and hooks that ``config`` asks for (all None when off).
+
+    ``archive`` is the backend's own archive, used when the archive is on;
+    without one the node keeps a memory archive.
+    """
     policy = config.policy
-    archive = None
-    if config.archive.enabled:
+    if not config.archive.enabled:
+        archive = None
+    elif archive is None:
         archive = MemoryArchive(
             clock, max_messages=config.archive.max_messages, max_age=config.archive.max_age
         )

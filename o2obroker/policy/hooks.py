@@ -1,6 +1,6 @@
 """Hooks to the application: a POST of JSON per call, guarded and bounded.
 
-Every hook (PROTOCOL.md section 8) goes through a :class:`HookClient`: a
+Every hook (doc/protocol.md section 8) goes through a :class:`HookClient`: a
 timeout per call, at most ``concurrency`` calls at once (and a bounded number
 waiting), and a circuit breaker that stops calling an application that is down.
 The publish hook is a pipeline stage (one call per actor batch); the connect
@@ -13,16 +13,17 @@ from __future__ import annotations
 from collections import Counter
 from typing import Any
 
-from twisted.internet.defer import Deferred, DeferredSemaphore, fail, succeed
+from twisted.internet.defer import Deferred, DeferredSemaphore, fail
 from twisted.internet.interfaces import IReactorTime
 from twisted.internet.protocol import Protocol, connectionDone
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.web.client import ResponseDone
 from twisted.web.http_headers import Headers
-from twisted.web.iweb import UNKNOWN_LENGTH, IBodyProducer
+from twisted.web.iweb import UNKNOWN_LENGTH
 from zope.interface import implementer
 
+from o2obroker.httpbody import BytesBody
 from o2obroker.policy.breaker import CircuitBreaker
 from o2obroker.policy.pipeline import REJECTED, UNAVAILABLE, Candidate, IMessageFilter, Rejected
 from o2obroker.wire import ProtocolError, decode_json, encode_json, valid_room, valid_user
@@ -36,28 +37,6 @@ _ANSWER_LIMITS = Limits(max_frame=MAX_ANSWER, max_body=MAX_ANSWER)
 
 class HookError(Exception):
     """A hook call failed: refused by the breaker, timed out, or a bad answer."""
-
-
-@implementer(IBodyProducer)
-class _Body:
-    """A request body that is already in memory: written at once, no cooperator."""
-
-    def __init__(self, data: bytes) -> None:
-        self.data = data
-        self.length = len(data)
-
-    def startProducing(self, consumer: Any) -> Deferred[None]:
-        consumer.write(self.data)
-        return succeed(None)
-
-    def pauseProducing(self) -> None:
-        pass
-
-    def resumeProducing(self) -> None:
-        pass
-
-    def stopProducing(self) -> None:
-        pass
 
 
 class _Reader(Protocol):
@@ -149,7 +128,7 @@ class HookClient:
         return d
 
     def _post(self, body: bytes) -> Deferred[dict[str, Any]]:
-        d = self.agent.request(b"POST", self.url, Headers(self._headers), _Body(body))
+        d = self.agent.request(b"POST", self.url, Headers(self._headers), BytesBody(body))
 
         def answered(response: Any) -> Deferred[dict[str, Any]]:
             return read_limited(response).addCallback(self._decode, response.code)

@@ -37,7 +37,7 @@ class Candidate(NamedTuple):
 
 
 class Rejected:
-    """A verdict that refuses a send with error ``code`` (PROTOCOL.md section 4).
+    """A verdict that refuses a send with error ``code`` (doc/protocol.md section 4).
 
     ``final`` rejections are remembered for the send id; a rejection that only
     says the application could not be asked is not, so a retry is screened again.

@@ -43,6 +43,12 @@ class IMailbox(Interface):
     def reachable() -> bool:
         """Whether a device of this user here takes messages now."""
 
+    def displaced(device: str) -> None:
+        """The same device of this user said hello on another node: close it here (409)."""
+
+    def resync() -> None:
+        """What was published for this user may have been lost: read the inbox again."""
+
 
 class IPublisher(Interface):
     """Where stored messages go next: to the nodes where their users are live."""

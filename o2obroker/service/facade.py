@@ -10,32 +10,21 @@ debugging.
 
 from __future__ import annotations
 
-import os
 from itertools import islice
 from typing import Any
 
 from twisted.internet.defer import Deferred
 
-from o2obroker.actors.user import SendOnlyDevice
-from o2obroker.wire import ProtocolError, parse_frame, valid_user
+from o2obroker.wire import ProtocolError
 
 MAX_PAGE = 1000
 
 
-class ConsoleDevice(SendOnlyDevice):
-    """The sender side of ``broker.send``: fires ``result`` with the receipt
-    (without its ``t``) or the error frame that answers the send."""
-
-    device = "console"
-
-    def __init__(self) -> None:
-        self.result: Deferred[dict[str, Any]] = Deferred()
-
-    def answered(self, frame: dict[str, Any]) -> None:
-        if not self.result.called:
-            if frame["t"] == "receipt":
-                frame = {k: v for k, v in frame.items() if k != "t"}
-            self.result.callback(frame)
+def _without_t(frame: dict[str, Any]) -> dict[str, Any]:
+    """A receipt reads better at the prompt without its ``t``; an error keeps it."""
+    if frame.get("t") == "receipt":
+        return {k: v for k, v in frame.items() if k != "t"}
+    return frame
 
 
 class Broker:
@@ -70,7 +59,7 @@ class Broker:
             "node": node.config.node,
             "connections": dict(node.gateway.connections),
             "actors": len(node.actors),
-            "frames_in": stats.frames_in,
+            "frames_in": sum(t.frames_in for t in stats.traffic.values()),
             "messages_in": stats.msgs_in,
             "messages_out": stats.msgs_out,
             "receipts": dict(stats.receipts),
@@ -161,17 +150,8 @@ class Broker:
         Fires with the receipt (or the error frame). ``id`` dedupes like a
         send's: repeating it returns the first receipt and delivers nothing.
         """
-        node = self._node
-        limits = node.config.limits
-        if not valid_user(sender, limits):
-            raise ValueError(f"{sender!r} is not a valid user id")
-        frame = {"t": "send", "id": id or f"console-{os.urandom(8).hex()}", "to": user}
-        frame["body"] = body
-        send = parse_frame(frame, limits)  # the same checks as a client's send
-        device = ConsoleDevice()
-        node.gateway.stats.msgs_in += 1
-        node.actors.user(sender).submit(device, send)
-        return device.result
+        d = self._node.gateway.service.send(sender, body, to=user, id=id, device="console")
+        return d.addCallback(_without_t)
 
     def drain(self) -> Deferred[None]:
         """Stop taking clients and send the connected ones elsewhere; fires when empty."""

@@ -18,6 +18,7 @@ from o2obroker.actors.supervisor import (
 )
 from o2obroker.backend import IBackend, MemoryBackend
 from o2obroker.backend.redis import RedisBackend, parse_urls
+from o2obroker.backend.redis.archive import RedisArchive
 from o2obroker.backend.timeouts import TimeoutBackend
 from o2obroker.config import Config
 from o2obroker.metrics import Metrics
@@ -65,7 +66,16 @@ class Node:
         )
         # the business layer (doc/business.md): pipeline, archive, hooks; ``agent``
         # is the HTTP client of the hooks (default: one on ``clock``, the reactor)
-        self.business = build_business(config, clock, agent=agent)
+        archive = None
+        if config.archive.enabled and isinstance(store, RedisBackend):
+            # on the backend's servers: every node of the cluster reads the same history
+            archive = RedisArchive(
+                store,
+                clock,
+                max_messages=config.archive.max_messages,
+                max_age=config.archive.max_age,
+            )
+        self.business = build_business(config, clock, agent=agent, archive=archive)
         if self.business.presence is not None:
             self.presence.on_edge = self.business.presence_changed
         self.actors = ActorSystem(self.router, clock, self.presence, self.business)
@@ -152,7 +162,7 @@ class Node:
             self.business.counts,
             "event",
         )
-        if self.business.archive is not None:
+        if hasattr(self.business.archive, "stored"):  # the memory archive's count
             gauges.add_gauge(
                 "o2o_archive_messages",
                 "Messages held in the history archive.",

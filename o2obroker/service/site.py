@@ -20,7 +20,7 @@ def build_site(node: Any, reactor: IReactorTime) -> WebSite:
     origins = OriginPolicy(config.allowed_origins, config.auth_mode)
     root = Resource()
     root.putChild(b"", static_file("index.html"))
-    for name in ("o2obroker.js", "demo.js", "demo.css"):
+    for name in ("o2obroker.js", "demo.js", "demo.css", "favicon.svg"):
         root.putChild(name.encode(), static_file(name))
     ws = websocket_resource(node.gateway, config, origins, reactor)
     root.putChild(b"ws", ws)

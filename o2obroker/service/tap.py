@@ -6,15 +6,17 @@ import gc
 import signal
 from typing import Any
 
-from twisted.application import service, strports
+from twisted.application import service
 from twisted.internet import reactor as global_reactor
 from twisted.internet.defer import Deferred
 from twisted.logger import Logger
 from twisted.python import usage
 
 from o2obroker.config import ConfigError, load
+from o2obroker.logs import twistd_observer
 from o2obroker.policy.build import check_business
 from o2obroker.service.console import check_console_files, console_service, namespace
+from o2obroker.service.listen import Listener, NodeTree, check_endpoint, exit_with
 from o2obroker.service.node import Node
 from o2obroker.service.site import build_site
 from o2obroker.transports.tcp import BinaryFactory
@@ -50,6 +52,7 @@ class Options(usage.Options):
             "(e.g. tcp:2222:interface=127.0.0.1); needs --manhole-keys. Off by default.",
         ],
         ["manhole-keys", None, None, "authorized_keys file of the admin console."],
+        ["log-format", None, None, "text|json: json writes one object a line [default: text]."],
         [
             "redis",
             None,
@@ -71,13 +74,21 @@ class Options(usage.Options):
             "hb": self["hb"],
             "manhole": self["manhole"],
             "manhole_keys": self["manhole-keys"],
+            "log_format": self["log-format"],
             "redis": self["redis"],
         }
         try:
-            self["settings"] = load(self["config"], overrides)
-            check_console_files(self["settings"])
-            check_business(self["settings"])
+            self["settings"] = config = load(self["config"], overrides)
+            for key in ("tcp", "http", "manhole", "manhole_telnet"):
+                if getattr(config, key):
+                    check_endpoint(key, getattr(config, key), global_reactor)
+            check_console_files(config)
+            check_business(config)
         except ConfigError as e:
+            if self.parent is not None:
+                # run by twistd, which would print its whole usage before the one line
+                # that matters, on stdout: say only that line, on stderr
+                exit_with(str(e))
             raise usage.UsageError(str(e)) from None
 
 
@@ -153,15 +164,15 @@ def makeService(options: dict[str, Any], reactor: Any = None) -> service.MultiSe
     reactor = reactor or global_reactor
     config = options["settings"]
     node = Node(config, reactor)
-    top = service.MultiService()
+    twistd = getattr(options, "parent", None)  # twistd's own options, when run by it
+    top = NodeTree(twistd)
+    if twistd is not None:
+        # twistd opens its log after this returns, and takes the application's observer
+        top.log_observer = twistd_observer(twistd, config.log_format)
     top.node = node  # for the console and tests
     NodeService(node, reactor).setServiceParent(top)
-    tcp = strports.service(config.tcp, BinaryFactory(node.gateway), reactor=reactor)
-    tcp.setName("tcp")
-    tcp.setServiceParent(top)
-    http = strports.service(config.http, build_site(node, reactor), reactor=reactor)
-    http.setName("http")
-    http.setServiceParent(top)
+    Listener("tcp", config.tcp, BinaryFactory(node.gateway), reactor).setServiceParent(top)
+    Listener("http", config.http, build_site(node, reactor), reactor).setServiceParent(top)
     console = console_service(config, namespace(node, top), reactor)
     if console is not None:
         console.setServiceParent(top)

@@ -13,10 +13,12 @@ from zope.interface import Attribute, Interface, implementer
 
 from o2obroker.actors import ActorSystem
 from o2obroker.actors.supervisor import IGate
+from o2obroker.logs import Budget
 from o2obroker.metrics import Stats
 from o2obroker.session.auth import Authenticator
 from o2obroker.session.drain import Drainer
 from o2obroker.session.liveness import Liveness
+from o2obroker.session.service import ServiceSender
 from o2obroker.session.session import Session
 from o2obroker.wire.errors import ProtocolError
 from o2obroker.wire.limits import Limits
@@ -57,11 +59,45 @@ class IConnection(Interface):
         once it does again (or the connection is gone)."""
 
 
+def peer_of(conn: Any) -> str:
+    """``host:port`` of a connection's peer, as well as its transport can tell."""
+    peer = getattr(conn, "peer", None)  # Autobahn's "tcp:1.2.3.4:5678"; long-poll's own
+    if isinstance(peer, str):
+        kind, _, rest = peer.partition(":")
+        return rest if kind in ("tcp", "tcp4", "tcp6") else peer
+    transport = getattr(conn, "transport", None)
+    address = transport.getPeer() if transport is not None else None
+    host = getattr(address, "host", None)
+    if host is None:
+        return "-"
+    return f"[{host}]:{address.port}" if ":" in host else f"{host}:{address.port}"
+
+
+class ConnectionLog:
+    """What the log keeps of one connection: its peer, when it opened, why it
+    ended, and how many error frames it was sent (their lines on a budget)."""
+
+    __slots__ = ("budget", "errors", "kind", "opened", "peer", "reason")
+
+    def __init__(self, peer: str, opened: float) -> None:
+        self.peer = peer
+        self.opened = opened
+        self.reason: str | None = None  # set by whoever closes it; else the peer went away
+        self.kind = "lost"  # the reason as a metric label: bye, lost, silent, or an error code
+        self.errors = 0
+        self.budget: Budget | None = None  # made at the first error
+
+
+# error lines of one connection: this many at once, then one per ERROR_LINE_EVERY seconds
+ERROR_LINE_BURST = 5
+ERROR_LINE_EVERY = 10.0
+
+
 @implementer(IGate)
 class Gateway:
     """Shared by all transports of a node: limits, auth, heartbeats, counts.
 
-    ``hb`` is the heartbeat interval of PROTOCOL.md section 3;
+    ``hb`` is the heartbeat interval of doc/protocol.md section 3;
     ``hello_timeout`` closes a connection that never says hello, and
     ``stall_timeout`` one whose frame stops arriving half-way.
     """
@@ -108,16 +144,97 @@ class Gateway:
         # frames a second per connection, and how many at once (0: no limit)
         self.rate_limit = rate_limit
         self.rate_burst = rate_burst or max(1, int(2 * rate_limit))
+        # sends of back-end services (HTTP API, console): the one path they take in
+        self.service = ServiceSender(self)
         # the application's connect hook (o2obroker/policy/hooks.py), or None
         self.connect_hook: Any = None
 
     def connect(self, conn: Any) -> Session:
         """A transport has a new connection: give it a session."""
         self.connections[conn.transport_name] += 1
-        return Session(self, conn)
+        self.stats.opened[conn.transport_name] += 1
+        session = Session(self, conn)
+        record = session.connlog = ConnectionLog(peer_of(conn), self.clock.seconds())
+        self.log.info(
+            "{transport} {peer} open",
+            event="open",
+            transport=conn.transport_name,
+            peer=record.peer,
+        )
+        return session
 
-    def disconnected(self, conn: Any) -> None:
+    def disconnected(self, conn: Any, session: Session | None = None) -> None:
         self.connections[conn.transport_name] -= 1
+        record = session.connlog if session is not None else None
+        if record is None:
+            return
+        # a connection that never got its welcome was refused (bad hello, 503...), or gave up
+        (self.stats.closed if session.welcomed else self.stats.refused)[record.kind] += 1
+        duration = round(self.clock.seconds() - record.opened, 3)
+        suppressed = record.budget.suppressed if record.budget is not None else 0
+        errors_text = ""
+        if record.errors:
+            errors_text = f" ({record.errors} error frames sent"
+            errors_text += f", {suppressed} not logged)" if suppressed else ")"
+        self.log.info(
+            "{transport} {peer} closed {_who} after {duration}s: {reason}{_errors_text}",
+            event="close",
+            transport=conn.transport_name,
+            peer=record.peer,
+            _who=f"{session.user}/{session.device}" if session.user else "before hello",
+            user=session.user,
+            device=session.device,
+            duration=duration,
+            reason=record.reason or "connection lost",
+            errors=record.errors,
+            suppressed=suppressed,
+            _errors_text=errors_text,
+        )
+
+    def welcomed(self, session: Session, last: int, resumed: bool) -> None:
+        """A hello was accepted: the welcome is on its way."""
+        record = session.connlog
+        self.log.info(
+            "{transport} {peer} hello {user}/{device}",
+            event="hello",
+            transport=session.conn.transport_name,
+            peer=record.peer if record is not None else "-",
+            user=session.user,
+            device=session.device,
+            last=last,
+            resumed=resumed,
+        )
+
+    def error_sent(self, session: Session, code: int, reason: str, fatal: bool) -> None:
+        """An error frame went to a connection: log it, on the connection's budget."""
+        record = session.connlog
+        if record is None:
+            return
+        record.errors += 1
+        if fatal:
+            record.reason = f"{code} {reason}"
+            record.kind = str(code)
+        now = self.clock.seconds()
+        budget = record.budget
+        if budget is None:
+            budget = record.budget = Budget(now, ERROR_LINE_BURST)
+        # an error that ends the connection comes once, and says why it ended: always logged
+        if not fatal and not budget.take(now, ERROR_LINE_BURST, ERROR_LINE_EVERY):
+            return
+        held, budget.held = budget.held, 0
+        self.log.info(
+            "{transport} {peer} error {code} to {_who}: {reason}{_held_text}",
+            event="error",
+            transport=session.conn.transport_name,
+            peer=record.peer,
+            _who=f"{session.user}/{session.device}" if session.user else "(no hello)",
+            user=session.user,
+            device=session.device,
+            code=code,
+            reason=reason,
+            held=held,
+            _held_text=f" ({held} earlier error lines not logged)" if held else "",
+        )
 
     def refusal(self) -> ProtocolError | None:
         """Why a new hello must be refused (503), or None to let it in."""

@@ -43,6 +43,9 @@ class Liveness:
         self._loop.clock = clock
 
     def start(self) -> None:
+        # the clock may have moved since construction: sessions that open before
+        # the first tick take their last-heard time from ``now``
+        self.now = self._clock.seconds()
         self._loop.start(1.0, now=False)
 
     def stop(self) -> None:

@@ -1,4 +1,4 @@
-"""Per-connection rate limits (PROTOCOL.md section 7, code 429): a token bucket."""
+"""Per-connection rate limits (doc/protocol.md section 7, code 429): a token bucket."""
 
 from __future__ import annotations
 

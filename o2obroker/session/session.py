@@ -54,6 +54,7 @@ class Session:
     """The protocol state of one connection of one device."""
 
     log = Logger()
+    service = False  # a client's device: it sends to rooms it is a member of
 
     __slots__ = (
         "__weakref__",
@@ -63,6 +64,7 @@ class Session:
         "_hello_due",
         "actor",
         "conn",
+        "connlog",
         "cursor",
         "device",
         "identity",
@@ -79,11 +81,14 @@ class Session:
         "state",
         "transfer",
         "user",
+        "welcomed",
     )
 
     def __init__(self, gateway: Gateway, conn: Any) -> None:
         self._gateway = gateway
         self.conn = conn
+        self.connlog: Any = None  # the gateway's ConnectionLog of this connection
+        self.welcomed = 0.0  # clock time of the welcome; 0 before it
         self.kind: str = conn.kind
         self.state = HELLO
         self.user: str | None = None
@@ -177,6 +182,7 @@ class Session:
         if self.state is HELLO and not error.fatal:
             error = ProtocolError(401, f"no valid hello: {error.reason}", fatal=True)
         self._gateway.stats.errors[error.code] += 1
+        self._gateway.error_sent(self, error.code, error.reason, error.fatal)
         if error.fatal:
             self.close(error.frame())
         else:
@@ -189,7 +195,7 @@ class Session:
         if self._bucket is not None:
             self._bucket.discard(self)
             self._bucket = None
-            self._gateway.disconnected(self.conn)
+            self._gateway.disconnected(self.conn, self)
         was_open = self.state is OPEN
         self.state = CLOSED
         if was_open:
@@ -250,9 +256,9 @@ class Session:
                 stats.pings_saved_transfer += 1
             return
         if silent >= 2 * gw.hb:
-            self.log.info(
-                "{session!r} silent for {silent:.0f}s: closing", session=self, silent=silent
-            )
+            if self.connlog is not None:
+                self.connlog.reason = f"silent for {silent:.0f}s"
+                self.connlog.kind = "silent"
             self.close()
         elif silent >= gw.hb and not self.pinged:
             self.pinged = True
@@ -322,6 +328,7 @@ class Session:
             frame = error.frame()
             frame["versions"] = [1]
             self._gateway.stats.errors[400] += 1
+            gw.error_sent(self, 400, error.reason, True)
             self.close(frame)
             return
         try:
@@ -378,6 +385,8 @@ class Session:
 
     def welcome(self, last: int, resumed: bool) -> None:
         gw = self._gateway
+        self.welcomed = gw.clock.seconds()
+        gw.welcomed(self, last, resumed)
         self.conn.send(
             {
                 "t": "welcome",
@@ -396,8 +405,13 @@ class Session:
 
     def send_msgs(self, items: list[tuple[int, Any]]) -> None:
         if self.state is OPEN:
-            self._gateway.stats.msgs_out += len(items)
+            stats = self._gateway.stats
+            stats.msgs_out += len(items)
             self.conn.send_msgs(items)
+            # one sample a batch: its newest message, unless it waited for this device's hello
+            accepted = items[-1][1].fields.get("ts", 0) / 1000.0
+            if accepted >= self.welcomed:
+                stats.latency.observe(max(0.0, self._gateway.clock.seconds() - accepted))
 
     def when_drained(self) -> Deferred[None] | None:
         """None while the device takes what is written (or its transport cannot
@@ -408,6 +422,8 @@ class Session:
 
     def send_frame(self, frame: dict[str, Any]) -> None:
         if self.state is OPEN:
+            if frame.get("t") == "error":
+                self._gateway.error_sent(self, frame.get("code", 0), frame.get("reason", ""), False)
             self.conn.send(frame)
 
     def send_presence(self, out: OutFrame) -> None:
@@ -429,6 +445,7 @@ class Session:
     def replaced(self) -> None:
         if self.state is OPEN:
             self.state = CLOSED  # the actor has already let go of this device
+            self._gateway.error_sent(self, 409, "replaced", True)
             self.lost()
             self.conn.close({"t": "error", "code": 409, "reason": "replaced"})
 
@@ -457,6 +474,8 @@ class Session:
         pass
 
     def _on_bye(self, frame: Bye) -> None:
+        if self.connlog is not None:
+            self.connlog.reason = self.connlog.kind = "bye"
         self.close(BYE)
 
     def _on_presence(self, frame: PresenceReport) -> None:

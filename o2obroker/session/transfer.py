@@ -4,7 +4,7 @@ A device that is sending a large frame over a slow link may stay silent
 between chunks for longer than the heartbeat allows, and a device that is
 being sent one cannot answer a ping that waits behind it in the send buffer.
 Probing either is wasted traffic, and closing it would lose a transfer that
-is going well. So while a large frame (PROTOCOL.md section 5: above 64 KiB)
+is going well. So while a large frame (doc/protocol.md section 5: above 64 KiB)
 is on its way, the device's liveness and presence are held.
 
 The hold is bounded: each connection measures its own transfer rate ``v``
@@ -15,7 +15,7 @@ completes, fails, or passes ``t0`` plus a margin; then normal probing resumes.
 
 from __future__ import annotations
 
-#: frames above this size start a hold (PROTOCOL.md section 5)
+#: frames above this size start a hold (doc/protocol.md section 5)
 LARGE = 64 << 10
 
 

@@ -1,4 +1,4 @@
-"""The server-side HTTP API (PROTOCOL.md section 8), health and metrics.
+"""The server-side HTTP API (doc/protocol.md section 8), health and metrics.
 
 Every answer is JSON (``/metrics`` is Prometheus text). ``/api/v1/...`` needs
 ``Authorization: Bearer <api key>``; health, metrics and the free-host look-up
@@ -15,14 +15,13 @@ from urllib.parse import urlsplit
 
 from prometheus_client import CONTENT_TYPE_LATEST
 from twisted.internet.defer import CancelledError, Deferred, maybeDeferred
-from twisted.internet.interfaces import IDelayedCall, IReactorTime
+from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET
 
 from o2obroker.actors.history import read_history
 from o2obroker.actors.supervisor import occupancy_of
-from o2obroker.actors.user import SendOnlyDevice
 from o2obroker.transports.common import finish, json_answer, json_body
 from o2obroker.wire import ProtocolError, decode_json, parse_frame, valid_user
 
@@ -126,55 +125,37 @@ class Publish(_Endpoint):
         obj = self.body(request)
         if type(obj) is bytes:
             return obj
-        limits = self.node.config.limits
-        sender = obj.get("from", "system")
-        if not valid_user(sender, limits):
-            return _answer(request, 400, {"error": "from is not a valid user id"})
+        if "body" not in obj:
+            return _answer(request, 400, {"error": "body is missing"})
         if ("to" in obj) == ("room" in obj):
             return _answer(request, 400, {"error": "give exactly one of to and room"})
         send_id = obj.get("id")
-        if send_id is None:
-            send_id = f"api-{secrets.token_hex(8)}"  # no id: no dedupe
-        frame = {"t": "send", "id": send_id, "body": obj.get("body")}
-        if "body" not in obj:
-            return _answer(request, 400, {"error": "body is missing"})
-        frame["to" if "to" in obj else "room"] = obj.get("to", obj.get("room"))
         try:
-            send = parse_frame(frame, limits)
+            d = self.node.gateway.service.send(
+                obj.get("from", "system"),
+                obj["body"],
+                to=obj.get("to"),
+                room=obj.get("room"),
+                id=send_id if send_id is not None else f"api-{secrets.token_hex(8)}",
+                device="api",
+            )
         except ProtocolError as e:
             return _answer(request, e.code, {"error": e.reason})
-        device = ServiceDevice(request, self.clock)
-        self.node.gateway.stats.msgs_in += 1
-        self.node.actors.user(sender).submit(device, send)
+        d.addTimeout(PUBLISH_TIMEOUT, self.clock)
+        d.addCallbacks(lambda frame: _publish_answer(request, frame), lambda _: _late(request))
         return NOT_DONE_YET
 
 
-class ServiceDevice(SendOnlyDevice):
-    """The sender side of an API publish: answers the request with the
-    receipt, or with the error that refused the send."""
+def _publish_answer(request: Any, frame: dict[str, Any]) -> None:
+    """The receipt, or the error that refused the send, as the HTTP answer."""
+    if frame["t"] == "receipt":
+        _write(request, 200, frame)
+    else:
+        _write(request, frame.get("code", 400), {"error": frame.get("reason", ""), "frame": frame})
 
-    device = "api"
 
-    def __init__(self, request: Any, clock: IReactorTime) -> None:
-        self.request = request
-        self._timer: IDelayedCall | None = clock.callLater(PUBLISH_TIMEOUT, self._late)
-
-    def _done(self, code: int, obj: Any) -> None:
-        if self._timer is not None:
-            if self._timer.active():
-                self._timer.cancel()
-            self._timer = None
-            _write(self.request, code, obj)
-
-    def _late(self) -> None:
-        self._timer = None
-        _write(self.request, 504, {"error": "no receipt in time; retry with the same id"})
-
-    def answered(self, frame: dict[str, Any]) -> None:
-        if frame["t"] == "receipt":
-            self._done(200, frame)
-        else:
-            self._done(frame.get("code", 400), {"error": frame.get("reason", ""), "frame": frame})
+def _late(request: Any) -> None:
+    _write(request, 504, {"error": "no receipt in time; retry with the same id"})
 
 
 class History(_Endpoint):
@@ -204,7 +185,7 @@ class History(_Endpoint):
             frame["before"] = before
         limit = _arg(request, "limit")
         if limit is not None:
-            if not limit.isdigit():
+            if not (limit.isascii() and limit.isdigit()):  # "²" is a digit to isdigit
                 return _answer(request, 400, {"error": "limit must be an integer"})
             frame["limit"] = int(limit)
         try:
@@ -246,11 +227,7 @@ class Presence(_Endpoint):
         bad = [u for u in users if not valid_user(u, limits)]
         if bad:
             return _answer(request, 400, {"error": f"not a valid user id: {bad[0][:140]!r}"})
-        lookup = getattr(getattr(self.node, "presence", None), "lookup", None)
-        if lookup is None:
-            # no presence service on this node: nobody is known to be online
-            return _answer(request, 200, {"users": {u: dict(_OFFLINE) for u in users}})
-        d: Deferred[Any] = maybeDeferred(lookup, users)
+        d: Deferred[Any] = maybeDeferred(self.node.presence.lookup, users)
         d.addCallback(lambda found: _write(request, 200, {"users": _presence_map(users, found)}))
         d.addErrback(lambda f: _write(request, 503, {"error": f.getErrorMessage()}))
         return NOT_DONE_YET

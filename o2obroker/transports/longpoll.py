@@ -1,4 +1,4 @@
-"""HTTP long-poll on ``/lp/...`` (PROTOCOL.md section 6), for browsers without WebSockets.
+"""HTTP long-poll on ``/lp/...`` (doc/protocol.md section 6), for browsers without WebSockets.
 
 A long-poll session is an IConnection like a socket, for the same
 :class:`~o2obroker.session.Session`: what the session writes goes into an
@@ -26,6 +26,7 @@ from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET
 from zope.interface import implementer
 
+from o2obroker.metrics import traffic_of
 from o2obroker.session import Gateway, IConnection, Liveness, Session
 from o2obroker.transports.common import (
     Flusher,
@@ -109,7 +110,11 @@ class LongPollConnection:
                 answer = answers.pop(0)
                 if not answers:
                     del self._waiting[key]
-                answer.frames.append(encode_json(frame))
+                text = encode_json(frame)
+                answer.frames.append(text)
+                traffic = self._res.traffic
+                traffic.frames_out += 1
+                traffic.bytes_out += len(text)
                 answer.waiting -= 1
                 if answer.waiting == 0:
                     self._res.finish_send(answer)
@@ -148,7 +153,17 @@ class LongPollConnection:
         if last is not None:
             self.send(last)
         self.closed = True
+        self._answer_sends()
         self._wake()
+
+    def _answer_sends(self) -> None:
+        """No receipt can come through an ended session: sends still waiting for
+        theirs are answered now with what they have (the client sends them again,
+        with the same ids, on its next session)."""
+        waiting, self._waiting = self._waiting, {}
+        for answers in waiting.values():
+            for answer in answers:
+                self._res.finish_send(answer)
 
     def _push(self, text: str) -> None:
         if self.closed:
@@ -156,6 +171,9 @@ class LongPollConnection:
         self._last += 1
         self._frames.append((self._last, text))
         self._size += len(text)
+        traffic = self._res.traffic
+        traffic.frames_out += 1
+        traffic.bytes_out += len(text)  # characters: bytes for all but non-ASCII text
         if self._size > self._res.gateway.limits.max_queue and not self._overflow and self._slow():
             # a client that stopped polling; its messages stay in the inbox for its resume
             self._overflow = True
@@ -272,6 +290,7 @@ class LongPollConnection:
     def expire(self) -> None:
         """End the session now; the device goes offline."""
         self.closed = True
+        self._answer_sends()
         if self.session is not None:
             self.session.lost()
         self._res.forget(self)
@@ -292,6 +311,7 @@ class LongPollResource(Resource):
     ) -> None:
         super().__init__()
         self.gateway = gateway
+        self.traffic = traffic_of(gateway.stats, "lp")
         self.origins = origins
         self.clock = clock
         self.timeout = timeout
@@ -373,13 +393,17 @@ class LongPollResource(Resource):
 
     def frames_of(self, request: Any) -> list[dict[str, Any]] | bytes:
         """The body's frames, or the 400 body that refuses it."""
+        body = request.content.read()
+        self.traffic.bytes_in += len(body)
         try:
-            value = decode_json(request.content.read(), self.gateway.limits)
+            value = decode_json(body, self.gateway.limits)
         except ProtocolError as e:
             return json_answer(
                 request, 413 if isinstance(e, FrameTooLarge) else 400, _frames([e.frame()])
             )
-        return [value] if type(value) is dict else value
+        frames = [value] if type(value) is dict else value
+        self.traffic.frames_in += len(frames)
+        return frames
 
 
 class _Child(Resource):
@@ -419,6 +443,7 @@ class _Open(_Child):
         lp = self.lp
         refused = lp.guard(request)
         if refused is not None:
+            lp.gateway.stats.refused["origin"] += 1
             return refused
         frames = lp.frames_of(request)
         if type(frames) is bytes:
@@ -428,6 +453,10 @@ class _Open(_Child):
                 request, 400, error_frames(400, "the body of /lp/open is one hello frame")
             )
         conn = LongPollConnection(lp, secrets.token_urlsafe(24))
+        address = request.getClientAddress()
+        conn.peer = (
+            f"{getattr(address, 'host', '-')}:{getattr(address, 'port', '-')}"  # for the log
+        )
         conn._collect = errors = []
         session = conn.session = lp.gateway.connect(conn)
         session.touch()

@@ -1,4 +1,4 @@
-"""Binary TCP: 4-byte length prefix, one CBOR map per frame (PROTOCOL.md section 1)."""
+"""Binary TCP: 4-byte length prefix, one CBOR map per frame (doc/protocol.md section 1)."""
 
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ from twisted.internet.protocol import Factory, Protocol
 from twisted.logger import Logger
 from zope.interface import implementer
 
+from o2obroker.metrics import traffic_of
 from o2obroker.session import Gateway, IConnection, Session
 from o2obroker.session.transfer import LARGE
 from o2obroker.transports.common import Backpressure, SocketOutput, socket_under
@@ -39,6 +40,7 @@ class BinaryProtocol(SocketOutput, Protocol):
         self._pressure = Backpressure()
         self._abort: IDelayedCall | None = None
         self.session: Session | None = None
+        self._traffic = traffic_of(gateway.stats, self.transport_name)
 
     def connectionMade(self) -> None:
         self.transport.registerProducer(self._pressure, True)
@@ -53,6 +55,9 @@ class BinaryProtocol(SocketOutput, Protocol):
         except ProtocolError as e:
             session.fail(e)
             return
+        traffic = self._traffic
+        traffic.bytes_in += len(data)
+        traffic.frames_in += len(payloads)
         limits = self._gateway.limits
         for payload in payloads:
             try:
@@ -92,6 +97,7 @@ class BinaryProtocol(SocketOutput, Protocol):
             return
         payload = encode_cbor(frame)
         self.transport.write(_prefix(len(payload)) + payload)
+        self._count(1, len(payload) + 4)
         if self._pressure.paused:
             self._wrote(len(payload) + 4)
 
@@ -105,6 +111,7 @@ class BinaryProtocol(SocketOutput, Protocol):
             parts.append(payload)
         data = b"".join(parts)
         self.transport.write(data)
+        self._count(len(frames), len(data))
         if self._pressure.paused:
             self._wrote(len(data))
 
@@ -118,6 +125,7 @@ class BinaryProtocol(SocketOutput, Protocol):
             parts.append(payload)
         data = b"".join(parts)
         self.transport.write(data)
+        self._count(len(items), len(data))
         if self._pressure.paused:
             self._wrote(len(data))
         if len(data) >= LARGE and not self._closing:
@@ -128,6 +136,7 @@ class BinaryProtocol(SocketOutput, Protocol):
             return 0
         payload = out.cbor()
         self.transport.write(_prefix(len(payload)) + payload)
+        self._count(1, len(payload) + 4)
         if self._pressure.paused:
             self._wrote(len(payload) + 4)
         return len(payload) + 4
@@ -135,6 +144,12 @@ class BinaryProtocol(SocketOutput, Protocol):
     def _write_last(self, frame: dict[str, Any]) -> None:
         payload = encode_cbor(frame)
         self.transport.write(_prefix(len(payload)) + payload)
+        self._count(1, len(payload) + 4)
+
+    def _count(self, frames: int, size: int) -> None:
+        traffic = self._traffic
+        traffic.frames_out += frames
+        traffic.bytes_out += size
 
     def _shut(self) -> None:
         self.transport.loseConnection()

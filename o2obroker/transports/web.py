@@ -8,7 +8,7 @@ forever. :class:`GuardedChannel` gives every request an absolute deadline to
 arrive whole, and :class:`GuardedRequest` refuses a body over the limit with
 413 from its Content-Length (or as soon as a chunked body passes it), before
 reading it, and never spools a body to a temporary file on the reactor thread.
-Every answer of the port is JSON, twisted.web's own 404 and 405 pages too.
+Every answer of the port is JSON, twisted.web's own 404, 405 and 500 pages too.
 """
 
 from __future__ import annotations
@@ -36,6 +36,9 @@ _TOO_LARGE = json_body(
         "frames": [{"t": "error", "code": 413, "reason": "request body too large"}],
     }
 )
+
+# a resource failed: the body says so, the log says why
+_FAILED = json_body({"error": "internal error"})
 
 
 class GuardedChannel(HTTPChannel):
@@ -122,6 +125,19 @@ class GuardedRequest(Request):
     def render(self, resrc: Any) -> None:
         super().render(_JsonErrors(resrc))
 
+    def processingFailed(self, reason: Any) -> Any:
+        """A resource raised: log it and answer 500 as JSON, not twisted.web's HTML page."""
+        self._log.failure("request {method} {uri} failed", reason, method=self.method, uri=self.uri)
+        if self.startedWriting:  # part of an answer went out: it cannot be replaced
+            self.channel.transport.loseConnection()
+            return reason
+        self.responseHeaders.removeHeader(b"content-length")
+        body = json_answer(self, 500, _FAILED)
+        self.setHeader(b"content-length", b"%d" % len(body))
+        self.write(body)
+        self.finish()
+        return reason
+
     def _refuse(self) -> None:
         self._refused = True
         self.content = BytesIO()
@@ -200,6 +216,7 @@ _TYPES = {
     ".html": "text/html; charset=utf-8",
     ".js": "text/javascript; charset=utf-8",
     ".css": "text/css; charset=utf-8",
+    ".svg": "image/svg+xml",
 }
 
 

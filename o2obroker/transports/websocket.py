@@ -22,6 +22,7 @@ from autobahn.websocket.types import ConnectionDeny
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from zope.interface import implementer
 
+from o2obroker.metrics import traffic_of
 from o2obroker.session import Gateway, IConnection, Session
 from o2obroker.transports.common import (
     Backpressure,
@@ -66,6 +67,7 @@ class WebSocketConnection(SocketOutput, WebSocketServerProtocol):
         factory = self.factory
         if not factory.origins.allows(request.origin or None, request.headers.get("host")):
             factory.refused_origins += 1
+            factory.gateway.stats.refused["origin"] += 1
             raise ConnectionDeny(ConnectionDeny.FORBIDDEN, "origin not allowed")
         if CBOR_SUBPROTOCOL in request.protocols:
             self.cbor = True
@@ -86,6 +88,7 @@ class WebSocketConnection(SocketOutput, WebSocketServerProtocol):
         self._max_queue = self.factory.gateway.limits.max_queue
         transport.registerProducer(self._pressure, True)
         self._socket = socket_under(transport)
+        self._traffic = traffic_of(self.factory.gateway.stats, self.transport_name)
         self.session = self.factory.gateway.connect(self)
 
     def onMessage(self, payload: bytes, isBinary: bool) -> None:
@@ -93,12 +96,15 @@ class WebSocketConnection(SocketOutput, WebSocketServerProtocol):
         if session is None or self._closing:
             return
         session.touch()
+        traffic = self._traffic
+        traffic.bytes_in += len(payload)
         limits = self.factory.gateway.limits
         try:
             obj = decode_cbor_batch(payload, limits) if isBinary else decode_json(payload, limits)
         except ProtocolError as e:
             session.fail(e)
             return
+        traffic.frames_in += 1 if type(obj) is dict else len(obj)
         if type(obj) is dict:
             if not self._hello_seen:
                 self._hello(obj)
@@ -152,6 +158,7 @@ class WebSocketConnection(SocketOutput, WebSocketServerProtocol):
 
     def _emit(self, payloads: list[Any]) -> None:
         """Write encoded frames: CBOR bytes, or JSON text (encoded to UTF-8 per message)."""
+        self._traffic.frames_out += len(payloads)
         if self.batch:
             self._out.extend(payloads)
             if not self._queued:
@@ -196,6 +203,7 @@ class WebSocketConnection(SocketOutput, WebSocketServerProtocol):
         """
         if self.state != self.STATE_OPEN or self._perMessageCompress is not None:
             for payload in payloads:
+                self._traffic.bytes_out += len(payload)  # before compression and framing
                 self.sendMessage(payload, binary)
         else:
             opcode = 0x82 if binary else 0x81
@@ -210,6 +218,7 @@ class WebSocketConnection(SocketOutput, WebSocketServerProtocol):
                     parts.append(_head64(opcode, 127, n))
                 parts.append(payload)
             data = b"".join(parts)
+            self._traffic.bytes_out += len(data)
             self.transport.write(data)
             if self._pressure.paused:
                 self._wrote(len(data))
@@ -235,6 +244,7 @@ class WebSocketConnection(SocketOutput, WebSocketServerProtocol):
     def _write_last(self, frame: dict[str, Any]) -> None:
         """The frame that explains the close, after what is pending (``batch``)."""
         last = encode_cbor(frame) if self.cbor else encode_json(frame)
+        self._traffic.frames_out += 1
         if self.batch:
             self._out.append(last)
             self._write_out()

@@ -1,7 +1,7 @@
 """Sans-IO wire layer: bytes in, frames out; frames in, bytes out.
 
 Nothing here touches a socket, a clock or Twisted. Transports feed it bytes
-and write what it returns; PROTOCOL.md is the contract it implements.
+and write what it returns; doc/protocol.md is the contract it implements.
 """
 
 from .codec import decode_cbor, decode_cbor_batch, decode_json, encode_cbor, encode_json

@@ -1,4 +1,4 @@
-"""One value model, two encodings (PROTOCOL.md, section 1).
+"""One value model, two encodings (doc/protocol.md, section 1).
 
 Values are the JSON data model plus byte strings. CBOR carries bytes natively;
 JSON carries them as ``{"$bytes": "<standard base64>"}``. Decoding enforces the

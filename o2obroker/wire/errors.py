@@ -1,4 +1,4 @@
-"""Protocol errors: each one knows the error frame it becomes (PROTOCOL.md, section 7)."""
+"""Protocol errors: each one knows the error frame it becomes (doc/protocol.md, section 7)."""
 
 from __future__ import annotations
 

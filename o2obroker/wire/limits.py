@@ -1,4 +1,4 @@
-"""Size and shape limits of the wire protocol (PROTOCOL.md, section 1).
+"""Size and shape limits of the wire protocol (doc/protocol.md, section 1).
 
 One immutable object, built once from the configuration and passed to every
 decoder, so a limit cannot drift between transports.

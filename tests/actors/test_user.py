@@ -18,7 +18,8 @@ from o2obroker.actors import ActorSystem
 from o2obroker.actors.presence import PresenceHub
 from o2obroker.actors.user import IDevice, SendOnlyDevice
 from o2obroker.backend import BackendUnavailable, MemoryBackend, TimeoutBackend
-from o2obroker.routing import Router
+from o2obroker.routing import IMailbox, Router
+from o2obroker.session.service import _Answer
 from o2obroker.wire import OutFrame, ProtocolError
 from o2obroker.wire.frames import Send
 from tests.doubles import FlakyBackend
@@ -143,6 +144,15 @@ class DeviceTests(ActorCase):
         h.login("alice", "phone").read()
         session = h.node.router.actors["alice"].devices["phone"]
         self.assertTrue(verifyObject(IDevice, session))
+
+    def test_a_service_sender_provides_the_interface(self) -> None:
+        h = Harness(auth="none")
+        self.assertTrue(verifyObject(IDevice, _Answer(h.node.gateway, "api")))
+
+    def test_the_actor_is_the_routers_mailbox(self) -> None:
+        h = Harness(auth="none")
+        h.login("alice", "phone").read()
+        self.assertTrue(verifyObject(IMailbox, h.node.router.actors["alice"]))
 
 
 class DeliveryTests(ActorCase):

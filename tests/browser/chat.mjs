@@ -83,7 +83,7 @@ async function fallback(context) {
   // the WebSocket breaks and cannot come back: the client must move to long-poll
   await alice.evaluate(() => {
     window.WebSocket = function () { throw new Error("WebSocket blocked by the test"); };
-    window.demo.client._ws.close();
+    window.demo.client._conn.ws.close();
   });
   for (let i = 0; i < 10; i++) {
     await bob.evaluate((i) => window.demo.client.send({ to: "alice-fb", body: { text: `during ${i}` } }), i);

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shlex
 from typing import Any
 
 from cryptography.hazmat.primitives.asymmetric import ed25519
@@ -13,12 +14,21 @@ from twisted.conch.ssh.transport import SSHClientTransport
 from twisted.internet import defer, protocol, reactor
 from twisted.internet.defer import Deferred, inlineCallbacks
 from twisted.internet.endpoints import TCP4ClientEndpoint
+from twisted.internet.utils import getProcessOutputAndValue
+from twisted.logger import capturedLogs, globalLogPublisher
 from twisted.python import usage
 from twisted.trial import unittest
 
 from o2obroker.config import Config, ConfigError
 from o2obroker.service import tap
-from o2obroker.service.console import console_service, namespace, read_authorized_keys
+from o2obroker.service.console import (
+    console_service,
+    fingerprint,
+    host_key,
+    namespace,
+    read_authorized_keys,
+)
+from o2obroker.service.node import Node
 from tests.harness import Harness
 
 
@@ -177,6 +187,14 @@ class SSHConsoleTests(unittest.TestCase):
         self.assertFalse(keys.Key.fromString(first).isPublic())
         self.assertEqual(os.stat(self.host_key_path).st_mode & 0o777, 0o600)
 
+    def test_host_key_fingerprint_is_logged_as_ssh_shows_it(self) -> None:
+        kept = keys.Key.fromFile(self.host_key_path)
+        with capturedLogs() as events:
+            host_key(self.host_key_path)
+        [line] = [e for e in events if "fp" in e]
+        self.assertEqual(line["fp"], fingerprint(kept))
+        self.assertRegex(line["fp"], r"^SHA256:[A-Za-z0-9+/]{43}$")
+
 
 class ConsoleConfigTests(unittest.TestCase):
     def keys_file(self) -> str:
@@ -318,3 +336,166 @@ class TelnetConsoleTests(unittest.TestCase):
         client.send(b"print('NODE', broker.stats()['node'])\n")
         out = yield client.wait_for(b"NODE n1")
         self.assertIn(b"NODE n1", out)
+
+
+SSH = "/usr/bin/ssh"
+
+
+class OpenSSHClientTests(unittest.TestCase):
+    """The console with the real OpenSSH client, as an operator uses it."""
+
+    timeout = 60
+
+    def setUp(self) -> None:
+        if not os.path.exists(SSH):
+            raise unittest.SkipTest("no ssh client")
+        self.node = Node(Config(), reactor)  # the real reactor: sends are answered by it
+        admin = new_key()
+        self.key_path = os.path.abspath(self.mktemp())
+        fd = os.open(self.key_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "wb") as f:
+            f.write(admin.toString("openssh"))
+        self.public_line = admin.public().toString("openssh")
+        keys_path = self.mktemp()
+        with open(keys_path, "wb") as f:
+            f.write(self.public_line + b" ops\n")
+        self.host_key_path = self.mktemp()
+        config = Config(
+            manhole="tcp:0:interface=127.0.0.1",
+            manhole_keys=keys_path,
+            manhole_host_key=self.host_key_path,
+        )
+        self.console = console_service(config, namespace(self.node), reactor)
+        self.console.startService()
+        self.addCleanup(self.console.stopService)
+        ports: list[Any] = []
+        self.console.getServiceNamed("ssh")._waitingForPort.addCallback(
+            lambda p: ports.append(p) or p
+        )
+        self.port = ports[0].getHost().port
+        self.events: list[dict[str, Any]] = []
+        globalLogPublisher.addObserver(self.events.append)
+        self.addCleanup(globalLogPublisher.removeObserver, self.events.append)
+
+    def ssh(
+        self, command: str | None, *options: str, stdin: str | None = None
+    ) -> Deferred[tuple[bytes, bytes, int]]:
+        argv = [
+            SSH,
+            "-F",
+            "/dev/null",
+            "-i",
+            self.key_path,
+            "-p",
+            str(self.port),
+            "-o",
+            "BatchMode=yes",
+            "-o",
+            "StrictHostKeyChecking=no",
+            "-o",
+            "UserKnownHostsFile=/dev/null",
+            "-o",
+            "LogLevel=ERROR",
+            *options,
+            "admin@127.0.0.1",
+            *([command] if command is not None else []),
+        ]
+        if stdin is None:
+            return getProcessOutputAndValue(argv[0], argv[1:], env=dict(os.environ))
+        shell = "printf '%s' " + shlex.quote(stdin) + " | " + shlex.join(argv)
+        return getProcessOutputAndValue("/bin/sh", ["-c", shell], env=dict(os.environ))
+
+    async def test_one_command_prints_and_exits(self) -> None:
+        out, err, code = await self.ssh("broker.stats()['node']")
+        self.assertEqual((out, code), (b"'n1'\n", 0), err)
+        out, err, code = await self.ssh("print('a'); print('b')")
+        self.assertEqual((out, code), (b"a\nb\n", 0), err)
+
+    async def test_one_command_on_a_terminal_ends_lines_for_it(self) -> None:
+        out, err, code = await self.ssh("print('a'); print('b')", "-tt")
+        self.assertEqual((out, code), (b"a\r\nb\r\n", 0), err)
+
+    async def test_a_failing_command_exits_non_zero(self) -> None:
+        out, _, code = await self.ssh("broker.user(")
+        self.assertEqual(code, 1)
+        self.assertIn(b"SyntaxError", out)
+        out, _, code = await self.ssh("1 / 0")
+        self.assertEqual(code, 1)
+        self.assertIn(b"ZeroDivisionError", out)
+
+    async def test_a_deferred_is_waited_for(self) -> None:
+        out, err, code = await self.ssh("broker.inbox('alice')")
+        self.assertEqual((code, out), (0, b"{'first': 1, 'last': 0, 'user': 'alice'}\n"), err)
+
+    async def test_receipts_of_console_sends_are_counted(self) -> None:
+        out, err, code = await self.ssh("broker.send('alice', {'text': 'hi'})")
+        self.assertEqual(code, 0, err)
+        self.assertIn(b"'status': 'stored'", out)
+        out, err, code = await self.ssh("broker.stats()['receipts']")
+        self.assertEqual((out, code), (b"{'stored': 1}\n", 0), err)
+
+    async def test_piped_input_ends_the_session_cleanly(self) -> None:
+        out, err, code = await self.ssh("-tt", stdin="print('NODE', broker.stats()['node'])\n")
+        self.assertEqual(code, 0, err)
+        self.assertIn(b"NODE n1", out)
+        # no traceback of an unimplemented end of input in the node's log
+        self.assertEqual([e for e in self.events if e.get("log_failure")], [])
+
+    async def test_login_is_logged_with_the_sha256_fingerprint_ssh_shows(self) -> None:
+        await self.ssh("1")
+        [login] = [e for e in self.events if e.get("event") == "console_login"]
+        expected = keys.Key.fromString(self.public_line).fingerprint(
+            keys.FingerprintFormats.SHA256_BASE64
+        )
+        self.assertEqual(login["key"], "SHA256:" + expected.rstrip("="))
+        self.assertEqual(login["user"], "admin")
+        self.assertRegex(login["peer"], r"^127\.0\.0\.1:\d+$")
+
+    async def test_a_refused_key_is_logged(self) -> None:
+        other = new_key()
+        with open(self.key_path, "wb") as f:
+            f.write(other.toString("openssh"))
+        _, _, code = await self.ssh("1")
+        self.assertEqual(code, 255)
+        refused = [e for e in self.events if e.get("event") == "console_refused"]
+        self.assertTrue(refused)
+        self.assertEqual(refused[0]["key"], fingerprint(other))
+
+
+class TelnetLoginLogTests(unittest.TestCase):
+    @inlineCallbacks
+    def test_a_wrong_password_is_logged(self) -> Any:
+        passwd = self.mktemp()
+        with open(passwd, "w", encoding="utf-8") as f:
+            f.write("ops:staple\n")
+        config = Config(manhole_telnet="tcp:0:interface=127.0.0.1", manhole_passwd=passwd)
+        console = console_service(config, namespace(Harness().node), reactor)
+        console.startService()
+        self.addCleanup(console.stopService)
+        ports: list[Any] = []
+        console.getServiceNamed("telnet")._waitingForPort.addCallback(
+            lambda p: ports.append(p) or p
+        )
+        events: list[dict[str, Any]] = []
+        globalLogPublisher.addObserver(events.append)
+        self.addCleanup(globalLogPublisher.removeObserver, events.append)
+        endpoint = TCP4ClientEndpoint(reactor, "127.0.0.1", ports[0].getHost().port)
+        transport = yield endpoint.connect(_telnet_client())
+        client = transport.protocol
+        self.addCleanup(transport.loseConnection)
+        yield client.wait_for(b"Username: ")
+        client.send(b"ops\n")
+        yield client.wait_for(b"Password: ")
+        client.send(b"guess\n")
+        yield client.wait_for(b"Authentication failed")
+        [refused] = [e for e in events if e.get("event") == "console_refused"]
+        self.assertEqual(refused["user"], "ops")
+        self.assertRegex(refused["peer"], r"^127\.0\.0\.1:\d+$")
+        yield client.wait_for(b"Username: ")
+        client.output = b""  # the next prompts are new ones
+        client.send(b"ops\n")
+        yield client.wait_for(b"Password: ")
+        client.send(b"staple\n")
+        yield client.wait_for(b">>> ")
+        [login] = [e for e in events if e.get("event") == "console_login"]
+        self.assertEqual(login["user"], "ops")

@@ -85,8 +85,18 @@ class FacadeTests(unittest.TestCase):
         self.assertEqual(again["mid"], receipt["mid"])
         self.assertEqual(alice.read(), [])
 
+    def test_sends_are_counted_like_a_clients(self) -> None:
+        """The console's sends take the session layer's service path: the node's
+        counters see them, receipts by status included."""
+        self.h.login("alice").read()
+        self.result(self.broker.send("alice", {"n": 1}))
+        self.result(self.broker.send("nobody-here", {"n": 2}))
+        stats = self.broker.stats()
+        self.assertEqual(stats["messages_in"], 2)
+        self.assertEqual(stats["receipts"], {"delivered": 1, "stored": 1})
+
     def test_send_refuses_bad_input(self) -> None:
-        self.assertRaises(ValueError, self.broker.send, "alice", {}, sender="a/b")
+        self.assertRaises(ProtocolError, self.broker.send, "alice", {}, sender="a/b")
         self.assertRaises(ProtocolError, self.broker.send, "", {"x": 1})
         big = "x" * (self.h.config.limits.max_body + 1)
         self.assertRaises(ProtocolError, self.broker.send, "alice", big)

@@ -229,6 +229,18 @@ class OfflineAndPresenceHookTests(TestCase):
         )
         self.assertEqual(len({e["id"] for e in events}), 2)
 
+    def test_a_dropped_link_in_its_grace_period_is_not_a_live_device(self) -> None:
+        alice = self.h.login("alice")
+        bob = self.h.login("bob")
+        bob.lose()  # presence holds bob online for the grace period; no device takes messages
+        alice.write({"t": "send", "id": "1", "to": "bob", "body": "for the push"})
+        self.assertEqual(alice.read()[-1]["status"], "stored")
+        self.h.clock.advance(1)
+        self.assertEqual(
+            [(e["user"], e["message"]["body"]) for e in self.calls("offline")],
+            [("bob", "for the push")],
+        )
+
     def test_presence_edges_only(self) -> None:
         alice = self.h.login("alice", "phone")
         self.h.flush()
@@ -321,3 +333,50 @@ class MetricsTests(TestCase):
         self.assertIn('o2o_business_events_total{event="pipeline_rejected"} 1.0', text)
         self.assertIn('o2o_business_events_total{event="pipeline_rewritten"} 1.0', text)
         self.assertIn("o2o_archive_messages 1.0", text)
+
+
+class RejectedSendsLeaveNoTraceTests(TestCase):
+    """A rejected send, and each retry of its id, stores nothing, archives
+    nothing and pushes nothing; a repeated accepted id is pushed and archived once."""
+
+    def setUp(self) -> None:
+        self.h = business_harness(self, filters=["hard"], offline_hook="app")
+        self.client = FakeClient(auto=True)
+        self.h.node.business.offline.client = self.client
+        self.alice = self.h.login("alice")
+        self.alice.read()
+
+    def offline_events(self) -> list[tuple[str, Any]]:
+        self.h.clock.advance(1)  # the offline queue's batching window
+        return [
+            (e["user"], e["message"]["body"])
+            for k, p, _ in self.client.calls
+            if k == "offline"
+            for e in p["events"]
+        ]
+
+    def history(self) -> list[Any]:
+        self.alice.write({"t": "history", "id": "h", "with": "carol"})
+        [page] = self.alice.read()
+        return [m["body"] for m in page["messages"]]
+
+    def test_rejected_and_retried(self) -> None:
+        for _ in range(3):  # the send, then two retries of its id
+            self.alice.write({"t": "send", "id": "1", "to": "carol", "body": "炸弹"})
+            self.assertEqual(
+                self.alice.read(),
+                [{"t": "error", "code": 403, "reason": "rejected by policy", "ref": "1"}],
+            )
+        self.assertEqual(self.successResultOf(self.h.node.backend.inbox_state("carol")).last, 0)
+        self.assertEqual(self.offline_events(), [])
+        self.assertEqual(self.history(), [])
+        self.assertEqual(self.h.node.business.archive.stored, 0)
+
+    def test_a_retried_accepted_id_is_pushed_and_archived_once(self) -> None:
+        for _ in range(2):
+            self.alice.write({"t": "send", "id": "2", "to": "carol", "body": "ok"})
+            [receipt] = self.alice.read()
+            self.assertEqual(receipt["status"], "stored")
+        self.assertEqual(self.offline_events(), [("carol", "ok")])
+        self.assertEqual(self.history(), ["ok"])
+        self.assertEqual(self.successResultOf(self.h.node.backend.inbox_state("carol")).last, 1)

@@ -67,7 +67,7 @@ class BusinessConfigTests(SynchronousTestCase):
             ("[hook:h]\nurl = http://x\non_failure = maybe\n", "on_failure: must be allow"),
             ("[hook:h]\nurl = http://x\ntimeout = 0\n", "[hook:h] timeout: must be positive"),
             ("[hook:h]\nurl = http://x\nconcurrency = 0\n", "concurrency: must be at least 1"),
-            ("[hook:h]\nurl = http://x\nqueue = lots\n", "'lots' is not a int"),
+            ("[hook:h]\nurl = http://x\nqueue = lots\n", "'lots' is not an integer"),
             ("[archive]\nmax_messages = 0\n", "[archive] max_messages and max_age"),
             ("[policy:shop]\nfilters =\n", "per-app policies need an app registry"),
             ("[hook]\nurl = http://x\n", "unknown section [hook]"),

@@ -1,4 +1,5 @@
-"""History on real loopback sockets: binary TCP, WebSocket, long-poll and the HTTP API."""
+"""History on real loopback sockets: binary TCP, WebSocket, long-poll and the HTTP API,
+with the memory archive and with the Redis one (a real redis-server)."""
 
 from __future__ import annotations
 
@@ -10,11 +11,14 @@ from twisted.internet import reactor
 from twisted.internet.task import deferLater
 from twisted.trial.unittest import TestCase
 
+from o2obroker.backend.redis import RedisBackend, parse_urls
+from o2obroker.backend.redis.archive import RedisArchive
 from o2obroker.client.binary import BinaryClient, ClientError, connect
 from o2obroker.config import ArchiveSettings, Config
 from o2obroker.service.node import Node
 from o2obroker.service.site import build_site
 from o2obroker.transports.tcp import BinaryFactory
+from tests.redis_server import shared, unique_prefix
 from tests.web import test_loopback
 
 KEY = {b"Authorization": [b"Bearer k3y"]}
@@ -23,8 +27,11 @@ KEY = {b"Authorization": [b"Bearer k3y"]}
 class HistoryLoopbackTests(TestCase):
     timeout = 30
 
+    def makeNode(self) -> Node:
+        return Node(Config(archive=ArchiveSettings(enabled=True), api_key="k3y"), reactor)
+
     def setUp(self) -> None:
-        self.node = Node(Config(archive=ArchiveSettings(enabled=True), api_key="k3y"), reactor)
+        self.node = self.makeNode()
         self.node.start()
         self.addCleanup(self.node.stop)
         self.site = build_site(self.node, reactor)
@@ -92,7 +99,7 @@ class HistoryLoopbackTests(TestCase):
         )
         self.assertEqual(r.code, 200)
         await r.content()
-        # the answer is not a receipt: it comes through the poll stream (PROTOCOL.md 6)
+        # the answer is not a receipt: it comes through the poll stream (doc/protocol.md 6)
         frames: list[Any] = []
         for _ in range(10):
             r = await treq.get(self.base + f"/lp/poll?sid={sid}&pos={pos}", persistent=False)
@@ -135,7 +142,14 @@ class HistoryLoopbackTests(TestCase):
         self.assertEqual(
             (r.code, json.loads(await r.content())), (403, {"error": "not a member of this room"})
         )
-        for query in ("", "?user=bob", "?user=bob&with=alice&limit=500", "?room=r&limit=x"):
+        for query in (
+            "",
+            "?user=bob",
+            "?user=bob&with=alice&limit=500",
+            "?room=r&limit=x",
+            "?room=r&limit=%C2%B2",  # a digit to str.isdigit, not to int()
+            "?room=r&limit=-1",
+        ):
             r = await treq.get(self.base + "/api/v1/history" + query, headers=KEY, persistent=False)
             self.assertEqual(r.code, 400, query)
             await r.content()
@@ -148,3 +162,33 @@ class HistoryLoopbackTests(TestCase):
         self.node.business.archive = None
         r = await treq.get(self.base + "/api/v1/history?room=r", headers=KEY, persistent=False)
         self.assertEqual((r.code, json.loads(await r.content())), (404, {"error": "no archive"}))
+
+
+class RedisHistoryLoopbackTests(HistoryLoopbackTests):
+    """The same, on a node whose backend and archive are Redis."""
+
+    def makeNode(self) -> Node:
+        backend = RedisBackend(parse_urls(shared().url), reactor, reactor, prefix=unique_prefix())
+        node = Node(Config(archive=ArchiveSettings(enabled=True), api_key="k3y"), reactor, backend)
+        self.assertIsInstance(node.business.archive, RedisArchive)
+        return node
+
+    async def setUp(self) -> None:  # type: ignore[override]
+        super().setUp()
+        await self.node.store.when_ready()
+
+    async def test_another_node_reads_the_same_history(self) -> None:
+        await self._conversation()
+        other = Node(
+            Config(archive=ArchiveSettings(enabled=True), node="n2"),
+            reactor,
+            RedisBackend(
+                parse_urls(shared().url), reactor, reactor, prefix=self.node.store._prefix
+            ),
+        )
+        other.start()
+        self.addCleanup(other.stop)
+        await other.store.when_ready()
+        messages, more = await other.business.archive.page("c/alice/bob", None, 10)
+        self.assertEqual([m.fields["body"] for m in messages][-1], {"n": 0})
+        self.assertEqual((len(messages), more), (4, False))

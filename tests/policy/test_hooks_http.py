@@ -7,13 +7,15 @@ from typing import Any
 
 from twisted.internet import reactor
 from twisted.internet.task import deferLater
+from twisted.protocols.policies import WrappingFactory
 from twisted.trial.unittest import TestCase
 from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET, Site
+from zope.interface.verify import verifyObject
 
 from o2obroker.client.binary import BinaryClient, ClientError, connect
 from o2obroker.config import Config, HookSettings, PolicySettings
-from o2obroker.policy import UNAVAILABLE, Candidate
+from o2obroker.policy import UNAVAILABLE, Candidate, IMessageFilter
 from o2obroker.policy.breaker import CircuitBreaker
 from o2obroker.policy.events import EventQueue
 from o2obroker.policy.hooks import ConnectHook, HookClient, HookError, PublishHook
@@ -100,6 +102,9 @@ def _batch(*bodies: str) -> list[Candidate]:
 
 
 class PublishHookTests(HookTestCase):
+    def test_provides_the_interface(self) -> None:
+        self.assertTrue(verifyObject(IMessageFilter, PublishHook(self.client())))
+
     async def test_accept_reject_rewrite(self) -> None:
         hook = PublishHook(self.client())
         verdicts = await hook.check(_batch("yes", "no"))
@@ -256,6 +261,69 @@ class NodeWithHooksTests(HookTestCase):
         with self.assertRaises(ClientError) as e:
             await connect(reactor, endpoint, user="carol", device="p")
         self.assertEqual(e.exception.frame["reason"], "shop closed")
+        await deferLater(reactor, 0)
+
+    async def test_offline_and_presence_hooks_from_the_node(self) -> None:
+        """Pushes only for users with no live device, presence edges, and what
+        was stored while the application was away arrives once it is back."""
+        # the application's connections, to close them when it goes away
+        port = self.port.getHost().port
+        await self.port.stopListening()
+        app = WrappingFactory(Site(self.app))
+        self.port = reactor.listenTCP(port, app, interface="127.0.0.1")
+        hook = HookSettings(
+            url=self.url, timeout=0.5, window=0.01, backoff=0.05, max_backoff=0.1,
+            breaker_reset=0.2,
+        )  # fmt: skip
+        config = Config(
+            policies={"": PolicySettings(offline_hook="app", presence_hook="app")},
+            hooks={"app": hook},
+        )
+        node = Node(config, reactor)
+        node.start()
+        self.addCleanup(node.stop)
+        listener = reactor.listenTCP(0, BinaryFactory(node.gateway), interface="127.0.0.1")
+        self.addCleanup(listener.stopListening)
+        endpoint = f"tcp:127.0.0.1:{listener.getHost().port}"
+        alice = await connect(reactor, endpoint, user="alice", device="p")
+        carol = await connect(reactor, endpoint, user="carol", device="p")
+        for c in (alice, carol):
+            self.addCleanup(c.transport.loseConnection)
+        self.assertEqual((await alice.send("to a phone in a pocket", to="bob"))["status"], "stored")
+        self.assertEqual((await alice.send("to a live device", to="carol"))["status"], "delivered")
+
+        async def events(kind: str, n: int) -> list[dict[str, Any]]:
+            for _ in range(200):
+                got = [e for c in self.app.calls if c["hook"] == kind for e in c["events"]]
+                if len(got) >= n:
+                    return got
+                await deferLater(reactor, 0.02)
+            self.fail(f"{kind}: {got}")
+
+        [pushed] = await events("offline", 1)
+        self.assertEqual(
+            (pushed["user"], pushed["message"]["body"]), ("bob", "to a phone in a pocket")
+        )
+        online = await events("presence", 2)
+        self.assertEqual(
+            sorted((e["user"], e["state"]) for e in online),
+            [("alice", "online"), ("carol", "online")],
+        )
+        # the application goes away; what is stored meanwhile waits, and is not lost
+        await self.port.stopListening()
+        self.port = None
+        for conn in list(app.protocols):
+            conn.transport.loseConnection()
+        for i in range(3):
+            await alice.send(f"while away {i}", to="bob")
+        await deferLater(reactor, 0.5)  # retries, the breaker opens
+        self.port = reactor.listenTCP(port, Site(self.app), interface="127.0.0.1")
+        pushed = await events("offline", 4)
+        self.assertEqual(
+            [e["message"]["body"] for e in pushed[1:]], [f"while away {i}" for i in range(3)]
+        )
+        self.assertEqual(len({e["id"] for e in pushed}), 4)
+        self.assertGreater(node.business.offline.counts["retried"], 0)
         await deferLater(reactor, 0)
 
 

@@ -9,8 +9,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from twisted.internet.defer import maybeDeferred
 from twisted.trial.unittest import TestCase
+from zope.interface.verify import verifyObject
 
-from o2obroker.policy import REJECTED, Candidate
+from o2obroker.policy import REJECTED, Candidate, IMessageFilter
 from o2obroker.policy.keywords import (
     KeywordFilter,
     Matcher,
@@ -96,6 +97,10 @@ class WordFileTests(TestCase):
         self.addCleanup(os.unlink, path)
         with self.assertRaises(WordListError):
             read_words(path)
+
+    def test_stage_provides_the_interface(self) -> None:
+        stage = KeywordFilter([WordList("soft", (self._file("x\n"),), "mask")], _now)
+        self.assertTrue(verifyObject(IMessageFilter, stage))
 
     def test_stage_masks_and_rejects_a_batch(self) -> None:
         lists = [

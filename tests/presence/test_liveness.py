@@ -1,4 +1,4 @@
-"""Heartbeats that probe only silent devices, and the transfer hold (PROTOCOL.md sections 3, 5)."""
+"""Heartbeats that probe only silent devices, and the transfer hold (protocol sections 3, 5)."""
 
 from __future__ import annotations
 
@@ -99,6 +99,19 @@ class ProbeTests(LivenessCase):
         self.assertIn("o2o_pings_sent_total 1.0", text)
         self.assertIn('o2o_pings_saved_total{rule="liveness"}', text)
         self.assertIn('o2o_pings_saved_total{rule="transfer"} 0.0', text)
+
+
+class StartTests(SynchronousTestCase):
+    def test_a_clock_moved_before_the_start_does_not_close_new_sessions(self) -> None:
+        h = Harness(auth="none", hb=8)
+        h.clock.advance(1000)  # the node was built, then took its time to start
+        h.node.start()
+        self.addCleanup(h.node.stop)
+        d = h.login("alice")
+        d.read()
+        h.clock.pump([1] * 7)
+        self.assertFalse(d.closed)
+        self.assertEqual(d.read_types().count("ping"), 0)
 
 
 class NaiveProbeTests(LivenessCase):

@@ -1,4 +1,4 @@
-"""Presence end to end through the binary transport, on a fake clock (PROTOCOL.md section 5)."""
+"""Presence end to end through the binary transport, on a fake clock (doc/protocol.md section 5)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""The user-level presence rule of PROTOCOL.md section 5, and where it is stored."""
+"""The user-level presence rule of doc/protocol.md section 5, and where it is stored."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""``watch`` with ``since``: only what changed since the client's view (PROTOCOL.md section 5)."""
+"""``watch`` with ``since``: only what changed since the client's view (protocol section 5)."""
 
 from __future__ import annotations
 

@@ -6,8 +6,11 @@ from typing import Any
 
 from twisted.internet.defer import Deferred, fail, succeed
 from twisted.trial.unittest import SynchronousTestCase
+from zope.interface import implementer
+from zope.interface.verify import verifyObject
 
 from o2obroker.backend import BackendUnavailable, StoredMessage
+from o2obroker.routing import IMailbox, IPublisher
 from o2obroker.routing.cluster import ClusterPublisher, decode, encode_messages, encode_replace
 
 
@@ -42,6 +45,7 @@ class FakeBackend:
         return succeed({u: self.counts.get(u, 0) for u in payloads})
 
 
+@implementer(IMailbox)
 class FakeActor:
     def __init__(self, reachable: bool = True) -> None:
         self.delivered: list[Any] = []
@@ -61,6 +65,9 @@ class FakeActor:
     def resync(self) -> None:
         self.resynced += 1
 
+    def settled(self, settlement: Any) -> None:
+        pass
+
 
 def message(mid: str) -> StoredMessage:
     return StoredMessage(mid, 5, {"mid": mid, "from": "a", "to": "b", "body": [1], "ts": 5})
@@ -71,6 +78,10 @@ class ClusterPublisherTests(SynchronousTestCase):
         self.actors: dict[str, Any] = {}
         self.backend = FakeBackend()
         self.pub = ClusterPublisher(self.actors, self.backend, "n1")
+
+    def test_provides_the_publisher_interface(self) -> None:
+        self.assertTrue(verifyObject(IPublisher, self.pub))
+        self.assertTrue(verifyObject(IMailbox, FakeActor()))
 
     def test_payload_round_trip_and_one_encoding_per_message(self) -> None:
         m = message("m1")

@@ -43,6 +43,12 @@ class Mailbox:
     def reachable(self) -> bool:
         return self.live
 
+    def displaced(self, device: str) -> None:
+        pass
+
+    def resync(self) -> None:
+        pass
+
 
 def flat(settlement: Settlement) -> list[tuple[str, str | None, int, str]]:
     """A settlement as (send id, status, code, reason) tuples, in send id order."""
@@ -281,3 +287,106 @@ class FailureTests(RouterCase):
         self.assertEqual(bob.delivered, [(1, "m1", None)])
         self.assertEqual(self.inbox("eve"), ["x"])
         self.assertEqual(self.stats.store_refused, 1)
+
+
+class BusinessHookTests(RouterCase):
+    """The offline push and the archive, as the router calls them after a store."""
+
+    def setUp(self) -> None:
+        super().setUp()
+        self.offline: list[tuple[str, list[str]]] = []
+        self.archived: list[list[str]] = []
+        self.archive_result: Deferred[None] | None = None
+        self.router.offline = lambda user, ms: self.offline.append((user, [m.mid for m in ms]))
+        self.router.archive = self.archive
+
+    def archive(self, messages: list[StoredMessage]) -> Deferred[None]:
+        self.archived.append([m.mid for m in messages])
+        return self.archive_result or succeed(None)
+
+    def test_offline_only_for_users_without_a_live_device(self) -> None:
+        for user in ("alice", "bob", "carol", "eve"):
+            self.memory.join("r", user)
+        self.router.actors["bob"] = Mailbox()
+        self.router.actors["carol"] = Mailbox(live=False)  # an actor, no live device
+        self.route(
+            [
+                outgoing("alice", 1, "bob"),
+                outgoing("alice", 2, "carol"),
+                outgoing("alice", 3, "dave"),  # no actor at all
+                outgoing("alice", 4, room="r"),
+                outgoing("alice", 5, "carol"),
+            ]
+        )
+        # alice (the sender, live) and bob (live) get no push; the others one
+        # call each, with their messages in order
+        self.assertEqual(
+            sorted(self.offline),
+            [("carol", ["m2", "m4", "m5"]), ("dave", ["m3"]), ("eve", ["m4"])],
+        )
+
+    def test_offline_for_the_senders_own_user_when_it_has_no_live_device(self) -> None:
+        # a back-end service publishing to a room the user is in: no device of hers is live
+        self.alice.live = False
+        self.memory.join("r", "alice")
+        self.route([outgoing("alice", 1, room="r", service=True)])
+        self.assertEqual(self.offline, [("alice", ["m1"])])
+
+    def test_no_offline_for_what_was_not_stored(self) -> None:
+        self.memory.join("r", "bob")
+        self.memory.append("eve", [StoredMessage("x", 0, {}, 95)])
+        self.router.policy = lambda items: succeed(
+            [items[0].refuse(403, "rejected by policy") or items[0], *items[1:]]
+        )
+        self.route(
+            [
+                outgoing("alice", 1, "carol"),  # rejected by policy
+                outgoing("alice", 2, "eve"),  # store full
+                outgoing("alice", 3, room="nowhere"),  # 404
+                outgoing("alice", 4, room="r"),  # 403: alice is not a member
+            ]
+        )
+        self.assertEqual(self.offline, [])
+        self.assertEqual(self.archived, [])
+
+    def test_no_offline_and_no_archive_when_the_store_fails(self) -> None:
+        self.flaky.break_("fail", "append_many")
+        self.route([outgoing("alice", 1, "carol")])
+        self.assertEqual(self.offline, [])
+        self.assertEqual(self.archived, [])
+
+    def test_every_stored_send_archived_once_in_order(self) -> None:
+        for user in ("alice", "bob", "carol"):
+            self.memory.join("r", user)
+        self.router.actors["bob"] = Mailbox()
+        self.route(
+            [
+                outgoing("alice", 1, "bob"),  # delivered
+                outgoing("alice", 2, room="r"),  # three inboxes, one archive entry
+                outgoing("alice", 3, "dave"),  # stored for later
+            ]
+        )
+        self.assertEqual(self.archived, [["m1", "m2", "m3"]])
+
+    def test_only_the_sends_that_were_stored_are_archived(self) -> None:
+        self.memory.append("eve", [StoredMessage("x", 0, {}, 95)])
+        self.router.policy = lambda items: succeed(
+            [items[0].refuse(403, "rejected by policy") or items[0], *items[1:]]
+        )
+        self.route(
+            [
+                outgoing("alice", 1, "bob"),  # rejected by policy
+                outgoing("alice", 2, "eve"),  # store full
+                outgoing("alice", 3, "bob"),
+            ]
+        )
+        self.assertEqual(self.archived, [["m3"]])
+
+    def test_the_archive_comes_after_the_receipts_and_its_failure_is_only_logged(self) -> None:
+        self.archive_result = Deferred()
+        self.route([outgoing("alice", 1, "bob")])
+        # the sender has its receipt while the archive write is still under way
+        self.assertEqual(self.settled(), [("c-1", "stored", 0, "")])
+        self.archive_result.errback(RuntimeError("archive down"))
+        [logged] = self.flushLoggedErrors(RuntimeError)
+        self.assertEqual(str(logged.value), "archive down")

@@ -13,8 +13,16 @@ from twisted.internet.task import deferLater
 from twisted.trial import unittest
 from twisted.web.resource import Resource
 from twisted.web.server import Site
+from zope.interface.verify import verifyObject
 
-from o2obroker.actors.supervisor import ALERTING, CommandHook, HookFailed, WebhookHook, make_hook
+from o2obroker.actors.supervisor import (
+    ALERTING,
+    CommandHook,
+    HookFailed,
+    IHook,
+    WebhookHook,
+    make_hook,
+)
 from tests.supervisor.helpers import Rig
 
 # Writes its stdin to the file named by argv[1], then exits with argv[2].
@@ -25,6 +33,9 @@ WRITER = (
 
 class CommandHookTests(unittest.TestCase):
     timeout = 30  # hooks here time out after a second or less: far longer is a hang
+
+    def test_provides_the_interface(self) -> None:
+        self.assertTrue(verifyObject(IHook, CommandHook(reactor, "scale-out --now")))
 
     @inlineCallbacks
     def test_command_gets_the_payload_as_json_on_stdin(self) -> Any:
@@ -197,6 +208,9 @@ class _Recorder(Resource):
 
 
 class WebhookHookTests(unittest.TestCase):
+    def test_provides_the_interface(self) -> None:
+        self.assertTrue(verifyObject(IHook, WebhookHook(reactor, "http://127.0.0.1:1/scale")))
+
     def serve(self, code: int = 200) -> tuple[_Recorder, str]:
         recorder = _Recorder(code)
         port = reactor.listenTCP(0, Site(recorder), interface="127.0.0.1")

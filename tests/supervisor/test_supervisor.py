@@ -6,6 +6,7 @@ import itertools
 
 from twisted.internet.defer import CancelledError
 from twisted.trial import unittest
+from zope.interface.verify import verifyObject
 
 from o2obroker.actors.supervisor import (
     ALERTING,
@@ -15,6 +16,8 @@ from o2obroker.actors.supervisor import (
     OVER,
     TRANSITIONS,
     UNDER,
+    ISampler,
+    PsutilSampler,
     SupervisorSettings,
     occupancy,
 )
@@ -282,6 +285,9 @@ class RefusalTests(unittest.TestCase):
 
 
 class SamplingTests(unittest.TestCase):
+    def test_psutil_sampler_provides_the_interface(self) -> None:
+        self.assertTrue(verifyObject(ISampler, PsutilSampler()))
+
     def test_timer_uses_the_injected_clock(self) -> None:
         rig = Rig(interval=5)
         rig.supervisor.start()

@@ -1,4 +1,4 @@
-"""The server-side HTTP API (PROTOCOL.md section 8), health and metrics."""
+"""The server-side HTTP API (doc/protocol.md section 8), health and metrics."""
 
 from __future__ import annotations
 
@@ -66,6 +66,13 @@ class ApiTests(SynchronousTestCase):
         frames = phone.read()
         self.assertEqual(frames[-1]["from"], "ops")
 
+    def test_publish_is_counted_like_a_send(self) -> None:
+        self.api("POST", "/api/v1/publish", {"to": "carol", "body": 1})
+        self.api("POST", "/api/v1/publish", {"room": "nobody", "body": 1})
+        stats = self.h.node.metrics.stats
+        self.assertEqual(stats.msgs_in, 2)
+        self.assertEqual((dict(stats.receipts), dict(stats.errors)), ({"stored": 1}, {404: 1}))
+
     def test_bad_bodies_are_400(self) -> None:
         for body in (
             b"{nope",
@@ -120,6 +127,11 @@ class ApiTests(SynchronousTestCase):
         self.h.clock.advance(1)
         _, answer = self.api("GET", "/api/v1/presence?user=alice")
         self.assertEqual(answer["users"]["alice"]["state"], "offline")
+
+    def test_presence_when_the_backend_fails_is_503(self) -> None:
+        self.h.node.presence.lookup = lambda users: fail(BackendUnavailable("redis is down"))
+        code, answer = self.api("GET", "/api/v1/presence?user=a")
+        self.assertEqual((code, answer), (503, {"error": "redis is down"}))
 
     def test_presence_needs_valid_users(self) -> None:
         self.assertEqual(self.api("GET", "/api/v1/presence")[0], 400)

@@ -1,4 +1,4 @@
-"""HTTP long-poll (PROTOCOL.md section 6) through the whole site, on a task.Clock."""
+"""HTTP long-poll (doc/protocol.md section 6) through the whole site, on a task.Clock."""
 
 from __future__ import annotations
 
@@ -6,6 +6,7 @@ from twisted.internet.error import ConnectionDone
 from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase
 
+from o2obroker.actors.user import UserActor
 from o2obroker.wire.limits import Limits
 from tests.harness import SECRET
 from tests.web.helpers import WebHarness
@@ -204,6 +205,17 @@ class LongPollTests(SynchronousTestCase):
         self.assertEqual(answer["frames"][-1]["code"], 409)
         self.assertEqual(self.poll(sid).json()[0], 404)
 
+    def test_a_send_waiting_for_its_receipt_is_answered_when_the_session_ends(self) -> None:
+        sid, _, _ = self.h.lp_open("bob", "d")
+        self.patch(UserActor, "submit", lambda *a: None)  # a receipt that never comes
+        s = self.h.call(
+            "POST", f"/lp/send?sid={sid}", {"t": "send", "id": "w1", "to": "al", "body": 1}
+        )
+        self.assertIsNone(s.response())
+        self.h.lp_open("bob", "d")  # replaced (a WebSocket of the same device would do the same)
+        self.assertEqual(s.json(), (200, {"frames": []}))
+        self.assertEqual([c for c in self.h.clock.getDelayedCalls() if "_late" in repr(c)], [])
+
     def test_sids_are_unguessable_and_never_reused(self) -> None:
         sids = {self.h.lp_open("bob", f"d{i}")[0] for i in range(20)}
         self.assertEqual(len(sids), 20)
@@ -248,6 +260,7 @@ class CorsTests(SynchronousTestCase):
         self.assertEqual(code, 403)
         self.assertEqual(answer["frames"][0]["code"], 403)
         self.assertEqual(h.site.longpoll.sessions, {})
+        self.assertEqual(h.node.metrics.stats.refused, {"origin": 1})
 
     def test_null_origin_is_403(self) -> None:
         # a sandboxed frame or a file: page; allowed only where any origin is
@@ -257,6 +270,16 @@ class CorsTests(SynchronousTestCase):
         ).json()
         self.assertEqual(code, 403)
         self.assertEqual(answer["frames"][0]["code"], 403)
+
+    def test_a_beacon_from_another_origin_closes_the_session(self) -> None:
+        # navigator.sendBeacon: a POST with a text/plain body, no custom headers, no preflight
+        h = WebHarness(allowed_origins="https://shop.example")
+        sid, _, _ = h.lp_open("bob")
+        beacon = {"Origin": "https://shop.example", "Content-Type": "text/plain;charset=UTF-8"}
+        code, answer = h.call("POST", f"/lp/close?sid={sid}", b"", beacon).json()
+        self.assertEqual((code, answer), (200, {"frames": [{"t": "bye"}]}))
+        self.assertEqual(h.site.longpoll.sessions, {})
+        self.assertEqual(h.node.gateway.connections["lp"], 0)
 
     def test_allowed_origin_gets_cors_headers(self) -> None:
         h = WebHarness(allowed_origins="https://shop.example")

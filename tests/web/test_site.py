@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 from twisted.trial.unittest import SynchronousTestCase
+from twisted.web.resource import Resource
 
 from o2obroker.wire.limits import Limits
 from tests.web.helpers import WebHarness
@@ -142,6 +143,26 @@ class JsonErrorPagesTests(SynchronousTestCase):
             self.assertEqual(headers["content-type"], "application/json")
             self.assertEqual(json.loads(body), {"error": f"method {method} not allowed"})
             self.assertIn("allow", headers)
+
+    def test_a_resource_that_raises_is_a_json_500_and_a_log_line(self) -> None:
+        class Broken(Resource):
+            isLeaf = True
+
+            def render_GET(self, request: object) -> bytes:
+                raise ZeroDivisionError("a bug")
+
+        self.h.site.resource.putChild(b"broken", Broken())
+        c = self.h.call("GET", "/broken")
+        code, headers, body = c.response()
+        self.assertEqual(code, 500)
+        self.assertEqual(headers["content-type"], "application/json")
+        self.assertEqual(json.loads(body), {"error": "internal error"})
+        self.assertEqual(int(headers["content-length"]), len(body))
+        self.assertNotIn(b"a bug", body)
+        self.assertEqual(len(self.flushLoggedErrors(ZeroDivisionError)), 1)
+        # the connection serves the next request
+        c.request("GET", "/healthz")
+        self.assertEqual(c.response()[0], 200)
 
     def test_head_still_answers_like_get(self) -> None:
         c = self.h.call("HEAD", "/o2obroker.js")

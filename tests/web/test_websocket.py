@@ -194,6 +194,7 @@ class OriginTests(SynchronousTestCase):
         self.assertEqual(refused.status, 403)
         self.assertEqual(h.node.gateway.connections["ws"], 2)
         self.assertEqual(h.site.websockets.refused_origins, 1)
+        self.assertEqual(h.node.metrics.stats.refused, {"origin": 1})
 
     def test_null_origin_is_403(self) -> None:
         # Autobahn itself would answer 400; the origin policy refuses it like any origin

@@ -1,4 +1,4 @@
-"""decode_cbor and decode_cbor_batch: the value rules of PROTOCOL.md section 1 for CBOR."""
+"""decode_cbor and decode_cbor_batch: the value rules of doc/protocol.md section 1 for CBOR."""
 
 import sys
 import threading

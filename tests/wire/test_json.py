@@ -1,4 +1,4 @@
-"""decode_json and encode_json: the value rules of PROTOCOL.md section 1 for JSON."""
+"""decode_json and encode_json: the value rules of doc/protocol.md section 1 for JSON."""
 
 import json
 import time

@@ -38,7 +38,7 @@ class IGate(Interface):
 
 
 class Unavailable(ProtocolError):
-    """Error 503 with the address of a better node (PROTOCOL.md section 7)."""
+    """Error 503 with the address of a better node (doc/protocol.md section 7)."""
 
     def __init__(self, reason: str, redirect: dict[str, Any] | None = None) -> None:
         super().__init__(503, reason, fatal=True)

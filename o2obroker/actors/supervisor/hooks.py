@@ -19,14 +19,15 @@ from collections import Counter
 from collections.abc import Callable
 from typing import Any
 
-from twisted.internet.defer import Deferred, fail, succeed
+from twisted.internet.defer import Deferred, fail
 from twisted.internet.protocol import ProcessProtocol, Protocol
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.web.client import Agent
 from twisted.web.http_headers import Headers
-from twisted.web.iweb import IBodyProducer
 from zope.interface import Attribute, Interface, implementer
+
+from o2obroker.httpbody import BytesBody
 
 
 class IHook(Interface):
@@ -137,26 +138,6 @@ class CommandHook:
 # -- webhooks ---------------------------------------------------------------------
 
 
-@implementer(IBodyProducer)
-class _Body:
-    def __init__(self, data: bytes) -> None:
-        self._data = data
-        self.length = len(data)
-
-    def startProducing(self, consumer: Any) -> Deferred[None]:
-        consumer.write(self._data)
-        return succeed(None)
-
-    def pauseProducing(self) -> None:
-        pass
-
-    def resumeProducing(self) -> None:
-        pass
-
-    def stopProducing(self) -> None:
-        pass
-
-
 class _Answer(Protocol):
     """Reads a response body to its end, keeping its first bytes for the log.
 
@@ -200,7 +181,7 @@ class WebhookHook:
 
     def fire(self, payload: dict[str, Any]) -> Deferred[None]:
         headers = Headers({b"content-type": [b"application/json"]})
-        body = _Body(json.dumps(payload).encode())
+        body = BytesBody(json.dumps(payload).encode())
         d = self._agent.request(b"POST", self.url.encode(), headers, body)
 
         def answered(response: Any) -> Deferred[None] | None:

@@ -5,7 +5,7 @@
 
   var $ = function (id) { return document.getElementById(id); };
   var params = new URLSearchParams(location.search);
-  var demo = (window.demo = { client: null, messages: [], presence: {}, rooms: {} });
+  var demo = (window.demo = { client: null, messages: [], presence: {}, rooms: {}, speakers: {} });
 
   function el(tag, attrs, text) {
     var e = document.createElement(tag);
@@ -28,17 +28,40 @@
     $("transport").textContent = transport === "ws" ? "WebSocket" : transport === "lp" ? "long-poll" : "";
   }
 
-  function addMessage(msg, mine) {
-    demo.messages.push(msg);
+  function messageItem(msg, mine) {
     var li = el("li", { "class": mine ? "mine" : "", "data-mid": msg.mid || "" });
     var where = msg.room ? "#" + msg.room : mine ? "→ " + msg.to : "";
-    li.appendChild(el("div", { "class": "meta" }, (msg.from || "me") + " " + where + " · " +
-      new Date(msg.ts || Date.now()).toLocaleTimeString()));
+    var meta = el("div", { "class": "meta" }, (msg.from || "me") + " " + where + " · " +
+      new Date(msg.ts || Date.now()).toLocaleTimeString());
+    if (mine) meta.appendChild(el("span", { "class": "status" }, "sending"));
+    li.appendChild(meta);
     li.appendChild(el("div", { "class": "text" }, show(msg.body)));
-    $("messages").appendChild(li);
-    $("messages").scrollTop = $("messages").scrollHeight;
+    return li;
   }
 
+  function addMessage(msg, mine) {
+    demo.messages.push(msg);
+    var li = messageItem(msg, mine);
+    $("messages").appendChild(li);
+    $("messages").scrollTop = $("messages").scrollHeight;
+    return li;
+  }
+
+  /** Opening a conversation shows its last messages, where the broker keeps an archive. */
+  function loadHistory(to) {
+    if (!to || !demo.client) return;
+    var query = to.charAt(0) === "#" ? { room: to.slice(1), limit: 20 } : { "with": to, limit: 20 };
+    demo.client.history(query).then(function (page) {
+      var list = $("messages");
+      var first = list.firstChild;
+      page.messages.slice().reverse().forEach(function (msg) {
+        if (list.querySelector('[data-mid="' + CSS.escape(msg.mid) + '"]')) return;
+        var li = messageItem(msg, false);
+        li.classList.add("past");
+        list.insertBefore(li, first);
+      });
+    }, function () { /* no archive on this broker (404), or not a member: nothing to show */ });
+  }
   function renderPresence() {
     var ul = $("presence");
     ul.textContent = "";
@@ -55,11 +78,20 @@
     var ul = $("rooms");
     ul.textContent = "";
     Object.keys(demo.rooms).sort().forEach(function (room) {
-      var li = el("li", {});
+      var n = demo.rooms[room];
+      var li = el("li", { "data-room": room });
       li.appendChild(el("span", {}, "#" + room));
-      li.appendChild(el("span", { "class": "state" }, demo.rooms[room] + " members"));
+      li.appendChild(el("span", { "class": "state" }, n + (n === 1 ? " member" : " members")));
       ul.appendChild(li);
     });
+  }
+
+  // The broker tells a member count to the one who joins; joining again is
+  // harmless and answers with the count now, so the page asks every few
+  // seconds, and at once when someone new speaks in a room.
+  function refreshRooms() {
+    if (!demo.client || demo.client.state !== "open") return;
+    Object.keys(demo.rooms).forEach(function (room) { demo.client.join(room).catch(function () {}); });
   }
 
   function connect(user, token, longPollOnly) {
@@ -75,7 +107,13 @@
     demo.client = client;
     client.on("state", setBadge);
     client.on("transport", function (t) { setBadge(client.state, t); });
-    client.on("message", function (msg) { addMessage(msg, false); });
+    client.on("message", function (msg) {
+      addMessage(msg, false);
+      if (msg.room && demo.rooms[msg.room] !== undefined && !demo.speakers[msg.room + "/" + msg.from]) {
+        demo.speakers[msg.room + "/" + msg.from] = true;
+        demo.client.join(msg.room).catch(function () {});
+      }
+    });
     client.on("presence", function (p) { demo.presence[p.user] = p; renderPresence(); });
     client.on("joined", function (f) { demo.rooms[f.room] = f.members; renderRooms(); });
     client.on("error", function (f) { console.warn("broker error", f); });
@@ -98,10 +136,19 @@
     var text = $("text").value;
     var message = to.charAt(0) === "#" ? { room: to.slice(1), body: { text: text } } : { to: to, body: { text: text } };
     $("text").value = "";
+    var li = addMessage(message, true);
+    var status = li.querySelector(".status");
     demo.client.send(message).then(function (receipt) {
-      addMessage(Object.assign({ mid: receipt.mid, ts: receipt.ts }, message), true);
-    }, function (err) { console.warn("send failed", err.message); });
+      li.setAttribute("data-mid", receipt.mid);
+      status.textContent = receipt.status; // delivered, stored (recipient offline) or accepted (room)
+      status.className = "status " + receipt.status;
+    }, function (err) {
+      status.textContent = "failed: " + err.message;
+      status.className = "status failed";
+    });
   });
+
+  $("to").addEventListener("change", function () { loadHistory($("to").value.trim()); });
 
   $("watch-form").addEventListener("submit", function (e) {
     e.preventDefault();
@@ -118,7 +165,7 @@
     var room = $("join-room").value.trim();
     if (!room) return;
     $("join-room").value = "";
-    demo.client.join(room);
+    demo.client.join(room).catch(function (err) { console.warn("join refused", err.message); });
   });
 
   $("my-state").addEventListener("change", function () {
@@ -168,6 +215,7 @@
   advice();
   setInterval(figures, 2000);
   setInterval(advice, 10000);
+  setInterval(refreshRooms, 5000);
 
   // ?user=alice (&transport=lp) signs in at once
   if (params.get("user")) {

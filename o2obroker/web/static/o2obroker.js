@@ -6,39 +6,39 @@
  *   await client.connect();
  *   const receipt = await client.send({ to: "bob", body: { text: "hi" } });
  *
- * It asks /getFreeHostAddress which node to use and how, then talks the
- * protocol of PROTOCOL.md over a WebSocket (JSON, batched) or, where
- * WebSockets are missing or broken, over HTTP long-poll. It answers pings,
- * acknowledges what it has handed to the page, and after any reconnect
- * resumes from the last seq it processed, so no message is lost; messages
- * that arrive twice (a resume re-sends what was not acknowledged yet) are
- * dropped by their mid, so none is seen twice. When the WebSocket cannot
- * connect or misses its heartbeats the client moves to long-poll, and tries
- * the WebSocket again every `wsRetryMs`.
+ * This one file is the global script the broker serves at /o2obroker.js, a
+ * CommonJS module, and (through js/build.mjs) the ES module of the npm
+ * package. doc/web.md describes every option and event.
  *
- * Options:
- *   baseUrl    the broker's HTTP address (default: this page's origin)
- *   token      a JWT for auth = token;  user: a user id for auth = none (development)
- *   device     this device's name (default: "web-" + random, kept for the client's life)
- *   transports ["ws", "lp"] by default; ["lp"] never tries WebSockets
- *   room       passed to /getFreeHostAddress to pick a node
- *   wsRetryMs  how long to stay on long-poll before trying the WebSocket again (60000)
- *   connectTimeoutMs  a WebSocket that is not open by then counts as broken (5000)
- *   state, status     the initial presence of this device
- *
- * Events (client.on(name, fn)):
- *   message   a msg frame, once per mid, in inbox order
- *   presence  a presence frame
- *   receipt, joined, left, error   the frames of that type
- *   frame     every frame, before it is dispatched
- *   state     (state, transport): "connecting" | "open" | "closed"
- *   transport the transport now in use: "ws" or "lp"
- *   resync    the broker could not resume without a gap: reload your data
+ * How it works, in short: it asks /getFreeHostAddress which node to use and
+ * how, then talks the protocol of doc/protocol.md over a WebSocket (JSON,
+ * batched) or, where WebSockets are missing, broken or stalled, over HTTP
+ * long-poll, and probes the WebSocket again beside a live long-poll session.
+ * Every call is kept in one ordered outbox until the broker has it, so calls
+ * made before the session opens or across a reconnect go out once, in order.
+ * It acknowledges what it has handed to the page, keeps the device name and
+ * the last processed seq per tab (sessionStorage), and resumes from that seq
+ * after a reconnect or a reload; messages seen twice are dropped by mid.
  */
-(function (root) {
+(function (root, factory) {
+  var O2OBroker = factory(root);
+  if (typeof module === "object" && module && module.exports) module.exports = O2OBroker;
+  else root.O2OBroker = O2OBroker;
+})(typeof window !== "undefined" ? window : globalThis, function (root) {
+  /* begin factory */
   "use strict";
 
   var DEDUPE_KEEP = 5000;
+  // errors that a retry cannot fix: bad frame, bad token, unknown app, replaced
+  var FATAL = { 400: true, 401: true, 403: true, 409: true };
+  var OPEN = 1; // WebSocket.OPEN
+  // the client's states and the moves between them ("state" events); the
+  // transport under an open session may change without leaving "open"
+  var STATES = {
+    closed: { connecting: true }, // connect()
+    connecting: { open: true, closed: true }, // a welcome; or close(), a refusal, no welcome in time
+    open: { connecting: true, closed: true }, // the connection is lost; or close(), a refusal
+  };
 
   function randomHex(n) {
     var bytes = new Uint8Array(n);
@@ -52,35 +52,127 @@
     return out;
   }
 
+  /** An error of the broker (its error frame is in `frame`) or of the client. */
+  function O2OBrokerError(code, reason, frame) {
+    var e = new Error(reason);
+    Object.setPrototypeOf(e, O2OBrokerError.prototype);
+    e.name = "O2OBrokerError";
+    e.code = code;
+    e.reason = reason;
+    e.frame = frame || { t: "error", code: code, reason: reason };
+    return e;
+  }
+  O2OBrokerError.prototype = Object.create(Error.prototype, {
+    constructor: { value: O2OBrokerError, writable: true, configurable: true },
+  });
+
+  function errorOf(frame) {
+    return O2OBrokerError(frame.code, frame.reason || "error " + frame.code, frame);
+  }
+
+  /** The token's `sub`, to keep one stored device per user and tab. */
+  function subjectOf(token) {
+    try {
+      var part = token.split(".")[1].replace(/-/g, "+").replace(/_/g, "/");
+      return String(JSON.parse(root.atob(part)).sub || "");
+    } catch (e) {
+      return "";
+    }
+  }
+
+  function sessionStorageOf() {
+    try {
+      return root.sessionStorage || null; // throws in sandboxed frames
+    } catch (e) {
+      return null;
+    }
+  }
+
+  /** Frames as JSON bodies of at most `limit` bytes each (one frame at least). */
+  function chunks(frames, limit) {
+    var out = [];
+    var part = [];
+    var size = 2;
+    for (var i = 0; i < frames.length; i++) {
+      var text = JSON.stringify(frames[i]);
+      if (part.length && size + text.length + 1 > limit) {
+        out.push(part);
+        part = [];
+        size = 2;
+      }
+      part.push(text);
+      size += text.length + 1;
+    }
+    if (part.length) out.push(part);
+    return out.map(function (p) { return p.length === 1 ? p[0] : "[" + p.join(",") + "]"; });
+  }
+
   function O2OBroker(options) {
     options = options || {};
-    this.baseUrl = (options.baseUrl || (root.location ? root.location.origin : "")).replace(/\/$/, "");
+    var origin = root.location && root.location.origin !== "null" ? root.location.origin : "";
+    this.baseUrl = (options.baseUrl || origin).replace(/\/$/, "");
     this.token = options.token || null;
     this.user = options.user || null;
-    this.device = options.device || "web-" + randomHex(4);
+    this.app = options.app || null;
     this.transports = options.transports || ["ws", "lp"];
     this.room = options.room || null;
     this.wsRetryMs = options.wsRetryMs || 60000;
     this.connectTimeoutMs = options.connectTimeoutMs || 5000;
+    this.welcomeTimeoutMs = options.welcomeTimeoutMs || 10000;
+    this.pingTimeoutMs = options.pingTimeoutMs || 5000;
+    this.backoffMs = options.backoffMs || 500;
+    this.maxBackoffMs = options.maxBackoffMs || 30000;
     this.presence = { state: options.state || "online", status: options.status || "" };
     this.transport = null; // "ws" or "lp" once open
     this.state = "closed";
     this.lastSeq = 0; // highest seq handed to the page
     this.hb = 30;
     this.welcome = null;
+    this.where = null;
     this._handlers = {};
     this._seen = new Map(); // mid -> true, the most recent DEDUPE_KEEP
-    this._pending = new Map(); // send id -> {frame, resolve, reject}
-    this._waiting = []; // other requests: {type, room, resolve}
+    this._outbox = []; // calls the broker has not taken yet, in call order
+    this._sends = new Map(); // send id -> its outbox entry, until the receipt
+    this._waiting = []; // join, leave, history: {type, key, resolve, reject}
+    this._watched = new Set(); // restored after a reconnect
+    this._rooms = new Set();
     this._ids = 0;
     this._closed = true;
-    this._ws = null;
-    this._lp = null;
+    this._conn = null; // the connection that carries the session
+    this._probe = null; // a WebSocket tried beside a long-poll session
+    this._wsBroken = false;
+    this._failures = 0;
     this._timers = {};
     this._ackedSeq = 0;
     this._hadSession = false;
-    this._trying = null; // a WebSocket being tried while long-poll carries the session
+    this._connecting = null;
+
+    // per tab: the same device and seq after a reload, a new device in a duplicated tab
+    this._storage = options.storage === undefined ? sessionStorageOf() : options.storage;
+    this._storageKey = "o2obroker:" + this.baseUrl + ":" + (this.user || (this.token ? subjectOf(this.token) : ""));
+    var kept = this._load();
+    if (options.device) {
+      this.device = options.device;
+    } else if (kept && !kept.live) {
+      this.device = kept.device;
+    } else {
+      this.device = "web-" + randomHex(4);
+    }
+    if (kept && kept.device === this.device && !kept.live && kept.last > 0) {
+      this.lastSeq = this._ackedSeq = kept.last;
+      this._hadSession = true;
+    }
+    this._save(true);
+    if (typeof root.addEventListener === "function" && this._storage) {
+      var self = this;
+      this._onPageHide = function (e) { self._pageHide(e); };
+      this._onPageShow = function (e) { if (e.persisted) self._pageShow(); };
+      root.addEventListener("pagehide", this._onPageHide);
+      root.addEventListener("pageshow", this._onPageShow);
+    }
   }
+
+  O2OBroker.Error = O2OBrokerError;
 
   O2OBroker.supportsWebSocket = function () {
     return typeof root.WebSocket === "function" || typeof root.WebSocket === "object";
@@ -95,10 +187,24 @@
     return this;
   };
 
+  P.once = function (name, fn) {
+    var self = this;
+    var wrapper = function () {
+      self.off(name, wrapper);
+      fn.apply(null, arguments);
+    };
+    wrapper.listener = fn;
+    return this.on(name, wrapper);
+  };
+
   P.off = function (name, fn) {
     var list = this._handlers[name] || [];
-    var i = list.indexOf(fn);
-    if (i >= 0) list.splice(i, 1);
+    for (var i = 0; i < list.length; i++) {
+      if (list[i] === fn || list[i].listener === fn) {
+        list.splice(i, 1);
+        break;
+      }
+    }
     return this;
   };
 
@@ -110,33 +216,106 @@
   };
 
   P._setState = function (state) {
-    if (this.state !== state) {
-      this.state = state;
-      this._emit("state", state, this.transport);
+    if (this.state === state) return;
+    if (!STATES[this.state][state]) throw new Error("o2obroker: no way from " + this.state + " to " + state);
+    this.state = state;
+    this._emit("state", state, this.transport);
+  };
+
+  // -- storage per tab ----------------------------------------------------------
+
+  P._load = function () {
+    if (!this._storage) return null;
+    try {
+      var kept = JSON.parse(this._storage.getItem(this._storageKey) || "null");
+      return kept && typeof kept.device === "string" ? kept : null;
+    } catch (e) {
+      return null;
     }
+  };
+
+  P._save = function (live) {
+    if (!this._storage) return;
+    try {
+      this._storage.setItem(this._storageKey, JSON.stringify({ device: this.device, last: this.lastSeq, live: live }));
+    } catch (e) { /* full or refused: the next reload is a new device */ }
+  };
+
+  /** The page goes away (or into the back-forward cache): end the session now. */
+  P._pageHide = function (event) {
+    this._save(false);
+    var conn = this._conn;
+    if (!conn || this._closed) return;
+    this._conn = null;
+    if (conn.kind === "lp" && conn.sid && root.navigator && root.navigator.sendBeacon) {
+      // a beacon outlives the page: the device goes offline now, not after the poll timeout
+      root.navigator.sendBeacon(conn.url + "/close?sid=" + encodeURIComponent(conn.sid), "");
+    }
+    this._drop(conn, true);
+    this._dropProbe();
+    this._suspended = true;
+    if (event && event.persisted) this._setState("connecting");
+  };
+
+  P._pageShow = function () {
+    this._save(true);
+    if (!this._suspended) return;
+    this._suspended = false;
+    if (!this._closed) this._attempt();
   };
 
   // -- connecting -------------------------------------------------------------
 
-  /** Connect; resolves with the welcome frame. */
+  /**
+   * Connect; resolves with the welcome frame. Rejects with an O2OBroker.Error
+   * on an error a retry cannot fix (bad token, unknown app) and when no
+   * welcome came within welcomeTimeoutMs; the client is then closed.
+   */
   P.connect = function () {
+    if (this._connecting) return this._connecting;
+    if (!this._closed && this.state === "open") return Promise.resolve(this.welcome);
     var self = this;
     this._closed = false;
+    this._failures = 0;
+    this._save(true);
     this._setState("connecting");
-    return this._locate().then(function (where) {
-      self.where = where;
-      var wantWs = self.transports.indexOf("ws") >= 0 && O2OBroker.supportsWebSocket();
-      var onlyLp = self.transports.indexOf("lp") >= 0 && !wantWs;
-      return new Promise(function (resolve) {
-        self._onWelcome = resolve;
-        if (onlyLp || (where.transport === "lp" && self.transports.indexOf("lp") >= 0)) {
-          self._startLp();
-          if (wantWs) self._scheduleWsRetry();
-        } else {
-          self._startWs(true);
-        }
-      });
+    this._connecting = new Promise(function (resolve, reject) {
+      self._onWelcome = resolve;
+      self._onRefused = reject;
     });
+    this._timer("welcome", this.welcomeTimeoutMs, function () {
+      self._fail(O2OBrokerError(408, "no welcome within " + self.welcomeTimeoutMs + " ms"));
+    });
+    this._attempt();
+    return this._connecting;
+  };
+
+  P._wants = function (kind) {
+    if (kind === "ws" && !O2OBroker.supportsWebSocket()) return false;
+    return this.transports.indexOf(kind) >= 0;
+  };
+
+  /** One try at a session: WebSocket first unless it is broken or advised against. */
+  P._attempt = function () {
+    var self = this;
+    this._clearTimer("retry");
+    if (this._closed || this._conn || this._suspended) return;
+    this._locate().then(function (where) {
+      if (self._closed || self._conn || self._suspended) return;
+      self.where = where;
+      var lp = self._wants("lp");
+      if (self._wants("ws") && !(lp && (self._wsBroken || where.transport === "lp"))) self._openWs(false);
+      else if (lp) self._openLp();
+    });
+  };
+
+  /** Try again after a backoff with jitter: 0.5 to 1 times base × 2^failures, capped. */
+  P._retryLater = function () {
+    if (this._closed) return;
+    var self = this;
+    var ceiling = Math.min(this.maxBackoffMs, this.backoffMs * Math.pow(2, this._failures));
+    this._failures = Math.min(this._failures + 1, 30);
+    this._timer("retry", ceiling * (0.5 + Math.random() / 2), function () { self._attempt(); });
   };
 
   /** Ask the broker which node to use; falls back to baseUrl itself. */
@@ -159,122 +338,201 @@
     var hello = { t: "hello", v: 1, device: this.device, state: this.presence.state, status: this.presence.status };
     if (this.token) hello.token = this.token;
     else if (this.user) hello.user = this.user;
+    if (this.app) hello.app = this.app;
     if (this._hadSession) hello.resume = { last: this.lastSeq };
     return hello;
   };
 
+  /** A connection got its welcome: it carries the session from now on. */
+  P._welcomed = function (conn, welcome) {
+    var old = this._conn;
+    if (conn === this._probe) {
+      // the probe's hello replaced the long-poll session on the broker: leave it quietly
+      this._probe = null;
+      this._wsBroken = false;
+      if (old) this._drop(old, false);
+    }
+    this._conn = conn;
+    this._clearTimer("welcome");
+    this._clearTimer("retry");
+    this._failures = 0;
+    this.welcome = welcome;
+    this.hb = welcome.hb || this.hb;
+    this._maxBody = Math.max(1024, Math.floor((welcome.max_frame || 1048576) / 2));
+    if (this._hadSession && !welcome.resumed && this.lastSeq > 0) this._emit("resync", welcome);
+    if (welcome.last < this.lastSeq) this.lastSeq = this._ackedSeq = 0; // the store was reset
+    this._hadSession = true;
+    this._ackedSeq = Math.min(this._ackedSeq, this.lastSeq);
+    if (this.transport !== conn.kind) {
+      this.transport = conn.kind;
+      this._emit("transport", conn.kind);
+    }
+    if (conn.kind === "ws") this._startWatchdog(conn);
+    else this._scheduleProbe();
+    // what the last session had, then every call the broker has not taken yet
+    var frames = [];
+    if (this._watched.size) frames.push({ t: "watch", users: Array.from(this._watched) });
+    this._rooms.forEach(function (room) { frames.push({ t: "join", room: room }); });
+    this._writeOutbox(frames);
+    this._setState("open");
+    if (this._onWelcome) {
+      var resolve = this._onWelcome;
+      this._onWelcome = this._onRefused = null;
+      this._connecting = null;
+      resolve(welcome);
+    }
+    if (this.lastSeq > this._ackedSeq) this._ackSoon();
+  };
+
+  /** The connection that carried the session is gone; find another. */
+  P._lost = function (conn) {
+    if (conn !== this._conn) return;
+    this._conn = null;
+    this._drop(conn, false);
+    this._stopWatchdog();
+    if (this._closed || this._suspended) return;
+    this._setState("connecting");
+    this._retryLater();
+  };
+
+  /** Stop listening to a connection; its session is over or replaced. */
+  P._drop = function (conn, bye) {
+    conn.dead = true;
+    if (conn.kind === "ws") {
+      var ws = conn.ws;
+      ws.onopen = ws.onmessage = ws.onclose = ws.onerror = null;
+      try {
+        if (bye && ws.readyState === OPEN) ws.send(JSON.stringify({ t: "bye" }));
+        ws.close();
+      } catch (e) { /* gone */ }
+      clearTimeout(conn.timeout);
+    } else {
+      if (conn.abort) conn.abort.abort();
+    }
+  };
+
+  /** An error a retry cannot fix (or no welcome in time): stop, and tell every caller. */
+  P._fail = function (error) {
+    var reject = this._onRefused;
+    this._onWelcome = this._onRefused = null;
+    this._connecting = null;
+    this._shutdown(false, error);
+    this._emit("error", error.frame);
+    if (reject) reject(error);
+  };
+
   // -- WebSocket --------------------------------------------------------------
 
-  P._startWs = function (fallBack) {
+  P._openWs = function (probe) {
     var self = this;
-    var ws;
+    var conn = { kind: "ws", ws: null, welcomed: false, helloSent: false, lastRx: 0, pingAt: 0 };
     try {
-      ws = new root.WebSocket(this.where.ws);
+      conn.ws = new root.WebSocket(this.where.ws);
     } catch (e) {
-      if (fallBack) this._wsBroken();
+      // no WebSocket here (blocked, or a bad address): long-poll goes on
+      if (probe) this._scheduleProbe();
+      else this._wsFailed(conn);
       return;
     }
-    var opened = false;
-    var welcomed = false;
-    if (!fallBack) this._trying = ws;
-    var failed = function () {
-      if (self._trying === ws) self._trying = null;
-      if (self._closed) return;
-      if (fallBack) self._wsBroken();
-      else if (!self._lp && !self._ws) self._startLp(); // a trial failed: long-poll goes on
-    };
-    var timeout = setTimeout(function () {
-      if (welcomed) return;
-      ws.onclose = null;
-      try { ws.close(); } catch (e) { /* gone */ }
-      failed();
-    }, this.connectTimeoutMs);
+    if (probe) this._probe = conn;
+    else this._pendingWs = conn;
+    var ws = conn.ws;
+    conn.timeout = setTimeout(function () { self._wsFailed(conn); }, this.connectTimeoutMs);
     ws.onopen = function () {
-      opened = true;
       var hello = self._hello();
       hello.batch = true;
+      conn.helloSent = true;
       ws.send(JSON.stringify(hello));
     };
     ws.onmessage = function (event) {
-      var data = JSON.parse(event.data);
-      var frames = Array.isArray(data) ? data : [data];
-      self._lastRx = Date.now();
-      if (!welcomed && frames.length && frames[0].t === "welcome") {
-        welcomed = true;
-        clearTimeout(timeout);
-        if (self._trying === ws) self._trying = null;
-        self._adoptWs(ws);
+      var data;
+      try {
+        data = JSON.parse(event.data);
+      } catch (e) {
+        return; // not ours: the broker only sends JSON on this socket
       }
-      if (self._ws !== ws) return;
-      self._frames(frames);
+      conn.lastRx = Date.now();
+      conn.pingAt = 0;
+      self._receive(conn, Array.isArray(data) ? data : [data]);
     };
     ws.onclose = function () {
-      clearTimeout(timeout);
-      if (self._ws === ws) {
-        self._ws = null;
-        self._stopWatchdog();
-        if (!self._closed) {
-          self._setState("connecting");
-          // an established socket broke: try once more, then long-poll
-          self._startWs(true);
-        }
-      } else if (!welcomed) {
-        failed();
-      }
+      if (conn.welcomed) self._lost(conn);
+      else self._wsFailed(conn);
     };
     ws.onerror = function () { /* onclose follows */ };
-    return ws;
   };
 
-  P._adoptWs = function (ws) {
-    this._stopLp();
-    this._clearTimer("wsRetry");
-    this._ws = ws;
-    this.transport = "ws";
-    this._emit("transport", "ws");
-    this._startWatchdog();
-  };
-
-  P._wsBroken = function () {
+  /** A WebSocket that never got its welcome. */
+  P._wsFailed = function (conn) {
+    if (conn.dead) return;
+    if (conn.ws) this._drop(conn, false);
+    conn.dead = true;
     if (this._closed) return;
-    if (this.transports.indexOf("lp") < 0) {
-      // no long-poll allowed: keep trying the WebSocket
-      var self = this;
-      this._timer("wsRetry", 2000, function () { self._startWs(true); });
+    if (conn === this._probe) {
+      this._probe = null;
+      if (conn.helloSent && this._conn && this._conn.kind === "lp") {
+        // its hello may have replaced the long-poll session: resume on a new one
+        this._lost(this._conn);
+      } else {
+        this._scheduleProbe();
+      }
       return;
     }
-    if (!this._lp) this._startLp();
-    this._scheduleWsRetry();
+    if (this._pendingWs === conn) this._pendingWs = null;
+    if (this._wants("lp")) {
+      this._wsBroken = true;
+      this._openLp();
+    } else {
+      this._retryLater();
+    }
   };
 
-  P._scheduleWsRetry = function () {
+  P._dropProbe = function () {
+    this._clearTimer("probe");
+    if (this._probe) {
+      this._drop(this._probe, false);
+      this._probe = null;
+    }
+    if (this._pendingWs) {
+      this._drop(this._pendingWs, false);
+      this._pendingWs = null;
+    }
+  };
+
+  /** While on long-poll, try a WebSocket again every wsRetryMs (with jitter). */
+  P._scheduleProbe = function () {
+    if (!this._wants("ws") || this._closed) return;
     var self = this;
-    this._timer("wsRetry", this.wsRetryMs, function () {
-      if (self._closed || self._ws) return;
-      // a trial: on its welcome it takes over from long-poll, else long-poll goes on
-      self._startWs(false);
-      self._scheduleWsRetry();
+    this._timer("probe", this.wsRetryMs * (0.8 + Math.random() * 0.4), function () {
+      var conn = self._conn;
+      if (self._closed || !conn || conn.kind !== "lp" || self._probe) return;
+      self._openWs(true);
     });
   };
 
-  /** The broker pings after hb seconds of silence; silence for 2 x hb means the socket is dead. */
-  P._startWatchdog = function () {
+  /**
+   * The broker pings after hb seconds of silence. A socket silent for longer
+   * than hb plus a margin gets a ping of ours; with no answer within
+   * pingTimeoutMs it counts as stalled and the session moves to long-poll.
+   */
+  P._startWatchdog = function (conn) {
     var self = this;
-    this._lastRx = Date.now();
+    conn.lastRx = Date.now();
+    conn.pingAt = 0;
     this._stopWatchdog();
     this._watchdog = setInterval(function () {
-      var silent = Date.now() - self._lastRx;
-      if (silent > 2 * self.hb * 1000 + 1000) {
-        var ws = self._ws;
-        self._ws = null;
-        self._stopWatchdog();
-        if (ws) { ws.onclose = null; try { ws.close(); } catch (e) { /* gone */ } }
-        self._setState("connecting");
-        self._wsBroken();
-      } else if (silent > self.hb * 1000) {
-        self._write({ t: "ping" });
+      if (conn.dead || conn !== self._conn) return self._stopWatchdog();
+      var now = Date.now();
+      if (conn.pingAt) {
+        if (now - conn.pingAt > self.pingTimeoutMs) {
+          self._wsBroken = self._wants("lp");
+          self._lost(conn);
+        }
+      } else if (now - conn.lastRx > self.hb * 1000 + 1000) {
+        conn.pingAt = now;
+        self._write([{ t: "ping" }]);
       }
-    }, Math.max(250, this.hb * 250));
+    }, 250);
   };
 
   P._stopWatchdog = function () {
@@ -284,96 +542,150 @@
 
   // -- long-poll --------------------------------------------------------------
 
-  P._startLp = function () {
+  P._openLp = function () {
     var self = this;
-    var lp = { sid: null, pos: 0, stopped: false, url: this.where.lp };
-    this._lp = lp;
-    this.transport = "lp";
-    this._emit("transport", "lp");
-    this._post(lp.url + "/open", this._hello()).then(function (answer) {
-      if (lp.stopped) return;
-      if (!answer.ok) {
-        self._frames(answer.body.frames || []);
-        self._lp = null;
-        if (!self._closed) self._timer("lpRetry", 3000, function () { self._startLp(); });
-        return;
+    var lp = { kind: "lp", sid: null, pos: 0, url: this.where.lp, out: [], inflight: null, welcomed: false };
+    this._pendingLp = lp;
+    this._post(lp.url + "/open", JSON.stringify(this._hello())).then(function (answer) {
+      if (lp.dead || self._closed) return;
+      self._pendingLp = null;
+      var frames = (answer.body && answer.body.frames) || [];
+      if (!answer.ok || !frames.length || frames[0].t !== "welcome") {
+        var error = frames.filter(function (f) { return f.t === "error"; })[0];
+        if (error && FATAL[error.code]) return self._fail(errorOf(error));
+        lp.dead = true;
+        return self._retryLater();
       }
       lp.sid = answer.body.sid;
       lp.pos = answer.body.pos;
-      self._frames(answer.body.frames);
-      self._poll(lp);
+      self._receive(lp, frames);
+      if (self._conn === lp) self._poll(lp);
     }, function () {
-      if (lp.stopped) return;
-      self._lp = null;
-      if (!self._closed) self._timer("lpRetry", 3000, function () { self._startLp(); });
+      if (lp.dead) return;
+      lp.dead = true;
+      self._pendingLp = null;
+      self._retryLater(); // unreachable: back off
     });
-  };
-
-  P._stopLp = function () {
-    var lp = this._lp;
-    if (!lp) return;
-    lp.stopped = true;
-    this._lp = null;
-    if (lp.sid) this._post(lp.url + "/close?sid=" + encodeURIComponent(lp.sid), null).catch(function () {});
   };
 
   P._poll = function (lp) {
     var self = this;
-    if (lp.stopped) return;
+    if (lp.dead) return;
     var url = lp.url + "/poll?sid=" + encodeURIComponent(lp.sid) + "&pos=" + lp.pos;
     var ack = this.lastSeq;
     if (ack > this._ackedSeq) url += "&ack=" + ack;
-    root.fetch(url, { cache: "no-store" }).then(function (r) {
+    lp.abort = typeof root.AbortController === "function" ? new root.AbortController() : null;
+    root.fetch(url, { cache: "no-store", signal: lp.abort ? lp.abort.signal : undefined }).then(function (r) {
       return r.json().then(function (body) { return { status: r.status, body: body }; });
     }).then(function (answer) {
-      if (lp.stopped) return;
-      if (answer.status === 404) {
-        // the session is gone (expired, replaced): a new one resumes where this one was
-        self._lp = null;
-        // (unless a WebSocket trial replaced it: the trial decides what comes next)
-        if (!self._closed && !self._ws && !self._trying) self._startLp();
+      if (lp.dead) return;
+      if (answer.status !== 200) {
+        // 404: the session is gone (expired, replaced); a new one resumes where it was
+        if (!self._handingOver(lp)) self._lost(lp);
         return;
       }
+      lp.failures = 0;
       if (ack > self._ackedSeq) self._ackedSeq = ack;
       lp.pos = answer.body.pos;
-      self._frames(answer.body.frames);
-      self._poll(lp);
+      self._receive(lp, answer.body.frames);
+      if (!lp.dead) self._poll(lp);
     }, function () {
       // the response was lost: the same pos asks for the same frames again
-      if (!lp.stopped) setTimeout(function () { self._poll(lp); }, 1000);
+      if (lp.dead) return;
+      lp.failures = (lp.failures || 0) + 1;
+      setTimeout(function () { self._poll(lp); }, Math.min(5000, 250 * Math.pow(2, lp.failures)));
     });
   };
 
-  P._post = function (url, obj) {
+  /** True while a WebSocket probe's hello is replacing this long-poll session. */
+  P._handingOver = function (lp) {
+    return lp === this._conn && this._probe !== null && this._probe.helloSent;
+  };
+
+  /** Long-poll sends: one POST in flight, carrying every frame queued behind it, so order holds. */
+  P._lpFlush = function (lp) {
+    if (lp.dead || lp.inflight || !lp.out.length || lp.flushing) return;
+    var self = this;
+    lp.flushing = true;
+    // gather what this turn queues into the same POST
+    Promise.resolve().then(function () {
+      lp.flushing = false;
+      if (lp.dead || lp.inflight || !lp.out.length) return;
+      var batch = [];
+      var size = 2;
+      while (lp.out.length && (!batch.length || size < self._maxBody)) {
+        var item = lp.out.shift();
+        batch.push(item);
+        size += item.text.length + 1;
+      }
+      lp.inflight = batch;
+      var body = "[" + batch.map(function (i) { return i.text; }).join(",") + "]";
+      self._post(lp.url + "/send?sid=" + encodeURIComponent(lp.sid), body).then(function (answer) {
+        if (lp.dead) return;
+        if (answer.status === 404 || answer.status === 403) {
+          // the session is gone: the outbox still holds these for the next one
+          if (!self._handingOver(lp)) self._lost(lp);
+          return;
+        }
+        lp.inflight = null;
+        if (answer.status >= 500 || answer.status === 408) {
+          // a proxy or an overloaded node: the same frames again, a little later
+          lp.out = batch.concat(lp.out);
+          setTimeout(function () { self._lpFlush(lp); }, 1000);
+          return;
+        }
+        batch.forEach(function (item) { if (item.entry && !item.entry.send) self._taken(item.entry); });
+        if (answer.body && answer.body.frames) self._receive(lp, answer.body.frames);
+        self._lpFlush(lp);
+      }, function () {
+        // lost on the way: post the same frames again, ahead of the rest (sends dedupe by id)
+        if (lp.dead) return;
+        lp.inflight = null;
+        lp.out = batch.concat(lp.out);
+        setTimeout(function () { self._lpFlush(lp); }, 500);
+      });
+    });
+  };
+
+  P._post = function (url, text) {
     return root.fetch(url, {
       method: "POST",
       // text/plain keeps cross-origin requests simple (no preflight); the body is JSON
       headers: { "Content-Type": "text/plain;charset=UTF-8" },
-      body: obj === null ? "" : JSON.stringify(obj),
+      body: text,
       cache: "no-store",
     }).then(function (r) {
-      return r.json().then(function (body) { return { ok: r.ok, status: r.status, body: body }; });
+      return r.json().catch(function () { return {}; }).then(function (body) {
+        return { ok: r.ok, status: r.status, body: body };
+      });
     });
   };
 
   // -- frames in --------------------------------------------------------------
 
-  P._frames = function (frames) {
+  P._receive = function (conn, frames) {
+    if (conn.dead) return;
     var newest = this.lastSeq;
-    for (var i = 0; i < frames.length; i++) {
+    frames: for (var i = 0; i < frames.length; i++) {
       var f = frames[i];
+      if (!conn.welcomed) {
+        if (f.t === "welcome") {
+          conn.welcomed = true;
+          if (conn.kind === "ws") {
+            clearTimeout(conn.timeout);
+            if (this._pendingWs === conn) this._pendingWs = null;
+          }
+          this._emit("frame", f);
+          this._welcomed(conn, f);
+        } else if (f.t === "error") {
+          this._refused(conn, f);
+          return;
+        }
+        continue;
+      }
+      if (conn !== this._conn || conn.dead) break;
       this._emit("frame", f);
       switch (f.t) {
-        case "welcome":
-          this.welcome = f;
-          this.hb = f.hb || this.hb;
-          this._hadSession = true;
-          if (!f.resumed && this.lastSeq > 0) this._emit("resync", f);
-          if (f.last < this.lastSeq) this.lastSeq = newest = 0; // the store was reset
-          this._setState("open");
-          this._resend();
-          if (this._onWelcome) { this._onWelcome(f); this._onWelcome = null; }
-          break;
         case "msg":
           if (f.seq > newest) newest = f.seq;
           if (this._seen.has(f.mid)) break;
@@ -382,39 +694,87 @@
           this._emit("message", f);
           break;
         case "ping":
-          this._write({ t: "pong" });
+          this._write([{ t: "pong" }]);
           break;
         case "receipt":
-          this._settle(f.id, f, null);
+          this._settleSend(f.id, f, null);
           this._emit("receipt", f);
           break;
         case "error":
-          if (f.ref && this._pending.has(f.ref)) this._settle(f.ref, null, f);
-          this._emit("error", f);
+          if (this._brokerError(conn, f)) break frames;
           break;
         case "joined":
         case "left":
-          this._answer(f.t, f.room, f);
+          this._answer(f.t, f.room, f, null);
           this._emit(f.t, f);
+          break;
+        case "history":
+          this._answer("history", f.ref, f, null);
           break;
         case "presence":
           this._emit("presence", f);
           break;
+        case "bye":
+          if (conn.kind === "ws") this._lost(conn);
+          break frames;
         default:
           break;
       }
     }
     if (newest > this.lastSeq) {
       this.lastSeq = newest;
+      this._save(true);
       this._ackSoon();
     }
   };
 
+  /** An error frame before the welcome: fatal, or a reason to try elsewhere. */
+  P._refused = function (conn, f) {
+    if (FATAL[f.code]) return this._fail(errorOf(f));
+    // 503 (overloaded, draining) and the like: this connection is over, try again later
+    if (conn.kind === "ws") this._drop(conn, false);
+    if (conn === this._probe) {
+      this._probe = null;
+      this._scheduleProbe();
+    } else {
+      if (this._pendingWs === conn) this._pendingWs = null;
+      conn.dead = true;
+      this._retryLater();
+    }
+  };
+
+  /** An error frame on an open session; true when that session is over. */
+  P._brokerError = function (conn, f) {
+    if (f.code === 409 && conn.kind === "lp" && this._handingOver(conn)) {
+      conn.replaced = true; // our own WebSocket probe took the session: expected, not an error
+      conn.dead = true;
+      return true;
+    }
+    // an error that rejects a caller's promise is told there, not again as an event
+    var answered = false;
+    if (f.ref !== undefined && this._sends.has(f.ref)) {
+      this._settleSend(f.ref, null, f);
+      answered = true;
+    } else if (f.ref !== undefined) {
+      answered = this._answer("history", f.ref, null, f);
+    } else if (f.code === 403) {
+      answered = this._answer("joined", undefined, null, f); // a join the token does not allow
+    }
+    if (f.code === 401 || f.code === 409) {
+      this._fail(errorOf(f)); // token expired, or this device connected elsewhere
+      return true;
+    }
+    if (!answered) this._emit("error", f);
+    return false;
+  };
+
   P._ackSoon = function () {
-    if (this.transport !== "ws") return; // long-poll acks ride on the next poll
+    var conn = this._conn;
+    if (!conn || conn.kind !== "ws") return; // long-poll acks ride on the next poll
     var self = this;
+    if (this._timers.ack !== undefined) return;
     this._timer("ack", 0, function () {
-      if (self.lastSeq > self._ackedSeq && self._write({ t: "ack", seq: self.lastSeq })) {
+      if (self.lastSeq > self._ackedSeq && self._write([{ t: "ack", seq: self.lastSeq }])) {
         self._ackedSeq = self.lastSeq;
       }
     });
@@ -422,52 +782,101 @@
 
   // -- frames out -------------------------------------------------------------
 
-  /** Write one frame now if a session is open; false when there is none. */
-  P._write = function (frame) {
-    if (this._ws && this._ws.readyState === 1) {
-      this._ws.send(JSON.stringify(frame));
+  /** Write frames on the open session now; false when there is none. */
+  P._write = function (frames, entries) {
+    var conn = this._conn;
+    if (!conn || conn.dead || this.state === "closed") return false;
+    if (conn.kind === "ws") {
+      if (conn.ws.readyState !== OPEN) return false;
+      var limit = this._maxBody || 524288;
+      chunks(frames, limit).forEach(function (text) { conn.ws.send(text); });
+      // a WebSocket keeps order and loses nothing while it lives: the broker has them
+      if (entries) entries.forEach(function (e) { if (!e.send) this._taken(e); }, this);
       return true;
     }
-    var lp = this._lp;
-    if (lp && lp.sid && !lp.stopped) {
-      var self = this;
-      this._post(lp.url + "/send?sid=" + encodeURIComponent(lp.sid), frame).then(function (answer) {
-        if (answer.body && answer.body.frames) self._frames(answer.body.frames);
-      }, function () { /* a send without receipt is sent again on the next welcome */ });
-      return true;
+    if (!conn.sid) return false;
+    for (var i = 0; i < frames.length; i++) {
+      conn.out.push({ text: JSON.stringify(frames[i]), entry: entries ? entries[i] : null });
+    }
+    this._lpFlush(conn);
+    return true;
+  };
+
+  /** On a new session: the frames given, then every call still in the outbox, in order. */
+  P._writeOutbox = function (first) {
+    var frames = first.slice();
+    var entries = first.map(function () { return null; });
+    this._outbox.forEach(function (e) {
+      if (!e.done) {
+        frames.push(e.frame);
+        entries.push(e);
+      }
+    });
+    if (frames.length) this._write(frames, entries);
+  };
+
+  /** Keep a call until the broker has it; write it now if a session is open. */
+  P._call = function (frame, send) {
+    var entry = { frame: frame, send: send, done: false };
+    this._outbox.push(entry);
+    if (this.state === "open" && this._conn) this._write([frame], [entry]);
+    return entry;
+  };
+
+  /** The broker has this call (a send: its receipt or error came). */
+  P._taken = function (entry) {
+    if (entry.done) return;
+    entry.done = true;
+    var f = entry.frame;
+    if (f.t === "watch") f.users.forEach(function (u) { this._watched.add(u); }, this);
+    else if (f.t === "unwatch") f.users.forEach(function (u) { this._watched.delete(u); }, this);
+    else if (f.t === "join") this._rooms.add(f.room);
+    else if (f.t === "leave") this._rooms.delete(f.room);
+    var box = this._outbox;
+    var n = 0;
+    while (n < box.length && box[n].done) n++;
+    if (n) box.splice(0, n);
+    if (box.length > 64 && box.length > 4 * this._sends.size) {
+      this._outbox = box.filter(function (e) { return !e.done; });
+    }
+  };
+
+  P._settleSend = function (id, receipt, error) {
+    var entry = this._sends.get(id);
+    if (!entry) return;
+    this._sends.delete(id);
+    this._taken(entry);
+    if (error) entry.reject(errorOf(error));
+    else entry.resolve(receipt);
+  };
+
+  /** Settle the oldest request waiting for this answer; false if none waits. */
+  P._answer = function (type, key, frame, error) {
+    for (var i = 0; i < this._waiting.length; i++) {
+      var w = this._waiting[i];
+      if (w.type === type && (key === undefined || w.key === key)) {
+        this._waiting.splice(i, 1);
+        if (error) w.reject(errorOf(error));
+        else w.resolve(frame);
+        return true;
+      }
     }
     return false;
   };
 
-  P._resend = function () {
+  P._request = function (type, key, frame) {
     var self = this;
-    this._pending.forEach(function (p) { self._write(p.frame); });
-    if (this.lastSeq > this._ackedSeq) this._ackSoon();
-  };
-
-  P._settle = function (id, receipt, error) {
-    var p = this._pending.get(id);
-    if (!p) return;
-    this._pending.delete(id);
-    if (error) p.reject(Object.assign(new Error(error.reason), { frame: error }));
-    else p.resolve(receipt);
-  };
-
-  P._answer = function (type, room, frame) {
-    for (var i = 0; i < this._waiting.length; i++) {
-      var w = this._waiting[i];
-      if (w.type === type && w.room === room) {
-        this._waiting.splice(i, 1);
-        w.resolve(frame);
-        return;
-      }
-    }
+    return new Promise(function (resolve, reject) {
+      self._waiting.push({ type: type, key: key, resolve: resolve, reject: reject });
+      self._call(frame, false);
+    });
   };
 
   /**
    * Send a message: {to: user} or {room: name}, with a body.
-   * Resolves with the receipt; a send made while disconnected goes out (with
-   * the same id, so never twice) as soon as a session is open again.
+   * Resolves with the receipt, rejects with the broker's error. A send made
+   * before the session opens or while it is down goes out, in order and
+   * with the same id (so never twice), once a session is open.
    */
   P.send = function (message) {
     var id = message.id || this.device + "-" + Date.now().toString(36) + "-" + (++this._ids);
@@ -476,46 +885,79 @@
     else frame.to = message.to;
     var self = this;
     return new Promise(function (resolve, reject) {
-      self._pending.set(id, { frame: frame, resolve: resolve, reject: reject });
-      if (self.state === "open") self._write(frame);
+      var entry = { frame: frame, send: true, done: false, resolve: resolve, reject: reject };
+      self._sends.set(id, entry);
+      self._outbox.push(entry);
+      if (self.state === "open" && self._conn) self._write([frame], [entry]);
     });
   };
 
-  P._request = function (type, frame) {
-    var self = this;
-    return new Promise(function (resolve) {
-      self._waiting.push({ type: type, room: frame.room, resolve: resolve });
-      self._write(frame);
-    });
-  };
-
-  /** Join a room; resolves with the joined frame ({members: N}). */
-  P.join = function (room) { return this._request("joined", { t: "join", room: room }); };
-  /** Leave a room. */
-  P.leave = function (room) { return this._request("left", { t: "leave", room: room }); };
-  /** Get presence frames for these users now and on every change. */
-  P.watch = function (users) { this._write({ t: "watch", users: users }); };
-  P.unwatch = function (users) { this._write({ t: "unwatch", users: users }); };
+  /** Join a room; resolves with the joined frame ({members: N}). Rooms are joined again after a reconnect. */
+  P.join = function (room) { return this._request("joined", room, { t: "join", room: room }); };
+  /** Leave a room; resolves with the left frame. */
+  P.leave = function (room) { return this._request("left", room, { t: "leave", room: room }); };
+  /** Get presence frames for these users now and on every change (kept across reconnects). */
+  P.watch = function (users) { this._call({ t: "watch", users: users.slice() }, false); };
+  P.unwatch = function (users) { this._call({ t: "unwatch", users: users.slice() }, false); };
   /** One presence frame per user, now. */
-  P.probe = function (users) { this._write({ t: "probe", users: users }); };
+  P.probe = function (users) { this._call({ t: "probe", users: users.slice() }, false); };
   /** Report this device's presence: "online", "away", "busy" or "offline" (invisible). */
   P.setPresence = function (state, status) {
     this.presence = { state: state, status: status || "" };
-    this._write({ t: "presence", state: state, status: status || "" });
+    this._call({ t: "presence", state: state, status: status || "" }, false);
   };
 
-  /** End the session ("bye") and stop reconnecting. */
+  /**
+   * A page of the archive, newest first: history({with: "bob"}) or
+   * history({room: "r"}), with optional before (a mid) and limit (≤ 100).
+   * Resolves with {messages, more}; rejects with 404 "no archive" when the
+   * broker keeps none, 403 for a room this user is not in.
+   */
+  P.history = function (query) {
+    var id = "h-" + this.device + "-" + (++this._ids);
+    var frame = { t: "history", id: id };
+    if (query.room) frame.room = query.room;
+    else frame["with"] = query["with"];
+    if (query.before) frame.before = query.before;
+    if (query.limit) frame.limit = query.limit;
+    return this._request("history", id, frame).then(function (f) {
+      return { messages: f.messages || [], more: !!f.more };
+    });
+  };
+
+  /** End the session ("bye") and stop reconnecting; calls not yet taken are rejected. */
   P.close = function () {
+    this._save(false);
+    var reject = this._onRefused;
+    this._onWelcome = this._onRefused = null;
+    this._connecting = null;
+    var error = O2OBrokerError(499, "closed by the client");
+    this._shutdown(true, error);
+    if (reject) reject(error);
+  };
+
+  P._shutdown = function (bye, error) {
     this._closed = true;
+    this._suspended = false;
     Object.keys(this._timers).forEach(this._clearTimer, this);
     this._stopWatchdog();
-    if (this._ws) {
-      var ws = this._ws;
-      this._ws = null;
-      try { ws.send(JSON.stringify({ t: "bye" })); ws.close(); } catch (e) { /* gone */ }
+    this._dropProbe();
+    var conn = this._conn || this._pendingLp;
+    this._conn = this._pendingLp = null;
+    if (conn) {
+      if (bye && conn.kind === "lp" && conn.sid) {
+        this._post(conn.url + "/close?sid=" + encodeURIComponent(conn.sid), "").catch(function () {});
+      }
+      this._drop(conn, bye);
     }
-    this._stopLp();
     this._setState("closed");
+    var outbox = this._outbox;
+    var waiting = this._waiting;
+    this._outbox = [];
+    this._waiting = [];
+    this._sends = new Map();
+    outbox.forEach(function (e) { if (e.send && !e.done) e.reject(error); });
+    waiting.forEach(function (w) { w.reject(error); });
   };
 
   // -- timers -----------------------------------------------------------------
@@ -531,6 +973,6 @@
     delete this._timers[name];
   };
 
-  root.O2OBroker = O2OBroker;
-  if (typeof module === "object" && module.exports) module.exports = O2OBroker;
-})(typeof window !== "undefined" ? window : globalThis);
+  return O2OBroker;
+  /* end factory */
+});
