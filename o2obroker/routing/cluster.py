@@ -18,10 +18,12 @@ recipients.
 from __future__ import annotations
 
 import struct
+from collections import deque
 from typing import Any
 
 import cbor2
 from twisted.internet.defer import Deferred
+from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
@@ -29,6 +31,9 @@ from zope.interface import implementer
 from o2obroker.backend.interface import StoredMessage
 from o2obroker.routing.messages import Delivery, Settlement
 from o2obroker.routing.router import IPublisher
+
+#: actors told to read their inboxes again per reactor turn, after a resubscribe
+RESYNC_SLICE = 500
 
 _ENTRY = struct.Struct(">QBI")  # seq, length of the skipped device, length of the message
 
@@ -87,8 +92,14 @@ class ClusterPublisher:
 
     log = Logger()
 
-    def __init__(self, actors: dict[str, Any], backend: Any, node_id: str) -> None:
+    def __init__(
+        self, actors: dict[str, Any], backend: Any, node_id: str, clock: IReactorTime
+    ) -> None:
         self._actors = actors
+        self._clock = clock
+        # users whose actors are still to be told to read their inboxes again
+        self._resync: deque[str] = deque()
+        self._resyncing: IDelayedCall | None = None
         self._backend = backend
         self._bus = bus = backend.bus
         self._origin = node_id.encode()
@@ -173,8 +184,18 @@ class ClusterPublisher:
 
     def resubscribed(self, users: list[str]) -> None:
         """Channels subscribed again after a reconnect: what was published in
-        between is lost, so each actor reads its inbox from what it wrote."""
-        for user in users:
-            actor = self._actors.get(user)
+        between is lost, so each actor reads its inbox from what it wrote;
+        ``RESYNC_SLICE`` actors a reactor turn, not every user at once."""
+        self._resync.extend(users)
+        if self._resyncing is None:
+            self._resyncing = self._clock.callLater(0, self._resync_some)
+
+    def _resync_some(self) -> None:
+        self._resyncing = None
+        queue, actors = self._resync, self._actors
+        for _ in range(min(RESYNC_SLICE, len(queue))):
+            actor = actors.get(queue.popleft())
             if actor is not None:
                 actor.resync()
+        if queue:
+            self._resyncing = self._clock.callLater(0, self._resync_some)

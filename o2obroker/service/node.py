@@ -52,7 +52,7 @@ class Node:
         self.router = Router(self.backend, stats=self.metrics.stats)
         if isinstance(store, RedisBackend):
             # many nodes: what is stored goes to the other nodes by publish too
-            self.router.publisher = ClusterPublisher(self.router.actors, store, config.node)
+            self.router.publisher = ClusterPublisher(self.router.actors, store, config.node, clock)
         self.presence = PresenceHub(
             self.backend,
             self.router,

@@ -5,13 +5,20 @@ from __future__ import annotations
 from typing import Any
 
 from twisted.internet.defer import Deferred, fail, succeed
+from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase
 from zope.interface import implementer
 from zope.interface.verify import verifyObject
 
 from o2obroker.backend import BackendUnavailable, StoredMessage
 from o2obroker.routing import IMailbox, IPublisher
-from o2obroker.routing.cluster import ClusterPublisher, decode, encode_messages, encode_replace
+from o2obroker.routing.cluster import (
+    RESYNC_SLICE,
+    ClusterPublisher,
+    decode,
+    encode_messages,
+    encode_replace,
+)
 
 
 class FakeBus:
@@ -77,7 +84,8 @@ class ClusterPublisherTests(SynchronousTestCase):
     def setUp(self) -> None:
         self.actors: dict[str, Any] = {}
         self.backend = FakeBackend()
-        self.pub = ClusterPublisher(self.actors, self.backend, "n1")
+        self.clock = Clock()
+        self.pub = ClusterPublisher(self.actors, self.backend, "n1", self.clock)
 
     def test_provides_the_publisher_interface(self) -> None:
         self.assertTrue(verifyObject(IPublisher, self.pub))
@@ -135,7 +143,36 @@ class ClusterPublisherTests(SynchronousTestCase):
         self.assertEqual(len(self.flushLoggedErrors(ValueError)), 4)
         self.assertEqual(len(bob.delivered), 1)
 
-    def test_resubscribed_users_read_their_inboxes_again(self) -> None:
-        bob = self.actors["bob"] = FakeActor()
-        self.backend.bus.on_ready(["bob", "gone"])
-        self.assertEqual(bob.resynced, 1)
+    def test_resubscribed_users_read_their_inboxes_again_a_slice_a_turn(self) -> None:
+        turns = Turns()
+        self.pub._clock = turns
+        users = [f"u{i}" for i in range(RESYNC_SLICE * 2 + 1)]
+        for u in users:
+            self.actors[u] = FakeActor()
+        self.backend.bus.on_ready([*users, "gone"])
+        told = lambda: sum(a.resynced for a in self.actors.values())  # noqa: E731
+        self.assertEqual(told(), 0)
+        turns.run()
+        self.assertEqual(told(), RESYNC_SLICE)
+        turns.run()
+        turns.run()
+        self.assertEqual(told(), len(users))
+        turns.run()
+        self.assertEqual(turns.calls, [])
+
+
+class Turns:
+    """A reactor whose turns the test runs one at a time (Clock runs every
+    call made for now in one ``advance``)."""
+
+    def __init__(self) -> None:
+        self.calls: list[Any] = []
+
+    def callLater(self, delay: float, f: Any, *args: Any) -> Any:
+        self.calls.append((f, args))
+        return None
+
+    def run(self) -> None:
+        calls, self.calls = self.calls, []
+        for f, args in calls:
+            f(*args)
