@@ -110,6 +110,10 @@ class Config:
     redis: str | None = None
     redis_ca: str | None = None  # PEM file of the CA for rediss://; default: the system's
     redis_timeout: float = 5.0  # seconds a Redis call may take before it fails
+    # the node registry (doc/cluster.md): seconds between heartbeats (a node is
+    # dead after two without one), and the host clients and peers reach it by
+    node_heartbeat: float = 2.0
+    public_host: str = "127.0.0.1"
     # the store (doc/configuration.md): seconds a backend call may take before its
     # sends get 503; bytes the inboxes may hold per user and in all (0: no bound)
     backend_timeout: float = 5.0
@@ -262,6 +266,10 @@ def _name(s: str) -> bool:
 
 
 def _check_redis(c: Config) -> None:
+    if not 0.1 <= c.node_heartbeat <= 3600:
+        raise ConfigError(f"node_heartbeat: must be 0.1 to 3600 seconds, not {c.node_heartbeat}")
+    if not c.public_host.strip():
+        raise ConfigError("public_host: must not be empty")
     if c.redis_timeout <= 0:
         raise ConfigError(f"redis_timeout: must be positive, not {c.redis_timeout}")
     if not c.redis:

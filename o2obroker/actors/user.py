@@ -6,7 +6,7 @@ import itertools
 import os
 from typing import Any, ClassVar
 
-from twisted.internet.defer import Deferred
+from twisted.internet.defer import Deferred, succeed
 from twisted.internet.interfaces import IReactorTime
 from twisted.python.failure import Failure
 from zope.interface import Attribute, Interface, implementer
@@ -162,6 +162,8 @@ class UserActor(Actor):
         "presence": "_on_presence",
         "presence_out": "_on_presence_out",
         "presence_expire": "_on_presence_expire",
+        "displaced": "_on_displaced",
+        "resync": "_on_resync",
         "watch": "_on_watch",
         "unwatch": "_on_unwatch",
         "probe": "_on_probe",
@@ -207,9 +209,10 @@ class UserActor(Actor):
         self._mids = mids
         # send id -> (mid, ts, devices waiting for it) while its delivery is under way
         self._inflight: dict[str, tuple[str, int, list[Any]]] = {}
-        # device -> highest seq its resume backlog wrote: deliveries of messages
-        # stored while the backlog was read are not written twice
-        self._written: dict[str, int] | None = None
+        # device -> highest seq written to it (its resume point, its backlog,
+        # deliveries): a delivery at or below it is not written twice, and one
+        # past the next seq shows a gap (a publish lost or overtaken between nodes)
+        self._written: dict[str, int] | None = {}
 
     def _grace_over(self) -> None:
         self.tell(("presence_expire",))
@@ -227,6 +230,15 @@ class UserActor(Actor):
 
     def reachable(self) -> bool:
         return any(device.live for device in self.devices.values())
+
+    def displaced(self, device: str) -> None:
+        """The same device of this user said hello on another node: replace it here."""
+        self.tell(("displaced", device))
+
+    def resync(self) -> None:
+        """Deliveries may have been lost (the bus reconnected): read the inbox
+        again from what each device was written."""
+        self.tell(("resync",))
 
     def submit(self, device: Any, send: Any) -> None:
         self.tell(("submit", device, send))
@@ -266,15 +278,64 @@ class UserActor(Actor):
 
     # -- messages for the user ----------------------------------------------
 
-    def _on_deliver(self, batch: list[Message]) -> None:
+    def _on_deliver(self, batch: list[Message]) -> Deferred[None] | None:
         items: list[Delivery] = batch[0][1] if len(batch) == 1 else [i for m in batch for i in m[1]]
         written = self._written
+        if written is None:
+            written = self._written = {}
+        gaps = []
         for name, device in self.devices.items():
-            if device.live:
-                after = written.get(name, 0) if written else 0
-                out = [(seq, m) for seq, m, skip in items if seq > after and skip != name]
-                if out:
-                    device.send_msgs(out)
+            if not device.live:
+                continue
+            after = written.get(name, 0)
+            fresh = items
+            if items[0][0] != after + 1 or items[-1][0] != after + len(items):
+                # not the next run of seqs: some written already, or out of order
+                fresh = sorted((i for i in items if i[0] > after), key=_seq)
+                if not fresh:
+                    continue
+                if any(item[0] != after + n for n, item in enumerate(fresh, 1)):
+                    gaps.append((device, after))  # a seq is missing: read the inbox
+                    continue
+            written[name] = fresh[-1][0]
+            out = [(seq, m) for seq, m, skip in fresh if skip != name]
+            if out:
+                device.send_msgs(out)
+        if not gaps:
+            return None
+        return self._backlogs(gaps)
+
+    def _backlogs(self, devices: list[tuple[Any, int]]) -> Deferred[None]:
+        """The inbox of each device from its point, one device after the other."""
+        d: Deferred[None] = succeed(None)
+        for device, after in devices:
+            d.addCallback(lambda _, dv=device, a=after: self._send_backlog(dv, a))
+        return d.addErrback(self._unavailable_quietly)
+
+    def _unavailable_quietly(self, failure: Failure) -> None:
+        # the next delivery or resume reads again
+        self.log.warn(
+            "reading the inbox of {user} again failed: {error}",
+            user=self.user,
+            error=failure.getErrorMessage(),
+        )
+
+    def _on_resync(self, message: Message) -> Deferred[None] | None:
+        written = self._written or {}
+        devices = [(d, written.get(n, 0)) for n, d in self.devices.items() if d.live]
+        return self._backlogs(devices) if devices else None
+
+    def _on_displaced(self, message: Message) -> None:
+        name = message[1]
+        old = self.devices.pop(name, None)
+        if old is None:
+            return
+        if self._written:
+            self._written.pop(name, None)
+        self.presence.detached(name, False)
+        old.replaced()
+        if not self.devices:
+            self._router.publisher.untrack(self.user)
 
     # -- sends of the user --------------------------------------------------
 
@@ -442,6 +503,13 @@ class UserActor(Actor):
         # back within its grace period: what it missed of its watch list is kept for it
         device.presence_kept = self.presence.is_lingering(name)
         user, backend = self.user, self.backend
+        publisher = self._router.publisher
+
+        def tracked(_: None) -> Deferred[InboxState]:
+            # subscribed first: what is stored from now on reaches this actor,
+            # and what was stored before is in the inbox read next
+            publisher.replace(user, name)
+            return backend.inbox_state(user)
 
         def with_state(state: InboxState) -> Deferred[None]:
             if resume_last is None:
@@ -469,7 +537,7 @@ class UserActor(Actor):
             device.welcome(state.last, resumed)
             return self._send_backlog(device, cursor)
 
-        d = backend.inbox_state(user).addCallback(with_state)
+        d = publisher.track(user).addCallback(tracked).addCallback(with_state)
         return d.addCallbacks(
             lambda _: self._attached(device), self._attach_failed, errbackArgs=(device,)
         )
@@ -483,6 +551,8 @@ class UserActor(Actor):
         )
         if self._written:
             self._written.pop(device.device, None)
+        if not self.devices:
+            self._router.publisher.untrack(self.user)
         # not attached; the client connects again and resumes
         device.fail(ProtocolError(*UNAVAILABLE, fatal=True))
 
@@ -534,6 +604,8 @@ class UserActor(Actor):
             if self._written:
                 self._written.pop(name, None)
             self.presence.detached(name, message[2] if len(message) > 2 else False)
+            if not self.devices:
+                self._router.publisher.untrack(self.user)
 
     # -- rooms ------------------------------------------------------------------
 
@@ -694,3 +766,7 @@ def _set_cursor(device: Any) -> Any:
         device.cursor = max(device.cursor, cursor)
 
     return set_cursor
+
+
+def _seq(item: Delivery) -> int:
+    return item[0]

@@ -211,3 +211,17 @@ class IBackend(Interface):
     def watchers(users: list[str]) -> Any:
         """Fire with {user: frozenset of watchers}, leaving out users nobody watches.
         Fails with BackendUnavailable."""
+
+    def heartbeat(record: dict[str, Any], ttl: float) -> Any:
+        """Publish this node's registry record (JSON-able: id, addresses, load),
+        alive for ``ttl`` seconds from now unless beaten again.
+        Fails with BackendUnavailable."""
+
+    def nodes() -> Any:
+        """Fire with the records of every live node (their ttl not yet passed),
+        ordered by id; a record past its ttl is forgotten. Fails with
+        BackendUnavailable."""
+
+    def depart() -> Any:
+        """Remove this node's record at once (a clean stop): peers need not wait
+        for its ttl. Fails with BackendUnavailable."""

@@ -5,6 +5,7 @@ from __future__ import annotations
 import uuid
 from collections import deque
 from operator import attrgetter
+from typing import Any
 
 from twisted.internet.defer import Deferred, fail, succeed
 from twisted.internet.interfaces import IReactorTime
@@ -120,6 +121,8 @@ class MemoryBackend:
         self._offline: deque[tuple[float, str, Presence]] = deque()
         self._watching: dict[str, set[str]] = {}  # watcher -> users
         self._watchers: dict[str, set[str]] = {}  # user -> watchers
+        # the node registry: node id -> (expires, record); one process, one node
+        self._nodes: dict[str, tuple[float, dict[str, Any]]] = {}
 
     # -- inbox -------------------------------------------------------------
 
@@ -377,3 +380,20 @@ class MemoryBackend:
         index = self._watchers
         # copies: the caller fans out over several reactor turns while lists change
         return succeed({u: frozenset(index[u]) for u in users if u in index})
+
+    # -- node registry -----------------------------------------------------
+
+    def heartbeat(self, record: dict[str, Any], ttl: float) -> Deferred[None]:
+        self._nodes[self.node_id] = (self._clock.seconds() + ttl, dict(record))
+        return succeed(None)
+
+    def nodes(self) -> Deferred[list[dict[str, Any]]]:
+        now = self._clock.seconds()
+        for node, (expires, _) in list(self._nodes.items()):
+            if expires <= now:
+                del self._nodes[node]
+        return succeed([dict(self._nodes[n][1]) for n in sorted(self._nodes)])
+
+    def depart(self) -> Deferred[None]:
+        self._nodes.pop(self.node_id, None)
+        return succeed(None)

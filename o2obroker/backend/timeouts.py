@@ -88,3 +88,6 @@ class TimeoutBackend:
     unwatch = _timed("unwatch")
     watching = _timed("watching")
     watchers = _timed("watchers")
+    heartbeat = _timed("heartbeat")
+    nodes = _timed("nodes")
+    depart = _timed("depart")

@@ -43,6 +43,12 @@ class IMailbox(Interface):
     def reachable() -> bool:
         """Whether a device of this user here takes messages now."""
 
+    def displaced(device: str) -> None:
+        """The same device of this user said hello on another node: close it here (409)."""
+
+    def resync() -> None:
+        """What was published for this user may have been lost: read the inbox again."""
+
 
 class IPublisher(Interface):
     """Where stored messages go next: to the nodes where their users are live."""
@@ -55,6 +61,17 @@ class IPublisher(Interface):
 
     def settle(user: str, settlement: Settlement) -> None:
         """Tell the actor of ``user``, wherever it is, how its sends ended."""
+
+    def track(user: str) -> Deferred[None]:
+        """A device of ``user`` is attaching here: from when this fires, what is
+        published for the user reaches this node's actor. Fails when that
+        cannot be had now (the attach then fails, and the client retries)."""
+
+    def untrack(user: str) -> None:
+        """The last device of ``user`` here is gone."""
+
+    def replace(user: str, device: str) -> None:
+        """``device`` of ``user`` said hello here: replace it on other nodes."""
 
 
 @implementer(IPublisher)
@@ -85,6 +102,15 @@ class LocalPublisher:
         actor = self._actors.get(user)
         if actor is not None:
             actor.settled(settlement)
+
+    def track(self, user: str) -> Deferred[None]:
+        return succeed(None)
+
+    def untrack(self, user: str) -> None:
+        pass
+
+    def replace(self, user: str, device: str) -> None:
+        pass
 
 
 class Router:

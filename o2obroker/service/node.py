@@ -25,7 +25,11 @@ from o2obroker.config import Config
 from o2obroker.metrics import Metrics
 from o2obroker.policy.build import build_business
 from o2obroker.routing import AppRegistry, INodeDirectory, LocalDirectory, Router
+from o2obroker.routing.directory import RegistryDirectory
+from o2obroker.routing.cluster import ClusterPublisher
+from o2obroker.service.registry import Registry
 from o2obroker.session import Authenticator, Gateway
+from o2obroker.transports.api import node_info, public_addresses
 
 
 class Node:
@@ -41,12 +45,16 @@ class Node:
     ) -> None:
         self.config = config
         self.clock = clock
+        self._stopped = False
         self.metrics = Metrics()
         #: the backend itself (memory or Redis); the rest of the node uses ``backend``
         self.store = store = backend or make_backend(config, clock)
         # every call gets a time limit: a backend that never answers fails its sends
         self.backend = TimeoutBackend(store, clock, config.backend_timeout)
         self.router = Router(self.backend, stats=self.metrics.stats)
+        if isinstance(store, RedisBackend):
+            # many nodes: what is stored goes to the other nodes by publish too
+            self.router.publisher = ClusterPublisher(self.router.actors, store, config.node, clock)
         self.presence = PresenceHub(
             self.backend,
             self.router,
@@ -143,6 +151,14 @@ class Node:
             ),
         )
         self.gateway.admission = self.supervisor.admission.refusal  # one call per hello
+        # the node registry: heartbeats out, live peers in, the latter feeding redirects
+        self.registry = Registry(
+            self.backend,
+            clock,
+            lambda: node_info(self, public_addresses(self), clock),
+            interval=config.node_heartbeat,
+        )
+        self.supervisor.peers = self.registry.peers
         gauges.add_counter(
             "o2o_business_events",
             "Business layer: sends rejected and rewritten, hook calls by outcome, events.",
@@ -164,9 +180,23 @@ class Node:
             "event",
         )
 
-        #: where clients are routed to (doc/protocol.md section 8): this node alone
-        #: until a node registry takes its place
-        self.directory: INodeDirectory = LocalDirectory(config.node, config.cluster, self.figures)
+        #: where clients are routed to (doc/protocol.md section 8): on the embedded
+        #: backend this node alone; on Redis every live node of the registry
+        self.directory: INodeDirectory = (
+            RegistryDirectory(self._registry_records)
+            if isinstance(store, RedisBackend)
+            else LocalDirectory(config.node, config.cluster, self.figures)
+        )
+
+    def _registry_records(self) -> Deferred[list[dict[str, Any]]]:
+        """The registry's live records, this node's own made now rather than
+        as of its last heartbeat (it may not have beaten yet)."""
+        own = node_info(self, public_addresses(self), self.clock)
+
+        def merged(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
+            return [own, *(r for r in records if r.get("id") != own["id"])]
+
+        return self.backend.nodes().addCallback(merged)
 
     def figures(self) -> dict[str, Any]:
         """This node's load and state, as a node registry record carries them."""
@@ -187,6 +217,11 @@ class Node:
             self.store.start()
         self.gateway.start()
         self.supervisor.start()
+        if isinstance(self.store, RedisBackend):
+            # the first heartbeat once Redis is there, not a failure logged before it
+            self.store.when_ready().addCallback(lambda _: self._stopped or self.registry.start())
+        else:
+            self.registry.start()
 
     def reload_filters(self) -> Deferred[Any]:
         """Read the keyword lists again without a restart (SIGHUP, the console)."""
@@ -196,12 +231,15 @@ class Node:
         return d.addCallback(lambda n: f"keyword filter reloaded: {n} keywords")
 
     def stop(self) -> Deferred[object] | None:
+        self._stopped = True
         self.business.stop()
         self.gateway.stop()
         self.presence.stop()
         self.supervisor.stop()
+        left = self.registry.stop()  # before the backend closes: peers forget us now
         if isinstance(self.store, RedisBackend):
-            return self.store.stop()
+            store = self.store
+            return left.addCallback(lambda _: store.stop())
         return None
 
 

@@ -105,12 +105,12 @@ def addresses(node: Any, request: Any) -> dict[str, str]:
     }
 
 
-def _port_of(endpoint: str) -> str:
+def _port_of(endpoint: str, default: str = "9100") -> str:
     parts = endpoint.split(":")
     for part in parts[1:]:
         if part.isdigit():
             return part
-    return "9100"
+    return default
 
 
 def _supervisor(node: Any) -> Any:
@@ -249,14 +249,31 @@ def _presence_map(users: list[str], found: dict[str, Any]) -> dict[str, Any]:
 
 
 class Nodes(_Endpoint):
-    """``GET /api/v1/nodes``: every live node (on one node: this one)."""
+    """``GET /api/v1/nodes``: every live node of the registry.
 
-    def render_GET(self, request: Any) -> bytes:
-        return _answer(request, 200, {"nodes": [node_info(self.node, request, self.clock)]})
+    This node's own record is made now, with the addresses the request used;
+    the others' are what they last published (at most a heartbeat old).
+    """
+
+    def render_GET(self, request: Any) -> Any:
+        own = node_info(self.node, addresses(self.node, request), self.clock)
+        d = self.node.backend.nodes()
+
+        def listed(records: list[dict[str, Any]]) -> None:
+            others = [r for r in records if r.get("id") != own["id"]]
+            every = sorted([own, *others], key=lambda r: str(r.get("id")))
+            _write(request, 200, {"nodes": every})
+
+        def failed(failure: Any) -> None:
+            _write(request, 503, {"error": failure.getErrorMessage(), "nodes": [own]})
+
+        d.addCallbacks(listed, failed)
+        return NOT_DONE_YET
 
 
-def node_info(node: Any, request: Any, clock: IReactorTime) -> dict[str, Any]:
-    """This node's record: who it is, where, how loaded, whether it takes clients.
+def node_info(node: Any, where: dict[str, str], clock: IReactorTime) -> dict[str, Any]:
+    """This node's record: who it is, where (``where``: its addresses), how
+    loaded, whether it takes clients; the registry publishes the same record.
 
     ``cpu``, ``rss_bytes`` and ``memory_percent`` come from the supervisor's
     last sample (None before the first); the connection counts, the
@@ -269,7 +286,7 @@ def node_info(node: Any, request: Any, clock: IReactorTime) -> dict[str, Any]:
     return {
         "id": node.config.node,
         "cluster": node.config.cluster,
-        "addresses": addresses(node, request),
+        "addresses": where,
         "connections": figures["connections"],
         "cpu": None if sample is None else sample.cpu,  # this process, % of one core
         "rss_bytes": None if sample is None else sample.rss,  # this process's resident memory
@@ -280,6 +297,23 @@ def node_info(node: Any, request: Any, clock: IReactorTime) -> dict[str, Any]:
         "healthy": figures["healthy"],
         "full": figures["full"],
         "last_heartbeat": clock.seconds(),
+    }
+
+
+def public_addresses(node: Any) -> dict[str, str]:
+    """How clients reach this node, as the registry tells other nodes: the
+    ``public_host`` of the configuration and the ports the node listens on."""
+    host = getattr(node.config, "public_host", "") or "127.0.0.1"
+    bare = host.strip("[]")
+    if ":" in bare:
+        host = f"[{bare}]"
+    http_port = getattr(node, "http_port", None) or _port_of(node.config.http, "8080")
+    tcp_port = getattr(node, "tcp_port", None) or _port_of(node.config.tcp)
+    return {
+        "ws": f"ws://{host}:{http_port}/ws",
+        "lp": f"http://{host}:{http_port}/lp",
+        "tcp": f"{host}:{tcp_port}",
+        "http": f"http://{host}:{http_port}",
     }
 
 

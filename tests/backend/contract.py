@@ -322,3 +322,23 @@ def _deferring(name: str) -> Any:
 for _name, _spec in IBackend.namesAndDescriptions():
     if isinstance(_spec, Method):
         setattr(LaterBackend, _name, _deferring(_name))
+
+    async def test_registry_heartbeat_and_ttl(self) -> None:
+        self.assertEqual(await self.b.nodes(), [])
+        record = {"id": self.b.node_id, "addresses": {"tcp": "h:1"}, "occupancy": 12.5}
+        await self.b.heartbeat(record, 4.0)
+        self.assertEqual(await self.b.nodes(), [record])
+        self.clock.advance(3.9)
+        self.assertEqual(await self.b.nodes(), [record])
+        # beaten again: alive another ttl from now, with the new record
+        record = {**record, "occupancy": 50.0}
+        await self.b.heartbeat(record, 4.0)
+        self.clock.advance(3.9)
+        self.assertEqual(await self.b.nodes(), [record])
+        self.clock.advance(0.2)  # past the ttl of the last beat: dead
+        self.assertEqual(await self.b.nodes(), [])
+
+    async def test_registry_depart(self) -> None:
+        await self.b.heartbeat({"id": self.b.node_id}, 60.0)
+        await self.b.depart()
+        self.assertEqual(await self.b.nodes(), [])

@@ -213,3 +213,26 @@ class SameAsMemoryTests(RedisCase):
     async def test_random_runs(self) -> None:
         for seed in range(3):
             await self.run_both(seed, 250)
+
+
+class RegistryTests(RedisCase):
+    def setUp(self) -> None:
+        self.clock = Clock()
+
+    async def test_nodes_see_each_other_and_a_silent_one_lapses(self) -> None:
+        prefix = unique_prefix()
+        a = self.redisBackend(node_id="a", prefix=prefix)
+        b = self.redisBackend(node_id="b", prefix=prefix)
+        await a.when_ready()
+        await b.when_ready()
+        await b.heartbeat({"id": "b", "draining": False}, 2.0)
+        await a.heartbeat({"id": "a", "draining": True}, 2.0)
+        expected = [{"id": "a", "draining": True}, {"id": "b", "draining": False}]
+        self.assertEqual(await a.nodes(), expected)
+        self.assertEqual(await b.nodes(), expected)
+        self.clock.advance(1.5)
+        await a.heartbeat({"id": "a", "draining": True}, 2.0)
+        self.clock.advance(1.0)  # b's last beat is 2.5 s old: dead for everyone
+        self.assertEqual(await b.nodes(), [{"id": "a", "draining": True}])
+        await a.depart()
+        self.assertEqual(await b.nodes(), [])

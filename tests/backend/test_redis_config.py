@@ -80,6 +80,17 @@ class ConfigTests(SynchronousTestCase):
         with self.assertRaises(ConfigError):
             load(overrides={"redis": "redis://a", "redis_timeout": 0})
 
+    def test_registry_settings_are_checked(self) -> None:
+        for bad in (0, 0.05, 4000):
+            with self.assertRaises(ConfigError) as e:
+                load(overrides={"node_heartbeat": bad})
+            self.assertIn("node_heartbeat", str(e.exception))
+        with self.assertRaises(ConfigError) as e:
+            load(overrides={"public_host": " "})
+        self.assertIn("public_host", str(e.exception))
+        config = load(overrides={"node_heartbeat": 0.5, "public_host": "10.0.0.7"})
+        self.assertEqual((config.node_heartbeat, config.public_host), (0.5, "10.0.0.7"))
+
     def test_option_and_backend_choice(self) -> None:
         options = Options()
         options.parseOptions(["--redis", "redis://127.0.0.1:1/2,redis://127.0.0.1:2"])

@@ -73,6 +73,9 @@ class TimeoutBackendTests(SynchronousTestCase):
             "unwatch": ("bob", ["eve"]),
             "watching": ("bob",),
             "watchers": (["bob"],),
+            "heartbeat": ({"id": "n1"}, 1.0),
+            "nodes": (),
+            "depart": (),
         }
         self.assertEqual(sorted(args), METHODS)
         for name, a in args.items():

@@ -43,6 +43,12 @@ class Mailbox:
     def reachable(self) -> bool:
         return self.live
 
+    def displaced(self, device: str) -> None:
+        pass
+
+    def resync(self) -> None:
+        pass
+
 
 def flat(settlement: Settlement) -> list[tuple[str, str | None, int, str]]:
     """A settlement as (send id, status, code, reason) tuples, in send id order."""

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from twisted.internet.defer import fail
+from twisted.internet.defer import fail, succeed
 from twisted.trial.unittest import SynchronousTestCase
 
 from o2obroker.backend import BackendUnavailable
@@ -145,6 +145,21 @@ class ApiTests(SynchronousTestCase):
         self.assertEqual(node["id"], "n1")
         self.assertEqual(node["connections"]["ws"], 1)
         self.assertEqual(node["addresses"]["ws"], "ws://127.0.0.1:8080/ws")
+
+    def test_nodes_while_the_registry_cannot_be_read_is_503(self) -> None:
+        self.h.node.backend.nodes = lambda: fail(BackendUnavailable("redis down"))
+        code, answer = self.api("GET", "/api/v1/nodes")
+        self.assertEqual(code, 503)
+        self.assertEqual([n["id"] for n in answer["nodes"]], ["n1"])  # this node still is
+        self.assertIn("redis down", answer["error"])
+
+    def test_nodes_lists_the_registry(self) -> None:
+        self.h.node.backend.nodes = lambda: succeed([{"id": "n0"}, {"id": "n1"}, {"id": "n2"}])
+        code, answer = self.api("GET", "/api/v1/nodes")
+        self.assertEqual(code, 200)
+        self.assertEqual([n["id"] for n in answer["nodes"]], ["n0", "n1", "n2"])
+        # this node's own record is made for the request, not read back
+        self.assertIn("connections", answer["nodes"][1])
 
     def test_free_host_is_public(self) -> None:
         code, answer = self.h.call("GET", "/getFreeHostAddress?room=r").json()

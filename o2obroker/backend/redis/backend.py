@@ -10,6 +10,7 @@ the injected ``clock``; I/O, timeouts and reconnects use ``reactor``.
 from __future__ import annotations
 
 import hashlib
+import json
 import struct
 import uuid
 from collections.abc import Callable, Iterable, Sequence
@@ -31,6 +32,7 @@ from o2obroker.backend.interface import (
     StoredMessage,
 )
 from o2obroker.backend.redis import scripts as S
+from o2obroker.backend.redis.bus import Bus
 from o2obroker.backend.redis.shard import Shard
 from o2obroker.backend.redis.url import RedisTarget
 
@@ -140,6 +142,16 @@ class RedisBackend:
         self._pinger = LoopingCall(self._ping)
         self._pinger.clock = reactor
         self._ping_interval = ping_interval
+        #: the cross-node bus: a subscriber connection per server, channels by user
+        self.bus = Bus(
+            list(targets),
+            reactor,
+            self._user_index,
+            self.channel,
+            timeout=timeout,
+            ca=ca,
+            ping_interval=ping_interval,
+        )
 
     # -- life ----------------------------------------------------------------
 
@@ -155,13 +167,14 @@ class RedisBackend:
     def start(self) -> None:
         for shard in self.shards:
             shard.start()
+        self.bus.start()
         if self._ping_interval:
             self._pinger.start(self._ping_interval, now=False)
 
     def stop(self) -> Deferred[Any]:
         if self._pinger.running:
             self._pinger.stop()
-        return DeferredList([s.stop() for s in self.shards])
+        return DeferredList([self.bus.stop(), *[s.stop() for s in self.shards]])
 
     def _ping(self) -> None:
         # a half-open connection answers nothing: the ping's timeout replaces it
@@ -170,6 +183,28 @@ class RedisBackend:
                 shard.call("PING").addErrback(lambda f: None)
 
     # -- keys ----------------------------------------------------------------
+
+    def _user_index(self, user: str) -> int:
+        n = len(self.shards)
+        return 0 if n == 1 else shard_of("u:" + user, n)
+
+    def channel(self, user: str) -> bytes:
+        """The pub/sub channel of ``user``: its hash tag, on its own shard."""
+        return f"{self._prefix}:{{u:{user}}}".encode()
+
+    def publish_many(self, payloads: dict[str, bytes]) -> Deferred[dict[str, int]]:
+        """Publish each user's payload on its channel, one script per shard; fire
+        with {user: nodes that got it}. Fails with BackendUnavailable."""
+        calls = []
+        for shard, users in self._by_shard(list(payloads)).items():
+            args: list[Any] = []
+            for user in users:
+                args += (self.channel(user), payloads[user])
+            d = shard.evalsha(S.PUBLISH, [], args)
+            calls.append(
+                d.addCallback(lambda counts, us: dict(zip(us, counts, strict=True)), users)
+            )
+        return _merged(calls)
 
     def _user_shard(self, user: str) -> Shard:
         shards = self.shards
@@ -373,6 +408,38 @@ class RedisBackend:
         return gatherResults(
             [self._user_shard(u).call(*command(u)) for u in users], consumeErrors=True
         ).addErrback(_first_error)
+
+    # -- node registry -------------------------------------------------------
+
+    def _registry(self) -> tuple[Shard, list[str]]:
+        head = f"{self._prefix}:{{nodes}}:"
+        return self.shards[0], [head + "records", head + "expires"]
+
+    def heartbeat(self, record: dict[str, Any], ttl: float) -> Deferred[None]:
+        shard, keys = self._registry()
+        expires = int((self._clock.seconds() + ttl) * 1000)
+        # the keys themselves outlive every record, whoever wrote last
+        key_ttl = int((ttl + KEY_TTL_MARGIN) * 1000)
+        blob = json.dumps(record, separators=(",", ":"))
+        args = [self.node_id, blob, expires, key_ttl]
+        return shard.evalsha(S.BEAT, keys, args).addCallback(lambda _: None)
+
+    def nodes(self) -> Deferred[list[dict[str, Any]]]:
+        shard, keys = self._registry()
+        now = int(self._clock.seconds() * 1000)
+
+        def got(flat: list[bytes]) -> list[dict[str, Any]]:
+            pairs = sorted(zip(flat[::2], flat[1::2], strict=True))
+            return [json.loads(record) for _, record in pairs]
+
+        return shard.evalsha(S.NODES, keys, [now]).addCallback(got)
+
+    def depart(self) -> Deferred[None]:
+        shard, keys = self._registry()
+        d = gatherResults(
+            [shard.call("HDEL", keys[0], self.node_id), shard.call("ZREM", keys[1], self.node_id)]
+        )
+        return d.addCallback(lambda _: None)
 
 
 def _first_error(f: Failure) -> Failure:

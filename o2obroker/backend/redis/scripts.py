@@ -18,6 +18,14 @@ A user's keys (``P`` is the prefix, ``o2o`` by default):
 ``P:{u:<id>}:watching``  set of users this user watches
 ``P:{u:<id>}:watchers``  set of users watching this user
 ``P:{r:<name>}:members`` set of member users of a room
+
+A user's channel, ``P:{u:<id>}``, carries what is stored for the user to the
+nodes that have a live device of it.
+
+The node registry, small and on the first shard:
+
+``P:{nodes}:records``    hash node id -> its record (JSON)
+``P:{nodes}:expires``    sorted set node id -> when its record lapses (ms)
 """
 
 from __future__ import annotations
@@ -297,4 +305,54 @@ return new
 """,
 )
 
-ALL = (APPEND, READ, STATE, CURSOR, MOVE, CLAIM, SETTLE, MEMBERSHIP, WATCH)
+# KEYS: records, expires. ARGV: node id, record, expires (ms), key ttl (ms).
+BEAT = Script(
+    "beat",
+    """
+redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
+redis.call('ZADD', KEYS[2], ARGV[3], ARGV[1])
+redis.call('PEXPIRE', KEYS[1], ARGV[4])
+redis.call('PEXPIRE', KEYS[2], ARGV[4])
+return 0
+""",
+)
+
+# KEYS: records, expires. ARGV: now (ms). Forgets the records that lapsed;
+# returns the others as id, record, id, record...
+NODES = Script(
+    "nodes",
+    """
+local now = ARGV[1]
+local dead = redis.call('ZRANGEBYSCORE', KEYS[2], '-inf', now)
+if #dead > 0 then
+  redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', now)
+  redis.call('HDEL', KEYS[1], unpack(dead))
+end
+local live = redis.call('ZRANGE', KEYS[2], 0, -1)
+if #live == 0 then return {} end
+local records = redis.call('HMGET', KEYS[1], unpack(live))
+local out = {}
+for i = 1, #live do
+  if records[i] then
+    out[#out + 1] = live[i]
+    out[#out + 1] = records[i]
+  end
+end
+return out
+""",
+)
+
+# KEYS: none. ARGV: channel, payload, channel, payload... Returns the receiver
+# count of each PUBLISH: the nodes subscribed to that user's channel.
+PUBLISH = Script(
+    "publish",
+    """
+local out = {}
+for i = 1, #ARGV, 2 do
+  out[#out + 1] = redis.call('PUBLISH', ARGV[i], ARGV[i + 1])
+end
+return out
+""",
+)
+
+ALL = (APPEND, READ, STATE, CURSOR, MOVE, CLAIM, SETTLE, MEMBERSHIP, WATCH, BEAT, NODES, PUBLISH)

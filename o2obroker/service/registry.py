@@ -1,0 +1,122 @@
+"""The node registry, kept from this node's side: heartbeats out, live peers in.
+
+Every ``interval`` seconds the node publishes its record (the same record
+``/api/v1/nodes`` shows) with a lifetime of two intervals, then reads every
+live record back. A node that stops beating is dead for every other node
+within two of its intervals; a clean stop removes the record at once. What
+was read last feeds the supervisor's redirects: the least loaded live peer of
+the same cluster that is not draining.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from twisted.internet.defer import Deferred, succeed
+from twisted.internet.interfaces import IReactorTime
+from twisted.internet.task import LoopingCall
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+
+#: a record lives this many intervals: one missed beat is not yet death
+TTL_INTERVALS = 2
+
+
+class Registry:
+    """Heartbeats of one node, and the live nodes it last saw."""
+
+    log = Logger()
+
+    def __init__(
+        self,
+        backend: Any,  # IBackend
+        clock: IReactorTime,
+        record: Callable[[], dict[str, Any]],
+        *,
+        interval: float = 2.0,
+        cluster: str = "default",
+    ) -> None:
+        self.backend = backend
+        self.clock = clock
+        self.record = record
+        self.interval = interval
+        self.cluster = cluster
+        #: the live records read at the last beat, this node's included
+        self.nodes: list[dict[str, Any]] = []
+        self._beating: Deferred[None] | None = None
+        self._waiters: list[Deferred[None]] = []
+        self._failing = False
+        self._loop = LoopingCall(self.beat)
+        self._loop.clock = clock
+
+    @property
+    def ttl(self) -> float:
+        return TTL_INTERVALS * self.interval
+
+    def start(self) -> None:
+        if not self._loop.running:
+            self._loop.start(self.interval, now=True)
+
+    def stop(self) -> Deferred[None]:
+        """Stop beating and leave the registry, so peers stop counting on us now."""
+        if not self._loop.running:
+            return succeed(None)
+        self._loop.stop()
+        d = self.backend.depart()
+        return d.addErrback(lambda f: None)  # then the record lapses by itself
+
+    def beat(self) -> Deferred[None]:
+        """Publish this node's record, then read the live ones; one beat at a
+        time: while one is under way, fire when it is done instead."""
+        if self._beating is not None:
+            waiter: Deferred[None] = Deferred()
+            self._waiters.append(waiter)
+            return waiter
+        self._beating = d = self.backend.heartbeat(self.record(), self.ttl)
+        d.addCallback(lambda _: self.backend.nodes())
+        d.addCallbacks(self._seen, self._failed)
+        d.addBoth(self._done)
+        return d
+
+    def _seen(self, nodes: list[dict[str, Any]]) -> None:
+        self.nodes = nodes
+        if self._failing:
+            self._failing = False
+            self.log.info("node registry reachable again: {n} live nodes", n=len(nodes))
+
+    def _failed(self, f: Failure) -> None:
+        # peers we cannot read may be dead: send nobody to them meanwhile
+        self.nodes = []
+        if not self._failing:
+            self._failing = True
+            self.log.warn("node registry: heartbeat failed ({why})", why=f.getErrorMessage())
+
+    def _done(self, _: object) -> None:
+        self._beating = None
+        waiters, self._waiters = self._waiters, []
+        for waiter in waiters:
+            waiter.callback(None)
+
+    def peers(self) -> list[dict[str, Any]]:
+        """Live nodes of this node's cluster, as the supervisor's redirects take them.
+
+        A peer is ``{"node", "load" (its occupancy P), "draining", "advice"}``
+        plus its client addresses ``ws``, ``lp`` and ``tcp``.
+        """
+        me = self.backend.node_id
+        cluster = self.cluster
+        out = []
+        for r in self.nodes:
+            if r.get("cluster", "default") != cluster or r.get("id") == me:
+                continue
+            where = r.get("addresses") or {}
+            peer = {k: where[k] for k in ("ws", "lp", "tcp") if where.get(k)}
+            peer.update(
+                node=r.get("id"),
+                load=r.get("occupancy") or 0,
+                draining=bool(r.get("draining")),
+                advice=r.get("advice") or "ws",
+            )
+            out.append(peer)
+        return out

@@ -1,0 +1,178 @@
+"""The cluster publisher without Redis: payloads, receiver counts, what it ignores."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from twisted.internet.defer import Deferred, fail, succeed
+from twisted.internet.task import Clock
+from twisted.trial.unittest import SynchronousTestCase
+from zope.interface import implementer
+from zope.interface.verify import verifyObject
+
+from o2obroker.backend import BackendUnavailable, StoredMessage
+from o2obroker.routing import IMailbox, IPublisher
+from o2obroker.routing.cluster import (
+    RESYNC_SLICE,
+    ClusterPublisher,
+    decode,
+    encode_messages,
+    encode_replace,
+)
+
+
+class FakeBus:
+    def __init__(self) -> None:
+        self.subscribed: set[str] = set()
+        self.on_message: Any = None
+        self.on_ready: Any = None
+
+    def subscribe(self, user: str) -> Deferred[None]:
+        self.subscribed.add(user)
+        return succeed(None)
+
+    def unsubscribe(self, user: str) -> None:
+        self.subscribed.discard(user)
+
+    def has(self, user: str) -> bool:
+        return user in self.subscribed
+
+
+class FakeBackend:
+    def __init__(self) -> None:
+        self.bus = FakeBus()
+        self.counts: dict[str, int] = {}
+        self.published: list[dict[str, bytes]] = []
+        self.broken = False
+
+    def publish_many(self, payloads: dict[str, bytes]) -> Deferred[dict[str, int]]:
+        if self.broken:
+            return fail(BackendUnavailable("down"))
+        self.published.append(payloads)
+        return succeed({u: self.counts.get(u, 0) for u in payloads})
+
+
+@implementer(IMailbox)
+class FakeActor:
+    def __init__(self, reachable: bool = True) -> None:
+        self.delivered: list[Any] = []
+        self.displaced_devices: list[str] = []
+        self.resynced = 0
+        self._reachable = reachable
+
+    def deliver(self, items: Any) -> None:
+        self.delivered.append(items)
+
+    def reachable(self) -> bool:
+        return self._reachable
+
+    def displaced(self, device: str) -> None:
+        self.displaced_devices.append(device)
+
+    def resync(self) -> None:
+        self.resynced += 1
+
+    def settled(self, settlement: Any) -> None:
+        pass
+
+
+def message(mid: str) -> StoredMessage:
+    return StoredMessage(mid, 5, {"mid": mid, "from": "a", "to": "b", "body": [1], "ts": 5})
+
+
+class ClusterPublisherTests(SynchronousTestCase):
+    def setUp(self) -> None:
+        self.actors: dict[str, Any] = {}
+        self.backend = FakeBackend()
+        self.clock = Clock()
+        self.pub = ClusterPublisher(self.actors, self.backend, "n1", self.clock)
+
+    def test_provides_the_publisher_interface(self) -> None:
+        self.assertTrue(verifyObject(IPublisher, self.pub))
+        self.assertTrue(verifyObject(IMailbox, FakeActor()))
+
+    def test_payload_round_trip_and_one_encoding_per_message(self) -> None:
+        m = message("m1")
+        blobs: dict[int, bytes] = {}
+        p1 = encode_messages(b"n1", [(7, m, "phone")], blobs)
+        p2 = encode_messages(b"n1", [(3, m, None)], blobs)
+        self.assertEqual(len(blobs), 1)  # a room message: encoded once for every member
+        kind, origin, items = decode(p1)
+        self.assertEqual((kind, origin), (b"m", b"n1"))
+        [(seq, got, skip)] = items
+        self.assertEqual((seq, got, skip), (7, m, "phone"))
+        self.assertEqual(decode(p2)[2][0][2], None)
+        self.assertEqual(decode(encode_replace(b"n2", "tab")), (b"r", b"n2", "tab"))
+
+    def test_delivered_when_another_node_listens_or_a_local_device_took_it(self) -> None:
+        self.actors["local"] = FakeActor(reachable=True)
+        self.actors["attaching"] = FakeActor(reachable=False)
+        self.backend.bus.subscribed |= {"local", "attaching"}
+        self.backend.counts = {"local": 1, "attaching": 1, "remote": 1, "nobody": 0}
+        items = {u: [(1, message("m"), None)] for u in ("local", "attaching", "remote", "nobody")}
+        reached = self.successResultOf(self.pub.publish(items))
+        # "attaching" counts only this node's own subscription: not delivered
+        self.assertEqual(reached, {"local", "remote"})
+        self.assertEqual(len(self.actors["local"].delivered), 1)
+        self.assertEqual(len(self.backend.published), 1)  # one call for the batch
+
+    def test_a_failed_publish_keeps_the_local_deliveries(self) -> None:
+        self.actors["local"] = FakeActor()
+        self.backend.broken = True
+        items = {u: [(1, message("m"), None)] for u in ("local", "remote")}
+        self.assertEqual(self.successResultOf(self.pub.publish(items)), {"local"})
+
+    def test_received_from_others_only(self) -> None:
+        bob = self.actors["bob"] = FakeActor()
+        m = message("m1")
+        self.backend.bus.on_message("bob", encode_messages(b"n1", [(1, m, None)], {}))
+        self.assertEqual(bob.delivered, [])  # its own publish: delivered when published
+        self.backend.bus.on_message("bob", encode_messages(b"n2", [(1, m, None)], {}))
+        self.assertEqual(bob.delivered, [[(1, m, None)]])
+        self.backend.bus.on_message("bob", encode_replace(b"n2", "phone"))
+        self.assertEqual(bob.displaced_devices, ["phone"])
+        # for a user with no actor here, and a payload that is not one: nothing
+        self.backend.bus.on_message("carol", encode_replace(b"n2", "phone"))
+        for bad in (
+            b"m\x09garbage",
+            b"x\x00",
+            b"",
+            encode_messages(b"n2", [(2, m, None)], {})[:-3],
+        ):
+            self.backend.bus.on_message("bob", bad)
+        self.assertEqual(len(self.flushLoggedErrors(ValueError)), 4)
+        self.assertEqual(len(bob.delivered), 1)
+
+    def test_resubscribed_users_read_their_inboxes_again_a_slice_a_turn(self) -> None:
+        turns = Turns()
+        self.pub._clock = turns
+        users = [f"u{i}" for i in range(RESYNC_SLICE * 2 + 1)]
+        for u in users:
+            self.actors[u] = FakeActor()
+        self.backend.bus.on_ready([*users, "gone"])
+        told = lambda: sum(a.resynced for a in self.actors.values())  # noqa: E731
+        self.assertEqual(told(), 0)
+        turns.run()
+        self.assertEqual(told(), RESYNC_SLICE)
+        turns.run()
+        turns.run()
+        self.assertEqual(told(), len(users))
+        turns.run()
+        self.assertEqual(turns.calls, [])
+
+
+class Turns:
+    """A reactor whose turns the test runs one at a time (Clock runs every
+    call made for now in one ``advance``)."""
+
+    def __init__(self) -> None:
+        self.calls: list[Any] = []
+
+    def callLater(self, delay: float, f: Any, *args: Any) -> Any:
+        self.calls.append((f, args))
+        return None
+
+    def run(self) -> None:
+        calls, self.calls = self.calls, []
+        for f, args in calls:
+            f(*args)
