@@ -25,8 +25,8 @@ from o2obroker.config import Config
 from o2obroker.metrics import Metrics
 from o2obroker.policy.build import build_business
 from o2obroker.routing import AppRegistry, INodeDirectory, LocalDirectory, Router
-from o2obroker.routing.directory import RegistryDirectory
 from o2obroker.routing.cluster import ClusterPublisher
+from o2obroker.routing.directory import RegistryDirectory
 from o2obroker.service.registry import Registry
 from o2obroker.session import Authenticator, Gateway
 from o2obroker.transports.api import node_info, public_addresses

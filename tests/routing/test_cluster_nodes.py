@@ -153,3 +153,38 @@ class ClusterNodesTests(TestCase):
         got = await bob.messages.get()
         self.assertEqual((got["seq"], got["body"]), (3, 3))  # seq 1 came before it: not again
         self.assertEqual(len(bob.messages.pending), 0)
+
+
+class DirectoryOverRegistryTests(TestCase):
+    """On Redis, route and free-host look-ups see every live node of the registry."""
+
+    timeout = 30
+
+    def setUp(self) -> None:
+        self.prefix = unique_prefix()
+
+    def node(self, name: str) -> Node:
+        config = Config(secret=SECRET, node=name)
+        backend = RedisBackend(parse_urls(shared().url), reactor, reactor, name, prefix=self.prefix)
+        node = Node(config, reactor, backend=backend)
+        node.start()
+        self.addCleanup(node.stop)
+        return node
+
+    async def test_each_node_routes_over_every_live_node(self) -> None:
+        a, b = self.node("na"), self.node("nb")
+        await a.store.when_ready()
+        await b.store.when_ready()
+
+        async def ids(node: Node) -> set[str]:
+            return {n.id for n in await node.directory.nodes()}
+
+        # each node counts itself at once, before its first heartbeat is read back
+        self.assertIn("na", await ids(a))
+        await eventually(lambda: len(b.registry.peers()) >= 1 and len(a.registry.peers()) >= 1)
+        self.assertEqual(await ids(a), {"na", "nb"})
+        self.assertEqual(await ids(b), {"na", "nb"})
+        # a node that leaves is no longer routed to
+        await b.stop()
+        await eventually(lambda: not a.registry.peers())
+        self.assertEqual(await ids(a), {"na"})
