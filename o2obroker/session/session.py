@@ -423,7 +423,9 @@ class Session:
     def send_frame(self, frame: dict[str, Any]) -> None:
         if self.state is OPEN:
             if frame.get("t") == "error":
-                self._gateway.error_sent(self, frame.get("code", 0), frame.get("reason", ""), False)
+                code = frame.get("code", 0)
+                self._gateway.stats.errors[code] += 1
+                self._gateway.error_sent(self, code, frame.get("reason", ""), False)
             self.conn.send(frame)
 
     def send_presence(self, out: OutFrame) -> None:
@@ -445,6 +447,7 @@ class Session:
     def replaced(self) -> None:
         if self.state is OPEN:
             self.state = CLOSED  # the actor has already let go of this device
+            self._gateway.stats.errors[409] += 1
             self._gateway.error_sent(self, 409, "replaced", True)
             self.lost()
             self.conn.close({"t": "error", "code": 409, "reason": "replaced"})
