@@ -385,12 +385,20 @@ _LIMIT_KEYS = {f.name for f in fields(Limits)}
 _TOP_KEYS = {f.name for f in fields(Config)} - {"limits"}
 
 
+_TRUE = frozenset(("1", "yes", "true", "on"))
+_FALSE = frozenset(("0", "no", "false", "off"))
+
+
 def _convert(name: str, raw: str, like: Any) -> Any:
     if like is None or isinstance(like, str):
         return raw
+    if isinstance(like, bool):
+        word = raw.strip().lower()
+        if word in _TRUE or word in _FALSE:
+            return word in _TRUE
+        # a typo must not turn a feature off (or on) without a word
+        raise ConfigError(f"{name}: {raw!r} is not yes or no")
     try:
-        if isinstance(like, bool):
-            return raw.strip().lower() in ("1", "yes", "true", "on")
         if isinstance(like, int):
             return int(raw)
         if isinstance(like, float):
