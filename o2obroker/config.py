@@ -227,6 +227,13 @@ class Config:
             raise ConfigError(f"node: {self.node!r} is not a valid node id")
         if self.log_format not in ("text", "json"):
             raise ConfigError(f"log_format: must be 'text' or 'json', not {self.log_format!r}")
+        for origin in self.allowed_origins.replace(" ", ",").split(","):
+            origin = origin.strip().rstrip("/")
+            if origin and origin not in ("*", "null") and not _ORIGIN.match(origin):
+                raise ConfigError(
+                    f"allowed_origins: {origin!r} is not an origin like https://shop.example"
+                    " (scheme://host[:port]), null or *"
+                )
         _check_supervisor(self)
         _check_console(self)
         _check_redis(self)
@@ -385,6 +392,8 @@ _LIMIT_KEYS = {f.name for f in fields(Limits)}
 _TOP_KEYS = {f.name for f in fields(Config)} - {"limits"}
 
 
+#: what a browser sends as ``Origin``: scheme://host[:port], no path
+_ORIGIN = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*://[^/?#@\s]+\Z")
 _TRUE = frozenset(("1", "yes", "true", "on"))
 _FALSE = frozenset(("0", "no", "false", "off"))
 
