@@ -331,7 +331,9 @@ class Session:
         if not isinstance(obj, dict) or obj.get("t") != "hello":
             self.fail(ProtocolError(401, "the first frame must be hello", fatal=True))
             return
-        if obj.get("v", 1) != 1:
+        v = obj.get("v")
+        # null is absent (version 1); a v that is not an integer is a bad hello
+        if type(v) is int and v != 1:
             error = ProtocolError(400, "unsupported protocol version", fatal=True)
             frame = error.frame()
             frame["versions"] = [1]
