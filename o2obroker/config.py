@@ -252,6 +252,13 @@ class Config:
                 raise ConfigError(f"[app:{app}] cluster: {a.cluster!r} is not a valid cluster name")
         if self.log_format not in ("text", "json"):
             raise ConfigError(f"log_format: must be 'text' or 'json', not {self.log_format!r}")
+        for origin in self.allowed_origins.replace(" ", ",").split(","):
+            origin = origin.strip().rstrip("/")
+            if origin and origin not in ("*", "null") and not _ORIGIN.match(origin):
+                raise ConfigError(
+                    f"allowed_origins: {origin!r} is not an origin like https://shop.example"
+                    " (scheme://host[:port]), null or *"
+                )
         _check_supervisor(self)
         _check_console(self)
         _check_redis(self)
@@ -421,12 +428,22 @@ _LIMIT_KEYS = {f.name for f in fields(Limits)}
 _TOP_KEYS = {f.name for f in fields(Config)} - {"limits", "apps"}
 
 
+#: what a browser sends as ``Origin``: scheme://host[:port], no path
+_ORIGIN = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*://[^/?#@\s]+\Z")
+_TRUE = frozenset(("1", "yes", "true", "on"))
+_FALSE = frozenset(("0", "no", "false", "off"))
+
+
 def _convert(name: str, raw: str, like: Any) -> Any:
     if like is None or isinstance(like, str):
         return raw
+    if isinstance(like, bool):
+        word = raw.strip().lower()
+        if word in _TRUE or word in _FALSE:
+            return word in _TRUE
+        # a typo must not turn a feature off (or on) without a word
+        raise ConfigError(f"{name}: {raw!r} is not yes or no")
     try:
-        if isinstance(like, bool):
-            return raw.strip().lower() in ("1", "yes", "true", "on")
         if isinstance(like, int):
             return int(raw)
         if isinstance(like, float):

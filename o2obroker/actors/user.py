@@ -8,6 +8,7 @@ from typing import Any, ClassVar
 
 from twisted.internet.defer import Deferred, succeed
 from twisted.internet.interfaces import IReactorTime
+from twisted.internet.task import deferLater
 from twisted.python.failure import Failure
 from zope.interface import Attribute, Interface, implementer
 
@@ -21,6 +22,9 @@ from o2obroker.routing.router import UNAVAILABLE
 from o2obroker.wire import MessageTemplate, OutFrame, ProtocolError
 
 BACKLOG_PAGE = 500
+#: bytes of backlog written before waiting for the device to take them: well
+#: under the default max_queue (4 MiB), so a resume never trips it by itself
+BACKLOG_BYTES = 256 * 1024
 #: what a stored message counts beyond its body's size: mid, sender, device,
 #: recipient, ts and the keys (an estimate; encoding it to measure would cost more)
 FIELDS_SIZE = 128
@@ -557,31 +561,58 @@ class UserActor(Actor):
         device.fail(ProtocolError(*UNAVAILABLE, fatal=True))
 
     def _send_backlog(self, device: Any, after: int) -> Deferred[None] | None:
-        """Write the inbox above ``after`` a page at a time, each page once the
+        """Write the inbox above ``after`` a slice at a time, each slice once the
         device has taken the last: a large backlog to a slow link waits for it
-        instead of piling up past max_queue. The mailbox is held meanwhile, so
-        nothing new overtakes the backlog."""
+        instead of piling up past max_queue. A slice holds at most
+        BACKLOG_PAGE messages and BACKLOG_BYTES of them (one more turn between
+        slices lets a connection that writes once a turn show it is behind), so
+        that a backlog larger than max_queue reaches a device that reads it
+        instead of closing it as a slow consumer at every resume. The mailbox
+        is held meanwhile, so nothing new overtakes the backlog."""
 
         def page(entries: list[tuple[int, StoredMessage]]) -> Deferred[None] | None:
             if not entries or not device.live:
                 return None
-            last = entries[-1][0]
-            if self._written is None:
-                self._written = {}
-            self._written[device.device] = last
             items = [
                 (seq, m)
                 for seq, m in entries
                 if not _own_room_message(m.fields, self.user, device.device)
             ]
-            if items:
-                device.send_msgs(items)
-            if len(entries) < BACKLOG_PAGE:
+            return write(items, entries[-1][0], len(entries) == BACKLOG_PAGE)
+
+        def write(
+            items: list[tuple[int, StoredMessage]], last: int, more: bool
+        ) -> Deferred[None] | None:
+            if not device.live:
                 return None
-            drained = device.when_drained()
-            if drained is None:
+            cut, size = 0, 0
+            for _, m in items:
+                cut += 1
+                size += m.size or FIELDS_SIZE
+                if size >= BACKLOG_BYTES:
+                    break
+            chunk, rest = items[:cut], items[cut:]
+            if self._written is None:
+                self._written = {}
+            self._written[device.device] = chunk[-1][0] if rest else last
+            if chunk:
+                device.send_msgs(chunk)
+            if not rest and not more:
+                return None
+
+            def go_on(_: object = None) -> Deferred[None] | None:
+                if rest:
+                    return write(rest, last, more)
                 return self._send_backlog(device, last)
-            return drained.addCallback(lambda _: self._send_backlog(device, last))
+
+            def when_taken(_: object = None) -> Deferred[None] | None:
+                drained = device.when_drained()
+                return go_on() if drained is None else drained.addCallback(go_on)
+
+            if size < BACKLOG_BYTES:
+                return when_taken()
+            # a connection that writes once a turn shows it is behind after it
+            return deferLater(self._clock, 0, when_taken)
 
         return self.backend.read(self.user, after, BACKLOG_PAGE).addCallback(page)
 

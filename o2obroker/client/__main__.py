@@ -10,6 +10,7 @@ python -m o2obroker.client --route http://10.0.0.1:8080 --app shop --key store-4
 from __future__ import annotations
 
 import argparse
+import base64
 import json
 import os
 import sys
@@ -51,7 +52,7 @@ def _parser() -> argparse.ArgumentParser:
     target = send.add_mutually_exclusive_group(required=True)
     target.add_argument("--to")
     target.add_argument("--room")
-    send.add_argument("body", help="JSON body of the message")
+    send.add_argument("body", type=_json_body, help="JSON body of the message")
     listen = sub.add_parser("listen", help="print every message as a JSON line")
     listen.add_argument("--join", action="append", default=[], help="join this room first")
     listen.add_argument("--count", type=int, default=0, help="stop after this many (0: never)")
@@ -63,6 +64,19 @@ def _parser() -> argparse.ArgumentParser:
         " A replaced device (409) or a refused hello (401) always exits",
     )
     return p
+
+
+def _json_body(text: str) -> Any:
+    """The body argument, parsed before connecting: a typo is a usage error."""
+    try:
+        return json.loads(text)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(f"not JSON: {e}") from None
+
+
+def _json_line(frame: dict[str, Any]) -> str:
+    """A frame as one JSON line, bytes as ``{"$bytes": base64}`` like the protocol's JSON."""
+    return json.dumps(frame, default=lambda b: {"$bytes": base64.b64encode(b).decode("ascii")})
 
 
 # the broker's answers that another try would only repeat
@@ -97,7 +111,7 @@ async def _listen(reactor: Any, args: argparse.Namespace) -> None:
                     await client.join(room)
                 while not args.count or seen < args.count:
                     msg = await client.next_message()
-                    print(json.dumps(msg, default=lambda b: {"$bytes": b.hex()}), flush=True)
+                    print(_json_line(msg), flush=True)
                     seen += 1
                 await client.bye()
                 return
@@ -172,7 +186,7 @@ async def _main(reactor: Any, args: argparse.Namespace) -> None:
         **({"app": args.app} if args.app else {}),
     )
     try:
-        receipt = await client.send(json.loads(args.body), to=args.to, room=args.room)
+        receipt = await client.send(args.body, to=args.to, room=args.room)
         print(json.dumps(receipt))
     finally:
         if client.lost is None:

@@ -42,7 +42,8 @@ if TYPE_CHECKING:
 # The states of a session, and which frames each one takes (h11-style: as data).
 # CONNECTING: the hello passed, the application's connect hook has not answered yet.
 HELLO, CONNECTING, OPEN, CLOSED = "hello", "connecting", "open", "closed"
-#: frames a device may send while the connect hook decides; past this, 429 and closed
+#: frames a device may send before its welcome (while the connect hook decides, or
+#: the actor reads its inbox state); past this, 429 and closed
 MAX_HELD = 64
 PING: dict[str, Any] = {"t": "ping"}
 PONG: dict[str, Any] = {"t": "pong"}
@@ -134,6 +135,9 @@ class Session:
         the message it came in (``text``: as JSON), which spares measuring a
         small send's body again."""
         if self.state is OPEN:
+            if self._early is not None:
+                self._hold(obj, size, text)  # before the welcome: answered after it
+                return
             if self.limiter is not None and self._rate_limited(obj):
                 return
             try:
@@ -152,12 +156,16 @@ class Session:
         elif self.state is HELLO:
             self._hello(obj)
         elif self.state is CONNECTING:
-            held = self._early
-            assert held is not None
-            if len(held) >= MAX_HELD:
-                self.fail(ProtocolError(429, "too many frames before welcome", fatal=True))
-            else:
-                held.append((obj, size, text))
+            self._hold(obj, size, text)
+
+    def _hold(self, obj: Any, size: int | None, text: bool) -> None:
+        """Keep a frame that came before the welcome, to handle after it."""
+        held = self._early
+        assert held is not None
+        if len(held) >= MAX_HELD:
+            self.fail(ProtocolError(429, "too many frames before welcome", fatal=True))
+        else:
+            held.append((obj, size, text))
 
     def _rate_limited(self, obj: Any) -> bool:
         """Drop a frame over the connection's rate; close a client that keeps on."""
@@ -323,7 +331,9 @@ class Session:
         if not isinstance(obj, dict) or obj.get("t") != "hello":
             self.fail(ProtocolError(401, "the first frame must be hello", fatal=True))
             return
-        if obj.get("v", 1) != 1:
+        v = obj.get("v")
+        # null is absent (version 1); a v that is not an integer is a bad hello
+        if type(v) is int and v != 1:
             error = ProtocolError(400, "unsupported protocol version", fatal=True)
             frame = error.frame()
             frame["versions"] = [1]
@@ -371,10 +381,7 @@ class Session:
                 answer.rooms if answer.rooms is not None else identity.rooms,
                 identity.app,
             )
-        held, self._early = self._early or [], None
         self._open(identity, hello, device)
-        for obj, size, text in held:
-            self.receive(obj, size, text)
 
     def _open(self, identity: Identity, hello: Hello, device: str) -> None:
         self._no_deadline()
@@ -382,6 +389,8 @@ class Session:
         self.user = identity.user
         self.device = device
         self.state = OPEN
+        if self._early is None:
+            self._early = []  # frames until the welcome wait for it (the actor sends it)
         self.presence_state = hello.state
         self.presence_status = hello.status
         self.actor = self._gateway.actors.user(identity.user)
@@ -408,6 +417,13 @@ class Session:
                 **({"presence_kept": True} if self.presence_kept else {}),
             }
         )
+        # frames the device sent after its hello, in order: the ones the actor
+        # handles queue behind this attach, so after the inbox backlog too
+        held, self._early = self._early, None
+        for obj, size, text in held or ():
+            if self.state is not OPEN:
+                break
+            self.receive(obj, size, text)
 
     def send_msgs(self, items: list[tuple[int, Any]]) -> None:
         if self.state is OPEN:
@@ -429,7 +445,9 @@ class Session:
     def send_frame(self, frame: dict[str, Any]) -> None:
         if self.state is OPEN:
             if frame.get("t") == "error":
-                self._gateway.error_sent(self, frame.get("code", 0), frame.get("reason", ""), False)
+                code = frame.get("code", 0)
+                self._gateway.stats.errors[code] += 1
+                self._gateway.error_sent(self, code, frame.get("reason", ""), False)
             self.conn.send(frame)
 
     def send_presence(self, out: OutFrame) -> None:
@@ -451,6 +469,7 @@ class Session:
     def replaced(self) -> None:
         if self.state is OPEN:
             self.state = CLOSED  # the actor has already let go of this device
+            self._gateway.stats.errors[409] += 1
             self._gateway.error_sent(self, 409, "replaced", True)
             self.lost()
             self.conn.close({"t": "error", "code": 409, "reason": "replaced"})

@@ -327,6 +327,9 @@ class WebSocketFactory(WebSocketServerFactory):
             "failByDrop": False,
             # Autobahn would refuse ``Origin: null`` itself with 400: the policy decides (403)
             "allowNullOrigin": True,
+            # the codec checks UTF-8 while decoding, and answers 400 with an error
+            # frame before closing (Autobahn would close with 1007 and no frame)
+            "utf8validateIncoming": False,
         }
         if compression:
             options["perMessageCompressionAccept"] = _accept_deflate

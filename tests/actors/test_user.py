@@ -235,6 +235,103 @@ class DeliveryTests(ActorCase):
         self.assertEqual(self.router.actors, {})
 
 
+class SlowLink(FakeDevice):
+    """A device behind a link that takes what is written only when told."""
+
+    def __init__(self, user: str, device: str, behind: bool = True) -> None:
+        super().__init__(user, device)
+        self.behind = behind
+        self.waiting: list[Deferred[None]] = []
+
+    def when_drained(self) -> Deferred[None] | None:
+        if not self.behind:
+            return None
+        d: Deferred[None] = Deferred()
+        self.waiting.append(d)
+        return d
+
+    def drain(self) -> None:
+        waiting, self.waiting = self.waiting, []
+        for d in waiting:
+            d.callback(None)
+
+
+class TurnWriter(SlowLink):
+    """A device that writes what it is given once a turn, as one message, and is
+    behind once that message is written."""
+
+    def __init__(self, user: str, device: str, clock: Clock) -> None:
+        super().__init__(user, device, behind=False)
+        self.clock = clock
+        self.pending: list[tuple[int, Any]] = []
+        self.written: list[int] = []
+
+    def send_msgs(self, items: list[tuple[int, Any]]) -> None:
+        if not self.pending:
+            self.clock.callLater(0, self.flush)
+        self.pending.extend(items)
+
+    def flush(self) -> None:
+        pending, self.pending = self.pending, []
+        super().send_msgs(pending)
+        self.written.append(len(pending))
+        self.behind = True
+
+    def drain(self) -> None:
+        self.behind = False
+        super().drain()
+
+
+class BacklogTests(ActorCase):
+    """A resume backlog larger than max_queue reaches a device that reads it.
+
+    Written all at once, 9 MB of backlog passed max_queue (4 MiB) in one turn:
+    the device was closed as a slow consumer before it could ack, at every resume.
+    """
+
+    def store_big(self, user: str, n: int, size: int = 60_000) -> None:
+        for _ in range(n):
+            self.stored += 1
+            self.submit("svc", Service(), send(f"s{self.stored}", user, size=size))
+
+    def test_a_large_backlog_waits_for_the_device_slice_by_slice(self) -> None:
+        self.store_big("bob", 20)  # 1.2 MB: five messages pass BACKLOG_BYTES
+        bob = SlowLink("bob", "phone")
+        self.system.user("bob").attach(bob, None)
+        self.flush()
+        self.assertEqual(bob.seqs(), [1, 2, 3, 4, 5])
+        bob.drain()
+        self.flush()
+        self.assertEqual(bob.seqs(), list(range(1, 11)))
+        for _ in range(3):
+            bob.drain()
+            self.flush()
+        self.assertEqual(bob.seqs(), list(range(1, 21)))
+        # the mailbox was held: a message stored meanwhile comes after, once
+        self.store_big("bob", 1)
+        self.assertEqual(bob.seqs(), list(range(1, 22)))
+
+    def test_a_device_that_writes_once_a_turn_gets_a_turn_between_slices(self) -> None:
+        # a batching WebSocket writes its turn's frames in one message at the end
+        # of the turn, and only then shows it is behind: the next slice waits a
+        # turn to ask
+        self.store_big("bob", 10)
+        bob = TurnWriter("bob", "phone", self.clock)
+        self.system.user("bob").attach(bob, None)
+        self.flush()
+        self.assertEqual((bob.seqs(), bob.written), ([1, 2, 3, 4, 5], [5]))
+        bob.drain()
+        self.flush()
+        self.assertEqual((bob.seqs(), bob.written), (list(range(1, 11)), [5, 5]))
+
+    def test_small_messages_go_in_one_slice(self) -> None:
+        self.store("bob", 30)
+        bob = SlowLink("bob", "phone")
+        self.system.user("bob").attach(bob, None)
+        self.flush()
+        self.assertEqual(bob.seqs(), list(range(1, 31)))
+
+
 class ResumeTests(ActorCase):
     def test_resume_below_the_kept_cursor_sends_again_what_is_kept(self) -> None:
         # PROTOCOL section 3: resume.last sets the cursor, backwards too

@@ -64,6 +64,22 @@ class CommandLineTests(TestCase):
         self.assertEqual([m["body"] for m in lines], [{"i": 0}, {"i": 1}])
         self.assertEqual([m["seq"] for m in lines], [1, 2])
 
+    async def test_listen_prints_bytes_as_base64(self) -> None:
+        # the protocol's JSON form of bytes, as a browser would get them
+        alice = await connect(reactor, self.endpoint, user="alice", device="phone")
+        self.addCleanup(alice.transport.abortConnection)
+        await alice.send({"pic": b"\x00\xff"}, to="carol")
+        out, err, code = await self.cli("--user", "carol", "listen", "--count", "1")
+        self.assertEqual(code, 0, err)
+        self.assertEqual(json.loads(out)["body"], {"pic": {"$bytes": "AP8="}})
+
+    async def test_a_body_that_is_not_json_is_a_usage_error(self) -> None:
+        out, err, code = await self.cli("--user", "alice", "send", "--to", "bob", "hi there")
+        self.assertEqual((out, code), (b"", 2), err)
+        self.assertIn(b"argument body: not JSON", err)
+        self.assertNotIn(b"Traceback", err)
+        self.assertEqual(self.node.gateway.connections["tcp"], 0)
+
     async def test_error_exits_non_zero(self) -> None:
         _, err, code = await self.cli("--user", "alice", "send", "--room", "nowhere", "1")
         self.assertEqual(code, 1)

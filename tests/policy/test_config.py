@@ -69,6 +69,7 @@ class BusinessConfigTests(SynchronousTestCase):
             ("[hook:h]\nurl = http://x\nconcurrency = 0\n", "concurrency: must be at least 1"),
             ("[hook:h]\nurl = http://x\nqueue = lots\n", "'lots' is not an integer"),
             ("[archive]\nmax_messages = 0\n", "[archive] max_messages and max_age"),
+            ("[archive]\nenabled = ture\n", "[archive] enabled: 'ture' is not yes or no"),
             ("[policy:shop]\nfilters =\n", "per-app policies need an app registry"),
             ("[hook]\nurl = http://x\n", "unknown section [hook]"),
         ]:

@@ -126,6 +126,30 @@ class LatencyTests(SynchronousTestCase):
         self.assertEqual(self.latency(h), (1, 0))
 
 
+class ErrorCountTests(SynchronousTestCase):
+    def test_every_error_frame_is_counted_by_code(self) -> None:
+        # the answers of actors (404 no such room, 403 not a member) and the 409
+        # of a replaced connection count like the session's own 400s
+        h = Harness()
+        alice = h.login("alice")
+        alice.write({"t": "send", "id": "1", "room": "nobody", "body": 1})
+        alice.write({"t": "ack", "seq": -1})
+        h.login("bob").write({"t": "join", "room": "r"})
+        alice.write({"t": "send", "id": "2", "room": "r", "body": 1})
+        h.login("alice")
+        self.assertEqual(
+            [f["code"] for f in alice.read() if f["t"] == "error"], [404, 400, 403, 409]
+        )
+        found = samples(h.node.metrics.render().decode())
+        self.assertEqual(
+            {
+                code: found[("o2o_errors_total", (("code", code),))]
+                for code in ("400", "403", "404", "409")
+            },
+            {"400": 1, "403": 1, "404": 1, "409": 1},
+        )
+
+
 class HistogramTests(SynchronousTestCase):
     def test_buckets_are_cumulative_and_bounds_inclusive(self) -> None:
         latency = Latency((0.01, 0.1))

@@ -13,6 +13,7 @@ from pathlib import Path
 from cryptography.hazmat.primitives.asymmetric import ed25519
 from twisted.conch.ssh import keys
 from twisted.internet import reactor
+from twisted.internet.task import deferLater
 from twisted.internet.utils import getProcessOutputAndValue
 from twisted.trial.unittest import TestCase
 
@@ -141,6 +142,13 @@ class StartupErrorTests(TestCase):
         self.assertEqual(code, 1, (out, err))
         self.assertIn(b"An error has occurred", err)
         self.assertIn(f"tcp: cannot listen on tcp:{port}".encode(), err)
-        self.assertFalse((self.dir / "node.pid").exists())
+        # twistd's daemon tells the parent first and removes its pid file next:
+        # the parent may return before the file is gone
+        pidfile = self.dir / "node.pid"
+        for _ in range(250):
+            if not pidfile.exists():
+                break
+            await deferLater(reactor, 0.02, lambda: None)
+        self.assertFalse(pidfile.exists())
         log = (self.dir / "node.log").read_text()
         self.assertIn(f"cannot start: tcp: cannot listen on tcp:{port}", log)

@@ -119,6 +119,21 @@ class HelloTests(SynchronousTestCase):
         self.assertEqual((error["code"], error["versions"]), (400, [1]))
         self.assertTrue(d.closed)
 
+    def test_null_optional_fields_count_as_absent(self) -> None:
+        # doc/protocol.md section 1: v null is version 1, not another version
+        d = self.h.connect()
+        d.write({"t": "hello", "v": None, "device": None, "token": self.h.token("alice")})
+        [welcome] = d.read()
+        self.assertEqual(welcome["t"], "welcome")
+
+    def test_a_version_that_is_not_an_integer_is_a_bad_hello(self) -> None:
+        for v in (True, 1.0, "1"):
+            d = self.h.connect()
+            d.write({"t": "hello", "v": v, "token": self.h.token("alice")})
+            [error] = d.read()
+            self.assertEqual((error["code"], error["reason"]), (400, "hello: v must be an integer"))
+            self.assertTrue(d.closed)
+
     def test_default_device_is_new_each_time(self) -> None:
         one = self.h.connect()
         one.write({"t": "hello", "token": self.h.token("alice")})

@@ -15,7 +15,8 @@ from zope.interface.verify import verifyObject
 
 from o2obroker.actors.user import IDevice
 from o2obroker.session import IConnection
-from o2obroker.wire import frame
+from o2obroker.session.session import MAX_HELD
+from o2obroker.wire import encode_cbor, frame
 from o2obroker.wire.limits import Limits
 from tests.harness import Harness
 from tests.web.helpers import WebHarness, ws_frame
@@ -237,6 +238,46 @@ class HelloDeadlineTests(SynchronousTestCase):
         h.clock.pump([1] * 20)
         self.assertFalse(d.closed)
         self.assertEqual(d.read_types(), ["welcome"])
+
+
+class PipelinedAfterHelloTests(SynchronousTestCase):
+    """doc/protocol.md section 10: frames right after the hello, without waiting
+    for the welcome, are handled after it, in order."""
+
+    def test_the_welcome_comes_first(self) -> None:
+        h = Harness(auth="none")
+        d = h.connect()
+        d.write_bytes(
+            b"".join(
+                frame(encode_cbor(f))
+                for f in (
+                    {"t": "hello", "user": "alice", "device": "phone"},
+                    {"t": "ping"},
+                    {"t": "ack", "seq": -1},
+                    {"t": "send", "id": "1", "to": "alice", "body": 1},
+                )
+            )
+        )
+        frames = d.read()
+        self.assertEqual([f["t"] for f in frames], ["welcome", "pong", "error", "msg", "receipt"])
+        self.assertEqual(frames[2]["code"], 400)
+        self.assertFalse(d.closed)
+
+    def test_a_bye_before_the_welcome_comes_after_it(self) -> None:
+        h = Harness(auth="none")
+        d = h.connect()
+        hello = frame(encode_cbor({"t": "hello", "user": "alice", "device": "phone"}))
+        d.write_bytes(hello + frame(encode_cbor({"t": "bye"})))
+        self.assertEqual(d.read_types(), ["welcome", "bye"])
+        self.assertTrue(d.closed)
+
+    def test_too_many_frames_before_the_welcome_close(self) -> None:
+        h = Harness(auth="none")
+        d = h.connect()
+        pings = frame(encode_cbor({"t": "ping"})) * (MAX_HELD + 1)
+        d.write_bytes(frame(encode_cbor({"t": "hello", "user": "alice"})) + pings)
+        self.assertEqual([(f["t"], f.get("code")) for f in d.read()], [("error", 429)])
+        self.assertTrue(d.closed)
 
 
 class BeforeHelloTests(SynchronousTestCase):

@@ -37,10 +37,23 @@ class WebConfigTests(SynchronousTestCase):
             ("ws_max_message", "-5"),
             ("ws_auto_ping", "-1"),
             ("lp_timeout", "soon"),
+            # every listed origin must be one a browser can send: a typo would
+            # refuse every page without a word
+            ("allowed_origins", "https://shop.example shop.example"),
+            ("allowed_origins", "https://shop.example/app"),
         ]:
             with self.assertRaises(ConfigError) as e:
                 load(None, {key: value})
             self.assertIn(key, str(e.exception))
+
+    def test_allowed_origins_forms(self) -> None:
+        for value in (
+            "*",
+            "null",
+            "https://a.example, http://localhost:3000/",
+            "http://[::1]:8080",
+        ):
+            self.assertEqual(load(None, {"allowed_origins": value}).allowed_origins, value)
 
     def test_http_listener_in_the_service_tree(self) -> None:
         options = Options()

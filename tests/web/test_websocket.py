@@ -73,6 +73,18 @@ class FramesTests(SynchronousTestCase):
         self.assertEqual((error["t"], error["code"]), ("error", 400))
         self.assertEqual(c.close_code, 1000)
 
+    def test_text_that_is_not_utf8_closes_with_400(self) -> None:
+        # decoded by the broker, like any undecodable message: an error frame
+        # that says why, then the close (not Autobahn's bare close 1007)
+        c = self.h.ws_login("alice")
+        c.read()
+        c.write_raw(ws_frame(b'{"t":"ping","x":"\xff"}'))
+        [error] = c.read()
+        self.assertEqual(
+            (error["t"], error["code"], error["reason"]), ("error", 400, "not valid UTF-8")
+        )
+        self.assertEqual(c.close_code, 1000)
+
     def test_bad_frame_keeps_the_connection(self) -> None:
         c = self.h.ws_login("alice")
         c.read()

@@ -84,7 +84,8 @@ def _pairs(pairs: Iterable[tuple[str, str]]) -> bytes:
 
 def _decode(blob: bytes) -> StoredMessage:
     mid, ts, fields = cbor2.loads(blob)
-    return StoredMessage(mid, ts, fields)
+    # its stored length as its size: what a resume backlog slices by
+    return StoredMessage(mid, ts, fields, len(blob))
 
 
 def _seq(entry_id: bytes) -> int:
