@@ -158,7 +158,7 @@ async def _routed(reactor: Any, args: argparse.Namespace) -> None:
         await client.start()
         if args.command == "send":
             receipt = await client.send(
-                json.loads(args.body), to=args.to, room=args.room, id=f"cli-{os.urandom(6).hex()}"
+                args.body, to=args.to, room=args.room, id=f"cli-{os.urandom(6).hex()}"
             )
             print(json.dumps(receipt))
             return
