@@ -7,6 +7,7 @@ from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase
 
 from o2obroker.actors.user import UserActor
+from o2obroker.transports.longpoll import make_sid, owner_of
 from o2obroker.wire.limits import Limits
 from tests.harness import SECRET
 from tests.web.helpers import WebHarness
@@ -21,7 +22,9 @@ class LongPollTests(SynchronousTestCase):
 
     def test_open_answers_with_the_welcome(self) -> None:
         sid, frames, pos = self.h.lp_open("bob")
-        self.assertEqual(len(sid), 32)
+        random, _, _ = sid.partition(".")
+        self.assertEqual(len(random), 32)  # 192 bits
+        self.assertEqual(owner_of(sid), self.h.node.config.node)  # then the owner node
         self.assertEqual([f["t"] for f in frames], ["welcome"])
         self.assertEqual(frames[0]["user"], "bob")
         self.assertEqual(pos, 1)
@@ -219,7 +222,7 @@ class LongPollTests(SynchronousTestCase):
     def test_sids_are_unguessable_and_never_reused(self) -> None:
         sids = {self.h.lp_open("bob", f"d{i}")[0] for i in range(20)}
         self.assertEqual(len(sids), 20)
-        self.assertTrue(all(len(s) == 32 for s in sids))
+        self.assertTrue(all(len(s.partition(".")[0]) == 32 for s in sids))
 
     def test_slow_consumer_is_closed(self) -> None:
         h = WebHarness(limits=Limits(max_queue=4096))
@@ -289,3 +292,15 @@ class CorsTests(SynchronousTestCase):
         code, headers, _ = r.response()
         self.assertEqual(code, 200)
         self.assertEqual(headers["access-control-allow-origin"], "https://shop.example")
+
+
+class SidTests(SynchronousTestCase):
+    """A sid names its owner node, and nothing else can be read into it."""
+
+    def test_the_owner_is_read_back(self) -> None:
+        for node in ("a", "node-7.eu", "nœud/1"):
+            self.assertEqual(owner_of(make_sid(node)), node)
+
+    def test_a_sid_without_an_owner_names_none(self) -> None:
+        for sid in ("", "abc", "abc.", "abc.!!!", "abc.gA"):  # gA: not UTF-8
+            self.assertIsNone(owner_of(sid))
