@@ -120,7 +120,9 @@ class Forwarder:
             headers[b"origin"] = [origin]  # the owner checks it as well
         body = request.content.read() if request.method == b"POST" else None
         self.forwarded += 1
-        d: Deferred[Any] = self.http.request(request.method, url, headers=headers, data=body)
+        d: Deferred[Any] = self.http.request(
+            request.method.decode("ascii"), url, headers=headers, data=body
+        )
         d.addCallback(lambda r: r.content().addCallback(lambda b: (r.code, b)))
         d.addTimeout(self.timeout, self.clock)
         d.addCallbacks(

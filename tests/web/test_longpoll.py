@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+import json
+from io import BytesIO
+
 from twisted.internet.error import ConnectionDone
+from twisted.internet.testing import MemoryReactorClock
 from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase
+from twisted.web.test.requesthelper import DummyRequest
 
 from o2obroker.actors.user import UserActor
-from o2obroker.transports.longpoll import make_sid, owner_of
+from o2obroker.transports.longpoll import Forwarder, make_sid, owner_of
 from o2obroker.wire.limits import Limits
 from tests.harness import SECRET
 from tests.web.helpers import WebHarness
@@ -304,3 +309,35 @@ class SidTests(SynchronousTestCase):
     def test_a_sid_without_an_owner_names_none(self) -> None:
         for sid in ("", "abc", "abc.", "abc.!!!", "abc.gA"):  # gA: not UTF-8
             self.assertIsNone(owner_of(sid))
+
+
+class ForwarderTests(SynchronousTestCase):
+    """The owner node must answer in time; one that does not costs the client a resume."""
+
+    def request(self) -> DummyRequest:
+        request = DummyRequest([b"poll"])
+        request.args = {b"sid": [b"s.YQ"], b"pos": [b"3"]}
+        request._disconnected = False
+        request.content = BytesIO(b"")
+        return request
+
+    def test_an_owner_that_does_not_answer_in_time_is_404(self) -> None:
+        reactor = MemoryReactorClock()
+        forwarder = Forwarder(reactor, {"a": "http://10.0.0.7:8080"}.get, timeout=30)
+        request = self.request()
+        self.assertTrue(forwarder.forward(request, b"poll", "a"))
+        [(_, port, *_)] = reactor.tcpClients  # the registry's address (the memory
+        self.assertEqual(port, 8080)  # reactor resolves every host to 127.0.0.1)
+        reactor.advance(29)
+        self.assertEqual(request.finished, 0)  # a held poll may take its time
+        reactor.advance(1)
+        self.assertEqual(request.finished, 1)
+        self.assertEqual(request.responseCode, 404)
+        self.assertEqual(json.loads(b"".join(request.written))["frames"][0]["code"], 404)
+
+    def test_a_node_the_registry_does_not_list_is_not_reached(self) -> None:
+        reactor = MemoryReactorClock()
+        forwarder = Forwarder(reactor, {"a": "ftp://x"}.get, timeout=30)
+        for owner in ("a", "b"):
+            self.assertFalse(forwarder.forward(self.request(), b"poll", owner))
+        self.assertEqual(reactor.tcpClients, [])
