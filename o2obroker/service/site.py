@@ -50,7 +50,10 @@ def build_site(node: Any, reactor: IReactorTime) -> WebSite:
         timeout=config.lp_timeout,
         node=config.node,
         forwarder=Forwarder(
-            reactor, _registry_http(node), timeout=config.lp_timeout + FORWARD_MARGIN
+            reactor,
+            _registry_http(node),
+            timeout=config.lp_timeout + FORWARD_MARGIN,
+            counts=node.gateway.stats.lp_forwards,
         ),
     )
     root.putChild(b"lp", lp)

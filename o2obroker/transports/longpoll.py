@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import secrets
 from base64 import b64decode, urlsafe_b64encode
-from collections import deque
+from collections import Counter, deque
 from collections.abc import Callable
 from typing import Any
 from urllib.parse import urlencode
@@ -100,12 +100,14 @@ class Forwarder:
         *,
         timeout: float,
         connect_timeout: float = 5.0,
+        counts: Counter[str] | None = None,
     ) -> None:
         self.clock = reactor
         self.address_of = address_of
         self.timeout = timeout
         self.http = HTTPClient(Agent(reactor, connectTimeout=connect_timeout))
-        self.forwarded = 0  # requests handed to their owner node
+        #: requests handed to their owner node, by outcome: answered, failed
+        self.counts: Counter[str] = Counter() if counts is None else counts
 
     def forward(self, request: Any, child: bytes, owner: str) -> bool:
         """Forward ``request`` to ``owner`` if the registry lists it; False if not."""
@@ -119,20 +121,24 @@ class Forwarder:
         if origin is not None:
             headers[b"origin"] = [origin]  # the owner checks it as well
         body = request.content.read() if request.method == b"POST" else None
-        self.forwarded += 1
         d: Deferred[Any] = self.http.request(
             request.method.decode("ascii"), url, headers=headers, data=body
         )
         d.addCallback(lambda r: r.content().addCallback(lambda b: (r.code, b)))
         d.addTimeout(self.timeout, self.clock)
         d.addCallbacks(
-            lambda answer: finish(request, *answer),
+            lambda answer: self._answered(request, *answer),
             lambda f: self._failed(f, request, owner),
         )
         request.notifyFinish().addErrback(lambda _: d.cancel())
         return True
 
+    def _answered(self, request: Any, code: int, body: bytes) -> None:
+        self.counts["answered"] += 1
+        finish(request, code, body)
+
     def _failed(self, f: Any, request: Any, owner: str) -> None:
+        self.counts["failed"] += 1
         if not (request.finished or request._disconnected):
             self.log.info(
                 "long-poll owner {owner} did not answer: {why}",

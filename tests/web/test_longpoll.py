@@ -12,6 +12,7 @@ from twisted.trial.unittest import SynchronousTestCase
 from twisted.web.test.requesthelper import DummyRequest
 
 from o2obroker.actors.user import UserActor
+from o2obroker.metrics import NodeCollector, Stats
 from o2obroker.transports.longpoll import Forwarder, make_sid, owner_of
 from o2obroker.wire.limits import Limits
 from tests.harness import SECRET
@@ -333,7 +334,16 @@ class ForwarderTests(SynchronousTestCase):
         reactor.advance(1)
         self.assertEqual(request.finished, 1)
         self.assertEqual(request.responseCode, 404)
+        self.assertEqual(forwarder.counts, {"failed": 1})
         self.assertEqual(json.loads(b"".join(request.written))["frames"][0]["code"], 404)
+
+    def test_outcomes_are_exported(self) -> None:
+        stats = Stats()
+        stats.lp_forwards.update({"answered": 3, "failed": 1})
+        [family] = [m for m in NodeCollector(stats).collect() if m.name == "o2o_lp_forwarded"]
+        self.assertEqual(
+            {s.labels["outcome"]: s.value for s in family.samples}, {"answered": 3, "failed": 1}
+        )
 
     def test_a_node_the_registry_does_not_list_is_not_reached(self) -> None:
         reactor = MemoryReactorClock()
