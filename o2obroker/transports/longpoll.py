@@ -116,10 +116,9 @@ class Forwarder:
             return False
         query = urlencode([(k, v) for k, vs in request.args.items() for v in vs])
         url = f"{base.rstrip('/')}/lp/{child.decode()}?{query}"
+        # no Origin: this node checked it, against its own Host (a page of this
+        # site); the owner would see its own Host instead and refuse that page
         headers = {FORWARDED: [b"1"], b"content-type": [b"application/json"]}
-        origin = request.getHeader(b"origin")
-        if origin is not None:
-            headers[b"origin"] = [origin]  # the owner checks it as well
         body = request.content.read() if request.method == b"POST" else None
         d: Deferred[Any] = self.http.request(
             request.method.decode("ascii"), url, headers=headers, data=body

@@ -36,7 +36,9 @@ class LongPollOnAnyNodeTests(TestCase):
 
     async def node(self, name: str) -> str:
         """Start node ``name`` with its HTTP site; its base URL."""
-        config = Config(secret=SECRET, node=name, lp_timeout=2)
+        config = Config(
+            secret=SECRET, node=name, lp_timeout=2, allowed_origins="https://app.example"
+        )
         backend = RedisBackend(parse_urls(shared().url), reactor, reactor, name, prefix=self.prefix)
         node = self.nodes[name] = Node(config, reactor, backend=backend)
         node.start()
@@ -55,9 +57,12 @@ class LongPollOnAnyNodeTests(TestCase):
         for node in self.nodes.values():
             await node.registry.beat()
 
-    async def call(self, method: str, url: str, body: Any = None) -> tuple[int, Any]:
+    async def call(
+        self, method: str, url: str, body: Any = None, origin: str | None = None
+    ) -> tuple[int, Any]:
         data = None if body is None else json.dumps(body).encode()
-        r = await treq.request(method, url, data=data, persistent=False)
+        headers = {} if origin is None else {"origin": origin}
+        r = await treq.request(method, url, data=data, headers=headers, persistent=False)
         return r.code, json.loads(await r.content())
 
     async def open(self, base: str, user: str, **hello: Any) -> tuple[str, int]:
@@ -149,3 +154,17 @@ class LongPollOnAnyNodeTests(TestCase):
         code, _ = await self.call("GET", b + f"/lp/poll?sid={bob}&pos={pos}&x=%0d%0aHost:evil")
         self.assertEqual(code, 200)
         self.assertEqual(forwarder.counts, {"answered": 1})
+
+    async def test_the_origin_is_checked_where_the_request_lands(self) -> None:
+        a, b = await self.node("a"), await self.node("b")
+        await self.see_each_other()
+        bob, pos = await self.open(a, "bob")
+        # a page of B's own site (behind a balancer: the balancer's host) is allowed on B,
+        # though it is not A's; a page of another site is refused on B, never forwarded
+        code, polled = await self.call("GET", b + f"/lp/poll?sid={bob}&pos={pos}", origin=b)
+        self.assertEqual(code, 200, polled)
+        code, refused = await self.call(
+            "GET", b + f"/lp/poll?sid={bob}", origin="https://evil.example"
+        )
+        self.assertEqual((code, refused["frames"][0]["code"]), (403, 403))
+        self.assertEqual(self.sites["b"].longpoll.forwarder.counts, {"answered": 1})
