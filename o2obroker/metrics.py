@@ -70,6 +70,7 @@ class Stats:
         "closed",
         "errors",
         "latency",
+        "lp_forwards",
         "msgs_in",
         "msgs_out",
         "opened",
@@ -90,6 +91,8 @@ class Stats:
         self.opened: Counter[str] = Counter()  # connections, by transport
         self.closed: Counter[str] = Counter()  # after a welcome, by reason
         self.refused: Counter[str] = Counter()  # ended before a welcome, by reason
+        # long-poll requests for another node's session, by outcome (answered, failed)
+        self.lp_forwards: Counter[str] = Counter()
         # observed once per batch of msg frames written, for the batch's newest message
         self.latency = Latency(LATENCY_BUCKETS)
         self.msgs_in = 0  # sends accepted
@@ -159,6 +162,13 @@ class NodeCollector:
                 " when the peer went away, origin for a browser page not allowed).",
                 s.refused,
                 "reason",
+            ),
+            (
+                "o2o_lp_forwarded",
+                "Long-poll requests for a session another node holds, forwarded to it, by"
+                " outcome (answered: the owner's answer passed on; failed: 404 instead).",
+                s.lp_forwards,
+                "outcome",
             ),
         ):
             family = CounterMetricFamily(name, doc, labels=[label])

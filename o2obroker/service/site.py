@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 from twisted.internet.interfaces import IReactorTime
@@ -9,9 +10,27 @@ from twisted.web.resource import Resource
 
 from o2obroker.transports.api import add_api
 from o2obroker.transports.common import OriginPolicy
-from o2obroker.transports.longpoll import LongPollResource
+from o2obroker.transports.longpoll import Forwarder, LongPollResource
 from o2obroker.transports.web import WebSite, static_file
 from o2obroker.transports.websocket import websocket_resource
+
+#: seconds a forwarded request may take beyond the poll it holds
+FORWARD_MARGIN = 10
+
+
+def _registry_http(node: Any) -> Callable[[str], str | None]:
+    """Owner id -> the HTTP base URL the registry lists for it (None: not live)."""
+
+    def address_of(owner: str) -> str | None:
+        if owner == node.config.node:
+            return None
+        registry = getattr(node, "registry", None)
+        for record in registry.nodes if registry is not None else ():
+            if record.get("id") == owner:
+                return (record.get("addresses") or {}).get("http")
+        return None
+
+    return address_of
 
 
 def build_site(node: Any, reactor: IReactorTime) -> WebSite:
@@ -24,7 +43,19 @@ def build_site(node: Any, reactor: IReactorTime) -> WebSite:
         root.putChild(name.encode(), static_file(name))
     ws = websocket_resource(node.gateway, config, origins, reactor)
     root.putChild(b"ws", ws)
-    lp = LongPollResource(node.gateway, origins, reactor, timeout=config.lp_timeout)
+    lp = LongPollResource(
+        node.gateway,
+        origins,
+        reactor,
+        timeout=config.lp_timeout,
+        node=config.node,
+        forwarder=Forwarder(
+            reactor,
+            _registry_http(node),
+            timeout=config.lp_timeout + FORWARD_MARGIN,
+            counts=node.gateway.stats.lp_forwards,
+        ),
+    )
     root.putChild(b"lp", lp)
     add_api(root, node, reactor, origins)
     site = WebSite(

@@ -9,19 +9,27 @@ until frames arrive or ``timeout`` passes, and released on ``notifyFinish()``
 when its client goes away. Held polls with new frames are answered together
 once per reactor turn, each with every frame that is ready for it.
 
-Session ids are 192 random bits made at the open of an authenticated session:
-a sid names exactly one session of one user and device, is never reused, and
-dies with the session.
+Session ids are 192 random bits made at the open of an authenticated session,
+then the id of the node that holds it: a sid names exactly one session of one
+user and device, is never reused, and dies with the session. A request for a
+sid another node holds is forwarded to that node while the registry lists it
+(:class:`Forwarder`), so a load balancer needs no sticky sessions.
 """
 
 from __future__ import annotations
 
 import secrets
-from collections import deque
+from base64 import b64decode, urlsafe_b64encode
+from collections import Counter, deque
+from collections.abc import Callable
 from typing import Any
+from urllib.parse import urlencode
 
+from treq.client import HTTPClient
+from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.logger import Logger
+from twisted.web.client import Agent
 from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET
 from zope.interface import implementer
@@ -49,6 +57,94 @@ from o2obroker.wire import (
 
 def _frames(frames: list[dict[str, Any]]) -> bytes:
     return json_body({"frames": frames})
+
+
+#: set on a forwarded request: its receiver answers it itself, never forwards it again
+FORWARDED = b"x-o2o-forwarded"
+
+
+def make_sid(node: str) -> str:
+    """A new sid: 192 random bits, a dot, and the owner node's id (base64url)."""
+    owner = urlsafe_b64encode(node.encode()).rstrip(b"=").decode()
+    return f"{secrets.token_urlsafe(24)}.{owner}"
+
+
+def owner_of(sid: str) -> str | None:
+    """The id of the node that made ``sid``, or None if it names none."""
+    _, dot, tail = sid.rpartition(".")
+    if not dot or not tail:
+        return None
+    try:
+        return b64decode(tail + "=" * (-len(tail) % 4), altchars=b"-_", validate=True).decode()
+    except (ValueError, UnicodeDecodeError):
+        return None
+
+
+class Forwarder:
+    """Hands a long-poll request for another node's session to that node.
+
+    The owner's base URL comes only from ``address_of`` (the node registry), the
+    path is the ``/lp/`` child that took the request and the query is rebuilt
+    from the parsed arguments: a client picks at most which live node, never
+    which URL. The answer is the owner's, code and body; an owner that does
+    not answer within ``timeout`` gets the client a 404 ``unknown session``,
+    on which it opens a new session with ``resume`` and loses nothing.
+    """
+
+    log = Logger()
+
+    def __init__(
+        self,
+        reactor: Any,  # IReactorTCP and IReactorTime
+        address_of: Callable[[str], str | None],
+        *,
+        timeout: float,
+        connect_timeout: float = 5.0,
+        counts: Counter[str] | None = None,
+    ) -> None:
+        self.clock = reactor
+        self.address_of = address_of
+        self.timeout = timeout
+        self.http = HTTPClient(Agent(reactor, connectTimeout=connect_timeout))
+        #: requests handed to their owner node, by outcome: answered, failed
+        self.counts: Counter[str] = Counter() if counts is None else counts
+
+    def forward(self, request: Any, child: bytes, owner: str) -> bool:
+        """Forward ``request`` to ``owner`` if the registry lists it; False if not."""
+        base = self.address_of(owner)
+        if not base or not base.startswith(("http://", "https://")):
+            return False
+        query = urlencode([(k, v) for k, vs in request.args.items() for v in vs])
+        url = f"{base.rstrip('/')}/lp/{child.decode()}?{query}"
+        # no Origin: this node checked it, against its own Host (a page of this
+        # site); the owner would see its own Host instead and refuse that page
+        headers = {FORWARDED: [b"1"], b"content-type": [b"application/json"]}
+        body = request.content.read() if request.method == b"POST" else None
+        d: Deferred[Any] = self.http.request(
+            request.method.decode("ascii"), url, headers=headers, data=body
+        )
+        d.addCallback(lambda r: r.content().addCallback(lambda b: (r.code, b)))
+        d.addTimeout(self.timeout, self.clock)
+        d.addCallbacks(
+            lambda answer: self._answered(request, *answer),
+            lambda f: self._failed(f, request, owner),
+        )
+        request.notifyFinish().addErrback(lambda _: d.cancel())
+        return True
+
+    def _answered(self, request: Any, code: int, body: bytes) -> None:
+        self.counts["answered"] += 1
+        finish(request, code, body)
+
+    def _failed(self, f: Any, request: Any, owner: str) -> None:
+        self.counts["failed"] += 1
+        if not (request.finished or request._disconnected):
+            self.log.info(
+                "long-poll owner {owner} did not answer: {why}",
+                owner=owner,
+                why=f.getErrorMessage(),
+            )
+        finish(request, 404, error_frames(404, "unknown session"))
 
 
 class _SendAnswer:
@@ -309,9 +405,13 @@ class LongPollResource(Resource):
         clock: IReactorTime,
         *,
         timeout: int = 25,
+        node: str = "",
+        forwarder: Forwarder | None = None,
     ) -> None:
         super().__init__()
         self.gateway = gateway
+        self.node = node  # this node's id, in every sid it makes
+        self.forwarder = forwarder
         self.traffic = traffic_of(gateway.stats, "lp")
         self.origins = origins
         self.clock = clock
@@ -417,16 +517,28 @@ class _Child(Resource):
     def render_OPTIONS(self, request: Any) -> bytes:
         return self.lp.preflight(request)
 
-    def _guarded_session(self, request: Any) -> LongPollConnection | bytes:
-        """The request's session, or the body that refuses the request (a
-        refused origin, an unknown sid)."""
-        refused = self.lp.guard(request)
+    child = b""  # the name under /lp/
+
+    def _guarded_session(self, request: Any) -> LongPollConnection | bytes | int:
+        """The request's session, the body that refuses the request (a refused
+        origin, an unknown sid), or NOT_DONE_YET: forwarded to the owner node."""
+        lp = self.lp
+        refused = lp.guard(request)
         if refused is not None:
             return refused
-        conn = self.lp.find(request)
-        if conn is None:
-            return json_answer(request, 404, error_frames(404, "unknown session"))
-        return conn
+        conn = lp.find(request)
+        if conn is not None:
+            return conn
+        forwarder = lp.forwarder
+        if forwarder is not None and request.getHeader(FORWARDED) is None:
+            owner = owner_of(request.args.get(b"sid", [b""])[0].decode("latin-1"))
+            if (
+                owner is not None
+                and owner != lp.node
+                and forwarder.forward(request, self.child, owner)
+            ):
+                return NOT_DONE_YET
+        return json_answer(request, 404, error_frames(404, "unknown session"))
 
 
 def _nonneg(request: Any, name: bytes) -> int | None:
@@ -453,7 +565,7 @@ class _Open(_Child):
             return json_answer(
                 request, 400, error_frames(400, "the body of /lp/open is one hello frame")
             )
-        conn = LongPollConnection(lp, secrets.token_urlsafe(24))
+        conn = LongPollConnection(lp, make_sid(lp.node))
         address = request.getClientAddress()
         conn.peer = (
             f"{getattr(address, 'host', '-')}:{getattr(address, 'port', '-')}"  # for the log
@@ -477,9 +589,11 @@ class _Open(_Child):
 
 
 class _Poll(_Child):
+    child = b"poll"
+
     def render_GET(self, request: Any) -> Any:
         conn = self._guarded_session(request)
-        if type(conn) is bytes:
+        if type(conn) is not LongPollConnection:
             return conn
         try:
             pos = _nonneg(request, b"pos")
@@ -496,10 +610,12 @@ class _Poll(_Child):
 
 
 class _Send(_Child):
+    child = b"send"
+
     def render_POST(self, request: Any) -> Any:
         lp = self.lp
         conn = self._guarded_session(request)
-        if type(conn) is bytes:
+        if type(conn) is not LongPollConnection:
             return conn
         frames = lp.frames_of(request)
         if type(frames) is bytes:
@@ -546,10 +662,12 @@ class _Send(_Child):
 
 
 class _Close(_Child):
-    def render_POST(self, request: Any) -> bytes:
+    child = b"close"
+
+    def render_POST(self, request: Any) -> Any:
         lp = self.lp
         conn = self._guarded_session(request)
-        if type(conn) is bytes:
+        if type(conn) is not LongPollConnection:
             return conn
         conn.closed = True
         if conn._poll is not None:

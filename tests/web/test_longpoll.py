@@ -2,11 +2,18 @@
 
 from __future__ import annotations
 
+import json
+from io import BytesIO
+
 from twisted.internet.error import ConnectionDone
+from twisted.internet.testing import MemoryReactorClock
 from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase
+from twisted.web.test.requesthelper import DummyRequest
 
 from o2obroker.actors.user import UserActor
+from o2obroker.metrics import NodeCollector, Stats
+from o2obroker.transports.longpoll import Forwarder, make_sid, owner_of
 from o2obroker.wire.limits import Limits
 from tests.harness import SECRET
 from tests.web.helpers import WebHarness
@@ -21,7 +28,9 @@ class LongPollTests(SynchronousTestCase):
 
     def test_open_answers_with_the_welcome(self) -> None:
         sid, frames, pos = self.h.lp_open("bob")
-        self.assertEqual(len(sid), 32)
+        random, _, _ = sid.partition(".")
+        self.assertEqual(len(random), 32)  # 192 bits
+        self.assertEqual(owner_of(sid), self.h.node.config.node)  # then the owner node
         self.assertEqual([f["t"] for f in frames], ["welcome"])
         self.assertEqual(frames[0]["user"], "bob")
         self.assertEqual(pos, 1)
@@ -219,7 +228,7 @@ class LongPollTests(SynchronousTestCase):
     def test_sids_are_unguessable_and_never_reused(self) -> None:
         sids = {self.h.lp_open("bob", f"d{i}")[0] for i in range(20)}
         self.assertEqual(len(sids), 20)
-        self.assertTrue(all(len(s) == 32 for s in sids))
+        self.assertTrue(all(len(s.partition(".")[0]) == 32 for s in sids))
 
     def test_slow_consumer_is_closed(self) -> None:
         h = WebHarness(limits=Limits(max_queue=4096))
@@ -289,3 +298,56 @@ class CorsTests(SynchronousTestCase):
         code, headers, _ = r.response()
         self.assertEqual(code, 200)
         self.assertEqual(headers["access-control-allow-origin"], "https://shop.example")
+
+
+class SidTests(SynchronousTestCase):
+    """A sid names its owner node, and nothing else can be read into it."""
+
+    def test_the_owner_is_read_back(self) -> None:
+        for node in ("a", "node-7.eu", "nœud/1"):
+            self.assertEqual(owner_of(make_sid(node)), node)
+
+    def test_a_sid_without_an_owner_names_none(self) -> None:
+        for sid in ("", "abc", "abc.", "abc.!!!", "abc.gA"):  # gA: not UTF-8
+            self.assertIsNone(owner_of(sid))
+
+
+class ForwarderTests(SynchronousTestCase):
+    """The owner node must answer in time; one that does not costs the client a resume."""
+
+    def request(self) -> DummyRequest:
+        request = DummyRequest([b"poll"])
+        request.args = {b"sid": [b"s.YQ"], b"pos": [b"3"]}
+        request._disconnected = False
+        request.content = BytesIO(b"")
+        return request
+
+    def test_an_owner_that_does_not_answer_in_time_is_404(self) -> None:
+        reactor = MemoryReactorClock()
+        forwarder = Forwarder(reactor, {"a": "http://10.0.0.7:8080"}.get, timeout=30)
+        request = self.request()
+        self.assertTrue(forwarder.forward(request, b"poll", "a"))
+        [(_, port, *_)] = reactor.tcpClients  # the registry's address (the memory
+        self.assertEqual(port, 8080)  # reactor resolves every host to 127.0.0.1)
+        reactor.advance(29)
+        self.assertEqual(request.finished, 0)  # a held poll may take its time
+        reactor.advance(1)
+        self.assertEqual(request.finished, 1)
+        self.assertEqual(request.responseCode, 404)
+        self.assertEqual(forwarder.counts, {"failed": 1})
+        self.assertEqual(json.loads(b"".join(request.written))["frames"][0]["code"], 404)
+
+    def test_outcomes_are_exported(self) -> None:
+        stats = Stats()
+        stats.lp_forwards.update({"answered": 3, "failed": 1})
+        [family] = [m for m in NodeCollector(stats).collect() if m.name == "o2o_lp_forwarded"]
+        self.assertEqual(
+            {s.labels["outcome"]: s.value for s in family.samples}, {"answered": 3, "failed": 1}
+        )
+
+    def test_a_node_the_registry_does_not_list_is_not_reached(self) -> None:
+        reactor = MemoryReactorClock()
+        forwarder = Forwarder(reactor, {"a": "ftp://x"}.get, timeout=30)
+        for owner in ("a", "b"):
+            self.assertFalse(forwarder.forward(self.request(), b"poll", owner))
+        self.assertEqual(reactor.tcpClients, [])
