@@ -9,8 +9,10 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import psutil
+from twisted.internet import defer
 
 ROOT = Path(__file__).resolve().parent.parent
 PYTHON = sys.executable
@@ -90,3 +92,38 @@ def start_script(script: str, *args: str) -> subprocess.Popen[bytes]:
         env=env,
         preexec_fn=lambda: raise_nofile(),
     )
+
+
+async def drive(
+    sender: Any,
+    receiver: Any,
+    chunks: list[bytes],
+    batch: int,
+    window: int,
+    total: int,
+    sender_counts: bool = True,
+) -> float:
+    """Write pre-encoded ``chunks`` (``batch`` messages each) from ``sender``,
+    keeping at most ``window`` chunks ahead of what ``receiver`` has counted,
+    until the receiver has ``total`` messages (and, with ``sender_counts``, the
+    sender ``total`` receipts). Both are counting protocols with ``count`` and
+    an ``on_count`` hook. Close both; return messages per second."""
+    done: defer.Deferred[None] = defer.Deferred()
+    state = {"sent": 0}
+
+    def pump() -> None:
+        while state["sent"] < len(chunks) and (state["sent"] - receiver.count // batch) < window:
+            sender.transport.write(chunks[state["sent"]])
+            state["sent"] += 1
+        finished = receiver.count >= total and (not sender_counts or sender.count >= total)
+        if finished and not done.called:
+            done.callback(None)
+
+    receiver.on_count = sender.on_count = pump
+    start = time.perf_counter()
+    pump()
+    await done
+    elapsed = time.perf_counter() - start
+    sender.transport.loseConnection()
+    receiver.transport.loseConnection()
+    return total / elapsed

@@ -26,7 +26,7 @@ import sys
 import time
 import urllib.request
 
-from _common import ROOT, free_port, start_broker, wait_port
+from _common import ROOT, drive, free_port, start_broker, wait_port
 from tcp_relay import Counter, frame
 from twisted.internet import defer, reactor
 from twisted.internet.endpoints import TCP4ClientEndpoint, connectProtocol
@@ -74,25 +74,7 @@ async def throughput(
         )
         for b in range(n_batches)
     ]
-    total = n_batches * batch
-    done: defer.Deferred[None] = defer.Deferred()
-    state = {"sent": 0}
-
-    def pump() -> None:
-        while state["sent"] < n_batches and (state["sent"] - receiver.count // batch) < window:
-            sender.transport.write(batches[state["sent"]])
-            state["sent"] += 1
-        if receiver.count >= total and sender.count >= total and not done.called:
-            done.callback(None)
-
-    receiver.on_count = sender.on_count = pump
-    start = time.perf_counter()
-    pump()
-    await done
-    elapsed = time.perf_counter() - start
-    sender.transport.loseConnection()
-    receiver.transport.loseConnection()
-    return total / elapsed
+    return await drive(sender, receiver, batches, batch, window, n_batches * batch)
 
 
 async def latency(send_port: int, recv_port: int, prefix: str, pings: int) -> list[float]:

@@ -18,10 +18,9 @@ from __future__ import annotations
 import argparse
 import statistics
 import struct
-import time
 
 import cbor2
-from _common import free_port, start_broker, start_script
+from _common import drive, free_port, start_broker, start_script
 from twisted.internet import defer, reactor
 from twisted.internet.endpoints import TCP4ClientEndpoint, connectProtocol
 from twisted.internet.protocol import Protocol
@@ -78,25 +77,7 @@ async def run_once(port: int, broker: bool, batches: list[bytes], batch: int, wi
     sender.transport.write(frame({"t": "hello", "user": "alice", "device": "s"}))
     await receiver.first
     await sender.first
-    total = len(batches) * batch
-    done: defer.Deferred[None] = defer.Deferred()
-    state = {"sent": 0}
-
-    def pump() -> None:
-        while state["sent"] < len(batches) and (state["sent"] - receiver.count // batch) < window:
-            sender.transport.write(batches[state["sent"]])
-            state["sent"] += 1
-        if receiver.count >= total and sender.count >= total and not done.called:
-            done.callback(None)
-
-    receiver.on_count = sender.on_count = pump
-    start = time.perf_counter()
-    pump()
-    await done
-    elapsed = time.perf_counter() - start
-    sender.transport.loseConnection()
-    receiver.transport.loseConnection()
-    return total / elapsed
+    return await drive(sender, receiver, batches, batch, window, len(batches) * batch)
 
 
 async def main(args: argparse.Namespace) -> None:

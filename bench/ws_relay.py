@@ -28,7 +28,7 @@ import statistics
 import struct
 import time
 
-from _common import free_port, raise_nofile, settle, start_broker, start_script, wait_port
+from _common import drive, free_port, raise_nofile, settle, start_broker, start_script, wait_port
 from twisted.internet import defer, reactor
 from twisted.internet.endpoints import TCP4ClientEndpoint, connectProtocol
 from twisted.internet.protocol import Protocol
@@ -124,25 +124,7 @@ async def run_once(port: int, mode: str, n: int, batch: int, window: int, prefix
             chunks.append(ws_frame(b"[" + b",".join(sends) + b"]"))
         else:
             chunks.append(b"".join(ws_frame(s) for s in sends))
-    done: defer.Deferred[None] = defer.Deferred()
-    state = {"sent": 0}
-
-    def pump() -> None:
-        while state["sent"] < len(chunks) and (state["sent"] - receiver.count // batch) < window:
-            sender.transport.write(chunks[state["sent"]])
-            state["sent"] += 1
-        finished = receiver.count >= n and (mode == "bare" or sender.count >= n)
-        if finished and not done.called:
-            done.callback(None)
-
-    receiver.on_count = sender.on_count = pump
-    start = time.perf_counter()
-    pump()
-    await done
-    elapsed = time.perf_counter() - start
-    sender.transport.loseConnection()
-    receiver.transport.loseConnection()
-    return n / elapsed
+    return await drive(sender, receiver, chunks, batch, window, n, sender_counts=mode != "bare")
 
 
 def start(kind: str) -> tuple[object, int]:
