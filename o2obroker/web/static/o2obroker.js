@@ -702,7 +702,7 @@
 
   P._receive = function (conn, frames) {
     if (conn.dead) return;
-    var newest = this.lastSeq;
+    var advanced = false;
     frames: for (var i = 0; i < frames.length; i++) {
       var f = frames[i];
       if (!conn.welcomed) {
@@ -724,7 +724,11 @@
       this._emit("frame", f);
       switch (f.t) {
         case "msg":
-          if (f.seq > newest) newest = f.seq;
+          // processed once handed to the page: a close() from its handler acks it too
+          if (f.seq > this.lastSeq) {
+            this.lastSeq = f.seq;
+            advanced = true;
+          }
           if (this._seen.has(f.mid)) break;
           this._seen.set(f.mid, true);
           if (this._seen.size > DEDUPE_KEEP) this._seen.delete(this._seen.keys().next().value);
@@ -758,8 +762,7 @@
           break;
       }
     }
-    if (newest > this.lastSeq) {
-      this.lastSeq = newest;
+    if (advanced && !this._closed) {
       this._save(true);
       this._ackSoon();
     }
@@ -995,6 +998,11 @@
   };
 
   P._shutdown = function (bye, error) {
+    if (bye && this.lastSeq > this._ackedSeq && this._conn && this._conn.kind === "ws" &&
+        this._write([{ t: "ack", seq: this.lastSeq }])) {
+      // the ack waiting on its timer goes before the bye, or the broker sends these again
+      this._ackedSeq = this.lastSeq;
+    }
     this._closed = true;
     this._suspended = false;
     Object.keys(this._timers).forEach(this._clearTimer, this);
