@@ -68,6 +68,7 @@ class TimeoutBackendTests(SynchronousTestCase):
             "leave": ("r", "bob"),
             "members": ("r",),
             "set_presence": ("bob", None),
+            "merge_presence": ("bob", None),
             "presence": (["bob"],),
             "watch": ("bob", ["eve"], 10),
             "unwatch": ("bob", ["eve"]),

@@ -343,12 +343,33 @@ class RedisBackend:
             # kept for watches with since, until the node's clock passes ``expires``;
             # Redis's own TTL only clears what nobody reads again
             expires = self._clock.seconds() + self._offline_ttl
-            value = cbor2.dumps([p.state, p.status, p.devices, p.ts, expires])
+            value = _json([p.state, p.status, p.devices, p.ts, expires])
             ttl = int((self._offline_ttl + KEY_TTL_MARGIN) * 1000)
             d = shard.call("SET", key, value, "PX", ttl)
         else:
-            d = shard.call("SET", key, cbor2.dumps([p.state, p.status, p.devices, p.ts]))
+            d = shard.call("SET", key, _json([p.state, p.status, p.devices, p.ts]))
         return d.addCallback(lambda _: None)
+
+    def merge_presence(self, user: str, part: Presence) -> Deferred[tuple[Presence, Presence]]:
+        # the live nodes come from the registry's shard, the merge runs on the
+        # user's: two round trips, but one script, so two nodes never interleave
+        reg, keys = self._registry()
+        now = self._clock.seconds()
+        d = reg.call("ZRANGEBYSCORE", keys[1], f"({int(now * 1000)}", "+inf")
+        d.addCallback(self._merge, user, part, now)
+        return d
+
+    def _merge(
+        self, live: list[bytes], user: str, part: Presence, now: float
+    ) -> Deferred[tuple[Presence, Presence]]:
+        ids = {n.decode() for n in live}
+        ids.add(self.node_id)  # this node is running this code, heartbeat or not
+        p = part
+        args = [self.node_id, p.state, p.status, p.devices, p.ts, now]
+        args += [now + self._offline_ttl, int((self._offline_ttl + KEY_TTL_MARGIN) * 1000)]
+        keys = self._keys(user, "presn", "pres")
+        d = self._user_shard(user).evalsha(S.MERGE_PRESENCE, keys, args + sorted(ids))
+        return d.addCallback(lambda pair: (_presence(pair[0], now), _presence(pair[1], now)))
 
     def presence(self, users: list[str]) -> Deferred[dict[str, Presence]]:
         now = self._clock.seconds()
@@ -469,10 +490,14 @@ def _receipt(r: Any) -> Receipt | None:
     return Receipt(mid.decode(), int(ts), status.decode() or None)
 
 
+def _json(value: Any) -> str:
+    return json.dumps(value, separators=(",", ":"))
+
+
 def _presence(value: bytes | None, now: float) -> Presence:
     if value is None:
         return OFFLINE
-    state, status, devices, ts, *expires = cbor2.loads(value)
+    state, status, devices, ts, *expires = json.loads(value)
     if expires and expires[0] <= now:
         return OFFLINE  # an offline record past its day: as if never seen
     return Presence(state, status, devices, ts)
