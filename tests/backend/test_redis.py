@@ -11,7 +11,6 @@ from twisted.internet.task import Clock
 from twisted.trial.unittest import TestCase
 
 from o2obroker.backend import MemoryBackend, StoredMessage
-
 from o2obroker.backend.interface import OFFLINE, Presence
 from o2obroker.backend.redis import RedisBackend, jump_hash, parse_urls, shard_of
 from tests.backend.contract import BackendContract, msg
