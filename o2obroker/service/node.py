@@ -64,6 +64,8 @@ class Node:
             skew=config.presence_skew,
             watch_cap=config.watch_cap,
             naive=config.presence_naive,
+            # many nodes: each records its part, the backend merges them
+            merged=isinstance(store, RedisBackend),
             stats=self.metrics.stats,
         )
         # the business layer (doc/business.md): pipeline, archive, hooks; ``agent``
