@@ -202,6 +202,13 @@ class IBackend(Interface):
         moves to ``part.ts`` only when state or status changed; a publish is
         due only then. Fails with BackendUnavailable."""
 
+    def sweep_presence(limit: int) -> Any:
+        """Remove the presence parts of up to ``limit`` users of one node whose
+        heartbeat lapsed, and fire with {user: (before, after)} as
+        ``merge_presence`` would for each, so that their watchers hear of what
+        changed. Fires with {} when no dead node has parts left. Fails with
+        BackendUnavailable."""
+
     def presence(users: list[str]) -> Any:
         """Fire with {user: Presence} for every user asked (OFFLINE when unknown).
         Fails with BackendUnavailable."""

@@ -378,6 +378,9 @@ class MemoryBackend:
         self.set_presence(user, after)
         return succeed((before, after))
 
+    def sweep_presence(self, limit: int) -> Deferred[dict[str, tuple[Presence, Presence]]]:
+        return succeed({})  # one process, one node: no part of another node to sweep
+
     def presence(self, users: list[str]) -> Deferred[dict[str, Presence]]:
         if self._offline:
             self._forget_offline(self._clock.seconds())

@@ -300,3 +300,28 @@ class PresenceAcrossNodesTests(RedisCase):
         t1 = self.ms()
         before, after = await a.merge_presence("bob", Presence("offline", "", 0, t1))
         self.assertEqual((before.state, after), ("online", Presence("offline", "", 0, t1)))
+
+    async def test_a_sweep_removes_a_dead_nodes_parts_and_tells_the_changes(self) -> None:
+        a, b = await self.nodes()
+        t0 = self.ms()
+        for user in ("bob", "carol", "dave"):
+            await b.merge_presence(user, Presence("online", "", 1, t0))
+        await a.merge_presence("dave", Presence("busy", "", 1, t0))
+        # b alive: nothing to sweep
+        self.assertEqual(await a.sweep_presence(10), {})
+        self.clock.advance(5)
+        await a.heartbeat({"id": "a"}, 10.0)
+        self.clock.advance(5)
+        t1 = self.ms()
+        # b's record lapsed: two users a sweep (the limit), then none
+        first = await a.sweep_presence(2)
+        second = await a.sweep_presence(2)
+        swept = {**first, **second}
+        self.assertEqual((len(first), len(second)), (2, 1))
+        gone = Presence("offline", "", 0, t1)
+        self.assertEqual(swept["bob"], (Presence("online", "", 1, t0), gone))
+        self.assertEqual(swept["carol"], (Presence("online", "", 1, t0), gone))
+        # dave is still busy on a: a count and a state change
+        self.assertEqual(swept["dave"][1], Presence("busy", "", 1, t1))
+        self.assertEqual(await a.sweep_presence(2), {})
+        self.assertEqual(await a.presence(["bob"]), {"bob": gone})

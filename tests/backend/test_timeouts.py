@@ -69,6 +69,7 @@ class TimeoutBackendTests(SynchronousTestCase):
             "members": ("r",),
             "set_presence": ("bob", None),
             "merge_presence": ("bob", None),
+            "sweep_presence": (10,),
             "presence": (["bob"],),
             "watch": ("bob", ["eve"], 10),
             "unwatch": ("bob", ["eve"]),

@@ -20,6 +20,7 @@ import cbor2
 from twisted.internet.defer import Deferred, DeferredList, FirstError, gatherResults, succeed
 from twisted.internet.interfaces import IReactorTime
 from twisted.internet.task import LoopingCall
+from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
@@ -87,6 +88,9 @@ def _decode(blob: bytes) -> StoredMessage:
     return StoredMessage(mid, ts, fields)
 
 
+log = Logger()
+
+
 def _seq(entry_id: bytes) -> int:
     return int(entry_id.partition(b"-")[0])
 
@@ -126,6 +130,7 @@ class RedisBackend:
         if not targets:
             raise ValueError("RedisBackend needs at least one server")
         self.node_id = node_id
+        self._indexed = False  # this node is in the set of nodes with presence parts
         self._clock = clock
         self._prefix = prefix
         self._inbox_cap = inbox_cap
@@ -356,20 +361,74 @@ class RedisBackend:
         reg, keys = self._registry()
         now = self._clock.seconds()
         d = reg.call("ZRANGEBYSCORE", keys[1], f"({int(now * 1000)}", "+inf")
-        d.addCallback(self._merge, user, part, now)
+        d.addCallback(self._merge, user, part, now, self.node_id)
+        # the index a sweeper reads when this node dies (a write of its own: the
+        # registry's shard is not the user's)
+        if part.devices == 0 and part.state == "offline":
+            index = reg.call("SREM", self._parts_of(self.node_id), user)
+        else:
+            if not self._indexed:
+                self._indexed = True
+                reg.call("SADD", self._parted(), self.node_id).addErrback(self._unindexed)
+            index = reg.call("SADD", self._parts_of(self.node_id), user)
+        index.addErrback(self._unindexed)
         return d
 
+    def _unindexed(self, f: Failure) -> None:
+        self._indexed = False
+        log.warn("indexing presence parts failed: {why}", why=f.getErrorMessage())
+
+    def _parted(self) -> str:
+        """The set of nodes that have recorded presence parts."""
+        return f"{self._prefix}:{{nodes}}:parted"
+
+    def _parts_of(self, node: str) -> str:
+        """The set of users that ``node`` has recorded a presence part of."""
+        return f"{self._prefix}:{{nodes}}:parts:{node}"
+
     def _merge(
-        self, live: list[bytes], user: str, part: Presence, now: float
+        self, live: list[bytes], user: str, part: Presence, now: float, node: str
     ) -> Deferred[tuple[Presence, Presence]]:
         ids = {n.decode() for n in live}
         ids.add(self.node_id)  # this node is running this code, heartbeat or not
         p = part
-        args = [self.node_id, p.state, p.status, p.devices, p.ts, now]
+        args = [node, p.state, p.status, p.devices, p.ts, now]
         args += [now + self._offline_ttl, int((self._offline_ttl + KEY_TTL_MARGIN) * 1000)]
         keys = self._keys(user, "presn", "pres")
         d = self._user_shard(user).evalsha(S.MERGE_PRESENCE, keys, args + sorted(ids))
         return d.addCallback(lambda pair: (_presence(pair[0], now), _presence(pair[1], now)))
+
+    def sweep_presence(self, limit: int) -> Deferred[dict[str, tuple[Presence, Presence]]]:
+        reg, keys = self._registry()
+        now = self._clock.seconds()
+        ms = int(now * 1000)
+        gone = Presence("offline", "", 0, ms)
+
+        def nodes(found: list[Any]) -> Deferred[dict[str, tuple[Presence, Presence]]] | dict:
+            parted, live = found
+            alive = {n.decode() for n in live} | {self.node_id}
+            dead = sorted(n.decode() for n in parted if n.decode() not in alive)
+            if not dead:
+                return {}
+            node = dead[0]
+            d = reg.call("SPOP", self._parts_of(node), limit)
+            d.addCallback(users, node, live)
+            return d
+
+        def users(
+            popped: list[bytes], node: str, live: list[bytes]
+        ) -> Deferred[dict[str, tuple[Presence, Presence]]] | dict:
+            if not popped:
+                reg.call("SREM", self._parted(), node)
+                return {}
+            names = sorted(u.decode() for u in popped)
+            calls = [self._merge(live, u, gone, now, node) for u in names]
+            d = gatherResults(calls, consumeErrors=True)
+            return d.addCallbacks(lambda pairs: dict(zip(names, pairs, strict=True)), _first_error)
+
+        live = reg.call("ZRANGEBYSCORE", keys[1], f"({ms}", "+inf")
+        parted = reg.call("SMEMBERS", self._parted())
+        return gatherResults([parted, live], consumeErrors=True).addCallbacks(nodes, _first_error)
 
     def presence(self, users: list[str]) -> Deferred[dict[str, Presence]]:
         now = self._clock.seconds()
