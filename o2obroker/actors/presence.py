@@ -229,6 +229,7 @@ class PresenceHub:
         self.slice_size = slice_size
         self.naive = naive
         self.merged = merged
+        self._sweeping = False
         self.stats = stats or Stats()
         # user -> (state watchers last heard of, latest state), for this window
         self._pending: dict[str, tuple[Presence, Presence]] = {}
@@ -262,6 +263,27 @@ class PresenceHub:
             lambda f: self.log.failure("recording presence of {user}", f, user=user)
         )
         self._changed(user, old, new, changed)
+
+    def sweep(self) -> None:
+        """Take the presence of dead nodes' devices away, ``slice_size`` users a
+        call, and tell the watchers what changed; called at every heartbeat."""
+        if not self.merged or not self.running or self._sweeping:
+            return
+        self._sweeping = True
+        d = self.backend.sweep_presence(self.slice_size)
+        d.addCallback(self._swept)
+        d.addErrback(lambda f: self.log.failure("sweeping dead nodes' presence", f))
+        d.addBoth(self._swept_all)
+
+    def _swept(self, changes: dict[str, tuple[Presence, Presence]]) -> bool:
+        for user, change in changes.items():
+            self._merged(change, user)
+        return len(changes) >= self.slice_size
+
+    def _swept_all(self, more: object) -> None:
+        self._sweeping = False
+        if more is True and self.running:
+            self.clock.callLater(0, self.sweep)
 
     def _merged(self, change: tuple[Presence, Presence], user: str) -> None:
         before, after = change

@@ -161,6 +161,9 @@ class Node:
             interval=config.node_heartbeat,
         )
         self.supervisor.peers = self.registry.peers
+        if self.presence.merged:
+            # every beat, the devices of nodes whose records lapsed go offline
+            self.registry.on_beat = self.presence.sweep
         gauges.add_counter(
             "o2o_business_events",
             "Business layer: sends rejected and rewritten, hook calls by outcome, events.",

@@ -99,3 +99,23 @@ class ClusterPresenceTests(TestCase):
         probe = alice.wait_for("presence")
         alice.write_frame({"t": "probe", "users": ["bob"]})
         self.assertEqual((await probe)["state"], "busy")
+
+    async def test_a_dead_nodes_devices_go_offline_for_watchers(self) -> None:
+        beat = 0.2
+        a = await self.node("a", node_heartbeat=beat)
+        b = await self.node("b", node_heartbeat=beat)
+        alice = await self.watching(a, "alice", "bob")
+        came = alice.wait_for("presence")
+        await self.client(b, "bob")
+        self.assertEqual((await came)["state"], "online")
+        # b dies: no beat any more, no clean stop, its connections stay open
+        self.nodes["b"].registry._loop.stop()
+        died = reactor.seconds()
+        went = alice.wait_for("presence")
+        f = await went
+        self.assertEqual((f["user"], f["state"], f["devices"]), ("bob", "offline", 0))
+        # its record lapses after two beats; a's next beat sweeps it
+        self.assertLess(reactor.seconds() - died, 3 * beat + 0.3)
+        probe = alice.wait_for("presence")
+        alice.write_frame({"t": "probe", "users": ["bob"]})
+        self.assertEqual((await probe)["state"], "offline")
