@@ -325,3 +325,16 @@ class PresenceAcrossNodesTests(RedisCase):
         self.assertEqual(swept["dave"][1], Presence("busy", "", 1, t1))
         self.assertEqual(await a.sweep_presence(2), {})
         self.assertEqual(await a.presence(["bob"]), {"bob": gone})
+
+    async def test_a_record_of_an_older_release_is_read_and_replaced(self) -> None:
+        import cbor2
+
+        a, _ = await self.nodes()
+        old = Presence("busy", "x", 1, 5)
+        key = a._key("bob", "pres")
+        await a._user_shard("bob").call("SET", key, cbor2.dumps(["busy", "x", 1, 5]))
+        self.assertEqual(await a.presence(["bob"]), {"bob": old})
+        t = self.ms()
+        before, after = await a.merge_presence("bob", Presence("online", "", 1, t))
+        self.assertEqual((before, after), (OFFLINE, Presence("online", "", 1, t)))
+        self.assertEqual(await a.presence(["bob"]), {"bob": after})

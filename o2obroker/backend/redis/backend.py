@@ -556,7 +556,10 @@ def _json(value: Any) -> str:
 def _presence(value: bytes | None, now: float) -> Presence:
     if value is None:
         return OFFLINE
-    state, status, devices, ts, *expires = json.loads(value)
+    try:
+        state, status, devices, ts, *expires = json.loads(value)
+    except ValueError:  # a record of an older release, in CBOR
+        state, status, devices, ts, *expires = cbor2.loads(value)
     if expires and expires[0] <= now:
         return OFFLINE  # an offline record past its day: as if never seen
     return Presence(state, status, devices, ts)

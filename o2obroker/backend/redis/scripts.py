@@ -392,8 +392,11 @@ end
 local before = {'offline', '', 0, 0}
 local raw = redis.call('GET', pres)
 if raw then
-  local old = cjson.decode(raw)
-  if not old[5] or old[5] > now then before = {old[1], old[2], old[3], old[4]} end
+  -- a record of an older release (CBOR) reads as offline: it is rewritten below
+  local ok, old = pcall(cjson.decode, raw)
+  if ok and type(old) == 'table' and (not old[5] or old[5] > now) then
+    before = {old[1], old[2], old[3], old[4]}
+  end
 end
 local ts = before[4]
 if best ~= before[1] or status ~= before[2] then ts = tonumber(ARGV[5]) end
