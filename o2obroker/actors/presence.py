@@ -192,6 +192,11 @@ class PresenceHub:
     the records' ``ts``: another node's clock that runs behind this one's must
     not hide a change.
 
+    ``merged`` is for a cluster: the backend merges this node's part of a
+    user's presence with the other nodes' (``IBackend.merge_presence``), a
+    change is one of the merged user-level state, and it goes to watchers on
+    other nodes through the router's publisher too.
+
     ``naive`` is the baseline the benchmark measures against, a broker that
     follows the protocol and nothing more: no grace period, no coalescing,
     every change of the user-level state sent to its watchers at once.
@@ -211,6 +216,7 @@ class PresenceHub:
         watch_cap: int = 1000,
         slice_size: int = 1000,
         naive: bool = False,
+        merged: bool = False,
         stats: Stats | None = None,
     ) -> None:
         self.backend = backend
@@ -222,6 +228,8 @@ class PresenceHub:
         self.watch_cap = watch_cap
         self.slice_size = slice_size
         self.naive = naive
+        self.merged = merged
+        self._sweeping = False
         self.stats = stats or Stats()
         # user -> (state watchers last heard of, latest state), for this window
         self._pending: dict[str, tuple[Presence, Presence]] = {}
@@ -245,9 +253,44 @@ class PresenceHub:
 
     def record(self, user: str, old: Presence, new: Presence, changed: bool) -> None:
         """A user's presence record changed; ``changed`` when watchers must hear of it."""
+        if self.merged:
+            # this node's part: whether watchers hear of it is the merge's answer
+            d = self.backend.merge_presence(user, new)
+            d.addCallback(self._merged, user)
+            d.addErrback(lambda f: self.log.failure("merging presence of {user}", f, user=user))
+            return
         self.backend.set_presence(user, new).addErrback(
             lambda f: self.log.failure("recording presence of {user}", f, user=user)
         )
+        self._changed(user, old, new, changed)
+
+    def sweep(self) -> None:
+        """Take the presence of dead nodes' devices away, ``slice_size`` users a
+        call, and tell the watchers what changed; called at every heartbeat."""
+        if not self.merged or not self.running or self._sweeping:
+            return
+        self._sweeping = True
+        d = self.backend.sweep_presence(self.slice_size)
+        d.addCallback(self._swept)
+        d.addErrback(lambda f: self.log.failure("sweeping dead nodes' presence", f))
+        d.addBoth(self._swept_all)
+
+    def _swept(self, changes: dict[str, tuple[Presence, Presence]]) -> bool:
+        for user, change in changes.items():
+            self._merged(change, user)
+        return len(changes) >= self.slice_size
+
+    def _swept_all(self, more: object) -> None:
+        self._sweeping = False
+        if more is True and self.running:
+            self.clock.callLater(0, self.sweep)
+
+    def _merged(self, change: tuple[Presence, Presence], user: str) -> None:
+        before, after = change
+        changed = before.state != after.state or before.status != after.status
+        self._changed(user, before, after, changed)
+
+    def _changed(self, user: str, old: Presence, new: Presence, changed: bool) -> None:
         if self.on_edge is not None and (old.state == "offline") != (new.state == "offline"):
             self.on_edge(user, new.state, new.ts)
         if not changed or not self.running:
@@ -283,10 +326,14 @@ class PresenceHub:
         d.addErrback(lambda f: self.log.failure("looking up watchers", f))
 
     def _queue(self, watchers: dict[str, frozenset[str]], changes: dict[str, Presence]) -> None:
+        publish = self.router.publisher.presence if self.merged else None
         for user, presence in changes.items():
             those = watchers.get(user)
             if those:
-                self._work.append((OutFrame(presence_frame(user, presence)), iter(those)))
+                frame = presence_frame(user, presence)
+                self._work.append((OutFrame(frame), iter(those)))
+                if publish is not None:
+                    publish(frame, those)
         if self._work and self._pump_call is None:
             self._pump()
 

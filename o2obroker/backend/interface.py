@@ -192,6 +192,23 @@ class IBackend(Interface):
         learn that a user went offline after that time. Fails with
         BackendUnavailable."""
 
+    def merge_presence(user: str, part: Presence) -> Any:
+        """Record this node's part of ``user``'s presence (its devices folded into
+        one Presence; offline with no device removes it) and fire with the
+        user-level (before, after): ``before`` is what watchers last heard of,
+        ``after`` the parts of every live node merged by the rule of
+        doc/protocol.md section 5, the status text of the latest part winning.
+        A node whose heartbeat lapsed counts as having no device. ``after.ts``
+        moves to ``part.ts`` only when state or status changed; a publish is
+        due only then. Fails with BackendUnavailable."""
+
+    def sweep_presence(limit: int) -> Any:
+        """Remove the presence parts of up to ``limit`` users of one node whose
+        heartbeat lapsed, and fire with {user: (before, after)} as
+        ``merge_presence`` would for each, so that their watchers hear of what
+        changed. Fires with {} when no dead node has parts left. Fails with
+        BackendUnavailable."""
+
     def presence(users: list[str]) -> Any:
         """Fire with {user: Presence} for every user asked (OFFLINE when unknown).
         Fails with BackendUnavailable."""

@@ -66,6 +66,9 @@ class _SentIds:
         return Receipt(first[0], first[1], self.statuses.get(send_id))
 
 
+_RANK = {"online": 3, "busy": 2, "away": 1, "offline": 0}
+
+
 @implementer(IBackend)
 class MemoryBackend:
     """Inboxes, cursors, rooms and send-id dedupe in dicts.
@@ -116,6 +119,8 @@ class MemoryBackend:
         #: messages refused because a byte cap had no room for them (a metric)
         self.refused = 0
         self._presence: dict[str, Presence] = {}
+        # user -> node id -> that node's part (merge_presence)
+        self._parts: dict[str, dict[str, Presence]] = {}
         # offline records, oldest first: kept offline_ttl seconds for watches with since
         self._offline_ttl = offline_ttl
         self._offline: deque[tuple[float, str, Presence]] = deque()
@@ -341,6 +346,40 @@ class MemoryBackend:
             offline.append((now + self._offline_ttl, user, presence))
         self._presence[user] = presence
         return succeed(None)
+
+    def merge_presence(self, user: str, part: Presence) -> Deferred[tuple[Presence, Presence]]:
+        parts = self._parts.get(user)
+        if part.devices == 0 and part.state == "offline":
+            if parts is not None:
+                parts.pop(self.node_id, None)
+                if not parts:
+                    del self._parts[user]
+                    parts = None
+        elif parts is None:
+            parts = self._parts[user] = {self.node_id: part}
+        else:
+            parts[self.node_id] = part
+        now = self._clock.seconds()
+        self._forget_offline(now)
+        before = self._presence.get(user, OFFLINE)
+        state, status, count, latest = "offline", "", 0, -1
+        if parts:
+            nodes = self._nodes
+            for node, p in parts.items():
+                rank = _RANK[p.state]
+                if rank == 0 or (node != self.node_id and nodes.get(node, (0.0,))[0] <= now):
+                    continue
+                count += p.devices
+                best = _RANK[state]
+                if rank > best or (rank == best and p.ts > latest):
+                    state, status, latest = p.state, p.status, p.ts
+        ts = part.ts if state != before.state or status != before.status else before.ts
+        after = Presence(state, status, count, ts)
+        self.set_presence(user, after)
+        return succeed((before, after))
+
+    def sweep_presence(self, limit: int) -> Deferred[dict[str, tuple[Presence, Presence]]]:
+        return succeed({})  # one process, one node: no part of another node to sweep
 
     def presence(self, users: list[str]) -> Deferred[dict[str, Presence]]:
         if self._offline:

@@ -83,6 +83,8 @@ class TimeoutBackend:
     leave = _timed("leave")
     members = _timed("members")
     set_presence = _timed("set_presence")
+    merge_presence = _timed("merge_presence")
+    sweep_presence = _timed("sweep_presence")
     presence = _timed("presence")
     watch = _timed("watch")
     unwatch = _timed("unwatch")

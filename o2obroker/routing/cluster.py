@@ -10,9 +10,13 @@ receiver counts decide ``delivered`` (some node with a live device took it)
 or ``stored``. A device's hello also goes on its user's channel, so that the
 same device on another node is replaced there (409).
 
-A payload is bytes: a kind (``m`` messages, ``r`` a device replaced), the
-origin node, then the entries, each message encoded once for all its
-recipients.
+A user-level presence change goes on the channels of the user's watchers,
+so it reaches every node where a watcher has a live device; the frame is
+encoded once for all of them.
+
+A payload is bytes: a kind (``m`` messages, ``r`` a device replaced, ``p``
+a presence frame), the origin node, then the entries, each message encoded
+once for all its recipients.
 """
 
 from __future__ import annotations
@@ -31,6 +35,7 @@ from zope.interface import implementer
 from o2obroker.backend.interface import StoredMessage
 from o2obroker.routing.messages import Delivery, Settlement
 from o2obroker.routing.router import IPublisher
+from o2obroker.wire import OutFrame
 
 #: actors told to read their inboxes again per reactor turn, after a resubscribe
 RESYNC_SLICE = 500
@@ -55,17 +60,23 @@ def encode_replace(origin: bytes, device: str) -> bytes:
     return b"r" + bytes((len(origin),)) + origin + device.encode()
 
 
+def encode_presence(origin: bytes, frame: dict[str, Any]) -> bytes:
+    return b"p" + bytes((len(origin),)) + origin + cbor2.dumps(frame)
+
+
 def decode(payload: bytes) -> tuple[bytes, bytes, Any]:
     """(kind, origin, deliveries or the replaced device's name); ValueError
     for bytes that are not a whole payload."""
     kind = payload[:1]
-    if kind not in (b"m", b"r") or len(payload) < 2 or len(payload) < 2 + payload[1]:
+    if kind not in (b"m", b"r", b"p") or len(payload) < 2 or len(payload) < 2 + payload[1]:
         raise ValueError("not a payload")
     n = payload[1]
     origin = payload[2 : 2 + n]
     at = 2 + n
     if kind == b"r":
         return kind, origin, payload[at:].decode()
+    if kind == b"p":
+        return kind, origin, OutFrame(cbor2.loads(payload[at:]))
     items: list[Delivery] = []
     size = _ENTRY.size
     while at < len(payload):
@@ -103,6 +114,9 @@ class ClusterPublisher:
         self._backend = backend
         self._bus = bus = backend.bus
         self._origin = node_id.encode()
+        # the last presence payload and its frame: a change is published once
+        # per watcher, and a node with many of them decodes it once
+        self._last_presence: tuple[bytes, OutFrame] | None = None
         bus.on_message = self.received
         bus.on_ready = self.resubscribed
 
@@ -162,10 +176,29 @@ class ClusterPublisher:
             )
         )
 
+    def presence(self, frame: dict[str, Any], watchers: frozenset[str]) -> None:
+        """Publish a user-level presence change on its watchers' channels: the
+        nodes with a live device of a watcher hand it to that watcher's actor."""
+        payload = encode_presence(self._origin, frame)
+        d = self._backend.publish_many(dict.fromkeys(watchers, payload))
+        d.addErrback(
+            lambda f: self.log.warn(
+                "publishing presence of {user} failed: {why}",
+                user=frame.get("user"),
+                why=f.getErrorMessage(),
+            )
+        )
+
     # -- from the bus -------------------------------------------------------------
 
     def received(self, user: str, payload: bytes) -> None:
         """What another node published for ``user``; never raises."""
+        last = self._last_presence
+        if last is not None and payload == last[0]:
+            actor = self._actors.get(user)
+            if actor is not None:
+                actor.tell(("presence_out", last[1]))
+            return
         try:
             kind, origin, what = decode(payload)
         except Exception:
@@ -181,6 +214,9 @@ class ClusterPublisher:
                 actor.deliver(what)
         elif kind == b"r":
             actor.displaced(what)
+        elif kind == b"p":
+            self._last_presence = (payload, what)
+            actor.tell(("presence_out", what))
 
     def resubscribed(self, users: list[str]) -> None:
         """Channels subscribed again after a reconnect: what was published in

@@ -73,6 +73,9 @@ class IPublisher(Interface):
     def replace(user: str, device: str) -> None:
         """``device`` of ``user`` said hello here: replace it on other nodes."""
 
+    def presence(frame: dict[str, Any], watchers: frozenset[str]) -> None:
+        """Hand a presence frame to the ``watchers``' live devices on other nodes."""
+
 
 @implementer(IPublisher)
 class LocalPublisher:
@@ -111,6 +114,9 @@ class LocalPublisher:
 
     def replace(self, user: str, device: str) -> None:
         pass
+
+    def presence(self, frame: dict[str, Any], watchers: frozenset[str]) -> None:
+        pass  # every watcher's device is here: the presence hub hands it over
 
 
 class Router:

@@ -64,6 +64,8 @@ class Node:
             skew=config.presence_skew,
             watch_cap=config.watch_cap,
             naive=config.presence_naive,
+            # many nodes: each records its part, the backend merges them
+            merged=isinstance(store, RedisBackend),
             stats=self.metrics.stats,
         )
         # the business layer (doc/business.md): pipeline, archive, hooks; ``agent``
@@ -159,6 +161,9 @@ class Node:
             interval=config.node_heartbeat,
         )
         self.supervisor.peers = self.registry.peers
+        if self.presence.merged:
+            # every beat, the devices of nodes whose records lapsed go offline
+            self.registry.on_beat = self.presence.sweep
         gauges.add_counter(
             "o2o_business_events",
             "Business layer: sends rejected and rewritten, hook calls by outcome, events.",

@@ -47,6 +47,8 @@ class Registry:
         self._beating: Deferred[None] | None = None
         self._waiters: list[Deferred[None]] = []
         self._failing = False
+        #: called after every beat that read the registry: the presence sweeper
+        self.on_beat: Callable[[], object] | None = None
         self._loop = LoopingCall(self.beat)
         self._loop.clock = clock
 
@@ -81,6 +83,8 @@ class Registry:
 
     def _seen(self, nodes: list[dict[str, Any]]) -> None:
         self.nodes = nodes
+        if self.on_beat is not None:
+            self.on_beat()
         if self._failing:
             self._failing = False
             self.log.info("node registry reachable again: {n} live nodes", n=len(nodes))

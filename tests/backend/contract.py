@@ -251,6 +251,29 @@ class BackendContract:
         self.assertEqual(await self.b.presence(["eve"]), {"eve": invisible})
         self.assertEqual(await self.b.presence([]), {})
 
+    async def test_merge_presence_returns_the_user_level_change(self) -> None:
+        b = self.b
+        t1 = self.now_ms()
+        before, after = await b.merge_presence("bob", Presence("busy", "meeting", 2, t1))
+        self.assertEqual((before, after), (OFFLINE, Presence("busy", "meeting", 2, t1)))
+        self.assertEqual(await b.presence(["bob"]), {"bob": after})
+        # one device more: the count moves, the time does not (no frame is due)
+        self.clock.advance(1)
+        before, again = await b.merge_presence("bob", Presence("busy", "meeting", 3, self.now_ms()))
+        self.assertEqual((before, again), (after, Presence("busy", "meeting", 3, t1)))
+        # every device gone: offline, kept with its time for watches with since
+        self.clock.advance(1)
+        t3 = self.now_ms()
+        before, gone = await b.merge_presence("bob", Presence("offline", "", 0, t3))
+        self.assertEqual((before, gone), (again, Presence("offline", "", 0, t3)))
+        self.assertEqual(await b.presence(["bob"]), {"bob": gone})
+
+    async def test_merge_presence_of_invisible_devices_is_offline(self) -> None:
+        before, after = await self.b.merge_presence("eve", Presence("offline", "", 0, 7))
+        # nothing was known and nothing changed: no time, no record
+        self.assertEqual((before, after), (OFFLINE, OFFLINE))
+        self.assertEqual(await self.b.presence(["eve"]), {"eve": OFFLINE})
+
     async def test_offline_records_are_kept_for_a_while(self) -> None:
         b = await self.fresh(offline_ttl=100)
         self.clock.advance(50)

@@ -11,7 +11,7 @@ from twisted.internet.task import Clock
 from twisted.trial.unittest import TestCase
 
 from o2obroker.backend import MemoryBackend, StoredMessage
-from o2obroker.backend.interface import Presence
+from o2obroker.backend.interface import OFFLINE, Presence
 from o2obroker.backend.redis import RedisBackend, jump_hash, parse_urls, shard_of
 from tests.backend.contract import BackendContract, msg
 from tests.redis_server import shared, unique_prefix
@@ -236,3 +236,105 @@ class RegistryTests(RedisCase):
         self.assertEqual(await b.nodes(), [{"id": "a", "draining": True}])
         await a.depart()
         self.assertEqual(await b.nodes(), [])
+
+
+class PresenceAcrossNodesTests(RedisCase):
+    """Two nodes' parts of one user's presence, merged in Redis."""
+
+    def setUp(self) -> None:
+        self.clock = Clock()
+        self.clock.advance(1_000_000)
+
+    async def nodes(self, url: str | None = None) -> tuple[Any, Any]:
+        prefix = unique_prefix()
+        a = self.redisBackend(url, node_id="a", prefix=prefix)
+        b = self.redisBackend(url, node_id="b", prefix=prefix)
+        await a.when_ready()
+        await b.when_ready()
+        await a.heartbeat({"id": "a"}, 10.0)
+        await b.heartbeat({"id": "b"}, 10.0)
+        return a, b
+
+    def ms(self) -> int:
+        return int(self.clock.seconds() * 1000)
+
+    async def test_online_once_and_offline_with_the_last_device(self) -> None:
+        for url in (None, f"{shared(0).url},{shared(1).url}"):
+            a, b = await self.nodes(url)
+            t0 = self.ms()
+            online = Presence("online", "", 1, t0)
+            self.assertEqual(await a.merge_presence("bob", online), (OFFLINE, online))
+            # bob's second device, on the other node: no user-level change
+            self.clock.advance(1)
+            before, after = await b.merge_presence("bob", Presence("online", "", 1, self.ms()))
+            self.assertEqual((before, after), (online, Presence("online", "", 2, t0)))
+            # the first device goes: still online, on b
+            self.clock.advance(1)
+            before, after = await a.merge_presence("bob", Presence("offline", "", 0, self.ms()))
+            self.assertEqual(after, Presence("online", "", 1, t0))
+            # the last one goes: offline, at that time
+            self.clock.advance(1)
+            t3 = self.ms()
+            before, after = await b.merge_presence("bob", Presence("offline", "", 0, t3))
+            self.assertEqual(after, Presence("offline", "", 0, t3))
+            self.assertEqual(await a.presence(["bob"]), {"bob": after})
+
+    async def test_the_latest_part_wins_the_status_and_the_best_state_wins(self) -> None:
+        a, b = await self.nodes()
+        await a.merge_presence("bob", Presence("busy", "on a", 1, self.ms()))
+        self.clock.advance(1)
+        _, after = await b.merge_presence("bob", Presence("busy", "on b", 1, self.ms()))
+        self.assertEqual(after, Presence("busy", "on b", 2, self.ms()))
+        self.clock.advance(1)
+        _, after = await a.merge_presence("bob", Presence("away", "gone", 1, self.ms()))
+        self.assertEqual((after.state, after.status, after.devices), ("busy", "on b", 2))
+
+    async def test_a_dead_nodes_devices_do_not_count(self) -> None:
+        a, b = await self.nodes()
+        t0 = self.ms()
+        await b.merge_presence("bob", Presence("online", "", 1, t0))
+        # b stops beating; once its record lapses, only a's parts count
+        self.clock.advance(5)
+        await a.heartbeat({"id": "a"}, 10.0)
+        self.clock.advance(5)
+        t1 = self.ms()
+        before, after = await a.merge_presence("bob", Presence("offline", "", 0, t1))
+        self.assertEqual((before.state, after), ("online", Presence("offline", "", 0, t1)))
+
+    async def test_a_sweep_removes_a_dead_nodes_parts_and_tells_the_changes(self) -> None:
+        a, b = await self.nodes()
+        t0 = self.ms()
+        for user in ("bob", "carol", "dave"):
+            await b.merge_presence(user, Presence("online", "", 1, t0))
+        await a.merge_presence("dave", Presence("busy", "", 1, t0))
+        # b alive: nothing to sweep
+        self.assertEqual(await a.sweep_presence(10), {})
+        self.clock.advance(5)
+        await a.heartbeat({"id": "a"}, 10.0)
+        self.clock.advance(5)
+        t1 = self.ms()
+        # b's record lapsed: two users a sweep (the limit), then none
+        first = await a.sweep_presence(2)
+        second = await a.sweep_presence(2)
+        swept = {**first, **second}
+        self.assertEqual((len(first), len(second)), (2, 1))
+        gone = Presence("offline", "", 0, t1)
+        self.assertEqual(swept["bob"], (Presence("online", "", 1, t0), gone))
+        self.assertEqual(swept["carol"], (Presence("online", "", 1, t0), gone))
+        # dave is still busy on a: a count and a state change
+        self.assertEqual(swept["dave"][1], Presence("busy", "", 1, t1))
+        self.assertEqual(await a.sweep_presence(2), {})
+        self.assertEqual(await a.presence(["bob"]), {"bob": gone})
+
+    async def test_a_record_of_an_older_release_is_read_and_replaced(self) -> None:
+        import cbor2
+
+        a, _ = await self.nodes()
+        old = Presence("busy", "x", 1, 5)
+        key = a._key("bob", "pres")
+        await a._user_shard("bob").call("SET", key, cbor2.dumps(["busy", "x", 1, 5]))
+        self.assertEqual(await a.presence(["bob"]), {"bob": old})
+        t = self.ms()
+        before, after = await a.merge_presence("bob", Presence("online", "", 1, t))
+        self.assertEqual((before, after), (OFFLINE, Presence("online", "", 1, t)))
+        self.assertEqual(await a.presence(["bob"]), {"bob": after})

@@ -68,6 +68,8 @@ class TimeoutBackendTests(SynchronousTestCase):
             "leave": ("r", "bob"),
             "members": ("r",),
             "set_presence": ("bob", None),
+            "merge_presence": ("bob", None),
+            "sweep_presence": (10,),
             "presence": (["bob"],),
             "watch": ("bob", ["eve"], 10),
             "unwatch": ("bob", ["eve"]),

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from twisted.internet.defer import Deferred
 from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase
 
@@ -421,3 +422,48 @@ class KeptThroughDropTests(PresenceCase):
         self.assertNotIn("presence_kept", frames[0])
         self.assertEqual([f["t"] for f in frames], ["welcome"])
         self.assertEqual(self.h.node.router.actors["alice"]._missed, {})
+
+
+class _Swept(MemoryBackend):
+    """A backend whose sweeps the test answers, one Deferred a call."""
+
+    def __init__(self, clock: Clock) -> None:
+        super().__init__(clock)
+        self.calls: list[Deferred[Any]] = []
+
+    def sweep_presence(self, limit: int) -> Deferred[Any]:
+        d: Deferred[Any] = Deferred()
+        self.calls.append(d)
+        return d
+
+
+class SweepTests(SynchronousTestCase):
+    def test_a_sweep_goes_on_while_slices_are_full_and_tells_watchers(self) -> None:
+        clock = Clock()
+        backend = _Swept(clock)
+        router = Router(backend)
+        hub = PresenceHub(backend, router, clock, window=0.5, slice_size=2, merged=True)
+        told: list[Any] = []
+        router.actors["alice"] = _Actor(told)
+        backend.watch("alice", ["bob", "carol", "dave"], 10)
+        on, off = Presence("online", "", 1, 1), Presence("offline", "", 0, 9)
+        hub.sweep()
+        hub.sweep()  # one sweep at a time
+        self.assertEqual(len(backend.calls), 1)
+        backend.calls[0].callback({"bob": (on, off), "carol": (on, off)})
+        # a full slice: another sweep on the next turn
+        clock.advance(0)
+        self.assertEqual(len(backend.calls), 2)
+        backend.calls[1].callback({"dave": (on, on)})  # no user-level change
+        clock.advance(0)
+        self.assertEqual(len(backend.calls), 2)
+        clock.advance(0.5)
+        frames = sorted((m[1].frame["user"], m[1].frame["state"]) for m in told)
+        self.assertEqual(frames, [("bob", "offline"), ("carol", "offline")])
+
+    def test_one_node_never_sweeps(self) -> None:
+        clock = Clock()
+        backend = _Swept(clock)
+        hub = PresenceHub(backend, Router(backend), clock)
+        hub.sweep()
+        self.assertEqual(backend.calls, [])

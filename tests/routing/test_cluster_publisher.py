@@ -17,6 +17,7 @@ from o2obroker.routing.cluster import (
     ClusterPublisher,
     decode,
     encode_messages,
+    encode_presence,
     encode_replace,
 )
 
@@ -58,7 +59,11 @@ class FakeActor:
         self.delivered: list[Any] = []
         self.displaced_devices: list[str] = []
         self.resynced = 0
+        self.told: list[Any] = []
         self._reachable = reachable
+
+    def tell(self, message: Any) -> None:
+        self.told.append(message)
 
     def deliver(self, items: Any) -> None:
         self.delivered.append(items)
@@ -142,6 +147,25 @@ class ClusterPublisherTests(SynchronousTestCase):
             self.backend.bus.on_message("bob", bad)
         self.assertEqual(len(self.flushLoggedErrors(ValueError)), 4)
         self.assertEqual(len(bob.delivered), 1)
+
+    def test_presence_goes_on_the_watchers_channels_and_is_decoded_once(self) -> None:
+        frame = {"t": "presence", "user": "bob", "state": "busy", "status": "", "ts": 5}
+        self.pub.presence(frame, frozenset({"alice", "carol"}))
+        payload = encode_presence(b"n1", frame)
+        self.assertEqual(self.backend.published[-1], {"alice": payload, "carol": payload})
+        # the other node: each watcher's actor gets the frame, decoded once
+        alice = self.actors["alice"] = FakeActor()
+        carol = self.actors["carol"] = FakeActor()
+        theirs = encode_presence(b"n2", frame)
+        self.backend.bus.on_message("alice", theirs)
+        self.backend.bus.on_message("carol", theirs)
+        self.backend.bus.on_message("dave", theirs)  # no actor here: nothing
+        (kind, a), (_, c) = alice.told[0], carol.told[0]
+        self.assertEqual((kind, a.frame), ("presence_out", frame))
+        self.assertIs(a, c)
+        # its own publish: its hub handed it to this node's watchers already
+        self.backend.bus.on_message("alice", payload)
+        self.assertEqual(len(alice.told), 1)
 
     def test_resubscribed_users_read_their_inboxes_again_a_slice_a_turn(self) -> None:
         turns = Turns()

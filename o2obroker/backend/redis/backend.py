@@ -20,6 +20,7 @@ import cbor2
 from twisted.internet.defer import Deferred, DeferredList, FirstError, gatherResults, succeed
 from twisted.internet.interfaces import IReactorTime
 from twisted.internet.task import LoopingCall
+from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
@@ -88,6 +89,9 @@ def _decode(blob: bytes) -> StoredMessage:
     return StoredMessage(mid, ts, fields, len(blob))
 
 
+log = Logger()
+
+
 def _seq(entry_id: bytes) -> int:
     return int(entry_id.partition(b"-")[0])
 
@@ -127,6 +131,7 @@ class RedisBackend:
         if not targets:
             raise ValueError("RedisBackend needs at least one server")
         self.node_id = node_id
+        self._indexed = False  # this node is in the set of nodes with presence parts
         self._clock = clock
         self._prefix = prefix
         self._inbox_cap = inbox_cap
@@ -344,12 +349,87 @@ class RedisBackend:
             # kept for watches with since, until the node's clock passes ``expires``;
             # Redis's own TTL only clears what nobody reads again
             expires = self._clock.seconds() + self._offline_ttl
-            value = cbor2.dumps([p.state, p.status, p.devices, p.ts, expires])
+            value = _json([p.state, p.status, p.devices, p.ts, expires])
             ttl = int((self._offline_ttl + KEY_TTL_MARGIN) * 1000)
             d = shard.call("SET", key, value, "PX", ttl)
         else:
-            d = shard.call("SET", key, cbor2.dumps([p.state, p.status, p.devices, p.ts]))
+            d = shard.call("SET", key, _json([p.state, p.status, p.devices, p.ts]))
         return d.addCallback(lambda _: None)
+
+    def merge_presence(self, user: str, part: Presence) -> Deferred[tuple[Presence, Presence]]:
+        # the live nodes come from the registry's shard, the merge runs on the
+        # user's: two round trips, but one script, so two nodes never interleave
+        reg, keys = self._registry()
+        now = self._clock.seconds()
+        d = reg.call("ZRANGEBYSCORE", keys[1], f"({int(now * 1000)}", "+inf")
+        d.addCallback(self._merge, user, part, now, self.node_id)
+        # the index a sweeper reads when this node dies (a write of its own: the
+        # registry's shard is not the user's)
+        if part.devices == 0 and part.state == "offline":
+            index = reg.call("SREM", self._parts_of(self.node_id), user)
+        else:
+            if not self._indexed:
+                self._indexed = True
+                reg.call("SADD", self._parted(), self.node_id).addErrback(self._unindexed)
+            index = reg.call("SADD", self._parts_of(self.node_id), user)
+        index.addErrback(self._unindexed)
+        return d
+
+    def _unindexed(self, f: Failure) -> None:
+        self._indexed = False
+        log.warn("indexing presence parts failed: {why}", why=f.getErrorMessage())
+
+    def _parted(self) -> str:
+        """The set of nodes that have recorded presence parts."""
+        return f"{self._prefix}:{{nodes}}:parted"
+
+    def _parts_of(self, node: str) -> str:
+        """The set of users that ``node`` has recorded a presence part of."""
+        return f"{self._prefix}:{{nodes}}:parts:{node}"
+
+    def _merge(
+        self, live: list[bytes], user: str, part: Presence, now: float, node: str
+    ) -> Deferred[tuple[Presence, Presence]]:
+        ids = {n.decode() for n in live}
+        ids.add(self.node_id)  # this node is running this code, heartbeat or not
+        p = part
+        args = [node, p.state, p.status, p.devices, p.ts, now]
+        args += [now + self._offline_ttl, int((self._offline_ttl + KEY_TTL_MARGIN) * 1000)]
+        keys = self._keys(user, "presn", "pres")
+        d = self._user_shard(user).evalsha(S.MERGE_PRESENCE, keys, args + sorted(ids))
+        return d.addCallback(lambda pair: (_presence(pair[0], now), _presence(pair[1], now)))
+
+    def sweep_presence(self, limit: int) -> Deferred[dict[str, tuple[Presence, Presence]]]:
+        reg, keys = self._registry()
+        now = self._clock.seconds()
+        ms = int(now * 1000)
+        gone = Presence("offline", "", 0, ms)
+
+        def nodes(found: list[Any]) -> Deferred[dict[str, tuple[Presence, Presence]]] | dict:
+            parted, live = found
+            alive = {n.decode() for n in live} | {self.node_id}
+            dead = sorted(n.decode() for n in parted if n.decode() not in alive)
+            if not dead:
+                return {}
+            node = dead[0]
+            d = reg.call("SPOP", self._parts_of(node), limit)
+            d.addCallback(users, node, live)
+            return d
+
+        def users(
+            popped: list[bytes], node: str, live: list[bytes]
+        ) -> Deferred[dict[str, tuple[Presence, Presence]]] | dict:
+            if not popped:
+                reg.call("SREM", self._parted(), node)
+                return {}
+            names = sorted(u.decode() for u in popped)
+            calls = [self._merge(live, u, gone, now, node) for u in names]
+            d = gatherResults(calls, consumeErrors=True)
+            return d.addCallbacks(lambda pairs: dict(zip(names, pairs, strict=True)), _first_error)
+
+        live = reg.call("ZRANGEBYSCORE", keys[1], f"({ms}", "+inf")
+        parted = reg.call("SMEMBERS", self._parted())
+        return gatherResults([parted, live], consumeErrors=True).addCallbacks(nodes, _first_error)
 
     def presence(self, users: list[str]) -> Deferred[dict[str, Presence]]:
         now = self._clock.seconds()
@@ -470,10 +550,17 @@ def _receipt(r: Any) -> Receipt | None:
     return Receipt(mid.decode(), int(ts), status.decode() or None)
 
 
+def _json(value: Any) -> str:
+    return json.dumps(value, separators=(",", ":"))
+
+
 def _presence(value: bytes | None, now: float) -> Presence:
     if value is None:
         return OFFLINE
-    state, status, devices, ts, *expires = cbor2.loads(value)
+    try:
+        state, status, devices, ts, *expires = json.loads(value)
+    except ValueError:  # a record of an older release, in CBOR
+        state, status, devices, ts, *expires = cbor2.loads(value)
     if expires and expires[0] <= now:
         return OFFLINE  # an offline record past its day: as if never seen
     return Presence(state, status, devices, ts)

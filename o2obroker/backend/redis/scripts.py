@@ -14,7 +14,8 @@ A user's keys (``P`` is the prefix, ``o2o`` by default):
 ``P:{u:<id>}:sid``       hash send id -> ``<expires>\\n<ts>\\n<mid>``
 ``P:{u:<id>}:sidq``      list of send ids, oldest first (expiry and cap in order)
 ``P:{u:<id>}:sst``       hash send id -> final status
-``P:{u:<id>}:pres``      string, the user-level presence (CBOR)
+``P:{u:<id>}:pres``      string, the user-level presence watchers last heard of (JSON)
+``P:{u:<id>}:presn``     hash node id -> that node's part of the user's presence (JSON)
 ``P:{u:<id>}:watching``  set of users this user watches
 ``P:{u:<id>}:watchers``  set of users watching this user
 ``P:{r:<name>}:members`` set of member users of a room
@@ -355,4 +356,76 @@ return out
 """,
 )
 
-ALL = (APPEND, READ, STATE, CURSOR, MOVE, CLAIM, SETTLE, MEMBERSHIP, WATCH, BEAT, NODES, PUBLISH)
+# KEYS: parts, pres. ARGV: node, state, status, devices, ts (ms), now (s),
+# offline expires (s), offline key ttl (ms), then the ids of the live nodes.
+# Records this node's part of the user's presence and merges the parts of live
+# nodes by the rule of doc/protocol.md section 5 (the latest ts wins a status
+# text). Returns the user-level record before and after, as JSON
+# [state, status, devices, ts]; ts moves only when state or status changed.
+MERGE_PRESENCE = Script(
+    "merge_presence",
+    """
+local parts, pres = KEYS[1], KEYS[2]
+local node, devices, now = ARGV[1], tonumber(ARGV[4]), tonumber(ARGV[6])
+local rank = {online = 3, busy = 2, away = 1, offline = 0}
+if devices == 0 and ARGV[2] == 'offline' then
+  redis.call('HDEL', parts, node)
+else
+  redis.call('HSET', parts, node, cjson.encode({ARGV[2], ARGV[3], devices, tonumber(ARGV[5])}))
+end
+local live = {}
+for i = 9, #ARGV do live[ARGV[i]] = true end
+local best, status, bts, count = 'offline', '', -1, 0
+local all = redis.call('HGETALL', parts)
+for i = 1, #all, 2 do
+  if live[all[i]] then
+    local p = cjson.decode(all[i + 1])
+    local r = rank[p[1]]
+    if r > 0 then
+      count = count + p[3]
+      if r > rank[best] or (r == rank[best] and p[4] > bts) then
+        best, status, bts = p[1], p[2], p[4]
+      end
+    end
+  end
+end
+local before = {'offline', '', 0, 0}
+local raw = redis.call('GET', pres)
+if raw then
+  -- a record of an older release (CBOR) reads as offline: it is rewritten below
+  local ok, old = pcall(cjson.decode, raw)
+  if ok and type(old) == 'table' and (not old[5] or old[5] > now) then
+    before = {old[1], old[2], old[3], old[4]}
+  end
+end
+local ts = before[4]
+if best ~= before[1] or status ~= before[2] then ts = tonumber(ARGV[5]) end
+local after = {best, status, count, ts}
+if count == 0 and best == 'offline' then
+  if ts == 0 then
+    redis.call('DEL', pres)
+  else
+    redis.call('SET', pres, cjson.encode({best, status, 0, ts, tonumber(ARGV[7])}), 'PX', ARGV[8])
+  end
+else
+  redis.call('SET', pres, cjson.encode(after))
+end
+return {cjson.encode(before), cjson.encode(after)}
+""",
+)
+
+ALL = (
+    APPEND,
+    READ,
+    STATE,
+    CURSOR,
+    MOVE,
+    CLAIM,
+    SETTLE,
+    MEMBERSHIP,
+    WATCH,
+    BEAT,
+    NODES,
+    PUBLISH,
+    MERGE_PRESENCE,
+)

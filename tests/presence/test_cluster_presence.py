@@ -1,0 +1,121 @@
+"""Presence across nodes on one real Redis: merged over devices on every node,
+sent to watchers on any node, and only on a user-level change."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from twisted.internet import reactor
+from twisted.internet.endpoints import TCP4ServerEndpoint
+from twisted.internet.task import deferLater
+from twisted.trial.unittest import TestCase
+
+from o2obroker.backend.redis import RedisBackend, parse_urls
+from o2obroker.client import connect
+from o2obroker.config import Config
+from o2obroker.service.node import Node
+from o2obroker.session.auth import make_token
+from o2obroker.transports.tcp import BinaryFactory
+from tests.backend.test_redis_outage import eventually
+from tests.redis_server import shared, unique_prefix
+
+SECRET = "cluster-node-secret-0123456789abcdef"
+
+
+class ClusterPresenceTests(TestCase):
+    timeout = 30
+
+    def setUp(self) -> None:
+        self.prefix = unique_prefix()
+        self.nodes: dict[str, Node] = {}
+
+    async def node(self, name: str, **kw: Any) -> str:
+        kw.setdefault("presence_window", 0.01)
+        config = Config(secret=SECRET, node=name, presence_grace=0, **kw)
+        backend = RedisBackend(parse_urls(shared().url), reactor, reactor, name, prefix=self.prefix)
+        node = self.nodes[name] = Node(config, reactor, backend=backend)
+        node.start()
+        self.addCleanup(node.stop)
+        self.addCleanup(eventually, lambda: not sum(node.gateway.connections.values()))
+        await backend.when_ready()
+        await eventually(lambda: backend.bus.ready)
+        port = await TCP4ServerEndpoint(reactor, 0, interface="127.0.0.1").listen(
+            BinaryFactory(node.gateway)
+        )
+        self.addCleanup(port.stopListening)
+        return f"tcp:127.0.0.1:{port.getHost().port}"
+
+    async def client(self, endpoint: str, user: str, device: str = "phone") -> Any:
+        c = await connect(reactor, endpoint, token=make_token(SECRET, user), device=device)
+        self.addCleanup(c.transport.abortConnection)
+        return c
+
+    async def watching(self, endpoint: str, user: str, *users: str) -> Any:
+        c = await self.client(endpoint, user)
+        first = c.wait_for("presence")
+        c.write_frame({"t": "watch", "users": list(users)})
+        await first
+        return c
+
+    @staticmethod
+    def seen(c: Any) -> list[tuple[str, str, int]]:
+        return [(f["user"], f["state"], f["devices"]) for f in c.frames if f["t"] == "presence"]
+
+    async def test_devices_on_two_nodes_online_once_offline_with_the_last(self) -> None:
+        a, b = await self.node("a"), await self.node("b")
+        alice = await self.watching(a, "alice", "bob")
+        carol = await self.watching(b, "carol", "bob")
+        went = alice.wait_for("presence"), carol.wait_for("presence")
+        phone = await self.client(a, "bob", "phone")
+        await went[0]
+        await went[1]
+        laptop = await self.client(b, "bob", "laptop")
+        await deferLater(reactor, 0.1)
+        await phone.bye()
+        await deferLater(reactor, 0.1)
+        went = alice.wait_for("presence"), carol.wait_for("presence")
+        await laptop.bye()
+        await went[0]
+        await went[1]
+        await deferLater(reactor, 0.1)
+        for watcher in (alice, carol):
+            # the watch's answer, the first device, the last one gone: nothing between
+            self.assertEqual(
+                self.seen(watcher),
+                [("bob", "offline", 0), ("bob", "online", 1), ("bob", "offline", 0)],
+            )
+
+    async def test_a_watcher_on_another_node_gets_a_reported_change(self) -> None:
+        a, b = await self.node("a"), await self.node("b")
+        alice = await self.watching(a, "alice", "bob")
+        came = alice.wait_for("presence")
+        bob = await self.client(b, "bob")
+        self.assertEqual((await came)["state"], "online")
+        busy = alice.wait_for("presence")
+        bob.write_frame({"t": "presence", "state": "busy", "status": "in a meeting"})
+        f = await busy
+        self.assertEqual((f["user"], f["state"], f["status"]), ("bob", "busy", "in a meeting"))
+        # and the broker's own answer agrees, on either node
+        probe = alice.wait_for("presence")
+        alice.write_frame({"t": "probe", "users": ["bob"]})
+        self.assertEqual((await probe)["state"], "busy")
+
+    async def test_a_dead_nodes_devices_go_offline_for_watchers(self) -> None:
+        beat = 0.2
+        a = await self.node("a", node_heartbeat=beat)
+        b = await self.node("b", node_heartbeat=beat)
+        alice = await self.watching(a, "alice", "bob")
+        came = alice.wait_for("presence")
+        await self.client(b, "bob")
+        self.assertEqual((await came)["state"], "online")
+        # b dies: no beat any more, no clean stop, its connections stay open
+        self.nodes["b"].registry._loop.stop()
+        died = reactor.seconds()
+        went = alice.wait_for("presence")
+        f = await went
+        self.assertEqual((f["user"], f["state"], f["devices"]), ("bob", "offline", 0))
+        # its record lapses after two beats; a's next beat sweeps it
+        self.assertLess(reactor.seconds() - died, 3 * beat + 0.3)
+        probe = alice.wait_for("presence")
+        alice.write_frame({"t": "probe", "users": ["bob"]})
+        self.assertEqual((await probe)["state"], "offline")
