@@ -23,8 +23,9 @@ from typing import Any
 from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.logger import Logger
+from twisted.python.failure import Failure
 
-from o2obroker.backend.interface import OFFLINE, IBackend, Presence
+from o2obroker.backend.interface import OFFLINE, BackendUnavailable, IBackend, Presence
 from o2obroker.metrics import Stats
 from o2obroker.routing import Router
 from o2obroker.wire import OutFrame
@@ -249,6 +250,14 @@ class PresenceHub:
     def now_ms(self) -> int:
         return int(self.clock.seconds() * 1000)
 
+    def _failed(self, failure: Failure, what: str, **fields: Any) -> None:
+        """A backend that cannot be reached is a state the node recovers from
+        (a warning); anything else is a bug (a failure with its traceback)."""
+        if failure.check(BackendUnavailable):
+            self.log.warn(what + ": {error}", error=failure.getErrorMessage(), **fields)
+        else:
+            self.log.failure(what, failure, **fields)
+
     # -- from the users' actors ---------------------------------------------
 
     def record(self, user: str, old: Presence, new: Presence, changed: bool) -> None:
@@ -257,10 +266,10 @@ class PresenceHub:
             # this node's part: whether watchers hear of it is the merge's answer
             d = self.backend.merge_presence(user, new)
             d.addCallback(self._merged, user)
-            d.addErrback(lambda f: self.log.failure("merging presence of {user}", f, user=user))
+            d.addErrback(self._failed, "merging presence of {user}", user=user)
             return
         self.backend.set_presence(user, new).addErrback(
-            lambda f: self.log.failure("recording presence of {user}", f, user=user)
+            self._failed, "recording presence of {user}", user=user
         )
         self._changed(user, old, new, changed)
 
@@ -272,7 +281,7 @@ class PresenceHub:
         self._sweeping = True
         d = self.backend.sweep_presence(self.slice_size)
         d.addCallback(self._swept)
-        d.addErrback(lambda f: self.log.failure("sweeping dead nodes' presence", f))
+        d.addErrback(self._failed, "sweeping dead nodes' presence")
         d.addBoth(self._swept_all)
 
     def _swept(self, changes: dict[str, tuple[Presence, Presence]]) -> bool:
@@ -323,7 +332,7 @@ class PresenceHub:
     def _look_up(self, changes: dict[str, Presence]) -> None:
         d = self.backend.watchers(list(changes))
         d.addCallback(self._queue, changes)
-        d.addErrback(lambda f: self.log.failure("looking up watchers", f))
+        d.addErrback(self._failed, "looking up watchers")
 
     def _queue(self, watchers: dict[str, frozenset[str]], changes: dict[str, Presence]) -> None:
         publish = self.router.publisher.presence if self.merged else None

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from twisted.internet.task import Clock
+from twisted.logger import LogLevel
 from twisted.trial.unittest import SynchronousTestCase
 
 from o2obroker.actors.presence import DeviceEntry, aggregate
-from o2obroker.backend.interface import OFFLINE, Presence
+from o2obroker.backend.interface import OFFLINE, BackendUnavailable, Presence
 from o2obroker.backend.memory import MemoryBackend
 
 
@@ -83,3 +86,33 @@ class BackendTests(SynchronousTestCase):
         found = self.result(self.backend.watchers(["bob"]))
         self.result(self.backend.watch("carol", ["bob"], 10))
         self.assertEqual(found, {"bob": {"alice"}})
+
+
+class BackendFailureLogTests(SynchronousTestCase):
+    """A store that cannot be reached is a warning; anything else keeps its traceback."""
+
+    def hub(self, error: Exception) -> tuple[Any, list[dict[str, Any]]]:
+        from twisted.internet.defer import fail
+        from twisted.logger import globalLogPublisher
+
+        from o2obroker.actors.presence import PresenceHub
+        from o2obroker.routing import Router
+
+        backend = MemoryBackend(Clock())
+        backend.set_presence = lambda user, p: fail(error)  # type: ignore[method-assign]
+        events: list[dict[str, Any]] = []
+        globalLogPublisher.addObserver(events.append)
+        self.addCleanup(globalLogPublisher.removeObserver, events.append)
+        return PresenceHub(backend, Router(backend), Clock()), events
+
+    def test_unreachable_store_is_a_warning(self) -> None:
+        hub, events = self.hub(BackendUnavailable("redis: not connected"))
+        hub.record("bob", OFFLINE, Presence("online", "", 1, 5), True)
+        self.assertEqual(self.flushLoggedErrors(), [])
+        warnings = [e for e in events if e.get("log_level") is LogLevel.warn]
+        self.assertEqual([e.get("error") for e in warnings], ["redis: not connected"])
+
+    def test_a_bug_keeps_its_traceback(self) -> None:
+        hub, _ = self.hub(ValueError("a bug"))
+        hub.record("bob", OFFLINE, Presence("online", "", 1, 5), True)
+        self.assertEqual(len(self.flushLoggedErrors(ValueError)), 1)
