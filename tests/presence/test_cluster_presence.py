@@ -6,49 +6,19 @@ from __future__ import annotations
 from typing import Any
 
 from twisted.internet import reactor
-from twisted.internet.endpoints import TCP4ServerEndpoint
 from twisted.internet.task import deferLater
-from twisted.trial.unittest import TestCase
 
-from o2obroker.backend.redis import RedisBackend, parse_urls
-from o2obroker.client import connect
-from o2obroker.config import Config
-from o2obroker.service.node import Node
-from o2obroker.session.auth import make_token
-from o2obroker.transports.tcp import BinaryFactory
-from tests.backend.test_redis_outage import eventually
-from tests.redis_server import shared, unique_prefix
+from tests.redis_nodes import RedisNodesCase
 
 SECRET = "cluster-node-secret-0123456789abcdef"
 
 
-class ClusterPresenceTests(TestCase):
-    timeout = 30
-
-    def setUp(self) -> None:
-        self.prefix = unique_prefix()
-        self.nodes: dict[str, Node] = {}
+class ClusterPresenceTests(RedisNodesCase):
+    secret = SECRET
 
     async def node(self, name: str, **kw: Any) -> str:
         kw.setdefault("presence_window", 0.01)
-        config = Config(secret=SECRET, node=name, presence_grace=0, **kw)
-        backend = RedisBackend(parse_urls(shared().url), reactor, reactor, name, prefix=self.prefix)
-        node = self.nodes[name] = Node(config, reactor, backend=backend)
-        node.start()
-        self.addCleanup(node.stop)
-        self.addCleanup(eventually, lambda: not sum(node.gateway.connections.values()))
-        await backend.when_ready()
-        await eventually(lambda: backend.bus.ready)
-        port = await TCP4ServerEndpoint(reactor, 0, interface="127.0.0.1").listen(
-            BinaryFactory(node.gateway)
-        )
-        self.addCleanup(port.stopListening)
-        return f"tcp:127.0.0.1:{port.getHost().port}"
-
-    async def client(self, endpoint: str, user: str, device: str = "phone") -> Any:
-        c = await connect(reactor, endpoint, token=make_token(SECRET, user), device=device)
-        self.addCleanup(c.transport.abortConnection)
-        return c
+        return await super().node(name, presence_grace=0, **kw)
 
     async def watching(self, endpoint: str, user: str, *users: str) -> Any:
         c = await self.client(endpoint, user)
