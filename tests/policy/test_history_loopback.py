@@ -9,44 +9,23 @@ from typing import Any
 import treq
 from twisted.internet import reactor
 from twisted.internet.task import deferLater
-from twisted.trial.unittest import TestCase
 
 from o2obroker.backend.redis import RedisBackend, parse_urls
 from o2obroker.backend.redis.archive import RedisArchive
 from o2obroker.client.binary import BinaryClient, ClientError, connect
 from o2obroker.config import ArchiveSettings, Config
 from o2obroker.service.node import Node
-from o2obroker.service.site import build_site
-from o2obroker.transports.tcp import BinaryFactory
 from tests.redis_server import shared, unique_prefix
 from tests.web import test_loopback
 
 KEY = {b"Authorization": [b"Bearer k3y"]}
 
 
-class HistoryLoopbackTests(TestCase):
-    timeout = 30
-
+class HistoryLoopbackTests(test_loopback.LoopbackCase):
     def makeNode(self) -> Node:
         return Node(Config(archive=ArchiveSettings(enabled=True), api_key="k3y"), reactor)
 
-    def setUp(self) -> None:
-        self.node = self.makeNode()
-        self.node.start()
-        self.addCleanup(self.node.stop)
-        self.site = build_site(self.node, reactor)
-        self.http = reactor.listenTCP(0, self.site, interface="127.0.0.1")
-        self.tcp = reactor.listenTCP(0, BinaryFactory(self.node.gateway), interface="127.0.0.1")
-        self.addCleanup(self.http.stopListening)
-        self.addCleanup(self.tcp.stopListening)
-        self.addCleanup(self._settle)
-        self.base = f"http://127.0.0.1:{self.http.getHost().port}"
-        self.endpoint = f"tcp:127.0.0.1:{self.tcp.getHost().port}"
-
-    # the same helpers as the HTTP port's loopback tests (not their tests)
-    _settle = test_loopback.LoopbackTests._settle
-    ws = test_loopback.LoopbackTests.ws
-
+    # the Python client of o2obroker, not the test's minimal one
     async def phone(self, user: str) -> BinaryClient:
         client = await connect(reactor, self.endpoint, user=user, device="phone")
         self.addCleanup(client.transport.loseConnection)

@@ -42,11 +42,17 @@ class _Ws(WebSocketClientProtocol):
             self.sendMessage(json.dumps(frame).encode(), False)
 
 
-class LoopbackTests(TestCase):
+class LoopbackCase(TestCase):
+    """A node on real loopback ports: ``base`` (HTTP) and ``endpoint`` (binary
+    TCP); ``ws`` and ``phone`` connect clients that have said hello."""
+
     timeout = 30
 
+    def makeNode(self) -> Node:
+        return Node(Config(), reactor)
+
     def setUp(self) -> None:
-        self.node = Node(Config(), reactor)
+        self.node = self.makeNode()
         self.node.start()
         self.addCleanup(self.node.stop)
         self.site = build_site(self.node, reactor)
@@ -56,6 +62,7 @@ class LoopbackTests(TestCase):
         self.addCleanup(self.tcp.stopListening)
         self.addCleanup(self._settle)
         self.base = f"http://127.0.0.1:{self.http.getHost().port}"
+        self.endpoint = f"tcp:127.0.0.1:{self.tcp.getHost().port}"
 
     async def _settle(self) -> None:
         for _ in range(50):
@@ -86,6 +93,8 @@ class LoopbackTests(TestCase):
         self.addCleanup(client.transport.loseConnection)
         return client
 
+
+class LoopbackTests(LoopbackCase):
     async def test_three_encodings_one_message(self) -> None:
         phone = await self.phone("bob")
         browser = await self.ws("bob", "browser", batch=True)
