@@ -287,6 +287,27 @@ class HookCommandTests(TestCase):
         self.assertEqual(code, 0, err)
         self.assertIn(b"nothing to do", err)
 
+    async def test_a_node_being_stopped_is_left_to_that_run_unless_it_died(self) -> None:
+        err, code = await self.hook(SCALE_OUT)
+        self.assertEqual(code, 0, err)
+        path = self.run.path / "edge-1.json"
+        record = json.loads(path.read_text())
+        # another scale-in, still running (this process stands for it), has it
+        path.write_text(json.dumps({**record, "leaving_by": os.getpid()}))
+        err, code = await self.hook(SCALE_IN)
+        self.assertEqual(code, 0, err)
+        self.assertIn(b"nothing to do", err)
+        self.assertTrue(running(record["pid"]))
+        # that run died half way (killed at hook_timeout): the next one finishes the job
+        gone = await getProcessOutputAndValue(
+            sys.executable, ["-c", "import os; print(os.getpid())"]
+        )
+        path.write_text(json.dumps({**record, "leaving_by": int(gone[0])}))
+        err, code = await self.hook(SCALE_IN)
+        self.assertEqual(code, 0, err)
+        self.assertIn(b"scale-in: edge-1 stopped", err)
+        self.assertFalse(running(record["pid"]))
+
     async def test_the_embedded_backend_is_refused_in_one_line(self) -> None:
         alone = self.run.path / "alone.ini"
         alone.write_text(f"[broker]\nnode = edge\ntcp = tcp:{self.tcp}:interface=127.0.0.1\n")
