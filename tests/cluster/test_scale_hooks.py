@@ -254,7 +254,7 @@ class HookCommandTests(TestCase):
         )
         return err, code
 
-    async def test_two_at_once_take_different_ids_and_free_ports(self) -> None:
+    async def test_two_at_once_take_free_ports_and_scale_in_drains_the_newest_first(self) -> None:
         # the first port above the node's own is taken by someone else
         with socket.socket() as busy:
             busy.bind(("127.0.0.1", self.tcp + 1))
@@ -273,9 +273,29 @@ class HookCommandTests(TestCase):
             self.assertTrue(running(r["pid"]))
             self.assertTrue(Path(r["ini"]).exists())
 
-        # scale-in takes the newest first, then the next; then there is nothing to do
+        # scale-in takes the newest first: its client is sent to the other node
+        newest = records["edge-2"]
+        client = await connect(
+            reactor,
+            f"tcp:127.0.0.1:{newest['ports']['tcp']}",
+            token=make_token(SECRET, "alice"),
+            device="d",
+        )
+        self.addCleanup(lambda: client.transport and client.transport.abortConnection())
+
+        async def both_listed() -> bool:
+            r = await treq.get(f"{newest['http']}/api/v1/nodes", headers=API, persistent=False)
+            return len(json.loads(await r.content())["nodes"]) == 2
+
+        await until(both_listed, 20, lambda: "both nodes in the registry")
+        await deferLater(reactor, 1.0, lambda: None)  # two heartbeats: edge-2 knows edge-1
         err, code = await self.hook(SCALE_IN)
         self.assertEqual(code, 0, err)
+        self.assertNotIn(b"anyway", err)  # drained, not stopped with its clients
+        await client.closed
+        self.assertEqual(client.lost.frame["code"], 503)
+        edge_1 = records["edge-1"]["ports"]["tcp"]
+        self.assertEqual(client.lost.frame["redirect"]["tcp"], f"127.0.0.1:{edge_1}")
         self.assertEqual(sorted(self.run.records()), ["edge-1"])
         self.assertFalse(running(records["edge-2"]["pid"]))
         self.assertTrue(running(records["edge-1"]["pid"]))
