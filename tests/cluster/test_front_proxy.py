@@ -1,0 +1,229 @@
+"""Real nginx, rendered from the live registry, in front of three real nodes in two clusters.
+
+What must hold: ``/ws?cluster=c&key=k`` (and ``/lp/open``, and any HTTP
+request) through nginx reaches the node ``/api/v1/route`` names for c and k;
+once that node is killed with SIGKILL, its keys reach their standby, before
+the registry or the configuration knows it is dead. ``watch`` then renders
+the configuration without it and reloads nginx.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import sys
+import tempfile
+from typing import Any
+from urllib.parse import quote
+
+import treq
+from autobahn.twisted.websocket import WebSocketClientFactory
+from twisted.internet import reactor
+from twisted.internet.defer import Deferred, DeferredQueue, gatherResults
+from twisted.internet.protocol import ProcessProtocol
+from twisted.internet.task import deferLater
+from twisted.internet.utils import getProcessOutputAndValue
+from twisted.trial.unittest import SkipTest, TestCase
+
+from o2obroker.session.auth import make_token
+from tests.backend.test_redis_outage import eventually
+from tests.cluster.nodes import SECRET, BrokerProcess
+from tests.redis_server import RedisServer, free_port
+from tests.web.test_loopback import _Ws
+
+NGINX = shutil.which("nginx") or "/usr/sbin/nginx"
+NJS = "/usr/lib/nginx/modules/ngx_http_js_module.so"
+KEYS = [f"shop-{i}" for i in range(12)] + ["ké-1", "a b&c=d", "$x;'\""]
+
+
+class _Nginx(ProcessProtocol):
+    def __init__(self) -> None:
+        self.output = b""
+        self.ended: Deferred[None] = Deferred()
+
+    def outReceived(self, data: bytes) -> None:
+        self.output += data
+
+    errReceived = outReceived
+
+    def processEnded(self, reason: Any) -> None:
+        self.ended.callback(None)
+
+
+class FrontProxyTests(TestCase):
+    timeout = 120
+
+    async def setUp(self) -> None:
+        if not (os.access(NGINX, os.X_OK) and os.path.exists(NJS)):
+            raise SkipTest("nginx and its njs module are not installed (make test installs them)")
+        self.redis = RedisServer()
+        self.redis.start()
+        self.addCleanup(self.redis.destroy)
+        self.nodes = {}
+        for name, cluster in (("n1", "east"), ("n2", "east"), ("n3", "west")):
+            node = BrokerProcess(name, self.redis.url)
+            node.args += ["--cluster", cluster]
+            self.addCleanup(node.destroy)
+            self.nodes[name] = node
+        await gatherResults([n.start() for n in self.nodes.values()])
+        await self.until_listed({"n1", "n2", "n3"})
+        self.dir = tempfile.mkdtemp(prefix="o2o-nginx-")
+        os.chmod(self.dir, 0o755)  # nginx's workers run as another user when started by root
+        self.addCleanup(shutil.rmtree, self.dir, True)
+        self.conf = os.path.join(self.dir, "nginx.conf")
+        self.port = free_port()
+        self.nginx_cmd = [NGINX, "-e", "stderr", "-p", self.dir, "-c", self.conf]
+        await self.proxy("render", "--out", self.conf)
+        self.nginx = _Nginx()
+        transport = reactor.spawnProcess(
+            self.nginx, NGINX, [*self.nginx_cmd, "-g", "daemon off;"], env=os.environ
+        )
+        self.addCleanup(self._stop_nginx, transport)
+        pid = os.path.join(self.dir, "nginx.pid")
+        await eventually(lambda: os.path.exists(pid) or self.nginx.ended.called, 10)
+        self.assertFalse(self.nginx.ended.called, self.nginx.output.decode())
+        self.base = f"http://127.0.0.1:{self.port}"
+
+    async def _stop_nginx(self, transport: Any) -> None:
+        if not self.nginx.ended.called:
+            transport.signalProcess("TERM")
+        await self.nginx.ended
+
+    def proxy_args(self, command: str, *extra: str) -> list[str]:
+        return [
+            "-m",
+            "o2obroker.service.proxy",
+            command,
+            "--redis",
+            self.redis.url,
+            "--standalone",
+            "--listen",
+            f"127.0.0.1:{self.port}",
+            "--default-cluster",
+            "east",
+            "--fail-timeout",
+            "30",
+            *extra,
+        ]
+
+    async def proxy(self, command: str, *extra: str) -> str:
+        out, err, code = await getProcessOutputAndValue(
+            sys.executable, self.proxy_args(command, *extra), env=os.environ, reactor=reactor
+        )
+        self.assertEqual(code, 0, err)
+        return out.decode()
+
+    async def get(self, url: str) -> tuple[int, Any]:
+        r = await treq.get(url, headers={"Authorization": "Bearer k"}, persistent=False)
+        return r.code, json.loads(await r.content())
+
+    async def listed(self) -> set[str]:
+        for node in self.nodes.values():
+            if node.running:
+                _, body = await self.get(f"{node.http}/api/v1/nodes")
+                return {n["id"] for n in body["nodes"]}
+        return set()
+
+    async def until_listed(self, ids: set[str]) -> None:
+        seen: set[str] = set()
+        for _ in range(100):
+            seen = await self.listed()
+            if seen == ids:
+                return
+            await deferLater(reactor, 0.1, lambda: None)
+        self.assertEqual(seen, ids)
+
+    async def route(self, cluster: str, key: str) -> tuple[str, str | None]:
+        """What /api/v1/route on a live node says: the key's node and standby."""
+        node = next(n for n in self.nodes.values() if n.running)
+        code, body = await self.get(f"{node.http}/api/v1/route?cluster={cluster}&key={quote(key)}")
+        self.assertEqual(code, 200, body)
+        standby = body["standby"]
+        return body["node"]["id"], None if standby is None else standby["id"]
+
+    async def served_by(self, cluster: str, key: str) -> str:
+        """The node that answered a plain HTTP request through nginx."""
+        code, body = await self.get(f"{self.base}/healthz?cluster={cluster}&key={quote(key)}")
+        self.assertEqual(code, 200, body)
+        return str(body["node"])
+
+    async def ws_node(self, cluster: str, key: str, user: str) -> str:
+        """The node a WebSocket through nginx was welcomed by."""
+        url = f"ws://127.0.0.1:{self.port}/ws?cluster={cluster}&key={quote(key)}"
+        factory = WebSocketClientFactory(url)
+        factory.protocol = _Ws
+        factory.cbor = False
+        factory.opened, factory.closed, factory.frames = Deferred(), Deferred(), DeferredQueue()
+        reactor.connectTCP("127.0.0.1", self.port, factory)
+        proto = await factory.opened
+        self.addCleanup(lambda: proto.dropConnection(abort=True) if proto.transport else None)
+        proto.write({"t": "hello", "token": make_token(SECRET, user), "device": "d"})
+        welcome = await factory.frames.get()
+        self.assertEqual(welcome["t"], "welcome", welcome)
+        proto.dropConnection(abort=True)
+        return str(welcome["node"])
+
+    async def lp_node(self, cluster: str, key: str, user: str) -> str:
+        """The node a long-poll session opened through nginx lives on; a poll
+        of its sid through nginx reaches the same node."""
+        hello = {"t": "hello", "token": make_token(SECRET, user), "device": "lp"}
+        r = await treq.post(
+            f"{self.base}/lp/open?cluster={cluster}&key={quote(key)}",
+            data=json.dumps(hello).encode(),
+            headers={"Content-Type": "application/json"},
+            persistent=False,
+        )
+        opened = json.loads(await r.content())
+        self.assertEqual(r.code, 200, opened)
+        welcome = opened["frames"][0]
+        self.assertEqual(welcome["t"], "welcome", opened)
+        # the sid names its node: the close goes there (a dead one's goes to any other)
+        r = await treq.post(
+            f"{self.base}/lp/close?sid={opened['sid']}&cluster={cluster}",
+            data=b"",
+            persistent=False,
+        )
+        await r.content()
+        return str(welcome["node"])
+
+    async def test_keys_reach_the_routed_node_then_its_standby(self) -> None:
+        routes = {}
+        for cluster in ("east", "west"):
+            for key in KEYS:
+                routes[cluster, key] = await self.route(cluster, key)
+                self.assertEqual(
+                    await self.served_by(cluster, key), routes[cluster, key][0], (cluster, key)
+                )
+        self.assertEqual({routes["west", k][0] for k in KEYS}, {"n3"})
+        # both east nodes hold keys, so the kill below moves some and not others
+        self.assertEqual({routes["east", k][0] for k in KEYS}, {"n1", "n2"})
+
+        for i, key in enumerate(KEYS[:6]):
+            for cluster in ("east", "west"):
+                node = routes[cluster, key][0]
+                self.assertEqual(await self.ws_node(cluster, key, f"u{i}"), node, key)
+                self.assertEqual(await self.lp_node(cluster, key, f"l{i}"), node, key)
+
+        # a request naming no cluster is the default cluster's; an unknown cluster is 503
+        self.assertEqual(await self.served_by("", KEYS[0]), routes["east", KEYS[0]][0])
+        code, body = await self.get(f"{self.base}/healthz?cluster=nowhere&key=k")
+        self.assertEqual((code, body), (503, {"error": "no healthy node in this cluster"}))
+
+        # kill -9: the registry and the rendered file still list n1, nginx finds out alone
+        await self.nodes["n1"].kill()
+        moved = [k for k in KEYS if routes["east", k][0] == "n1"]
+        for i, key in enumerate(moved):
+            self.assertEqual(await self.served_by("east", key), "n2", key)
+            self.assertEqual(await self.ws_node("east", key, f"m{i}"), "n2", key)
+            self.assertEqual(await self.lp_node("east", key, f"p{i}"), "n2", key)
+        for key in KEYS:
+            self.assertEqual(await self.served_by("west", key), "n3")
+
+        # once the registry drops n1, the route and a fresh rendering agree with nginx
+        await self.until_listed({"n2", "n3"})
+        for key in moved:
+            self.assertEqual(await self.route("east", key), ("n2", None))
+        rendered = await self.proxy("render")
+        self.assertNotIn(self.nodes["n1"].http.removeprefix("http://"), rendered)
+        self.assertIn(self.nodes["n2"].http.removeprefix("http://"), rendered)
