@@ -38,6 +38,8 @@ KEYS = [f"shop-{i}" for i in range(12)] + ["ké-1", "a b&c=d", "$x;'\""]
 
 
 class _Nginx(ProcessProtocol):
+    """A child process (nginx, or the proxy's watch): its output, and when it ended."""
+
     def __init__(self) -> None:
         self.output = b""
         self.ended: Deferred[None] = Deferred()
@@ -79,16 +81,11 @@ class FrontProxyTests(TestCase):
         transport = reactor.spawnProcess(
             self.nginx, NGINX, [*self.nginx_cmd, "-g", "daemon off;"], env=os.environ
         )
-        self.addCleanup(self._stop_nginx, transport)
+        self.addCleanup(_stop, self.nginx, transport)
         pid = os.path.join(self.dir, "nginx.pid")
         await eventually(lambda: os.path.exists(pid) or self.nginx.ended.called, 10)
         self.assertFalse(self.nginx.ended.called, self.nginx.output.decode())
         self.base = f"http://127.0.0.1:{self.port}"
-
-    async def _stop_nginx(self, transport: Any) -> None:
-        if not self.nginx.ended.called:
-            transport.signalProcess("TERM")
-        await self.nginx.ended
 
     def proxy_args(self, command: str, *extra: str) -> list[str]:
         return [
@@ -227,3 +224,50 @@ class FrontProxyTests(TestCase):
         rendered = await self.proxy("render")
         self.assertNotIn(self.nodes["n1"].http.removeprefix("http://"), rendered)
         self.assertIn(self.nodes["n2"].http.removeprefix("http://"), rendered)
+
+    async def test_watch_reloads_nginx_when_a_node_joins(self) -> None:
+        watch = _Nginx()  # its output, for the failure message
+        transport = reactor.spawnProcess(
+            watch,
+            sys.executable,
+            [
+                sys.executable,
+                *self.proxy_args("watch", "--out", self.conf, "--interval", "0.3"),
+                "--nginx",
+                " ".join(self.nginx_cmd),
+            ],
+            env=os.environ,
+        )
+        self.addCleanup(_stop, watch, transport)
+        n4 = BrokerProcess("n4", self.redis.url)
+        n4.args += ["--cluster", "east"]
+        self.addCleanup(n4.destroy)
+        self.nodes["n4"] = n4
+        await n4.start()
+        await self.until_listed({"n1", "n2", "n3", "n4"})
+        taken = [k for k in KEYS if (await self.route("east", k))[0] == "n4"]
+        self.assertTrue(taken)  # n4 takes some keys over from n1 and n2
+        n4_address = n4.http.removeprefix("http://")
+        await eventually(lambda: n4_address in _read(self.conf), 20)
+        for key in taken:
+            # the reload is under way: nginx's old workers may answer a last request or two
+            served = ""
+            for _ in range(50):
+                served = await self.served_by("east", key)
+                if served == "n4":
+                    break
+                await deferLater(reactor, 0.1, lambda: None)
+            self.assertEqual(served, "n4", watch.output.decode())
+            self.assertEqual(await self.ws_node("east", key, "w"), "n4")
+        self.assertIn(b"nginx reloaded", watch.output)
+
+
+def _read(path: str) -> str:
+    with open(path) as f:
+        return f.read()
+
+
+async def _stop(proto: _Nginx, transport: Any) -> None:
+    if not proto.ended.called:
+        transport.signalProcess("TERM")
+    await proto.ended
