@@ -66,6 +66,8 @@ class FrontProxyTests(TestCase):
         for name, cluster in (("n1", "east"), ("n2", "east"), ("n3", "west")):
             node = BrokerProcess(name, self.redis.url)
             node.args += ["--cluster", cluster]
+            with open(node.config, "a") as f:
+                f.write("trusted_proxies = 127.0.0.1\n")
             self.addCleanup(node.destroy)
             self.nodes[name] = node
         await gatherResults([n.start() for n in self.nodes.values()])
@@ -145,10 +147,10 @@ class FrontProxyTests(TestCase):
         self.assertEqual(code, 200, body)
         return str(body["node"])
 
-    async def ws_node(self, cluster: str, key: str, user: str) -> str:
+    async def ws_node(self, cluster: str, key: str, user: str, **headers: str) -> str:
         """The node a WebSocket through nginx was welcomed by."""
         url = f"ws://127.0.0.1:{self.port}/ws?cluster={cluster}&key={quote(key)}"
-        factory = WebSocketClientFactory(url)
+        factory = WebSocketClientFactory(url, headers=headers)
         factory.protocol = _Ws
         factory.cbor = False
         factory.opened, factory.closed, factory.frames = Deferred(), Deferred(), DeferredQueue()
@@ -201,6 +203,10 @@ class FrontProxyTests(TestCase):
                 node = routes[cluster, key][0]
                 self.assertEqual(await self.ws_node(cluster, key, f"u{i}"), node, key)
                 self.assertEqual(await self.lp_node(cluster, key, f"l{i}"), node, key)
+
+        # the node logs the client nginx names (here a client that came through another proxy)
+        await self.ws_node("west", KEYS[0], "x", **{"X-Forwarded-For": "198.51.100.7"})
+        await eventually(lambda: b"ws 198.51.100.7 via 127.0.0.1:" in self.nodes["n3"].output, 5)
 
         # a request naming no cluster is the default cluster's; an unknown cluster is 503
         self.assertEqual(await self.served_by("", KEYS[0]), routes["east", KEYS[0]][0])
