@@ -42,6 +42,10 @@ js: $(BROWSER)
 run: $(STAMP)
 	$(BIN)/twistd --nodaemon --pidfile= o2obroker $(ARGS)
 
+# a local cluster to try: Redis, three nodes in two clusters, nginx in front; Ctrl-C stops all
+cluster: $(STAMP) redis-server nginx
+	BIN=$(BIN) etc/local-cluster.sh
+
 lint: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
