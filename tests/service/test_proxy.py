@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import shutil
 import sys
 import tempfile
 from collections.abc import Sequence
@@ -15,9 +16,16 @@ from twisted.internet.defer import Deferred, fail, succeed
 from twisted.internet.task import Clock
 from twisted.internet.utils import getProcessOutputAndValue
 from twisted.logger import capturedLogs
-from twisted.trial.unittest import SynchronousTestCase, TestCase
+from twisted.trial.unittest import SkipTest, SynchronousTestCase, TestCase
 
-from o2obroker.service.proxy import ProxyNode, ProxySettings, Watcher, proxied, render
+from o2obroker.service.proxy import (
+    NJS_MODULE,
+    ProxyNode,
+    ProxySettings,
+    Watcher,
+    proxied,
+    render,
+)
 from tests.redis_server import RedisServer, free_port
 
 
@@ -272,3 +280,45 @@ class CommandLineTests(TestCase):
         code, out, err = await self.run_proxy("render", "--redis", redis.url)
         self.assertEqual(code, 0, err)
         self.assertIn("# no routable node", out)
+
+
+class NginxAcceptsTests(TestCase):
+    """nginx itself reads what is rendered: as a part of Debian's ``http {}``, and whole."""
+
+    async def nginx_test(self, main: str, part: str | None = None) -> None:
+        nginx = shutil.which("nginx") or "/usr/sbin/nginx"
+        if not (os.access(nginx, os.X_OK) and os.path.exists(NJS_MODULE)):
+            raise SkipTest("nginx and its njs module are not installed (make test installs them)")
+        prefix = tempfile.mkdtemp()
+        self.addCleanup(shutil.rmtree, prefix, True)
+        if part is not None:
+            with open(os.path.join(prefix, "o2obroker.conf"), "w") as f:
+                f.write(part)
+        with open(os.path.join(prefix, "nginx.conf"), "w") as f:
+            f.write(main)
+        _, err, code = await getProcessOutputAndValue(
+            nginx,
+            ["-t", "-e", "stderr", "-p", prefix, "-c", os.path.join(prefix, "nginx.conf")],
+            env=os.environ,
+            reactor=reactor,
+        )
+        self.assertEqual(code, 0, err.decode())
+
+    def clusters(self) -> dict[str, list[ProxyNode]]:
+        odd = "c$x'\\\"{;}"
+        return {
+            "c1": [ProxyNode("n1", "127.0.0.1:8081"), ProxyNode("n2", "127.0.0.1:8082")],
+            odd: [ProxyNode("n$'3", "127.0.0.1:8083")],
+        }
+
+    async def test_the_part_in_http(self) -> None:
+        part = render(self.clusters(), ProxySettings(listen=(f"127.0.0.1:{free_port()}",)))
+        main = (
+            f"load_module {NJS_MODULE};\npid nginx.pid;\nevents {{}}\n"
+            "http {\n    include o2obroker.conf;\n}\n"
+        )
+        await self.nginx_test(main, part)
+
+    async def test_standalone_and_empty(self) -> None:
+        await self.nginx_test(render(self.clusters(), ProxySettings(standalone=True)))
+        await self.nginx_test(render({}, ProxySettings(standalone=True)))
