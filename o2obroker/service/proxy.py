@@ -313,9 +313,14 @@ class Watcher:
             self._loop.stop()
 
     def check(self) -> Deferred[None]:
-        """One round: read, render, and apply what changed (no round overlaps the next)."""
+        """One round: read, render, and apply what changed (no round overlaps the next).
+
+        A round that fails (the file cannot be written, nginx cannot be run)
+        is logged and tried again at the next: the loop never stops by itself.
+        """
         d = self.records()
         d.addCallbacks(self._render, self._unread)
+        d.addErrback(lambda f: log.failure("front proxy: configuration not applied", f))
         return d
 
     def _unread(self, failure: Any) -> None:

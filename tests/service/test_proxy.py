@@ -242,6 +242,22 @@ class WatcherTests(SynchronousTestCase):
         self.assertEqual(len(warned), 1)  # once, not every round
         self.assertTrue(self.watcher._loop.running)
 
+    def test_nginx_that_cannot_be_run_is_logged_and_tried_again(self) -> None:
+        calls: list[Sequence[str]] = []
+
+        def missing(args: Sequence[str]) -> Deferred[tuple[int, str]]:
+            calls.append(args)
+            return fail(FileNotFoundError("nginx"))
+
+        watcher = Watcher(self.read, ProxySettings(), self.path, missing, self.clock, interval=2)
+        with capturedLogs() as events:
+            watcher.start()
+            self.clock.advance(2)
+        self.assertEqual(calls, [["-t"], ["-t"]])
+        self.assertTrue(watcher._loop.running)
+        self.assertEqual(len([e for e in events if e.get("log_failure")]), 2)
+        self.flushLoggedErrors(FileNotFoundError)
+
     def test_an_existing_file_that_is_current_is_not_reloaded(self) -> None:
         self.watcher.start()
         again = Watcher(self.read, ProxySettings(), self.path, self.nginx, self.clock)
