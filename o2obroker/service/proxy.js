@@ -1,8 +1,9 @@
 // Which upstream of the front proxy a request goes to (nginx njs, js_set).
 //
 // The rendered configuration holds the routable nodes of every cluster in
-// $o2o_registry (JSON: {"default": cluster, "clusters": {name: [node ids]}})
-// and one upstream per ordered pair of a cluster's nodes, o2o_<c>_<i>_<j>:
+// $o2o_registry (JSON: {"default": cluster, "clusters": {name: [node ids]},
+// "apps": {business id: cluster}}) and one upstream per cluster, o2o_<c>, and
+// per ordered pair of a cluster's nodes, o2o_<c>_<i>_<j>:
 // node i, then node j as its backup. A request with a `key` goes to the pair
 // of the key's first two nodes in rendezvous order, scored exactly as
 // o2obroker.routing.directory._score scores them (the first 8 bytes of
@@ -10,6 +11,11 @@
 // /api/v1/route names and, when that node fails, its standby. A long-poll
 // sid names the node that holds its session: it goes there first. Anything
 // else goes to o2o_<c>, every node of the cluster in turn.
+//
+// The cluster is the one the app registry gives the URL's `app` when there is
+// a registry (an unknown or missing app: "!", answered 403, as /api/v1/route
+// answers), else the URL's `cluster`, else the default one. No routable node
+// in it: "-", answered 503.
 
 var crypto = require("crypto");
 
@@ -43,12 +49,29 @@ function owner(sid) {
   }
 }
 
+// The upstream of the request, worked out once: nginx asks for it more than once.
 function upstream(r) {
+  var chosen = r.variables.o2o_chosen;
+  if (!chosen) {
+    chosen = choose(r);
+    r.variables.o2o_chosen = chosen;
+  }
+  return chosen;
+}
+
+function choose(r) {
   var t = table(r);
-  var cluster = first(r.args.cluster) || t["default"];
+  var cluster;
+  if (t.apps && Object.keys(t.apps).length) {
+    var app = first(r.args.app);
+    if (!app || !Object.prototype.hasOwnProperty.call(t.apps, app)) return "!";
+    cluster = t.apps[app];
+  } else {
+    cluster = first(r.args.cluster) || t["default"];
+  }
   var names = Object.keys(t.clusters);
   var c = names.indexOf(cluster);
-  if (c < 0) return "";
+  if (c < 0) return "-";
   var nodes = t.clusters[cluster];
   if (nodes.length === 1) return "o2o_" + c;
   var key = first(r.args.key);

@@ -40,6 +40,7 @@ from twisted.logger import Logger, globalLogBeginner, textFileLogObserver
 from o2obroker.backend.redis import scripts as S
 from o2obroker.backend.redis.shard import Shard
 from o2obroker.backend.redis.url import RedisTarget, parse_urls
+from o2obroker.config import ConfigError, load
 from o2obroker.routing import NodeInfo
 
 SCRIPT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "proxy.js")
@@ -76,7 +77,8 @@ class ProxySettings:
     #: a whole nginx.conf (nginx -p DIR -c FILE), not a part to include in ``http {}``
     standalone: bool = False
     njs_module: str = NJS_MODULE
-    extra: Mapping[str, str] = field(default_factory=dict)
+    #: the app registry (business id -> cluster): the URL's ``app`` picks the cluster
+    apps: Mapping[str, str] = field(default_factory=dict)
 
 
 def http_address(record: Mapping[str, Any]) -> str | None:
@@ -126,6 +128,7 @@ def render(clusters: Mapping[str, Sequence[ProxyNode]], settings: ProxySettings)
     table = {
         "default": s.default_cluster,
         "clusters": {c: [n.id for n in clusters[c]] for c in names},
+        "apps": dict(sorted(s.apps.items())),
     }
     # nginx would read "$..." as a variable: JSON's own escape of "$" it leaves alone
     registry = json.dumps(table, separators=(",", ":")).replace("$", "\\u0024")
@@ -142,6 +145,7 @@ def render(clusters: Mapping[str, Sequence[ProxyNode]], settings: ProxySettings)
         "",
         f"js_import o2o_proxy from {s.script};",
         "js_set $o2o_upstream o2o_proxy.upstream;",
+        "js_var $o2o_chosen;",
         f"js_var $o2o_registry {_quoted(registry)};",
         "",
         "map $http_upgrade $o2o_connection {",
@@ -203,10 +207,14 @@ def render(clusters: Mapping[str, Sequence[ProxyNode]], settings: ProxySettings)
 
 
 def _pass() -> list[str]:
+    # proxy.js answers "-" when the cluster has no routable node, "!" for an unknown app
     return [
-        '        if ($o2o_upstream = "") {',
+        '        if ($o2o_upstream = "-") {',
         "            add_header Retry-After 5 always;",
         '            return 503 \'{"error": "no healthy node in this cluster"}\';',
+        "        }",
+        '        if ($o2o_upstream = "!") {',
+        '            return 403 \'{"error": "unknown app"}\';',
         "        }",
         "        proxy_pass http://$o2o_upstream;",
     ]
@@ -240,9 +248,15 @@ class RegistryReader:
         head = f"{PREFIX}:{{nodes}}:"
         self.keys = [head + "records", head + "expires"]
 
-    def start(self) -> Deferred[None]:
+    def start(self, timeout: float) -> Deferred[None]:
+        """Connect; fails with TimeoutError when Redis cannot be reached in ``timeout`` s."""
         self.shard.start()
-        return self.shard.when_ready()
+        ready: Deferred[None] = Deferred()
+        # the shard's own Deferred is left alone: it fires late, once connected, or never
+        self.shard.when_ready().addCallback(
+            lambda _: None if ready.called else ready.callback(None)
+        )
+        return ready.addTimeout(timeout, self.clock)
 
     def stop(self) -> Deferred[None]:
         return self.shard.stop()
@@ -408,6 +422,11 @@ def _parser() -> argparse.ArgumentParser:
         )
         cmd.add_argument("--listen", action="append", help="nginx listen address (default 8080)")
         cmd.add_argument("--default-cluster", default="default", help="for requests naming none")
+        cmd.add_argument(
+            "--config",
+            help="the nodes' config file: its [app:ID] sections are the app registry"
+            " (the URL's app then picks the cluster)",
+        )
         cmd.add_argument("--standalone", action="store_true", help="a whole nginx.conf")
         cmd.add_argument("--njs-module", default=NJS_MODULE, help="load_module path (standalone)")
         cmd.add_argument("--script", default=SCRIPT, help="where nginx finds proxy.js")
@@ -432,7 +451,9 @@ def _settings(args: argparse.Namespace) -> ProxySettings:
     for name in ("fail_timeout", "connect_timeout"):
         if getattr(args, name) < 1:
             raise ValueError(f"--{name.replace('_', '-')} must be at least 1 second")
+    apps = load(args.config).app_clusters() if args.config else {}
     return ProxySettings(
+        apps=apps,
         listen=tuple(args.listen or ["8080"]),
         default_cluster=args.default_cluster,
         standalone=args.standalone,
@@ -446,9 +467,8 @@ def _settings(args: argparse.Namespace) -> ProxySettings:
 async def _main(reactor: Any, args: argparse.Namespace) -> None:
     settings = _settings(args)
     reader = RegistryReader(parse_urls(args.redis)[0], reactor, timeout=args.timeout)
-    ready = reader.start().addTimeout(args.timeout, reactor)
     try:
-        await ready
+        await reader.start(args.timeout)
         if args.command == "render":
             text = render(proxied(await reader.records()), settings)
             if args.out:
@@ -474,7 +494,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     try:
         _settings(args)
         parse_urls(args.redis)
-    except ValueError as e:
+    except (ConfigError, ValueError) as e:
         sys.exit(f"o2obroker proxy: {e}")
     if args.command == "watch":
         globalLogBeginner.beginLoggingTo([textFileLogObserver(sys.stderr)])

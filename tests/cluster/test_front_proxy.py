@@ -53,8 +53,19 @@ class _Nginx(ProcessProtocol):
         self.ended.callback(None)
 
 
-class FrontProxyTests(TestCase):
+class _FrontProxy(TestCase):
+    """Three nodes (n1, n2 in cluster east, n3 in west) and nginx rendered in front.
+
+    Subclasses say how a client names a cluster; this base runs no test itself.
+    """
+
     timeout = 120
+    #: the app registry of the nodes and the proxy: business id -> cluster
+    apps: dict[str, str] = {}
+
+    def where(self, cluster: str) -> str:
+        """The query naming ``cluster``, as a client of these nodes writes it."""
+        return f"cluster={cluster}"
 
     async def setUp(self) -> None:
         if not (os.access(NGINX, os.X_OK) and os.path.exists(NJS)):
@@ -67,7 +78,7 @@ class FrontProxyTests(TestCase):
             node = BrokerProcess(name, self.redis.url)
             node.args += ["--cluster", cluster]
             with open(node.config, "a") as f:
-                f.write("trusted_proxies = 127.0.0.1\n")
+                f.write("trusted_proxies = 127.0.0.1\n" + self.app_sections())
             self.addCleanup(node.destroy)
             self.nodes[name] = node
         await gatherResults([n.start() for n in self.nodes.values()])
@@ -89,7 +100,13 @@ class FrontProxyTests(TestCase):
         self.assertFalse(self.nginx.ended.called, self.nginx.output.decode())
         self.base = f"http://127.0.0.1:{self.port}"
 
+    def app_sections(self) -> str:
+        return "".join(f"[app:{app}]\ncluster = {c}\n" for app, c in self.apps.items())
+
     def proxy_args(self, command: str, *extra: str) -> list[str]:
+        config = os.path.join(self.dir, "apps.ini")
+        with open(config, "w") as f:
+            f.write(self.app_sections())
         return [
             "-m",
             "o2obroker.service.proxy",
@@ -103,6 +120,8 @@ class FrontProxyTests(TestCase):
             "east",
             "--fail-timeout",
             "30",
+            "--config",
+            config,
             *extra,
         ]
 
@@ -136,20 +155,22 @@ class FrontProxyTests(TestCase):
     async def route(self, cluster: str, key: str) -> tuple[str, str | None]:
         """What /api/v1/route on a live node says: the key's node and standby."""
         node = next(n for n in self.nodes.values() if n.running)
-        code, body = await self.get(f"{node.http}/api/v1/route?cluster={cluster}&key={quote(key)}")
+        code, body = await self.get(
+            f"{node.http}/api/v1/route?{self.where(cluster)}&key={quote(key)}"
+        )
         self.assertEqual(code, 200, body)
         standby = body["standby"]
         return body["node"]["id"], None if standby is None else standby["id"]
 
     async def served_by(self, cluster: str, key: str) -> str:
         """The node that answered a plain HTTP request through nginx."""
-        code, body = await self.get(f"{self.base}/healthz?cluster={cluster}&key={quote(key)}")
+        code, body = await self.get(f"{self.base}/healthz?{self.where(cluster)}&key={quote(key)}")
         self.assertEqual(code, 200, body)
         return str(body["node"])
 
     async def ws_node(self, cluster: str, key: str, user: str, **headers: str) -> str:
         """The node a WebSocket through nginx was welcomed by."""
-        url = f"ws://127.0.0.1:{self.port}/ws?cluster={cluster}&key={quote(key)}"
+        url = f"ws://127.0.0.1:{self.port}/ws?{self.where(cluster)}&key={quote(key)}"
         factory = WebSocketClientFactory(url, headers=headers)
         factory.protocol = _Ws
         factory.cbor = False
@@ -168,7 +189,7 @@ class FrontProxyTests(TestCase):
         of its sid through nginx reaches the same node."""
         hello = {"t": "hello", "token": make_token(SECRET, user), "device": "lp"}
         r = await treq.post(
-            f"{self.base}/lp/open?cluster={cluster}&key={quote(key)}",
+            f"{self.base}/lp/open?{self.where(cluster)}&key={quote(key)}",
             data=json.dumps(hello).encode(),
             headers={"Content-Type": "application/json"},
             persistent=False,
@@ -179,14 +200,14 @@ class FrontProxyTests(TestCase):
         self.assertEqual(welcome["t"], "welcome", opened)
         # the sid names its node: the close goes there (a dead one's goes to any other)
         r = await treq.post(
-            f"{self.base}/lp/close?sid={opened['sid']}&cluster={cluster}",
+            f"{self.base}/lp/close?sid={opened['sid']}&{self.where(cluster)}",
             data=b"",
             persistent=False,
         )
         await r.content()
         return str(welcome["node"])
 
-    async def test_keys_reach_the_routed_node_then_its_standby(self) -> None:
+    async def keys_reach_the_routed_node_then_its_standby(self) -> None:
         routes = {}
         for cluster in ("east", "west"):
             for key in KEYS:
@@ -208,10 +229,7 @@ class FrontProxyTests(TestCase):
         await self.ws_node("west", KEYS[0], "x", **{"X-Forwarded-For": "198.51.100.7"})
         await eventually(lambda: b"ws 198.51.100.7 via 127.0.0.1:" in self.nodes["n3"].output, 5)
 
-        # a request naming no cluster is the default cluster's; an unknown cluster is 503
-        self.assertEqual(await self.served_by("", KEYS[0]), routes["east", KEYS[0]][0])
-        code, body = await self.get(f"{self.base}/healthz?cluster=nowhere&key=k")
-        self.assertEqual((code, body), (503, {"error": "no healthy node in this cluster"}))
+        await self.check_unnamed(routes["east", KEYS[0]][0])
 
         # kill -9: the registry and the rendered file still list n1, nginx finds out alone
         await self.nodes["n1"].kill()
@@ -230,6 +248,20 @@ class FrontProxyTests(TestCase):
         rendered = await self.proxy("render")
         self.assertNotIn(self.nodes["n1"].http.removeprefix("http://"), rendered)
         self.assertIn(self.nodes["n2"].http.removeprefix("http://"), rendered)
+
+    async def check_unnamed(self, default_node: str) -> None:
+        """A request naming no cluster is the default cluster's; an unknown cluster is 503."""
+        code, body = await self.get(f"{self.base}/healthz?key={quote(KEYS[0])}")
+        self.assertEqual((code, body["node"]), (200, default_node))
+        code, body = await self.get(f"{self.base}/healthz?cluster=nowhere&key=k")
+        self.assertEqual((code, body), (503, {"error": "no healthy node in this cluster"}))
+
+
+class FrontProxyTests(_FrontProxy):
+    """The URL's ``cluster`` picks the cluster (no app registry)."""
+
+    async def test_keys_reach_the_routed_node_then_its_standby(self) -> None:
+        await self.keys_reach_the_routed_node_then_its_standby()
 
     async def test_watch_reloads_nginx_when_a_node_joins(self) -> None:
         watch = _Nginx()  # its output, for the failure message
@@ -266,6 +298,25 @@ class FrontProxyTests(TestCase):
             self.assertEqual(served, "n4", watch.output.decode())
             self.assertEqual(await self.ws_node("east", key, "w"), "n4")
         self.assertIn(b"nginx reloaded", watch.output)
+
+
+class AppRoutedProxyTests(_FrontProxy):
+    """With an app registry, the URL's ``app`` picks the cluster, as for ``/api/v1/route``."""
+
+    apps = {"shop": "east", "kiosk": "west"}
+
+    def where(self, cluster: str) -> str:
+        return "app=" + next(app for app, c in self.apps.items() if c == cluster)
+
+    async def check_unnamed(self, default_node: str) -> None:
+        for query in ("key=k", "app=nowhere&key=k", "cluster=east&key=k"):
+            code, body = await self.get(f"{self.base}/healthz?{query}")
+            self.assertEqual((code, body), (403, {"error": "unknown app"}), query)
+            route = await self.get(f"{self.nodes['n3'].http}/api/v1/route?{query}")
+            self.assertEqual(route, (403, {"error": "unknown app"}), query)
+
+    async def test_keys_reach_the_routed_node_then_its_standby(self) -> None:
+        await self.keys_reach_the_routed_node_then_its_standby()
 
 
 def _read(path: str) -> str:

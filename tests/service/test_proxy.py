@@ -117,7 +117,7 @@ class RenderTests(SynchronousTestCase):
     def test_the_table_lists_the_nodes_in_the_order_of_the_upstreams(self) -> None:
         self.assertEqual(
             registry_of(self.text),
-            {"default": "default", "clusters": {"c1": ["n1", "n2", "n3"], "c2": ["w"]}},
+            {"default": "default", "clusters": {"c1": ["n1", "n2", "n3"], "c2": ["w"]}, "apps": {}},
         )
 
     def test_websocket_long_poll_and_the_client_address_pass_through(self) -> None:
@@ -138,9 +138,16 @@ class RenderTests(SynchronousTestCase):
     def test_names_nginx_would_read_as_variables_or_quotes_reach_the_script_intact(self) -> None:
         odd = "c$x'\\\"{;}"
         text = render({odd: [ProxyNode("n$1'", "h:1")]}, ProxySettings(default_cluster=odd))
-        self.assertEqual(registry_of(text), {"default": odd, "clusters": {odd: ["n$1'"]}})
-        line = next(ln for ln in text.splitlines() if ln.startswith("js_var"))
+        self.assertEqual(
+            registry_of(text), {"default": odd, "clusters": {odd: ["n$1'"]}, "apps": {}}
+        )
+        line = next(ln for ln in text.splitlines() if ln.startswith("js_var $o2o_registry"))
         self.assertNotIn("$", line.removeprefix("js_var $o2o_registry"))
+
+    def test_the_app_registry_goes_with_the_table(self) -> None:
+        text = render(self.clusters, ProxySettings(apps={"shop": "c2", "kiosk": "c1"}))
+        self.assertEqual(registry_of(text)["apps"], {"kiosk": "c1", "shop": "c2"})
+        self.assertIn('return 403 \'{"error": "unknown app"}\';', text)
 
     def test_no_node_at_all_still_renders_a_server_answering_503(self) -> None:
         text = render({}, ProxySettings())
@@ -289,13 +296,26 @@ class CommandLineTests(TestCase):
         self.assertEqual((code, out), (1, ""))
         self.assertEqual(err.strip().splitlines(), [f"o2obroker proxy: cannot reach {url}/0"])
 
+    async def test_a_bad_config_file_is_one_line_and_exit_1(self) -> None:
+        path = self.mktemp()
+        with open(path, "w") as f:
+            f.write("[app:shop]\ncluster = two words\n")
+        code, out, err = await self.run_proxy("render", "--redis", "redis://x", "--config", path)
+        self.assertEqual((code, out), (1, ""))
+        self.assertEqual(len(err.strip().splitlines()), 1, err)
+        self.assertIn("[app:shop] cluster", err)
+
     async def test_renders_the_registry_of_a_real_redis(self) -> None:
         redis = RedisServer()
         redis.start()
         self.addCleanup(redis.destroy)
-        code, out, err = await self.run_proxy("render", "--redis", redis.url)
+        path = self.mktemp()
+        with open(path, "w") as f:
+            f.write("[broker]\ncluster = east\n[app:shop]\ncluster = west\n[app:kiosk]\n")
+        code, out, err = await self.run_proxy("render", "--redis", redis.url, "--config", path)
         self.assertEqual(code, 0, err)
         self.assertIn("# no routable node", out)
+        self.assertEqual(registry_of(out)["apps"], {"kiosk": "east", "shop": "west"})
 
 
 class NginxAcceptsTests(TestCase):
