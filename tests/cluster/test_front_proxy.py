@@ -283,7 +283,9 @@ class FrontProxyTests(_FrontProxy):
         self.nodes["n4"] = n4
         await n4.start()
         await self.until_listed({"n1", "n2", "n3", "n4"})
-        taken = [k for k in KEYS if (await self.route("east", k))[0] == "n4"]
+        keys = [f"order-{i}" for i in range(40)]
+        routes = {k: await self.route("east", k) for k in keys}
+        taken = [k for k in keys if routes[k][0] == "n4"]
         self.assertTrue(taken)  # n4 takes some keys over from n1 and n2
         n4_address = n4.http.removeprefix("http://")
         await eventually(lambda: n4_address in _read(self.conf), 20)
@@ -296,8 +298,19 @@ class FrontProxyTests(_FrontProxy):
                     break
                 await deferLater(reactor, 0.1, lambda: None)
             self.assertEqual(served, "n4", watch.output.decode())
+        for key in taken[:3]:
             self.assertEqual(await self.ws_node("east", key, "w"), "n4")
         self.assertIn(b"nginx reloaded", watch.output)
+
+        # three nodes in east: a killed node's keys go each to its own standby, n1 or n2,
+        # the second node of that key's order in nginx as in the route
+        await n4.kill()
+        for key in taken:
+            self.assertEqual(await self.served_by("east", key), routes[key][1], key)
+        self.assertEqual({routes[k][1] for k in taken}, {"n1", "n2"})
+        others = [k for k in keys if routes[k][0] != "n4"]
+        for key in others:
+            self.assertEqual(await self.served_by("east", key), routes[key][0], key)
 
 
 class AppRoutedProxyTests(_FrontProxy):
