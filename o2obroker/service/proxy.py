@@ -1,7 +1,7 @@
 """The front proxy: an nginx configuration rendered from the live node registry.
 
     python -m o2obroker.service.proxy render --redis URL [--out FILE] [--standalone]
-    python -m o2obroker.service.proxy watch --redis URL --out FILE --reload 'nginx'
+    python -m o2obroker.service.proxy watch --redis URL --out FILE --nginx 'nginx -p DIR'
 
 nginx's own ``hash ... consistent`` is a ketama ring, which would send a key
 elsewhere than ``/api/v1/route`` does. So the rendered configuration lists
@@ -451,6 +451,8 @@ def _settings(args: argparse.Namespace) -> ProxySettings:
     for name in ("fail_timeout", "connect_timeout"):
         if getattr(args, name) < 1:
             raise ValueError(f"--{name.replace('_', '-')} must be at least 1 second")
+    if args.timeout <= 0 or getattr(args, "interval", 1) <= 0:
+        raise ValueError("--timeout and --interval must be above 0 seconds")
     apps = load(args.config).app_clusters() if args.config else {}
     return ProxySettings(
         apps=apps,

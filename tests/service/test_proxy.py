@@ -290,6 +290,16 @@ class CommandLineTests(TestCase):
             ["o2obroker proxy: 'http://x': the scheme must be redis:// or rediss://"],
         )
 
+    async def test_a_bad_interval_is_one_line_and_exit_1(self) -> None:
+        code, out, err = await self.run_proxy(
+            "watch", "--redis", "redis://x", "--out", "f", "--interval", "0"
+        )
+        self.assertEqual((code, out), (1, ""))
+        self.assertEqual(
+            err.strip().splitlines(),
+            ["o2obroker proxy: --timeout and --interval must be above 0 seconds"],
+        )
+
     async def test_an_unreachable_redis_is_one_line_and_exit_1(self) -> None:
         url = f"redis://127.0.0.1:{free_port()}"
         code, out, err = await self.run_proxy("render", "--redis", url, "--timeout", "0.5")
