@@ -68,44 +68,54 @@ local function expire_front(inbox, horizon)
 end
 """
 
-# KEYS: meta, inbox per user. ARGV: horizon, cap, key ttl (ms), epoch, then per
-# user: n, and the n messages packed in one string, each a big-endian double
-# (ts) and 4-byte length before its CBOR (one argument per user, not two per
-# message: building a command costs the client per argument). Returns the
-# first seq given to each user.
+# KEYS: meta, inbox per user. ARGV: horizon, cap, key ttl (ms), epoch, the
+# head of a channel payload (empty: publish nothing), then per user: n, its
+# channel, and the n messages packed in one string, each a big-endian double
+# (ts), a 1-byte and a 4-byte length, the device not to write it to and its
+# CBOR (one argument per user, not several per message: building a command
+# costs the client per argument). The inbox keeps the CBOR; with a head, the
+# channel gets head, the first seq (a double) and the packed string as it
+# came, so the bytes stored and published are encoded once, by the sender.
+# Returns per user its first seq and how many subscribers got the publish.
 APPEND = Script(
     "append",
     _EXPIRE_FRONT
     + """
 local horizon, cap, ttl, epoch = tonumber(ARGV[1]), tonumber(ARGV[2]), ARGV[3], ARGV[4]
+local head = ARGV[5]
 local out = {}
-local a = 5
+local a = 6
 for k = 1, #KEYS, 2 do
   local meta, inbox = KEYS[k], KEYS[k + 1]
-  local n = tonumber(ARGV[a])
-  a = a + 1
+  local n, channel, data = tonumber(ARGV[a]), ARGV[a + 1], ARGV[a + 2]
+  a = a + 3
   if redis.call('HSETNX', meta, 'epoch', epoch) == 1 then
     -- a new epoch: whatever an inbox holds without its meta belongs to no seq
     redis.call('DEL', inbox)
   end
   local last = redis.call('HINCRBY', meta, 'last', n)
-  local seq = last - n
-  local data, pos = ARGV[a], 1
-  a = a + 1
+  local first = last - n + 1
+  local seq, pos = first - 1, 1
   for i = 1, n do
-    local ts, len
-    ts, len, pos = struct.unpack('>dI4', data, pos)
+    local ts, skip, len
+    ts, skip, len, pos = struct.unpack('>dBI4', data, pos)
+    pos = pos + skip
     seq = seq + 1
     redis.call('XADD', inbox, seq .. '-0', 't', string.format('%.0f', ts),
                'm', string.sub(data, pos, pos + len - 1))
     pos = pos + len
   end
-  out[#out + 1] = last - n + 1
+  local got = 0
   if n > 0 then
     redis.call('XTRIM', inbox, 'MAXLEN', cap)
     expire_front(inbox, horizon)
     redis.call('PEXPIRE', inbox, ttl)
+    if head ~= '' then
+      got = redis.call('PUBLISH', channel, head .. struct.pack('>d', first) .. data)
+    end
   end
+  out[#out + 1] = first
+  out[#out + 1] = got
 end
 return out
 """,
