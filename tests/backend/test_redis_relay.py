@@ -95,3 +95,36 @@ class StoreAndPublishTests(RedisCase):
 
 def message(mid: str, ts: int) -> StoredMessage:
     return StoredMessage(mid, ts, {"mid": mid, "from": "a", "to": "b", "body": [ts], "ts": ts})
+
+
+class DedupeCommandsTests(RedisCase):
+    """Claims and settlements of a batch are a few commands for the whole batch."""
+
+    def setUp(self) -> None:
+        self.clock = Clock()
+
+    async def test_a_batch_of_claims_and_settlements_in_chunks(self) -> None:
+        from o2obroker.backend.interface import Receipt
+
+        b = self.redisBackend()
+        await b.when_ready()
+        shard = b.shards[0]
+        await shard.call("CONFIG", "RESETSTAT")
+        # 2,500 ids, one of them twice across a chunk's edge: three chunks
+        claims = [(f"c-{i}", f"m{i}") for i in range(2499)] + [("c-10", "again")]
+        got = await b.claim("alice", 7, claims)
+        self.assertEqual(got[:2499], [None] * 2499)
+        self.assertEqual(got[2499], Receipt("m10", 7, None))
+        calls = _calls(await shard.call("INFO", "commandstats"))
+        self.assertEqual((calls["hmget"], calls["hset"], calls["rpush"]), (3, 3, 3))
+        self.assertNotIn("hget", calls)  # none per id
+        await shard.call("CONFIG", "RESETSTAT")
+        statuses = {f"c-{i}": "delivered" for i in range(2500)}
+        statuses["gone"] = "stored"  # not claimed (or expired): skipped
+        await b.settle("alice", statuses)
+        calls = _calls(await shard.call("INFO", "commandstats"))
+        self.assertEqual((calls["hmget"], calls["hset"]), (3, 3))
+        again = await b.claim("alice", 8, [("c-2498", "x"), ("gone", "y"), ("c-0", "z")])
+        self.assertEqual(
+            again, [Receipt("m2498", 7, "delivered"), None, Receipt("m0", 7, "delivered")]
+        )

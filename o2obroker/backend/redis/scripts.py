@@ -225,11 +225,22 @@ local function pairs_of(data)
 end
 """
 
+# Commands that take many fields get them CHUNK at a time: one command per
+# chunk, not per send id (a script's own calls cost Redis per call), and never
+# more arguments than Lua's stack holds.
+_CHUNKS = """
+local CHUNK = 1000
+local function each_chunk(n, f)
+  for first = 1, n, CHUNK do f(first, math.min(first + CHUNK - 1, n)) end
+end
+"""
+
 # KEYS: sid, sidq, sst. ARGV: now, expires, cap, ts, key ttl (ms), packed pairs
 # (send id, mid). Returns per pair 0 (new) or {mid, ts, status or ''}.
 CLAIM = Script(
     "claim",
     _PAIRS
+    + _CHUNKS
     + """
 local sid, sidq, sst = KEYS[1], KEYS[2], KEYS[3]
 local now, expires, cap, ts = tonumber(ARGV[1]), ARGV[2], tonumber(ARGV[3]), ARGV[4]
@@ -246,19 +257,33 @@ local function expire()
   end
 end
 expire()
-local out = {}
-for _, pair in ipairs(pairs_of(ARGV[6])) do
-  local id = pair[1]
-  local v = redis.call('HGET', sid, id)
-  if v then
-    local _, _, t, mid = string.find(v, '^[^\\n]*\\n([^\\n]*)\\n(.*)$')
-    out[#out + 1] = {mid, t, redis.call('HGET', sst, id) or ''}
-  else
-    redis.call('HSET', sid, id, expires .. '\\n' .. ts .. '\\n' .. pair[2])
-    redis.call('RPUSH', sidq, id)
-    out[#out + 1] = 0
+local claims = pairs_of(ARGV[6])
+local ids = {}
+for i = 1, #claims do ids[i] = claims[i][1] end
+local out, fresh, records, queue = {}, {}, {}, {}
+each_chunk(#ids, function(first, last)
+  local kept = redis.call('HMGET', sid, unpack(ids, first, last))
+  for i = first, last do
+    local id, v = ids[i], kept[i - first + 1]
+    if v then
+      local _, _, t, mid = string.find(v, '^[^\\n]*\\n([^\\n]*)\\n(.*)$')
+      out[i] = {mid, t, redis.call('HGET', sst, id) or ''}
+    elseif fresh[id] then
+      -- the same id twice in one batch: the second is a repeat of the first
+      out[i] = {fresh[id], ts, ''}
+    else
+      fresh[id] = claims[i][2]
+      records[#records + 1] = id
+      records[#records + 1] = expires .. '\\n' .. ts .. '\\n' .. claims[i][2]
+      queue[#queue + 1] = id
+      out[i] = 0
+    end
   end
-end
+end)
+each_chunk(#queue, function(first, last)
+  redis.call('HSET', sid, unpack(records, 2 * first - 1, 2 * last))
+  redis.call('RPUSH', sidq, unpack(queue, first, last))
+end)
 if redis.call('LLEN', sidq) > cap then expire() end
 redis.call('PEXPIRE', sid, ARGV[5])
 redis.call('PEXPIRE', sidq, ARGV[5])
@@ -271,12 +296,22 @@ return out
 SETTLE = Script(
     "settle",
     _PAIRS
+    + _CHUNKS
     + """
-for _, pair in ipairs(pairs_of(ARGV[1])) do
-  if redis.call('HEXISTS', KEYS[1], pair[1]) == 1 then
-    redis.call('HSET', KEYS[2], pair[1], pair[2])
+local settled = pairs_of(ARGV[1])
+each_chunk(#settled, function(first, last)
+  local ids = {}
+  for i = first, last do ids[#ids + 1] = settled[i][1] end
+  local kept = redis.call('HMGET', KEYS[1], unpack(ids))
+  local statuses = {}
+  for i = first, last do
+    if kept[i - first + 1] then
+      statuses[#statuses + 1] = settled[i][1]
+      statuses[#statuses + 1] = settled[i][2]
+    end
   end
-end
+  if #statuses > 0 then redis.call('HSET', KEYS[2], unpack(statuses)) end
+end)
 local ttl = redis.call('PTTL', KEYS[1])
 if ttl > 0 then redis.call('PEXPIRE', KEYS[2], ttl) end
 return 0
