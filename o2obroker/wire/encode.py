@@ -136,18 +136,20 @@ class MessageTemplate:
         """The CBOR ``msg`` frame for one recipient's ``seq``."""
         head = self._cbor_head
         if head is None:
-            head = self._encode_cbor()
+            self._encode_cbor()
+            head = self._cbor_head
         if seq.__class__ is not int:
             raise TypeError("seq must be an int")
         return b"".join((head, _cbor_uint(seq), self._cbor_rest))
 
     def _encode_cbor(self) -> bytes:
+        """Encode the fields, once; return the map as cbor2 wrote it."""
         rest = self._rest
         encoded = encode_cbor(rest)
         # Drop the map head cbor2 wrote for len(rest) entries; ours has 2 more.
         self._cbor_rest = encoded[len(_map_head(len(rest))) :]
-        head = self._cbor_head = _map_head(len(rest) + 2) + _CBOR_T_MSG_SEQ
-        return head
+        self._cbor_head = _map_head(len(rest) + 2) + _CBOR_T_MSG_SEQ
+        return encoded
 
     def cbor_map(self) -> bytes:
         """The fields (without ``t``) as one CBOR map, from the encoding the
@@ -155,7 +157,7 @@ class MessageTemplate:
         a message is encoded once for its store, its channel and its devices."""
         head = self._cbor_head
         if head is None:
-            head = self._encode_cbor()
+            return self._encode_cbor()  # the first encoding: the sender's store
         n, _ = _map_size(head)
         return _map_head(n - 2) + self._cbor_rest
 
