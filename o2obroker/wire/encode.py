@@ -136,20 +136,21 @@ class MessageTemplate:
         """The CBOR ``msg`` frame for one recipient's ``seq``."""
         head = self._cbor_head
         if head is None:
-            self._encode_cbor()
-            head = self._cbor_head
+            head = self._cut()
         if seq.__class__ is not int:
             raise TypeError("seq must be an int")
         return b"".join((head, _cbor_uint(seq), self._cbor_rest))
 
-    def _encode_cbor(self) -> bytes:
-        """Encode the fields, once; return the map as cbor2 wrote it."""
-        rest = self._rest
-        encoded = encode_cbor(rest)
-        # Drop the map head cbor2 wrote for len(rest) entries; ours has 2 more.
-        self._cbor_rest = encoded[len(_map_head(len(rest))) :]
-        self._cbor_head = _map_head(len(rest) + 2) + _CBOR_T_MSG_SEQ
-        return encoded
+    def _cut(self) -> bytes:
+        """Make the head frames start with, and keep the map's entries after
+        it. Until then ``_cbor_rest`` holds the whole map (encoded for a store,
+        or adopted), if anything: a template only stored is never cut."""
+        encoded = self._cbor_rest or encode_cbor(self._rest)
+        n, at = _map_size(encoded)
+        self._cbor_rest = encoded[at:]
+        # the map head cbor2 wrote counts the fields; a frame has 2 more
+        head = self._cbor_head = _map_head(n + 2) + _CBOR_T_MSG_SEQ
+        return head
 
     def cbor_map(self) -> bytes:
         """The fields (without ``t``) as one CBOR map, from the encoding the
@@ -157,7 +158,10 @@ class MessageTemplate:
         a message is encoded once for its store, its channel and its devices."""
         head = self._cbor_head
         if head is None:
-            return self._encode_cbor()  # the first encoding: the sender's store
+            encoded = self._cbor_rest
+            if not encoded:
+                encoded = self._cbor_rest = encode_cbor(self._rest)
+            return encoded
         n, _ = _map_size(head)
         return _map_head(n - 2) + self._cbor_rest
 
@@ -165,9 +169,9 @@ class MessageTemplate:
         """Take ``blob``, what ``cbor_map()`` gave, as this template's CBOR
         encoding: its frames are then spliced from these bytes, never encoded
         again. ValueError when ``blob`` does not start with a map head."""
-        n, at = _map_size(blob)
-        self._cbor_rest = blob[at:]
-        self._cbor_head = _map_head(n + 2) + _CBOR_T_MSG_SEQ
+        _map_size(blob)
+        self._cbor_rest = blob
+        self._cbor_head = None
 
     def json(self, seq: int) -> str:
         """The JSON ``msg`` frame for one recipient's ``seq``."""
