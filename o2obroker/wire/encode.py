@@ -145,8 +145,14 @@ class MessageTemplate:
         """Make the head frames start with, and keep the map's entries after
         it. Until then ``_cbor_rest`` holds the whole map (encoded for a store,
         or adopted), if anything: a template only stored is never cut."""
-        encoded = self._cbor_rest or encode_cbor(self._rest)
-        n, at = _map_size(encoded)
+        encoded = self._cbor_rest
+        if encoded:
+            n, at = _map_size(encoded)
+        else:  # the common case: encoded here, for frames only
+            rest = self._rest
+            encoded = encode_cbor(rest)
+            n = len(rest)
+            at = len(_map_head(n))
         self._cbor_rest = encoded[at:]
         # the map head cbor2 wrote counts the fields; a frame has 2 more
         head = self._cbor_head = _map_head(n + 2) + _CBOR_T_MSG_SEQ
