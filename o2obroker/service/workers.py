@@ -433,8 +433,9 @@ class ParentWatch:
 
     def __init__(self, reactor: Any, gone: Callable[[], object], fd: int = 0) -> None:
         self.reactor = reactor
-        self.gone = gone
+        self._gone = gone
         self.fd = fd
+        self.done = False
 
     def start(self) -> None:
         fdesc.setNonBlocking(self.fd)
@@ -458,7 +459,13 @@ class ParentWatch:
             self.gone()
 
     def connectionLost(self, reason: Failure) -> None:
-        pass
+        # epoll reports the hang-up itself, without a read: the same news
+        self.gone()
+
+    def gone(self) -> None:
+        if not self.done:
+            self.done = True
+            self._gone()
 
     def logPrefix(self) -> str:
         return "parent-pipe"

@@ -257,7 +257,9 @@ class Nodes(_Endpoint):
     """
 
     def render_GET(self, request: Any) -> Any:
-        own = node_info(self.node, addresses(self.node, request), self.clock)
+        # as the request reached this node, and its own HTTP port for its peers
+        where = {**addresses(self.node, request), "http": public_addresses(self.node)["http"]}
+        own = node_info(self.node, where, self.clock)
         d = self.node.backend.nodes()
 
         def listed(records: list[dict[str, Any]]) -> None:

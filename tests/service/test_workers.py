@@ -16,6 +16,7 @@ from typing import Any
 from twisted.internet import reactor
 from twisted.internet.error import ProcessDone, ProcessExitedAlready, ProcessTerminated
 from twisted.internet.protocol import Factory, Protocol
+from twisted.internet.task import deferLater
 from twisted.internet.testing import MemoryReactorClock
 from twisted.internet.utils import getProcessOutputAndValue
 from twisted.logger import LogLevel, formatEvent, globalLogPublisher
@@ -341,6 +342,19 @@ class WorkerPartsTests(TestCase):
         watch.doRead()
         self.assertEqual(gone, [True])
         self.assertNotIn(watch, clock.getReaders())
+
+    async def test_parent_pipe_hang_up_on_the_real_reactor(self) -> None:
+        # epoll tells a reader of a pipe whose writer is gone by connectionLost, not doRead
+        r, w = os.pipe()
+        self.addCleanup(os.close, r)
+        gone: list[bool] = []
+        watch = ParentWatch(reactor, lambda: gone.append(True), fd=r)
+        watch.start()
+        self.addCleanup(watch.stop)
+        os.close(w)
+        await eventually(lambda: gone)
+        await deferLater(reactor, 0.05, lambda: None)
+        self.assertEqual(gone, [True])  # once, however the reactor says it
 
     async def test_an_adopted_socket_takes_connections(self) -> None:
         (sock,) = bind_group("tcp", "tcp:0:interface=127.0.0.1", 1)
