@@ -12,10 +12,12 @@ from __future__ import annotations
 import json
 import os
 import signal
+import socket
 from typing import Any
 
 import treq
 from twisted.internet import reactor
+from twisted.internet.endpoints import TCP4ClientEndpoint
 from twisted.internet.task import deferLater
 from twisted.trial.unittest import TestCase
 
@@ -23,7 +25,8 @@ from o2obroker.client import connect
 from o2obroker.session.auth import make_token
 from tests.backend.test_redis_outage import eventually
 from tests.cluster.nodes import SECRET, BrokerProcess
-from tests.redis_server import RedisServer
+from tests.console.test_console import _telnet_client
+from tests.redis_server import RedisServer, free_port
 
 WORKERS = ["n1.w0", "n1.w1"]
 
@@ -46,6 +49,19 @@ def children(pid: int) -> set[int]:
     return out
 
 
+def free_pair() -> int:
+    """A port p with p + 1 free too."""
+    for _ in range(100):
+        p = free_port()
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", p + 1))
+            except OSError:
+                continue
+        return p
+    raise RuntimeError("no two free ports in a row")
+
+
 def alive(pid: int) -> bool:
     try:
         with open(f"/proc/{pid}/stat") as f:
@@ -60,6 +76,14 @@ class WorkerNode(BrokerProcess):
     def __init__(self, name: str, redis_url: str, workers: int = 2) -> None:
         super().__init__(name, redis_url)
         self.args += ["--workers", str(workers)]
+        # a telnet console, on the configured port + i for worker i
+        self.console_port = free_pair()
+        passwd = os.path.join(self.dir, "passwd")
+        with open(passwd, "w") as f:
+            f.write("ops:staple\n")
+        with open(self.config, "a") as f:
+            f.write(f"manhole_telnet = tcp:{self.console_port}:interface=127.0.0.1\n")
+            f.write(f"manhole_passwd = {passwd}\n")
 
     @property
     def pid(self) -> int:
@@ -168,6 +192,20 @@ class WorkersTests(TestCase):
             await deferLater(reactor, 0.1, lambda: None)
         self.assertEqual((t["workers"], t["count"]), (2, 2))
         self.assertGreaterEqual(t["connections"]["tcp"], 3)
+
+        # each worker's console on the configured port + its index
+        for i in (0, 1):
+            endpoint = TCP4ClientEndpoint(reactor, "127.0.0.1", self.node.console_port + i)
+            transport = await endpoint.connect(_telnet_client())
+            self.addCleanup(transport.loseConnection)
+            console = transport.protocol
+            await console.wait_for(b"Username: ")
+            console.send(b"ops\n")
+            await console.wait_for(b"Password: ")
+            console.send(b"staple\n")
+            await console.wait_for(b">>> ")
+            console.send(b"print('NODE', broker.stats()['node'])\n")
+            await console.wait_for(f"NODE n1.w{i}".encode())
 
         # long-poll: opened on worker 0, polled and sent on through worker 1
         code, opened = await self.lp(
