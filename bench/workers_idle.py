@@ -120,7 +120,6 @@ def start_node(redis_url: str, workers: int) -> tuple[subprocess.Popen[bytes], i
         str(ROOT / ".venv" / "bin" / "twistd"),
         "--nodaemon",
         "--pidfile=",
-        "--logfile=/dev/null",
         "o2obroker",
         "--auth",
         "none",
