@@ -249,6 +249,7 @@ class Workers(ProcessMonitor):
         env: dict[str, str] | None = None,
     ) -> None:
         super().__init__(_Spawner(reactor, self._fds, self._ended))
+        self.setName("workers")
         self.node = node
         self.count = count
         self.listen = listen

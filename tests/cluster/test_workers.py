@@ -120,12 +120,14 @@ class WorkersTests(TestCase):
         self.addCleanup(self.node.destroy)
         await self.node.start()  # one worker is connected to Redis
         self.records = await self.node.records(WORKERS)
+        self.open: list[Any] = []  # the clients connected
 
     async def client(self, user: str, device: str = "d") -> Any:
         c = await connect(reactor, self.node.tcp, token=make_token(SECRET, user), device=device)
         self.addCleanup(lambda: c.transport and c.transport.abortConnection())
         c.node = (await c.welcome)["node"]  # the worker that took it
         c.user = user
+        self.open.append(c)
         return c
 
     async def on_each_worker(self, prefix: str) -> dict[str, Any]:
@@ -173,6 +175,7 @@ class WorkersTests(TestCase):
             if c.node == "n1.w1":
                 break
             c.transport.abortConnection()
+            self.open.remove(c)
         user = f"p{i}"
         await eventually(
             lambda: any(
@@ -192,6 +195,24 @@ class WorkersTests(TestCase):
             await deferLater(reactor, 0.1, lambda: None)
         self.assertEqual((t["workers"], t["count"]), (2, 2))
         self.assertGreaterEqual(t["connections"]["tcp"], 3)
+
+        # each worker's metrics at its own http address: its own connections
+        async def gauge(base: str) -> str:
+            r = await treq.get(f"{base}/metrics", persistent=False)
+            for line in (await r.content()).decode().splitlines():
+                if line.startswith('o2o_connections{transport="tcp"}'):
+                    return line
+            return ""
+
+        for wid, base in internal.items():
+            line = ""
+            for _ in range(50):  # a connection aborted above may still be closing
+                mine = sum(1 for c in self.open if c.node == wid)
+                line = await gauge(base)
+                if line == f'o2o_connections{{transport="tcp"}} {float(mine)}':
+                    break
+                await deferLater(reactor, 0.1, lambda: None)
+            self.assertEqual(line, f'o2o_connections{{transport="tcp"}} {float(mine)}')
 
         # each worker's console on the configured port + its index
         for i in (0, 1):

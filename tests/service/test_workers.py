@@ -21,15 +21,17 @@ from twisted.internet.testing import MemoryReactorClock
 from twisted.internet.utils import getProcessOutputAndValue
 from twisted.logger import LogLevel, formatEvent, globalLogPublisher
 from twisted.python.failure import Failure
+from twisted.python.usage import UsageError
 from twisted.trial.unittest import TestCase
 
 from o2obroker.config import Config, ConfigError, load
 from o2obroker.service.listen import StartupError
-from o2obroker.service.tap import Options
+from o2obroker.service.tap import Options, makeService
 from o2obroker.service.workers import (
     HTTP_FD,
     TCP_FD,
     AdoptedPort,
+    InternalPort,
     ParentWatch,
     Workers,
     bind_group,
@@ -323,6 +325,40 @@ class WorkerConfigTests(TestCase):
         self.assertEqual(where["http"], "http://10.0.0.5:41000")
         self.assertEqual(where["ws"], "ws://10.0.0.5:8080/ws")
         self.assertEqual(where["tcp"], "10.0.0.5:9100")
+
+
+class TreeTests(TestCase):
+    """What ``twistd o2obroker`` builds with workers: the parent, or one worker."""
+
+    def test_the_node_process_becomes_the_parent_of_its_workers(self) -> None:
+        options = Options()
+        options.parseOptions(["--workers", "3", "--redis", "redis://h", "--node", "edge"])
+        top = makeService(options, ProcessReactor())
+        workers = top.getServiceNamed("workers")
+        self.assertEqual((workers.node, workers.count), ("edge", 3))
+        self.assertEqual(sorted(workers._processes), ["edge.w0", "edge.w1", "edge.w2"])
+        self.assertFalse(hasattr(top, "node"))  # no node, no backend in the parent
+        self.assertEqual([s.name for s in top], ["workers"])
+
+    def test_a_worker_builds_a_node_on_adopted_ports(self) -> None:
+        options = Options()
+        options.parseOptions(["--workers", "2", "--redis", "redis://h", "--worker", "1"])
+        top = makeService(options, ProcessReactor())
+        self.assertEqual(top.node.config.node, "n1.w1")
+        self.assertEqual(top.node.worker, {"node": "n1", "index": 1, "count": 2})
+        self.assertIsInstance(top.getServiceNamed("tcp"), AdoptedPort)
+        self.assertEqual(top.getServiceNamed("tcp").fd, TCP_FD)
+        self.assertEqual(top.getServiceNamed("http").fd, HTTP_FD)
+        self.assertIsInstance(top.getServiceNamed("http-internal"), InternalPort)
+
+    def test_a_worker_index_out_of_range_is_refused(self) -> None:
+        for bad in ("2", "-1", "x"):
+            e = self.assertRaises(
+                UsageError,
+                Options().parseOptions,
+                ["--workers", "2", "--redis", "redis://h", "--worker", bad],
+            )
+            self.assertEqual(str(e), f"worker: must be 0 to 1 (workers = 2), not {bad!r}")
 
 
 class WorkerPartsTests(TestCase):
