@@ -9,7 +9,7 @@ In one run, on one redis-server started here: first a node of one process
 hello as its own user and waits for its welcome. The clients are ``--clients``
 processes (the per-process open-file limit is 20,000 here), each bound to its
 own source address 127.0.0.k (loopback has ~28,000 ephemeral ports per source
-and destination pair), each with at most 500 connects under way; the connect
+and destination pair), each with at most 250 connects under way; the connect
 storm is timed from the moment every client process is ready to the last
 welcome. Memory per connection is the growth of the RSS summed over the
 node's processes, divided by the connections. ``hb`` is 600 s so that no
@@ -33,7 +33,7 @@ from _common import PYTHON, ROOT, free_port, raise_nofile, settle, wait_port
 sys.path.insert(0, str(ROOT))
 
 _len = struct.Struct(">I")
-IN_FLIGHT = 500
+IN_FLIGHT = 250
 
 
 # -- a client process -------------------------------------------------------------
@@ -48,6 +48,7 @@ def client(port: int, source: str, count: int, prefix: str) -> None:
     from twisted.protocols.basic import LineReceiver
 
     state = {"started": 0, "welcomed": 0, "failed": 0}
+    refused: dict[str, int] = {}
 
     def hello(user: str) -> bytes:
         payload = cbor2.dumps({"t": "hello", "user": user, "device": "d"})
@@ -68,8 +69,14 @@ def client(port: int, source: str, count: int, prefix: str) -> None:
             self.buf += data
             if len(self.buf) >= 4 and len(self.buf) >= 4 + _len.unpack_from(self.buf)[0]:
                 self.welcomed = True
+                first = cbor2.loads(self.buf[4 : 4 + _len.unpack_from(self.buf)[0]])
                 self.buf = b""
-                state["welcomed"] += 1
+                if first.get("t") == "welcome":
+                    state["welcomed"] += 1
+                else:  # refused: an error frame, and the broker closes it
+                    state["failed"] += 1
+                    code = f"{first.get('code')} {first.get('reason')}"
+                    refused[code] = refused.get(code, 0) + 1
                 more()
 
     class Factory(ClientFactory):
@@ -93,7 +100,7 @@ def client(port: int, source: str, count: int, prefix: str) -> None:
                 "127.0.0.1", port, Factory(f"{prefix}{i}"), timeout=60, bindAddress=(source, 0)
             )
         if state["welcomed"] + state["failed"] == count:
-            out.sendLine(f"done {state['failed']}".encode())
+            out.sendLine(f"done {state['failed']} {json.dumps(refused)}".encode())
 
     class Control(LineReceiver):
         delimiter = b"\n"
@@ -206,14 +213,16 @@ def run(redis_url: str, workers: int, total: int, clients: int) -> tuple[float, 
             assert p.stdin is not None
             p.stdin.write(b"go\n")
             p.stdin.flush()
-        failed = 0
+        failed, why = 0, {}
         for p in procs:
             assert p.stdout is not None
-            line = p.stdout.readline().split()
-            failed += int(line[1])
+            _, n, refused = p.stdout.readline().decode().split(" ", 2)
+            failed += int(n)
+            for reason, k in json.loads(refused).items():
+                why[reason] = why.get(reason, 0) + k
         storm = time.perf_counter() - start
         if failed:
-            print(f"  {failed} connections failed", flush=True)
+            print(f"  {failed} connections failed or refused: {why}", flush=True)
         after = sum(settle(pid) for pid in pids)
         held = share * clients - failed
         time.sleep(2 * 2.0)  # a heartbeat of the registry: the records count them
