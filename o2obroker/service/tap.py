@@ -19,16 +19,7 @@ from o2obroker.service.console import check_console_files, console_service, name
 from o2obroker.service.listen import Listener, NodeTree, check_endpoint, exit_with
 from o2obroker.service.node import Node
 from o2obroker.service.site import build_site
-from o2obroker.service.workers import (
-    HTTP_FD,
-    TCP_FD,
-    AdoptedPort,
-    InternalPort,
-    ParentWatchService,
-    Workers,
-    worker_argv,
-    worker_config,
-)
+from o2obroker.service.workers import Workers, add_worker_ports, worker_argv, worker_config
 from o2obroker.transports.tcp import BinaryFactory
 
 
@@ -225,27 +216,3 @@ def makeService(options: dict[str, Any], reactor: Any = None) -> service.MultiSe
     if console is not None:
         console.setServiceParent(top)
     return top
-
-
-def add_worker_ports(
-    top: service.MultiService, node: Node, binary: Any, site: Any, reactor: Any
-) -> None:
-    """A worker's ports: the node's shared ones adopted from its parent, its own
-    internal HTTP port (in its registry record), and the pipe that tells it the
-    parent is gone."""
-    host = node.config.public_host
-    host = f"[{host}]" if ":" in host and not host.startswith("[") else host
-
-    def tcp(port: int) -> None:
-        node.tcp_port = port
-
-    def http(port: int) -> None:
-        node.http_port = port
-
-    def internal(port: int) -> None:
-        node.internal_http = f"http://{host}:{port}"
-
-    AdoptedPort("tcp", TCP_FD, binary, reactor, tcp).setServiceParent(top)
-    AdoptedPort("http", HTTP_FD, site, reactor, http).setServiceParent(top)
-    InternalPort(node.config.http, site, reactor, internal).setServiceParent(top)
-    ParentWatchService(reactor).setServiceParent(top)

@@ -490,3 +490,28 @@ class ParentWatchService(service.Service):
     def _gone(self) -> None:
         log.warn("the node's parent process is gone: this worker stops")
         self.reactor.stop()
+
+
+def add_worker_ports(
+    top: service.MultiService, node: Any, binary: Any, site: Any, reactor: Any
+) -> None:
+    """A worker's ports: the node's shared ones adopted from its parent (their
+    ports become the node's client addresses), its own internal HTTP port (the
+    ``http`` address of its registry record), and the pipe that tells it the
+    parent is gone."""
+    host = node.config.public_host
+    host = f"[{host}]" if ":" in host and not host.startswith("[") else host
+
+    def tcp(port: int) -> None:
+        node.tcp_port = port
+
+    def http(port: int) -> None:
+        node.http_port = port
+
+    def internal(port: int) -> None:
+        node.internal_http = f"http://{host}:{port}"
+
+    AdoptedPort("tcp", TCP_FD, binary, reactor, tcp).setServiceParent(top)
+    AdoptedPort("http", HTTP_FD, site, reactor, http).setServiceParent(top)
+    InternalPort(node.config.http, site, reactor, internal).setServiceParent(top)
+    ParentWatchService(reactor).setServiceParent(top)
