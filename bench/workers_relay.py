@@ -23,9 +23,11 @@ import sys
 import time
 import urllib.request
 
-from _common import ROOT, free_port, start_broker, wait_port
-from cluster_relay import throughput
+import cbor2
+from _common import ROOT, drive, free_port, start_broker, wait_port
+from tcp_relay import Counter, frame
 from twisted.internet import defer, reactor
+from twisted.internet.endpoints import TCP4ClientEndpoint, connectProtocol
 
 sys.path.insert(0, str(ROOT))
 from tests.redis_server import RedisServer
@@ -59,17 +61,46 @@ def start(redis: RedisServer, workers: int) -> tuple[int, object]:
     return port, proc
 
 
+async def one_pair(
+    port: int, prefix: str, n_batches: int, batch: int, window: int, crossed: list[bool]
+) -> float:
+    """bench/cluster_relay.py's throughput, noting whether the pair met on one worker."""
+    receiver = await connectProtocol(
+        TCP4ClientEndpoint(reactor, "127.0.0.1", port), Counter(ack=True, welcome=True)
+    )
+    sender = await connectProtocol(
+        TCP4ClientEndpoint(reactor, "127.0.0.1", port), Counter(welcome=True)
+    )
+    bob = f"{prefix}bob"
+    receiver.transport.write(frame({"t": "hello", "user": bob, "device": "r"}))
+    sender.transport.write(frame({"t": "hello", "user": f"{prefix}alice", "device": "s"}))
+    nodes = [cbor2.loads(await c.first)["node"] for c in (receiver, sender)]
+    crossed.append(nodes[0] != nodes[1])
+    batches = [
+        b"".join(
+            frame({"t": "send", "id": f"{b}-{i}", "to": bob, "body": {"n": i}})
+            for i in range(batch)
+        )
+        for b in range(n_batches)
+    ]
+    return await drive(sender, receiver, batches, batch, window, n_batches * batch)
+
+
 async def relay(
     port: int, prefix: str, pairs: int, n_batches: int, batch: int, window: int
-) -> float:
+) -> tuple[float, int]:
+    """(messages per second over all pairs, how many pairs crossed between workers)."""
+    crossed: list[bool] = []
     start = time.perf_counter()
     await defer.gatherResults(
         [
-            defer.ensureDeferred(throughput(port, port, f"{prefix}p{i}-", n_batches, batch, window))
+            defer.ensureDeferred(
+                one_pair(port, f"{prefix}p{i}-", n_batches, batch, window, crossed)
+            )
             for i in range(pairs)
         ]
     )
-    return pairs * n_batches * batch / (time.perf_counter() - start)
+    return pairs * n_batches * batch / (time.perf_counter() - start), sum(crossed)
 
 
 async def main(args: argparse.Namespace) -> None:
@@ -83,14 +114,18 @@ async def main(args: argparse.Namespace) -> None:
             for workers in cases:
                 port, proc = start(redis, workers)
                 try:
-                    rate = await relay(
+                    rate, crossed = await relay(
                         port, f"w{workers}r{rnd}-", args.pairs, n_batches, args.batch, args.window
                     )
                 finally:
                     proc.terminate()  # type: ignore[attr-defined]
                     proc.wait()  # type: ignore[attr-defined]
                 rates[workers].append(rate)
-                print(f"round {rnd + 1} workers={workers} {rate:10,.0f} msgs/s", flush=True)
+                print(
+                    f"round {rnd + 1} workers={workers} {rate:10,.0f} msgs/s"
+                    f" ({crossed} of {args.pairs} pairs across two workers)",
+                    flush=True,
+                )
     finally:
         redis.destroy()
     base = statistics.median(rates[1])
