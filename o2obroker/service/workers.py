@@ -89,8 +89,14 @@ def tcp_address(description: str) -> tuple[socket.AddressFamily, str, int, int]:
 
 
 def shift_port(description: str, offset: int) -> str:
-    """The endpoint ``description`` with its port moved up by ``offset`` (a worker's console)."""
+    """The endpoint ``description`` with its port moved up by ``offset`` (a worker's
+    console); a ``unix:`` socket's path gets ``.w<offset>`` instead, from 1 up."""
     parts = description.split(":")
+    if parts[0].lower() == "unix" and len(parts) > 1 and offset:
+        path = parts[1]
+        key, eq, value = path.partition("=")
+        parts[1] = f"{key}={value}.w{offset}" if eq and key == "address" else f"{path}.w{offset}"
+        return ":".join(parts)
     for i, part in enumerate(parts[1:], 1):
         key, eq, value = part.partition("=")
         if not eq and key.isdigit():

@@ -238,6 +238,11 @@ class BindGroupTests(TestCase):
         self.assertEqual(
             shift_port("tcp:port=2222:interface=::1", 1), "tcp:port=2223:interface=::1"
         )
+        self.assertEqual(
+            shift_port("unix:/run/o2o.sock:mode=600", 2), "unix:/run/o2o.sock.w2:mode=600"
+        )
+        self.assertEqual(shift_port("unix:address=/run/c", 1), "unix:address=/run/c.w1")
+        self.assertEqual(shift_port("unix:/run/o2o.sock", 0), "unix:/run/o2o.sock")
 
 
 class WorkerConfigTests(TestCase):
