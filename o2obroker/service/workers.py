@@ -17,10 +17,12 @@ gone, however it went (``kill -9`` included), and the worker stops.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import math
 import os
 import re
+import signal
 import socket
 import sys
 from collections.abc import Callable, Sequence
@@ -29,6 +31,7 @@ from typing import Any
 from twisted.application import service
 from twisted.internet import fdesc
 from twisted.internet.defer import Deferred, DeferredList, succeed
+from twisted.internet.error import ProcessExitedAlready
 from twisted.internet.interfaces import (
     IProcessProtocol,
     IReactorProcess,
@@ -253,8 +256,12 @@ class Workers(ProcessMonitor):
         reactor: Any,
         *,
         env: dict[str, str] | None = None,
+        signals: bool = True,
     ) -> None:
         super().__init__(_Spawner(reactor, self._fds, self._ended))
+        self.reactor = reactor
+        self.signals = signals
+        self._old_hup: Any = None
         self.setName("workers")
         self.node = node
         self.count = count
@@ -282,6 +289,17 @@ class Workers(ProcessMonitor):
             ports=ports,
         )
         super().startService()
+        if self.signals and hasattr(signal, "SIGHUP"):
+            # as a node of one process reloads on SIGHUP (twistd's default would end us)
+            self._old_hup = signal.signal(
+                signal.SIGHUP, lambda *_: self.reactor.callFromThread(self.hangup)
+            )
+
+    def hangup(self) -> None:
+        """SIGHUP: pass it on to every worker, which reads its keyword lists again."""
+        for proto in list(self.protocols.values()):
+            with contextlib.suppress(ProcessExitedAlready):
+                proto.transport.signalProcess("HUP")
 
     def _fds(self, name: str) -> dict[int, int]:
         i = self._index[name]
@@ -304,6 +322,9 @@ class Workers(ProcessMonitor):
     def stopService(self) -> Deferred[object]:
         """SIGTERM to every worker (SIGKILL after ``killTime``); fires once all
         have ended, then closes the shared sockets."""
+        if self._old_hup is not None:
+            signal.signal(signal.SIGHUP, self._old_hup)
+            self._old_hup = None
         running = list(self.protocols)
         ended = [self._waiting.setdefault(name, Deferred()) for name in running]
         super().stopService()

@@ -257,6 +257,10 @@ class WorkersTests(TestCase):
         parent = self.node.pid
         pids = children(parent)
         self.assertEqual(len(pids), 2)
+        # SIGHUP to the parent: each worker reloads, the node goes on
+        os.kill(parent, signal.SIGHUP)
+        await eventually(lambda: self.node.output.count(b"SIGHUP: no keyword filter") == 2)
+        self.assertEqual(children(parent), pids)
         victim = min(pids)
         old = {wid: r["addresses"]["http"] for wid, r in self.records.items()}
         os.kill(victim, signal.SIGKILL)

@@ -101,7 +101,9 @@ class WorkersTests(TestCase):
 
     def make(self, count: int = 2) -> tuple[Workers, ProcessReactor]:
         clock = ProcessReactor()
-        workers = Workers("n1", count, lambda i: ["python", f"w{i}"], FREE, clock, env={})
+        workers = Workers(
+            "n1", count, lambda i: ["python", f"w{i}"], FREE, clock, env={}, signals=False
+        )
         return workers, clock
 
     def start(self, workers: Workers) -> None:
@@ -169,6 +171,14 @@ class WorkersTests(TestCase):
         self.assertEqual(len(clock.processes), 2)
         self.assertTrue(all(s.fileno() == -1 for s in sockets))
 
+    def test_sighup_goes_on_to_every_live_worker(self) -> None:
+        workers, clock = self.make(2)
+        self.start(workers)
+        clock.advance(100)
+        clock.processes[1].end(ProcessTerminated(signal=9))  # its successor not yet started
+        workers.hangup()
+        self.assertEqual([p.signals for p in clock.processes], [["HUP"], []])
+
     def test_a_busy_port_stops_the_parent_before_any_worker(self) -> None:
         busy = socket.socket()
         self.addCleanup(busy.close)
@@ -183,6 +193,7 @@ class WorkersTests(TestCase):
             {"tcp": f"tcp:{port}:interface=127.0.0.1"},
             clock,
             env={},
+            signals=False,
         )
         e = self.assertRaises(StartupError, workers.privilegedStartService)
         self.assertEqual(
