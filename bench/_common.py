@@ -56,13 +56,16 @@ def settle(pid: int, tries: int = 40) -> int:
 
 
 def start_broker(port: int, *extra: str) -> subprocess.Popen[bytes]:
-    """A real broker, as `twistd -n o2obroker` runs it, on the embedded backend."""
+    """A real broker, as `twistd -n o2obroker` runs it, on the embedded backend.
+
+    Its log goes to stdout, thrown away here: ``--logfile=/dev/null`` would
+    make twistd rotate /dev/null itself (rename it, create a plain file) once
+    a megabyte of log was written to it."""
     env = dict(os.environ, PYTHONPATH=str(ROOT))
     cmd = [
         str(Path(PYTHON).parent / "twistd"),
         "--nodaemon",
         "--pidfile=",
-        "--logfile=/dev/null",
         "o2obroker",
         "--auth",
         "none",

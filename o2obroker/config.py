@@ -114,6 +114,9 @@ class Config:
     # dead after two without one), and the host clients and peers reach it by
     node_heartbeat: float = 2.0
     public_host: str = "127.0.0.1"
+    # worker processes of this node sharing its ports (doc/operations.md); more than
+    # one needs the Redis backend, where they meet
+    workers: int = 1
     # the store (doc/configuration.md): seconds a backend call may take before its
     # sends get 503; bytes the inboxes may hold per user and in all (0: no bound)
     backend_timeout: float = 5.0
@@ -291,6 +294,19 @@ def _check_redis(c: Config) -> None:
         raise ConfigError("public_host: must not be empty")
     if c.redis_timeout <= 0:
         raise ConfigError(f"redis_timeout: must be positive, not {c.redis_timeout}")
+    if not 1 <= c.workers <= MAX_WORKERS:
+        raise ConfigError(f"workers: must be 1 to {MAX_WORKERS}, not {c.workers}")
+    if c.workers > 1:
+        if not c.redis:
+            raise ConfigError(
+                f"workers: {c.workers} workers need the Redis backend (redis = ..., --redis):"
+                " the embedded backend lives in one process"
+            )
+        for key in ("tcp", "http"):
+            if not re.match(r"tcp6?:", getattr(c, key)):
+                raise ConfigError(
+                    f"{key}: workers share tcp: or tcp6: ports only, not {getattr(c, key)!r}"
+                )
     if not c.redis:
         if c.redis_ca:
             raise ConfigError("redis_ca: only means something with redis = rediss://...")
@@ -312,6 +328,10 @@ def _check_redis(c: Config) -> None:
             raise ConfigError(f"redis_ca: cannot read {c.redis_ca}: {e.strerror}") from None
         if b"-----BEGIN CERTIFICATE-----" not in pem:
             raise ConfigError(f"redis_ca: {c.redis_ca} holds no PEM certificate")
+
+
+#: worker processes a node may run
+MAX_WORKERS = 64
 
 
 def _check_business(c: Config) -> None:

@@ -19,6 +19,7 @@ from o2obroker.service.console import check_console_files, console_service, name
 from o2obroker.service.listen import Listener, NodeTree, check_endpoint, exit_with
 from o2obroker.service.node import Node
 from o2obroker.service.site import build_site
+from o2obroker.service.workers import Workers, add_worker_ports, worker_argv, worker_config
 from o2obroker.transports.tcp import BinaryFactory
 
 
@@ -61,6 +62,13 @@ class Options(usage.Options):
             "Redis backend: redis:// or rediss:// URL, several comma-separated to shard "
             "(redis://[user:password@]host[:port][/db]). Default: the in-memory backend.",
         ],
+        [
+            "workers",
+            None,
+            None,
+            "Worker processes sharing the node's ports; more than 1 needs --redis [default: 1].",
+        ],
+        ["worker", None, None, "Run as worker I of the node (the node's parent process sets it)."],
     ]
 
     def postOptions(self) -> None:
@@ -78,9 +86,12 @@ class Options(usage.Options):
             "manhole_keys": self["manhole-keys"],
             "log_format": self["log-format"],
             "redis": self["redis"],
+            "workers": self["workers"],
         }
         try:
             self["settings"] = config = load(self["config"], overrides)
+            if self["worker"] is not None:
+                check_worker(self["worker"], config.workers)
             for key in ("tcp", "http", "manhole", "manhole_telnet"):
                 if getattr(config, key):
                     check_endpoint(key, getattr(config, key), global_reactor)
@@ -161,20 +172,46 @@ def tune_gc() -> None:
     gc.set_threshold(GC_YOUNG, middle, old)
 
 
+def check_worker(raw: str, workers: int) -> None:
+    if not raw.isdigit() or int(raw) >= workers:
+        raise ConfigError(f"worker: must be 0 to {workers - 1} (workers = {workers}), not {raw!r}")
+
+
 def makeService(options: dict[str, Any], reactor: Any = None) -> service.MultiService:
-    """The service tree of one node: the node itself and one service per listener."""
+    """The service tree of one node: the node itself and one service per listener;
+    with ``workers`` above 1, the parent of that many worker processes instead."""
     reactor = reactor or global_reactor
     config = options["settings"]
-    node = Node(config, reactor)
     twistd = getattr(options, "parent", None)  # twistd's own options, when run by it
     top = NodeTree(twistd)
     if twistd is not None:
         # twistd opens its log after this returns, and takes the application's observer
         top.log_observer = twistd_observer(twistd, config.log_format)
+    index = options.get("worker")
+    if index is None and config.workers > 1:
+        names = [p[0] for p in Options.optParameters]
+        Workers(
+            config.node,
+            config.workers,
+            lambda i: worker_argv(options, names, i),
+            {"tcp": config.tcp, "http": config.http},
+            reactor,
+        ).setServiceParent(top)
+        return top
+    if index is not None:
+        node_id, config = config.node, worker_config(config, int(index))
+    node = Node(config, reactor)
+    if index is not None:
+        # in the registry record: what the node's totals are summed by
+        node.worker = {"node": node_id, "index": int(index), "count": config.workers}
     top.node = node  # for the console and tests
     NodeService(node, reactor).setServiceParent(top)
-    Listener("tcp", config.tcp, BinaryFactory(node.gateway), reactor).setServiceParent(top)
-    Listener("http", config.http, build_site(node, reactor), reactor).setServiceParent(top)
+    binary, site = BinaryFactory(node.gateway), build_site(node, reactor)
+    if index is None:
+        Listener("tcp", config.tcp, binary, reactor).setServiceParent(top)
+        Listener("http", config.http, site, reactor).setServiceParent(top)
+    else:
+        add_worker_ports(top, node, binary, site, reactor)
     console = console_service(config, namespace(node, top), reactor)
     if console is not None:
         console.setServiceParent(top)

@@ -22,6 +22,7 @@ from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET
 
 from o2obroker.actors.history import read_history
+from o2obroker.actors.supervisor import occupancy_of
 from o2obroker.routing import NodeInfo, least_loaded, pick
 from o2obroker.transports.common import finish, json_answer, json_body
 from o2obroker.wire import ProtocolError, decode_json, parse_frame, valid_room, valid_user
@@ -256,19 +257,42 @@ class Nodes(_Endpoint):
     """
 
     def render_GET(self, request: Any) -> Any:
-        own = node_info(self.node, addresses(self.node, request), self.clock)
+        # as the request reached this node, and its own HTTP port for its peers
+        where = {**addresses(self.node, request), "http": public_addresses(self.node)["http"]}
+        own = node_info(self.node, where, self.clock)
         d = self.node.backend.nodes()
 
         def listed(records: list[dict[str, Any]]) -> None:
             others = [r for r in records if r.get("id") != own["id"]]
             every = sorted([own, *others], key=lambda r: str(r.get("id")))
-            _write(request, 200, {"nodes": every})
+            _write(request, 200, {"nodes": every, "totals": node_totals(every)})
 
         def failed(failure: Any) -> None:
             _write(request, 503, {"error": failure.getErrorMessage(), "nodes": [own]})
 
         d.addCallbacks(listed, failed)
         return NOT_DONE_YET
+
+
+def node_totals(records: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """Every node that runs workers, by its id: its live workers' records summed.
+
+    ``workers`` is how many are live of ``count``; ``connections`` the sum by
+    transport and ``occupancy`` the P of that sum (doc/operations.md).
+    """
+    totals: dict[str, dict[str, Any]] = {}
+    for r in records:
+        w = r.get("worker")
+        if not isinstance(w, dict) or not isinstance(w.get("node"), str):
+            continue
+        t = totals.setdefault(w["node"], {"workers": 0, "count": w.get("count"), "connections": {}})
+        t["workers"] += 1
+        sums = t["connections"]
+        for transport, n in (r.get("connections") or {}).items():
+            sums[transport] = sums.get(transport, 0) + n
+    for t in totals.values():
+        t["occupancy"] = occupancy_of(t["connections"])
+    return totals
 
 
 def node_info(node: Any, where: dict[str, str], clock: IReactorTime) -> dict[str, Any]:
@@ -283,7 +307,7 @@ def node_info(node: Any, where: dict[str, str], clock: IReactorTime) -> dict[str
     supervisor = _supervisor(node)
     sample = getattr(supervisor, "last", None)
     figures = node.figures()
-    return {
+    record = {
         "id": node.config.node,
         "cluster": node.config.cluster,
         "addresses": where,
@@ -298,6 +322,10 @@ def node_info(node: Any, where: dict[str, str], clock: IReactorTime) -> dict[str
         "full": figures["full"],
         "last_heartbeat": clock.seconds(),
     }
+    worker = getattr(node, "worker", None)
+    if worker is not None:
+        record["worker"] = worker  # {"node", "index", "count"}: one of a node's workers
+    return record
 
 
 def public_addresses(node: Any) -> dict[str, str]:
@@ -313,7 +341,8 @@ def public_addresses(node: Any) -> dict[str, str]:
         "ws": f"ws://{host}:{http_port}/ws",
         "lp": f"http://{host}:{http_port}/lp",
         "tcp": f"{host}:{tcp_port}",
-        "http": f"http://{host}:{http_port}",
+        # a worker's own port: its peers' forwards must reach this process, not the shared port
+        "http": getattr(node, "internal_http", None) or f"http://{host}:{http_port}",
     }
 
 
