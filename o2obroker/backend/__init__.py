@@ -4,6 +4,7 @@ from o2obroker.backend.interface import (
     BackendUnavailable,
     IBackend,
     InboxState,
+    Location,
     StoredMessage,
     StoreFull,
 )
@@ -14,6 +15,7 @@ __all__ = [
     "BackendUnavailable",
     "IBackend",
     "InboxState",
+    "Location",
     "MemoryBackend",
     "StoreFull",
     "StoredMessage",
