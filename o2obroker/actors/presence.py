@@ -275,7 +275,8 @@ class PresenceHub:
 
     def sweep(self) -> None:
         """Take the presence of dead nodes' devices away, ``slice_size`` users a
-        call, and tell the watchers what changed; called at every heartbeat."""
+        call, and tell the watchers what changed at once; called after every
+        read of the registry (each beat, and when a peer's record lapses)."""
         if not self.merged or not self.running or self._sweeping:
             return
         self._sweeping = True
@@ -287,6 +288,11 @@ class PresenceHub:
     def _swept(self, changes: dict[str, tuple[Presence, Presence]]) -> bool:
         for user, change in changes.items():
             self._merged(change, user)
+        # a dead node's devices are news already late by the time its record
+        # lapsed: they go out now, not after the window (with what was pending)
+        if self._timer is not None and changes:
+            self._timer.cancel()
+            self._flush()
         return len(changes) >= self.slice_size
 
     def _swept_all(self, more: object) -> None:
