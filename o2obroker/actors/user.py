@@ -6,7 +6,7 @@ import itertools
 import os
 from typing import Any, ClassVar
 
-from twisted.internet.defer import Deferred, succeed
+from twisted.internet.defer import Deferred, FirstError, gatherResults, succeed
 from twisted.internet.interfaces import IReactorTime
 from twisted.internet.task import deferLater
 from twisted.python.failure import Failure
@@ -15,7 +15,7 @@ from zope.interface import Attribute, Interface, implementer
 from o2obroker.actors.actor import Actor, Message, Scheduler
 from o2obroker.actors.history import read_history
 from o2obroker.actors.presence import PresenceHub, UserPresence, presence_frame
-from o2obroker.backend.interface import IBackend, InboxState, Receipt, StoredMessage
+from o2obroker.backend.interface import IBackend, InboxState, Location, Receipt, StoredMessage
 from o2obroker.policy.pipeline import REJECTED_STATUS
 from o2obroker.routing import Delivery, IMailbox, Outgoing, Router, Settlement
 from o2obroker.routing.router import UNAVAILABLE
@@ -325,12 +325,42 @@ class UserActor(Actor):
         )
 
     def _on_resync(self, message: Message) -> Deferred[None] | None:
+        """After a resubscribe: what was published meanwhile is lost. A device
+        that said hello on another node meanwhile is replaced here (its
+        location says so; the channel's word of it was lost), and the others
+        are sent their inbox from what each was written."""
+        if not self.devices:
+            return None
+        d = self.backend.locations([self.user])
+        d.addCallbacks(self._relocated, self._unlocated)
+        return d.addCallback(lambda _: self._resync_backlogs())
+
+    def _relocated(self, found: dict[str, dict[str, Location]]) -> None:
+        where = found.get(self.user, {})
+        here = Location(self.backend.node_id, self.backend.boot)
+        for name in list(self.devices):
+            at = where.get(name)
+            if at is None:
+                # forgotten meanwhile (this node was taken for dead): here it is
+                self.backend.locate(self.user, name).addErrback(self._unlocated)
+            elif at != here:
+                self._displace(name)
+
+    def _unlocated(self, failure: Failure) -> None:
+        self.log.warn(
+            "device locations of {user}: {error}", user=self.user, error=failure.getErrorMessage()
+        )
+
+    def _resync_backlogs(self) -> Deferred[None] | None:
         written = self._written or {}
         devices = [(d, written.get(n, 0)) for n, d in self.devices.items() if d.live]
         return self._backlogs(devices) if devices else None
 
     def _on_displaced(self, message: Message) -> None:
-        name = message[1]
+        self._displace(message[1])
+
+    def _displace(self, name: str) -> None:
+        """The same device of this user said hello on another node: 409 here."""
         old = self.devices.pop(name, None)
         if old is None:
             return
@@ -511,9 +541,17 @@ class UserActor(Actor):
 
         def tracked(_: None) -> Deferred[InboxState]:
             # subscribed first: what is stored from now on reaches this actor,
-            # and what was stored before is in the inbox read next
-            publisher.replace(user, name)
-            return backend.inbox_state(user)
+            # and what was stored before is in the inbox read next. The device
+            # is located here at the same time (one round trip): where it was
+            # before, if elsewhere, is told to replace it
+            located = backend.locate(user, name).addCallback(replace)
+            state = backend.inbox_state(user)
+            d = gatherResults([located, state], consumeErrors=True)
+            return d.addCallbacks(lambda both: both[1], _first_error)
+
+        def replace(before: Location | None) -> None:
+            if before is not None:
+                publisher.replace(user, name)
 
         def with_state(state: InboxState) -> Deferred[None]:
             if resume_last is None:
@@ -557,6 +595,8 @@ class UserActor(Actor):
             self._written.pop(device.device, None)
         if not self.devices:
             self._router.publisher.untrack(self.user)
+        # it may have been located here before the failure
+        self.backend.unlocate(self.user, device.device).addErrback(lambda f: None)
         # not attached; the client connects again and resumes
         device.fail(ProtocolError(*UNAVAILABLE, fatal=True))
 
@@ -634,6 +674,7 @@ class UserActor(Actor):
             del self.devices[name]
             if self._written:
                 self._written.pop(name, None)
+            self.backend.unlocate(self.user, name).addErrback(self._unlocated)
             self.presence.detached(name, message[2] if len(message) > 2 else False)
             if not self.devices:
                 self._router.publisher.untrack(self.user)
@@ -778,6 +819,13 @@ class UserActor(Actor):
         for device in [d for d in self.devices.values() if not getattr(d, "live", True)]:
             del self.devices[device.device]
             self.presence.detached(device.device, False)
+
+
+def _first_error(failure: Failure) -> Failure:
+    # gatherResults wraps the first failure; the attach's errback wants it itself
+    if failure.check(FirstError):
+        return failure.value.subFailure  # type: ignore[no-any-return]
+    return failure
 
 
 def _error(code: int, reason: str, ref: str | None) -> dict[str, Any]:

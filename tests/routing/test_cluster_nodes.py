@@ -81,6 +81,37 @@ class ClusterNodesTests(RedisNodesCase):
         # node a has no device of dave left: it no longer listens for him
         await eventually(lambda: not self.nodes["a"].store.bus.has("dave"))
 
+    async def test_where_each_device_is_live_is_kept_from_hello_to_close(self) -> None:
+        from o2obroker.backend import Location
+
+        a, b = await self.node("a"), await self.node("b")
+        store_a, store_b = self.nodes["a"].store, self.nodes["b"].store
+        on_a, on_b = Location("a", store_a.boot), Location("b", store_b.boot)
+        phone = await self.client(a, "dave", "phone")
+        await self.client(b, "dave", "laptop")
+        self.assertEqual(
+            await store_a.locations(["dave"]), {"dave": {"phone": on_a, "laptop": on_b}}
+        )
+        await phone.bye()
+        await eventually(lambda: "dave" not in self.nodes["a"].router.actors)
+        self.assertEqual(await store_b.locations(["dave"]), {"dave": {"laptop": on_b}})
+
+    async def test_a_replacement_lost_with_the_subscriber_still_closes_the_device(self) -> None:
+        a, b = await self.node("a"), await self.node("b")
+        first = await self.client(a, "dave", "phone")
+        replaced = first.wait_for("error")
+        sub = self.nodes["a"].store.bus.subscribers[0]
+        # a's subscriber drops (b's stays): what b publishes meanwhile never reaches a
+        sub._conn.transport.abortConnection()
+        await eventually(lambda: not sub.ready)
+        await self.client(b, "dave", "phone")
+        self.assertFalse(sub.ready)  # the hello's word went out while a was away
+        # once a is subscribed again, the device's location says it is on b now
+        error = await replaced
+        self.assertEqual((error["code"], error["reason"]), (409, "replaced"))
+        await first.closed
+        self.assertTrue(sub.ready)
+
     async def test_what_was_published_while_the_subscriber_was_down_arrives(self) -> None:
         a, b = await self.node("a"), await self.node("b")
         bob = await self.client(b, "bob")
