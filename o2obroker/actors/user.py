@@ -15,6 +15,7 @@ from zope.interface import Attribute, Interface, implementer
 from o2obroker.actors.actor import Actor, Message, Scheduler
 from o2obroker.actors.history import read_history
 from o2obroker.actors.presence import PresenceHub, UserPresence, presence_frame
+from o2obroker.actors.supervisor.admission import Unavailable
 from o2obroker.backend.interface import IBackend, InboxState, Location, Receipt, StoredMessage
 from o2obroker.policy.pipeline import REJECTED_STATUS
 from o2obroker.routing import Delivery, IMailbox, Outgoing, Router, Settlement
@@ -579,7 +580,8 @@ class UserActor(Actor):
             device.welcome(state.last, resumed)
             return self._send_backlog(device, cursor)
 
-        d = publisher.track(user).addCallback(tracked).addCallback(with_state)
+        d = publisher.track(user).addErrback(_not_subscribed)
+        d.addCallback(tracked).addCallback(with_state)
         return d.addCallbacks(
             lambda _: self._attached(device), self._attach_failed, errbackArgs=(device,)
         )
@@ -597,8 +599,12 @@ class UserActor(Actor):
             self._router.publisher.untrack(self.user)
         # it may have been located here before the failure
         self.backend.unlocate(self.user, device.device).addErrback(lambda f: None)
-        # not attached; the client connects again and resumes
-        device.fail(ProtocolError(*UNAVAILABLE, fatal=True))
+        # not attached; the client connects again and resumes. While this node
+        # cannot hear what is published for the user (its subscriber is away),
+        # a live peer can: the 503 names one
+        elsewhere = self._router.elsewhere
+        redirect = elsewhere() if failure.check(NotSubscribed) and elsewhere else None
+        device.fail(Unavailable(UNAVAILABLE[1], redirect))
 
     def _send_backlog(self, device: Any, after: int) -> Deferred[None] | None:
         """Write the inbox above ``after`` a slice at a time, each slice once the
@@ -819,6 +825,15 @@ class UserActor(Actor):
         for device in [d for d in self.devices.values() if not getattr(d, "live", True)]:
             del self.devices[device.device]
             self.presence.detached(device.device, False)
+
+
+class NotSubscribed(Exception):
+    """This node cannot subscribe to the user's channel now (its subscriber is
+    reconnecting): a device welcomed here would miss what is published to it."""
+
+
+def _not_subscribed(failure: Failure) -> None:
+    raise NotSubscribed(failure.getErrorMessage())
 
 
 def _first_error(failure: Failure) -> Failure:

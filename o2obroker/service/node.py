@@ -161,6 +161,8 @@ class Node:
             interval=config.node_heartbeat,
         )
         self.supervisor.peers = self.registry.peers
+        # a hello this node cannot serve now (its subscriber is away) goes to a peer
+        self.router.elsewhere = self.supervisor.admission.redirect_now
         if self.presence.merged:
             # every beat, the devices of nodes whose records lapsed go offline
             self.registry.on_beat = self.presence.sweep

@@ -557,6 +557,26 @@ class FailingBackendCase(ActorCase):
         bob = self.connect("bob")
         self.assertEqual((bob.welcomed, bob.seqs()), ([(2, True)], [1, 2]))
 
+    def test_a_hello_this_node_cannot_subscribe_for_is_sent_to_a_peer(self) -> None:
+        from twisted.internet.defer import fail
+
+        self.router.elsewhere = lambda: {"tcp": "tcp:n2:9100"}
+        track = self.router.publisher.track
+        self.router.publisher.track = lambda user: fail(BackendUnavailable("subscriber: down"))
+        bob = FakeDevice("bob", "phone")
+        self.system.user("bob").attach(bob, None)
+        self.wait()
+        self.assertEqual(bob.frames, [{**UNAVAILABLE, "redirect": {"tcp": "tcp:n2:9100"}}])
+        self.assertFalse(bob.live)
+        self.assertEqual(self.successResultOf(self.memory.locations(["bob"])), {})
+        # any other failure of the hello is the store's: no peer would do better
+        self.router.publisher.track = track
+        self.broken("inbox_state")
+        bob = FakeDevice("bob", "phone")
+        self.system.user("bob").attach(bob, None)
+        self.wait()
+        self.assertEqual(bob.frames, [UNAVAILABLE])
+
     def test_resume_when_the_backend_fails(self) -> None:
         self.store("bob", 2)
         self.broken("set_cursor")

@@ -112,6 +112,26 @@ class ClusterNodesTests(RedisNodesCase):
         await first.closed
         self.assertTrue(sub.ready)
 
+    async def test_a_hello_while_the_subscriber_is_away_is_sent_to_a_peer(self) -> None:
+        from o2obroker.client import ClientError
+
+        a, b = await self.node("a"), await self.node("b")
+        node_a = self.nodes["a"]
+        await node_a.registry.beat()  # a knows b
+        sub = node_a.store.bus.subscribers[0]
+        sub._conn.transport.abortConnection()
+        await eventually(lambda: not sub.ready)
+        with self.assertRaises(ClientError) as e:
+            await self.client(a, "dave", "phone")
+        self.assertFalse(sub.ready)  # it was refused while a could not listen
+        error = e.exception.frame
+        self.assertEqual((error["code"], error["reason"]), (503, "backend unavailable"))
+        b_record = next(r for r in node_a.registry.nodes if r["id"] == "b")
+        self.assertEqual(error["redirect"]["tcp"], b_record["addresses"]["tcp"])
+        # once a listens again, it welcomes the device
+        await eventually(lambda: sub.ready)
+        await self.client(a, "dave", "phone")
+
     async def test_what_was_published_while_the_subscriber_was_down_arrives(self) -> None:
         a, b = await self.node("a"), await self.node("b")
         bob = await self.client(b, "bob")
