@@ -115,7 +115,7 @@ class ClusterNodesTests(RedisNodesCase):
     async def test_a_hello_while_the_subscriber_is_away_is_sent_to_a_peer(self) -> None:
         from o2obroker.client import ClientError
 
-        a, b = await self.node("a"), await self.node("b")
+        a, _ = await self.node("a"), await self.node("b")
         node_a = self.nodes["a"]
         await node_a.registry.beat()  # a knows b
         sub = node_a.store.bus.subscribers[0]
