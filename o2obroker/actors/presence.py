@@ -145,6 +145,11 @@ class UserPresence:
         del self.entries[device]
         self._update()
 
+    def reassert(self) -> None:
+        """Record the user's state again as it is (what the backend held of it
+        may have been swept); watchers hear of it only if that is news."""
+        self.hub.record(self.user, self.published, self.published, False)
+
     def _expired(self) -> None:
         self._call = None
         self.hub.lingering.discard(self)

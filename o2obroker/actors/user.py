@@ -326,26 +326,23 @@ class UserActor(Actor):
         )
 
     def _on_resync(self, message: Message) -> Deferred[None] | None:
-        """After a resubscribe: what was published meanwhile is lost. A device
-        that said hello on another node meanwhile is replaced here (its
-        location says so; the channel's word of it was lost), and the others
-        are sent their inbox from what each was written."""
+        """After a resubscribe, or a beat that found this node's record lapsed:
+        what was published meanwhile is lost, and what this node keeps in the
+        backend may have been swept. A device that said hello on another node
+        meanwhile is replaced here (its location says so; the channel's word
+        of it was lost), the others are located here again, the user's part
+        of presence is recorded again, and each device is sent its inbox from
+        what it was written."""
         if not self.devices:
             return None
-        d = self.backend.locations([self.user])
+        self.presence.reassert()
+        d = self.backend.relocate(self.user, list(self.devices))
         d.addCallbacks(self._relocated, self._unlocated)
         return d.addCallback(lambda _: self._resync_backlogs())
 
-    def _relocated(self, found: dict[str, dict[str, Location]]) -> None:
-        where = found.get(self.user, {})
-        here = Location(self.backend.node_id, self.backend.boot)
-        for name in list(self.devices):
-            at = where.get(name)
-            if at is None:
-                # forgotten meanwhile (this node was taken for dead): here it is
-                self.backend.locate(self.user, name).addErrback(self._unlocated)
-            elif at != here:
-                self._displace(name)
+    def _relocated(self, elsewhere: dict[str, Location]) -> None:
+        for name in elsewhere:
+            self._displace(name)
 
     def _unlocated(self, failure: Failure) -> None:
         self.log.warn(

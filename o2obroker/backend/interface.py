@@ -235,6 +235,12 @@ class IBackend(Interface):
         node's (a device that moved on is left where it went).
         Fails with BackendUnavailable."""
 
+    def relocate(user: str, devices: list[str]) -> Any:
+        """Locate ``devices`` of ``user`` here again where their location was
+        lost (swept, or left by a dead node), but not where a live node located
+        one since (a later hello there wins): fire with {device: Location} of
+        those, which this node is to replace. Fails with BackendUnavailable."""
+
     def locations(users: list[str]) -> Any:
         """Fire with {user: {device: Location}} of the devices live on live
         nodes, leaving out users with none. Fails with BackendUnavailable."""
@@ -263,7 +269,10 @@ class IBackend(Interface):
         """Publish this node's registry record (JSON-able: id, addresses, load),
         alive for ``ttl`` seconds from now unless beaten again. The record
         kept gets ``boot`` (this start's id) and ``expires`` (when it lapses,
-        seconds since the epoch on this node's clock) added.
+        seconds since the epoch on this node's clock) added. Fire with True
+        when this boot's record was alive until now, False when it is new or
+        had lapsed: then peers may have swept what this node keeps in the
+        backend (presence parts, locations), and it is to record them again.
         Fails with BackendUnavailable."""
 
     def nodes() -> Any:

@@ -391,6 +391,20 @@ class MemoryBackend:
         self._locations[user][device] = here
         return succeed(before if before is not None and before != here else None)
 
+    def relocate(self, user: str, devices: list[str]) -> Deferred[dict[str, Location]]:
+        here = Location(self.node_id, self.boot)
+        now = self._clock.seconds()
+        live = {Location(n, r.get("boot", "")) for n, (e, r) in self._nodes.items() if e > now}
+        located = self._locations.setdefault(user, {})
+        elsewhere = {}
+        for device in devices:
+            at = located.get(device)
+            if at is not None and at != here and at in live:
+                elsewhere[device] = at
+            else:
+                located[device] = here
+        return succeed(elsewhere)
+
     def unlocate(self, user: str, device: str) -> Deferred[None]:
         devices = self._locations.get(user)
         if devices is not None and devices.get(device) == (self.node_id, self.boot):
@@ -444,10 +458,12 @@ class MemoryBackend:
 
     # -- node registry -----------------------------------------------------
 
-    def heartbeat(self, record: dict[str, Any], ttl: float) -> Deferred[None]:
-        expires = self._clock.seconds() + ttl
+    def heartbeat(self, record: dict[str, Any], ttl: float) -> Deferred[bool]:
+        now = self._clock.seconds()
+        expires = now + ttl
+        before = self._nodes.get(self.node_id)
         self._nodes[self.node_id] = (expires, {**record, "boot": self.boot, "expires": expires})
-        return succeed(None)
+        return succeed(before is not None and before[0] > now)
 
     def nodes(self) -> Deferred[list[dict[str, Any]]]:
         now = self._clock.seconds()

@@ -87,6 +87,7 @@ class TimeoutBackend:
     merge_presence = _timed("merge_presence")
     sweep_presence = _timed("sweep_presence")
     locate = _timed("locate")
+    relocate = _timed("relocate")
     unlocate = _timed("unlocate")
     locations = _timed("locations")
     presence = _timed("presence")

@@ -58,6 +58,10 @@ class Registry:
         self._failing = False
         #: called after every beat that read the registry: the presence sweeper
         self.on_beat: Callable[[], object] | None = None
+        #: called when a beat finds that this node's record had lapsed (peers took
+        #: it for dead, and may have swept what it keeps in the backend)
+        self.on_rejoin: Callable[[], object] | None = None
+        self._beaten = False  # a beat of this start has been recorded
         self._loop = LoopingCall(self.beat)
         self._loop.clock = clock
         #: the read due when the first peer's record lapses
@@ -88,10 +92,18 @@ class Registry:
             self._waiters.append(waiter)
             return waiter
         self._beating = d = self.backend.heartbeat(self.record(), self.ttl)
+        d.addCallback(self._beat)
         d.addCallback(lambda _: self.backend.nodes())
         d.addCallbacks(self._seen, self._failed)
         d.addBoth(self._done)
         return d
+
+    def _beat(self, continued: bool | None) -> None:
+        first, self._beaten = not self._beaten, True
+        if continued is False and not first:
+            self.log.warn("node registry: this node's record had lapsed; recording its state again")
+            if self.on_rejoin is not None:
+                self.on_rejoin()
 
     def _lapsed(self) -> None:
         """A peer's record lapsed just now: read the registry again (a beat under

@@ -412,16 +412,23 @@ class LocationTests(ActorCase):
     def test_a_resync_replaces_a_device_that_moved_and_locates_a_forgotten_one(self) -> None:
         phone = self.connect("bob")
         laptop = self.connect("bob", "laptop")
-        # meanwhile (the channel's word lost): the phone said hello on n9, and
-        # the laptop's location was swept
-        self.memory._locations["bob"] = {"phone": Location("n9", "b0")}
+        tablet = self.connect("bob", "tablet")
+        self.memory._nodes["n9"] = (self.clock.seconds() + 10, {"id": "n9", "boot": "b0"})
+        # meanwhile (the channel's word lost): the phone said hello on n9, which
+        # is alive; the laptop's location was swept; the tablet's was taken by
+        # n8, which is dead
+        self.memory._locations["bob"] = {
+            "phone": Location("n9", "b0"),
+            "tablet": Location("n8", "b"),
+        }
         self.system.user("bob").resync()
         self.flush()
         self.assertFalse(phone.live)
-        self.assertTrue(laptop.live)
-        self.assertEqual(list(self.system.user("bob").devices), ["laptop"])
+        self.assertTrue(laptop.live and tablet.live)
+        self.assertEqual(sorted(self.system.user("bob").devices), ["laptop", "tablet"])
         self.assertEqual(
-            self.located("bob"), {"phone": Location("n9", "b0"), "laptop": self.here()}
+            self.located("bob"),
+            {"phone": Location("n9", "b0"), "laptop": self.here(), "tablet": self.here()},
         )
         # the phone's close does not take n9's location away
         self.system.user("bob").detach(phone)

@@ -330,6 +330,24 @@ class BackendContract:
         self.clock.advance(0.2)  # past the ttl of the last beat: dead
         self.assertEqual(await self.b.nodes(), [])
 
+    async def test_a_beat_says_whether_the_record_was_alive(self) -> None:
+        record = {"id": self.b.node_id}
+        self.assertFalse(await self.b.heartbeat(record, 4.0))  # new
+        self.clock.advance(3.9)
+        self.assertTrue(await self.b.heartbeat(record, 4.0))
+        self.clock.advance(4.0)  # lapsed: peers may have swept this node
+        self.assertFalse(await self.b.heartbeat(record, 4.0))
+        self.assertTrue(await self.b.heartbeat(record, 4.0))
+
+    async def test_relocate(self) -> None:
+        b = self.b
+        here = Location(b.node_id, b.boot)
+        await b.heartbeat({"id": b.node_id}, 60.0)
+        self.assertEqual(await b.relocate("bob", []), {})
+        self.assertEqual(await b.relocate("bob", ["phone", "laptop"]), {})
+        self.assertEqual(await b.locations(["bob"]), {"bob": {"phone": here, "laptop": here}})
+        self.assertEqual(await b.relocate("bob", ["phone"]), {})  # here already
+
     async def test_registry_depart(self) -> None:
         await self.b.heartbeat({"id": self.b.node_id}, 60.0)
         await self.b.depart()

@@ -374,6 +374,23 @@ class PresenceAcrossNodesTests(RedisCase):
                 await b.locations(["bob"]), {"bob": {"phone": here_b, "laptop": here_a}}
             )
 
+    async def test_relocate_leaves_a_device_a_live_node_took(self) -> None:
+        for url in (None, f"{shared(0).url},{shared(1).url}"):
+            a, b = await self.nodes(url)
+            await a.locate("bob", "phone")
+            await a.locate("bob", "tablet")
+            await b.locate("bob", "phone")  # a later hello on b
+            # a's location of the tablet was swept; a puts back what is its own
+            await a._user_shard("bob").call("HDEL", a._key("bob", "loc"), "tablet")
+            on_a, on_b = Location("a", a.boot), Location("b", b.boot)
+            self.assertEqual(await a.relocate("bob", ["phone", "tablet"]), {"phone": on_b})
+            self.assertEqual(await a.locations(["bob"]), {"bob": {"phone": on_b, "tablet": on_a}})
+            # once b is dead, what it held is a's again
+            self.clock.advance(11)
+            await a.heartbeat({"id": "a"}, 10.0)
+            self.assertEqual(await a.relocate("bob", ["phone"]), {})
+            self.assertEqual(await a.locations(["bob"]), {"bob": {"phone": on_a, "tablet": on_a}})
+
     async def test_a_sweep_drops_a_dead_nodes_locations(self) -> None:
         a, b = await self.nodes()
         await b.locate("bob", "phone")  # an invisible device: a location, no presence part

@@ -71,6 +71,7 @@ class TimeoutBackendTests(SynchronousTestCase):
             "merge_presence": ("bob", None),
             "sweep_presence": (10,),
             "locate": ("bob", "phone"),
+            "relocate": ("bob", ["phone"]),
             "unlocate": ("bob", "phone"),
             "locations": (["bob"],),
             "presence": (["bob"],),

@@ -8,6 +8,7 @@ from typing import Any
 from twisted.internet import reactor
 from twisted.internet.task import deferLater
 
+from o2obroker.backend import Location
 from tests.redis_nodes import RedisNodesCase
 
 SECRET = "cluster-node-secret-0123456789abcdef"
@@ -90,3 +91,16 @@ class ClusterPresenceTests(RedisNodesCase):
         probe = alice.wait_for("presence")
         alice.write_frame({"t": "probe", "users": ["bob"]})
         self.assertEqual((await probe)["state"], "offline")
+        # b was only frozen: beating again, it records its devices again
+        node_b = self.nodes["b"]
+        back = alice.wait_for("presence")
+        node_b.registry._loop.start(beat)
+        f = await back
+        self.assertEqual((f["user"], f["state"], f["devices"]), ("bob", "online", 1))
+        # and the phone's location, which a swept, is b's again
+        here = {"bob": {"phone": Location("b", node_b.store.boot)}}
+        for _ in range(40):
+            if await node_b.store.locations(["bob"]) == here:
+                break
+            await deferLater(reactor, 0.05)
+        self.assertEqual(await node_b.store.locations(["bob"]), here)

@@ -165,6 +165,21 @@ class LapseTests(SynchronousTestCase):
         self.assertEqual(self.ids(), ["n1"])
         self.assertEqual(self.swept[-1], 104.5 + LAPSE_MARGIN)
 
+    def test_a_beat_that_finds_its_record_lapsed_records_the_nodes_state_again(self) -> None:
+        rejoined: list[float] = []
+        self.registry.on_rejoin = lambda: rejoined.append(self.clock.seconds())
+        self.registry.start()
+        self.clock.advance(2.0)
+        self.assertEqual(rejoined, [])  # a first beat is no rejoin, nor is a beat in time
+        self.backend.break_("fail", "heartbeat")
+        self.clock.advance(4.0)  # the beats of 104 and 106 fail: the record lapses at 106
+        self.assertEqual(rejoined, [])
+        self.backend.heal()
+        self.clock.advance(2.0)
+        self.assertEqual(rejoined, [108.0])
+        self.clock.advance(2.0)
+        self.assertEqual(rejoined, [108.0])
+
     def test_no_read_while_a_beat_is_under_way_and_none_after_stop(self) -> None:
         self.store.peers["n2"] = 101.0
         self.registry.start()

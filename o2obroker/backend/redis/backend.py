@@ -472,6 +472,23 @@ class RedisBackend:
         self._index("located", user, True)
         return d.addCallback(lambda before: _location(before) if before else None)
 
+    def relocate(self, user: str, devices: list[str]) -> Deferred[dict[str, Location]]:
+        if not devices:
+            return succeed({})
+        key = self._key(user, "loc")
+
+        def located(live: set[str]) -> Deferred[dict[str, Location]]:
+            args = [self._here, len(devices), *devices, *sorted(live)]
+            d = self._user_shard(user).evalsha(S.RELOCATE, [key], args)
+            return d.addCallback(
+                lambda flat: {
+                    d.decode(): _location(at) for d, at in zip(flat[::2], flat[1::2], strict=True)
+                }
+            )
+
+        self._index("located", user, True)
+        return self._live(self._clock.seconds()).addCallback(located)
+
     def unlocate(self, user: str, device: str) -> Deferred[None]:
         d = self._user_shard(user).evalsha(
             S.UNLOCATE, [self._key(user, "loc")], [device, self._here]
@@ -566,14 +583,22 @@ class RedisBackend:
         head = f"{self._prefix}:{{nodes}}:"
         return self.shards[0], [head + "records", head + "expires", head + "boots"]
 
-    def heartbeat(self, record: dict[str, Any], ttl: float) -> Deferred[None]:
+    def heartbeat(self, record: dict[str, Any], ttl: float) -> Deferred[bool]:
         shard, keys = self._registry()
-        expires = self._clock.seconds() + ttl
+        now = self._clock.seconds()
+        expires = now + ttl
         # the keys themselves outlive every record, whoever wrote last
         key_ttl = int((ttl + KEY_TTL_MARGIN) * 1000)
         blob = _json({**record, "boot": self.boot, "expires": expires})
-        args = [self.node_id, blob, int(expires * 1000), key_ttl, self.boot]
-        return shard.evalsha(S.BEAT, keys, args).addCallback(lambda _: None)
+        args = [self.node_id, blob, int(expires * 1000), key_ttl, self.boot, int(now * 1000)]
+
+        def beaten(alive: int) -> bool:
+            if not alive:
+                # a sweeper may have taken this boot out of the index: in again
+                self._indexed = False
+            return bool(alive)
+
+        return shard.evalsha(S.BEAT, keys, args).addCallback(beaten)
 
     def nodes(self) -> Deferred[list[dict[str, Any]]]:
         shard, keys = self._registry()

@@ -312,14 +312,18 @@ return new
 )
 
 # KEYS: records, expires, boots. ARGV: node id, record, expires (ms), key ttl
-# (ms), boot id. A beat of a new boot replaces the old one's at once.
+# (ms), boot id, now (ms). A beat of a new boot replaces the old one's at once.
+# Returns 1 when this boot's record was alive until now, else 0.
 BEAT = Script(
     "beat",
     """
+local was = redis.call('ZSCORE', KEYS[2], ARGV[1])
+local boot = redis.call('HGET', KEYS[3], ARGV[1])
 redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
 redis.call('ZADD', KEYS[2], ARGV[3], ARGV[1])
 redis.call('HSET', KEYS[3], ARGV[1], ARGV[5])
 for i = 1, 3 do redis.call('PEXPIRE', KEYS[i], ARGV[4]) end
+if was and tonumber(was) > tonumber(ARGV[6]) and boot == ARGV[5] then return 1 end
 return 0
 """,
 )
@@ -450,6 +454,29 @@ return before
 """,
 )
 
+# KEYS: loc. ARGV: ``<node>/<boot>`` of this node, the number n of devices, the
+# n devices, then the ``<node>/<boot>`` of the live nodes. Locates each device
+# here unless a live node holds it; returns device, location of those.
+RELOCATE = Script(
+    "relocate",
+    """
+local here, n = ARGV[1], tonumber(ARGV[2])
+local live = {}
+for i = 3 + n, #ARGV do live[ARGV[i]] = true end
+local out = {}
+for i = 3, 2 + n do
+  local at = redis.call('HGET', KEYS[1], ARGV[i])
+  if at and at ~= here and live[at] then
+    out[#out + 1] = ARGV[i]
+    out[#out + 1] = at
+  elseif at ~= here then
+    redis.call('HSET', KEYS[1], ARGV[i], here)
+  end
+end
+return out
+""",
+)
+
 # KEYS: loc. ARGV: device, ``<node>/<boot>``. Forgets the device if it is still
 # there; returns how many devices of the user are left there.
 UNLOCATE = Script(
@@ -494,6 +521,7 @@ ALL = (
     PUBLISH,
     MERGE_PRESENCE,
     LOCATE,
+    RELOCATE,
     UNLOCATE,
     DROP_LOCATIONS,
 )
