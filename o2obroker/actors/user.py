@@ -16,7 +16,14 @@ from o2obroker.actors.actor import Actor, Message, Scheduler
 from o2obroker.actors.history import read_history
 from o2obroker.actors.presence import PresenceHub, UserPresence, presence_frame
 from o2obroker.actors.supervisor.admission import Unavailable
-from o2obroker.backend.interface import IBackend, InboxState, Location, Receipt, StoredMessage
+from o2obroker.backend.interface import (
+    BackendUnavailable,
+    IBackend,
+    InboxState,
+    Location,
+    Receipt,
+    StoredMessage,
+)
 from o2obroker.policy.pipeline import REJECTED_STATUS
 from o2obroker.routing import Delivery, IMailbox, Outgoing, Router, Settlement
 from o2obroker.routing.router import UNAVAILABLE
@@ -830,6 +837,7 @@ class NotSubscribed(Exception):
 
 
 def _not_subscribed(failure: Failure) -> None:
+    failure.trap(BackendUnavailable)
     raise NotSubscribed(failure.getErrorMessage())
 
 

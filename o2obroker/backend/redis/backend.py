@@ -398,7 +398,7 @@ class RedisBackend:
         log.warn("indexing presence parts failed: {why}", why=f.getErrorMessage())
 
     def _parted(self) -> str:
-        """The set of nodes that have recorded presence parts."""
+        """The set of ``<node>/<boot>`` that have recorded presence parts or locations."""
         return f"{self._prefix}:{{nodes}}:parted"
 
     def _merge(
@@ -482,7 +482,8 @@ class RedisBackend:
             d = self._user_shard(user).evalsha(S.RELOCATE, [key], args)
             return d.addCallback(
                 lambda flat: {
-                    d.decode(): _location(at) for d, at in zip(flat[::2], flat[1::2], strict=True)
+                    name.decode(): _location(at)
+                    for name, at in zip(flat[::2], flat[1::2], strict=True)
                 }
             )
 
