@@ -62,7 +62,9 @@ def start_broker(port: int, *extra: str) -> subprocess.Popen[bytes]:
         str(Path(PYTHON).parent / "twistd"),
         "--nodaemon",
         "--pidfile=",
-        "--logfile=/dev/null",
+        # to stdout, which goes nowhere: a --logfile is rotated every 1 MB, and
+        # rotating /dev/null (run as root) would rename the device away
+        "--logfile=-",
         "o2obroker",
         "--auth",
         "none",
