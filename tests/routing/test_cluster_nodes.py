@@ -122,7 +122,11 @@ class ClusterNodesTests(RedisNodesCase):
 
         a, _ = await self.node("a"), await self.node("b")
         node_a = self.nodes["a"]
-        await node_a.registry.beat()  # a knows b
+        await self.nodes["b"].registry.beat()
+        for _ in range(50):  # a knows b (a beat under way may have read before b's)
+            await node_a.registry.beat()
+            if any(r["id"] == "b" for r in node_a.registry.nodes):
+                break
         sub = node_a.store.bus.subscribers[0]
         sub._conn.transport.abortConnection()
         await eventually(lambda: not sub.ready)
