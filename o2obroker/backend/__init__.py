@@ -2,6 +2,7 @@
 
 from o2obroker.backend.interface import (
     BackendUnavailable,
+    EncodedMessage,
     IBackend,
     InboxState,
     Location,
@@ -13,6 +14,7 @@ from o2obroker.backend.timeouts import TimeoutBackend
 
 __all__ = [
     "BackendUnavailable",
+    "EncodedMessage",
     "IBackend",
     "InboxState",
     "Location",

@@ -54,8 +54,11 @@ class Node:
         self.router = Router(self.backend, stats=self.metrics.stats)
         self.cluster_publisher: ClusterPublisher | None = None
         if isinstance(store, RedisBackend):
-            # many nodes: what is stored goes to the other nodes by publish too
-            self.cluster_publisher = ClusterPublisher(self.router.actors, store, config.node, clock)
+            # many nodes: what is stored goes to the other nodes by publish too,
+            # in the same time-limited call
+            self.cluster_publisher = ClusterPublisher(
+                self.router.actors, self.backend, config.node, clock
+            )
             self.router.publisher = self.cluster_publisher
         self.presence = PresenceHub(
             self.backend,
@@ -161,6 +164,7 @@ class Node:
             clock,
             lambda: node_info(self, public_addresses(self), clock),
             interval=config.node_heartbeat,
+            cluster=config.cluster,  # redirects go to peers of this node's cluster only
         )
         self.supervisor.peers = self.registry.peers
         # a hello this node cannot serve now (its subscriber is away) goes to a peer

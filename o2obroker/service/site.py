@@ -9,7 +9,7 @@ from twisted.internet.interfaces import IReactorTime
 from twisted.web.resource import Resource
 
 from o2obroker.transports.api import add_api
-from o2obroker.transports.common import OriginPolicy
+from o2obroker.transports.common import OriginPolicy, TrustedProxies
 from o2obroker.transports.longpoll import POOL_IDLE, Forwarder, LongPollResource
 from o2obroker.transports.web import WebSite, static_file
 from o2obroker.transports.websocket import websocket_resource
@@ -57,6 +57,7 @@ def build_site(node: Any, reactor: IReactorTime) -> WebSite:
             # closed here before a peer (configured alike) would close it as idle
             idle=min(POOL_IDLE, config.request_deadline / 2),
         ),
+        trusted=TrustedProxies(config.trusted_proxies),
     )
     root.putChild(b"lp", lp)
     add_api(root, node, reactor, origins)
