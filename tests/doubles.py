@@ -11,7 +11,7 @@ from zope.interface import implementer
 
 from o2obroker.backend.interface import IBackend
 
-METHODS = sorted(name for name in IBackend.names() if name != "node_id")
+METHODS = sorted(name for name in IBackend.names() if name not in ("node_id", "boot"))
 
 
 def _method(name: str) -> Callable[..., Deferred[Any]]:
@@ -46,6 +46,7 @@ class FlakyBackend:
     def __init__(self, inner: Any) -> None:
         self.inner = inner
         self.node_id = inner.node_id
+        self.boot = inner.boot
         self.modes: dict[str, str] = {}
         self.calls: list[str] = []
         self.hung: list[Deferred[Any]] = []

@@ -145,6 +145,11 @@ class UserPresence:
         del self.entries[device]
         self._update()
 
+    def reassert(self) -> None:
+        """Record the user's state again as it is (what the backend held of it
+        may have been swept); watchers hear of it only if that is news."""
+        self.hub.record(self.user, self.published, self.published, False)
+
     def _expired(self) -> None:
         self._call = None
         self.hub.lingering.discard(self)
@@ -275,7 +280,8 @@ class PresenceHub:
 
     def sweep(self) -> None:
         """Take the presence of dead nodes' devices away, ``slice_size`` users a
-        call, and tell the watchers what changed; called at every heartbeat."""
+        call, and tell the watchers what changed at once; called after every
+        read of the registry (each beat, and when a peer's record lapses)."""
         if not self.merged or not self.running or self._sweeping:
             return
         self._sweeping = True
@@ -287,6 +293,11 @@ class PresenceHub:
     def _swept(self, changes: dict[str, tuple[Presence, Presence]]) -> bool:
         for user, change in changes.items():
             self._merged(change, user)
+        # a dead node's devices are news already late by the time its record
+        # lapsed: they go out now, not after the window (with what was pending)
+        if self._timer is not None and changes:
+            self._timer.cancel()
+            self._flush()
         return len(changes) >= self.slice_size
 
     def _swept_all(self, more: object) -> None:

@@ -6,7 +6,7 @@ import itertools
 import os
 from typing import Any, ClassVar
 
-from twisted.internet.defer import Deferred, succeed
+from twisted.internet.defer import Deferred, FirstError, gatherResults, succeed
 from twisted.internet.interfaces import IReactorTime
 from twisted.internet.task import deferLater
 from twisted.python.failure import Failure
@@ -15,7 +15,15 @@ from zope.interface import Attribute, Interface, implementer
 from o2obroker.actors.actor import Actor, Message, Scheduler
 from o2obroker.actors.history import read_history
 from o2obroker.actors.presence import PresenceHub, UserPresence, presence_frame
-from o2obroker.backend.interface import IBackend, InboxState, Receipt, StoredMessage
+from o2obroker.actors.supervisor.admission import Unavailable
+from o2obroker.backend.interface import (
+    BackendUnavailable,
+    IBackend,
+    InboxState,
+    Location,
+    Receipt,
+    StoredMessage,
+)
 from o2obroker.policy.pipeline import REJECTED_STATUS
 from o2obroker.routing import Delivery, IMailbox, Outgoing, Router, Settlement
 from o2obroker.routing.router import UNAVAILABLE
@@ -325,12 +333,39 @@ class UserActor(Actor):
         )
 
     def _on_resync(self, message: Message) -> Deferred[None] | None:
+        """After a resubscribe, or a beat that found this node's record lapsed:
+        what was published meanwhile is lost, and what this node keeps in the
+        backend may have been swept. A device that said hello on another node
+        meanwhile is replaced here (its location says so; the channel's word
+        of it was lost), the others are located here again, the user's part
+        of presence is recorded again, and each device is sent its inbox from
+        what it was written."""
+        if not self.devices:
+            return None
+        self.presence.reassert()
+        d = self.backend.relocate(self.user, list(self.devices))
+        d.addCallbacks(self._relocated, self._unlocated)
+        return d.addCallback(lambda _: self._resync_backlogs())
+
+    def _relocated(self, elsewhere: dict[str, Location]) -> None:
+        for name in elsewhere:
+            self._displace(name)
+
+    def _unlocated(self, failure: Failure) -> None:
+        self.log.warn(
+            "device locations of {user}: {error}", user=self.user, error=failure.getErrorMessage()
+        )
+
+    def _resync_backlogs(self) -> Deferred[None] | None:
         written = self._written or {}
         devices = [(d, written.get(n, 0)) for n, d in self.devices.items() if d.live]
         return self._backlogs(devices) if devices else None
 
     def _on_displaced(self, message: Message) -> None:
-        name = message[1]
+        self._displace(message[1])
+
+    def _displace(self, name: str) -> None:
+        """The same device of this user said hello on another node: 409 here."""
         old = self.devices.pop(name, None)
         if old is None:
             return
@@ -511,9 +546,17 @@ class UserActor(Actor):
 
         def tracked(_: None) -> Deferred[InboxState]:
             # subscribed first: what is stored from now on reaches this actor,
-            # and what was stored before is in the inbox read next
-            publisher.replace(user, name)
-            return backend.inbox_state(user)
+            # and what was stored before is in the inbox read next. The device
+            # is located here at the same time (one round trip): where it was
+            # before, if elsewhere, is told to replace it
+            located = backend.locate(user, name).addCallback(replace)
+            state = backend.inbox_state(user)
+            d = gatherResults([located, state], consumeErrors=True)
+            return d.addCallbacks(lambda both: both[1], _first_error)
+
+        def replace(before: Location | None) -> None:
+            if before is not None:
+                publisher.replace(user, name)
 
         def with_state(state: InboxState) -> Deferred[None]:
             if resume_last is None:
@@ -541,7 +584,8 @@ class UserActor(Actor):
             device.welcome(state.last, resumed)
             return self._send_backlog(device, cursor)
 
-        d = publisher.track(user).addCallback(tracked).addCallback(with_state)
+        d = publisher.track(user).addErrback(_not_subscribed)
+        d.addCallback(tracked).addCallback(with_state)
         return d.addCallbacks(
             lambda _: self._attached(device), self._attach_failed, errbackArgs=(device,)
         )
@@ -557,8 +601,14 @@ class UserActor(Actor):
             self._written.pop(device.device, None)
         if not self.devices:
             self._router.publisher.untrack(self.user)
-        # not attached; the client connects again and resumes
-        device.fail(ProtocolError(*UNAVAILABLE, fatal=True))
+        # it may have been located here before the failure
+        self.backend.unlocate(self.user, device.device).addErrback(lambda f: None)
+        # not attached; the client connects again and resumes. While this node
+        # cannot hear what is published for the user (its subscriber is away),
+        # a live peer can: the 503 names one
+        elsewhere = self._router.elsewhere
+        redirect = elsewhere() if failure.check(NotSubscribed) and elsewhere else None
+        device.fail(Unavailable(UNAVAILABLE[1], redirect))
 
     def _send_backlog(self, device: Any, after: int) -> Deferred[None] | None:
         """Write the inbox above ``after`` a slice at a time, each slice once the
@@ -634,6 +684,7 @@ class UserActor(Actor):
             del self.devices[name]
             if self._written:
                 self._written.pop(name, None)
+            self.backend.unlocate(self.user, name).addErrback(self._unlocated)
             self.presence.detached(name, message[2] if len(message) > 2 else False)
             if not self.devices:
                 self._router.publisher.untrack(self.user)
@@ -778,6 +829,23 @@ class UserActor(Actor):
         for device in [d for d in self.devices.values() if not getattr(d, "live", True)]:
             del self.devices[device.device]
             self.presence.detached(device.device, False)
+
+
+class NotSubscribed(Exception):
+    """This node cannot subscribe to the user's channel now (its subscriber is
+    reconnecting): a device welcomed here would miss what is published to it."""
+
+
+def _not_subscribed(failure: Failure) -> None:
+    failure.trap(BackendUnavailable)
+    raise NotSubscribed(failure.getErrorMessage())
+
+
+def _first_error(failure: Failure) -> Failure:
+    # gatherResults wraps the first failure; the attach's errback wants it itself
+    if failure.check(FirstError):
+        return failure.value.subFailure  # type: ignore[no-any-return]
+    return failure
 
 
 def _error(code: int, reason: str, ref: str | None) -> dict[str, Any]:

@@ -5,6 +5,7 @@ from o2obroker.backend.interface import (
     EncodedMessage,
     IBackend,
     InboxState,
+    Location,
     StoredMessage,
     StoreFull,
 )
@@ -16,6 +17,7 @@ __all__ = [
     "EncodedMessage",
     "IBackend",
     "InboxState",
+    "Location",
     "MemoryBackend",
     "StoreFull",
     "StoredMessage",

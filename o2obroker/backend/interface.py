@@ -151,10 +151,23 @@ class Presence:
 OFFLINE = Presence()
 
 
+class Location(NamedTuple):
+    """Where a live device is: a node, and which start of it (its boot id).
+
+    A node restarted under the same id gets a new boot id, so what its
+    previous life left behind (presence parts, locations) never passes for
+    the new one's.
+    """
+
+    node: str
+    boot: str
+
+
 class IBackend(Interface):
     """Cluster-wide state. Every method returns a Deferred."""
 
     node_id = Attribute("This node's id.")
+    boot = Attribute("The id of this start of the node, new every time the backend is made.")
 
     def append_many(inboxes: dict[str, list[StoredMessage]]) -> Any:
         """Store messages in the inboxes of many users, one call for a whole batch.
@@ -235,11 +248,34 @@ class IBackend(Interface):
         due only then. Fails with BackendUnavailable."""
 
     def sweep_presence(limit: int) -> Any:
-        """Remove the presence parts of up to ``limit`` users of one node whose
-        heartbeat lapsed, and fire with {user: (before, after)} as
+        """Remove the presence parts and device locations of up to ``limit``
+        users of one dead node (its heartbeat lapsed, or it was started again
+        under a new boot id), and fire with {user: (before, after)} as
         ``merge_presence`` would for each, so that their watchers hear of what
-        changed. Fires with {} when no dead node has parts left. Fails with
+        changed. Fires with {} when no dead node has anything left. Fails with
         BackendUnavailable."""
+
+    def locate(user: str, device: str) -> Any:
+        """Record that ``device`` of ``user`` is live on this node (this boot),
+        and fire with where it was live before if that was another node or
+        boot (a Location: where to replace it), else None. The last call for
+        a device wins, so of two hellos on two nodes exactly one replaces the
+        other. Fails with BackendUnavailable."""
+
+    def unlocate(user: str, device: str) -> Any:
+        """Forget the location of ``device`` of ``user`` if it is still this
+        node's (a device that moved on is left where it went).
+        Fails with BackendUnavailable."""
+
+    def relocate(user: str, devices: list[str]) -> Any:
+        """Locate ``devices`` of ``user`` here again where their location was
+        lost (swept, or left by a dead node), but not where a live node located
+        one since (a later hello there wins): fire with {device: Location} of
+        those, which this node is to replace. Fails with BackendUnavailable."""
+
+    def locations(users: list[str]) -> Any:
+        """Fire with {user: {device: Location}} of the devices live on live
+        nodes, leaving out users with none. Fails with BackendUnavailable."""
 
     def presence(users: list[str]) -> Any:
         """Fire with {user: Presence} for every user asked (OFFLINE when unknown).
@@ -263,13 +299,18 @@ class IBackend(Interface):
 
     def heartbeat(record: dict[str, Any], ttl: float) -> Any:
         """Publish this node's registry record (JSON-able: id, addresses, load),
-        alive for ``ttl`` seconds from now unless beaten again.
+        alive for ``ttl`` seconds from now unless beaten again. The record
+        kept gets ``boot`` (this start's id) and ``expires`` (when it lapses,
+        seconds since the epoch on this node's clock) added. Fire with True
+        when this boot's record was alive until now, False when it is new or
+        had lapsed: then peers may have swept what this node keeps in the
+        backend (presence parts, locations), and it is to record them again.
         Fails with BackendUnavailable."""
 
     def nodes() -> Any:
         """Fire with the records of every live node (their ttl not yet passed),
-        ordered by id; a record past its ttl is forgotten. Fails with
-        BackendUnavailable."""
+        ordered by id, each with its ``boot`` and ``expires``; a record past
+        its ttl is forgotten. Fails with BackendUnavailable."""
 
     def depart() -> Any:
         """Remove this node's record at once (a clean stop): peers need not wait

@@ -15,6 +15,7 @@ from o2obroker.backend.interface import (
     OFFLINE,
     IBackend,
     InboxState,
+    Location,
     Presence,
     Receipt,
     StoredMessage,
@@ -100,6 +101,7 @@ class MemoryBackend:
         max_user_bytes: int = 0,
     ) -> None:
         self.node_id = node_id
+        self.boot = uuid.uuid4().hex[:12]
         self._clock = clock
         self._inbox_cap = inbox_cap
         self._inbox_ttl = inbox_ttl
@@ -128,6 +130,8 @@ class MemoryBackend:
         self._watchers: dict[str, set[str]] = {}  # user -> watchers
         # the node registry: node id -> (expires, record); one process, one node
         self._nodes: dict[str, tuple[float, dict[str, Any]]] = {}
+        # user -> device -> where it is live; one process: always this node
+        self._locations: dict[str, dict[str, Location]] = {}
 
     # -- inbox -------------------------------------------------------------
 
@@ -381,6 +385,38 @@ class MemoryBackend:
     def sweep_presence(self, limit: int) -> Deferred[dict[str, tuple[Presence, Presence]]]:
         return succeed({})  # one process, one node: no part of another node to sweep
 
+    def locate(self, user: str, device: str) -> Deferred[Location | None]:
+        here = Location(self.node_id, self.boot)
+        before = self._locations.setdefault(user, {}).get(device)
+        self._locations[user][device] = here
+        return succeed(before if before is not None and before != here else None)
+
+    def relocate(self, user: str, devices: list[str]) -> Deferred[dict[str, Location]]:
+        here = Location(self.node_id, self.boot)
+        now = self._clock.seconds()
+        live = {Location(n, r.get("boot", "")) for n, (e, r) in self._nodes.items() if e > now}
+        located = self._locations.setdefault(user, {})
+        elsewhere = {}
+        for device in devices:
+            at = located.get(device)
+            if at is not None and at != here and at in live:
+                elsewhere[device] = at
+            else:
+                located[device] = here
+        return succeed(elsewhere)
+
+    def unlocate(self, user: str, device: str) -> Deferred[None]:
+        devices = self._locations.get(user)
+        if devices is not None and devices.get(device) == (self.node_id, self.boot):
+            del devices[device]
+            if not devices:
+                del self._locations[user]
+        return succeed(None)
+
+    def locations(self, users: list[str]) -> Deferred[dict[str, dict[str, Location]]]:
+        known = self._locations
+        return succeed({u: dict(known[u]) for u in users if u in known})
+
     def presence(self, users: list[str]) -> Deferred[dict[str, Presence]]:
         if self._offline:
             self._forget_offline(self._clock.seconds())
@@ -422,9 +458,12 @@ class MemoryBackend:
 
     # -- node registry -----------------------------------------------------
 
-    def heartbeat(self, record: dict[str, Any], ttl: float) -> Deferred[None]:
-        self._nodes[self.node_id] = (self._clock.seconds() + ttl, dict(record))
-        return succeed(None)
+    def heartbeat(self, record: dict[str, Any], ttl: float) -> Deferred[bool]:
+        now = self._clock.seconds()
+        expires = now + ttl
+        before = self._nodes.get(self.node_id)
+        self._nodes[self.node_id] = (expires, {**record, "boot": self.boot, "expires": expires})
+        return succeed(before is not None and before[0] > now)
 
     def nodes(self) -> Deferred[list[dict[str, Any]]]:
         now = self._clock.seconds()

@@ -63,6 +63,7 @@ class TimeoutBackend:
         self.clock = clock
         self.timeout = timeout
         self.node_id = inner.node_id
+        self.boot = inner.boot
 
     def __getattr__(self, name: str) -> Any:
         # only reached for what the class does not define: counters of the inner backend
@@ -87,6 +88,10 @@ class TimeoutBackend:
     set_presence = _timed("set_presence")
     merge_presence = _timed("merge_presence")
     sweep_presence = _timed("sweep_presence")
+    locate = _timed("locate")
+    relocate = _timed("relocate")
+    unlocate = _timed("unlocate")
+    locations = _timed("locations")
     presence = _timed("presence")
     watch = _timed("watch")
     unwatch = _timed("unwatch")

@@ -161,6 +161,9 @@ class Router:
         #: ``archive(messages)`` for every message stored, once per send
         self.offline: Callable[[str, list[StoredMessage]], None] | None = None
         self.archive: Callable[[list[StoredMessage]], Deferred[Any]] | None = None
+        #: the addresses of a live peer to send a client to when this node cannot
+        #: serve it (a 503's ``redirect``), or None; set by the node
+        self.elsewhere: Callable[[], dict[str, Any] | None] | None = None
         self.stats = stats or Stats()
         self._spawn: Callable[[str], Any] | None = None
 

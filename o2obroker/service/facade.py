@@ -33,6 +33,7 @@ class Broker:
     broker.stats()                  node figures: connections, actors, messages, load, advice
     broker.users(limit=50, start=0) a page of the users with an actor here, and their count
     broker.user("alice")            alice's devices on this node
+    broker.where("alice")           on which live node each of alice's devices is (Deferred)
     broker.inbox("alice")           alice's inbox state (Deferred)
     broker.kick("alice")            close alice's connections here (503; clients reconnect)
     broker.send("alice", body)      send a message from "system" (Deferred of the receipt)
@@ -114,6 +115,21 @@ class Broker:
                 "live": getattr(device, "live", None),
             }
         return {"user": user, "devices": devices}
+
+    def where(self, user: str) -> Deferred[dict[str, Any]]:
+        """Each live device of the user, on any node: its node and that node's boot."""
+        d = self._node.backend.locations([user])
+
+        def found(located: dict[str, Any]) -> dict[str, Any]:
+            devices = located.get(user, {})
+            return {
+                "user": user,
+                "devices": {
+                    name: {"node": at.node, "boot": at.boot} for name, at in sorted(devices.items())
+                },
+            }
+
+        return d.addCallback(found)
 
     def inbox(self, user: str) -> Deferred[dict[str, Any]]:
         """The user's inbox state in the backend: highest seq given, lowest kept."""

@@ -52,12 +52,14 @@ class Node:
         # every call gets a time limit: a backend that never answers fails its sends
         self.backend = TimeoutBackend(store, clock, config.backend_timeout)
         self.router = Router(self.backend, stats=self.metrics.stats)
+        self.cluster_publisher: ClusterPublisher | None = None
         if isinstance(store, RedisBackend):
             # many nodes: what is stored goes to the other nodes by publish too,
             # in the same time-limited call
-            self.router.publisher = ClusterPublisher(
+            self.cluster_publisher = ClusterPublisher(
                 self.router.actors, self.backend, config.node, clock
             )
+            self.router.publisher = self.cluster_publisher
         self.presence = PresenceHub(
             self.backend,
             self.router,
@@ -165,9 +167,13 @@ class Node:
             cluster=config.cluster,  # redirects go to peers of this node's cluster only
         )
         self.supervisor.peers = self.registry.peers
+        # a hello this node cannot serve now (its subscriber is away) goes to a peer
+        self.router.elsewhere = self.supervisor.admission.redirect_now
         if self.presence.merged:
             # every beat, the devices of nodes whose records lapsed go offline
             self.registry.on_beat = self.presence.sweep
+            # peers took this node for dead: its devices' state and places again
+            self.registry.on_rejoin = self._rejoined
         gauges.add_counter(
             "o2o_business_events",
             "Business layer: sends rejected and rewritten, hook calls by outcome, events.",
@@ -196,6 +202,13 @@ class Node:
             if isinstance(store, RedisBackend)
             else LocalDirectory(config.node, config.cluster, self.figures)
         )
+
+    def _rejoined(self) -> None:
+        """Each local user's presence part and device locations are recorded
+        again (and its devices sent what they may have missed), a slice of
+        users a reactor turn, as after a resubscribe."""
+        if self.cluster_publisher is not None:
+            self.cluster_publisher.resubscribed(list(self.router.actors))
 
     def _registry_records(self) -> Deferred[list[dict[str, Any]]]:
         """The registry's live records, this node's own made now rather than

@@ -6,6 +6,12 @@ live record back. A node that stops beating is dead for every other node
 within two of its intervals; a clean stop removes the record at once. What
 was read last feeds the supervisor's redirects: the least loaded live peer of
 the same cluster that is not draining.
+
+Death is acted on when it happens, not at the next beat: each read tells when
+the first peer's record lapses (its ``expires``), and the registry reads again
+right then, so the sweeper (``on_beat``) takes a dead node's devices away
+within two of the dead node's intervals of its last beat, whatever the phase
+of this node's own beats.
 """
 
 from __future__ import annotations
@@ -14,13 +20,16 @@ from collections.abc import Callable
 from typing import Any
 
 from twisted.internet.defer import Deferred, succeed
-from twisted.internet.interfaces import IReactorTime
+from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 #: a record lives this many intervals: one missed beat is not yet death
 TTL_INTERVALS = 2
+#: a lapse is read this long after the record's ``expires``: the store
+#: compares milliseconds, and a read at the very instant may round to before
+LAPSE_MARGIN = 0.002
 
 
 class Registry:
@@ -49,8 +58,14 @@ class Registry:
         self._failing = False
         #: called after every beat that read the registry: the presence sweeper
         self.on_beat: Callable[[], object] | None = None
+        #: called when a beat finds that this node's record had lapsed (peers took
+        #: it for dead, and may have swept what it keeps in the backend)
+        self.on_rejoin: Callable[[], object] | None = None
+        self._beaten = False  # a beat of this start has been recorded
         self._loop = LoopingCall(self.beat)
         self._loop.clock = clock
+        #: the read due when the first peer's record lapses
+        self._lapse: IDelayedCall | None = None
 
     @property
     def ttl(self) -> float:
@@ -62,6 +77,7 @@ class Registry:
 
     def stop(self) -> Deferred[None]:
         """Stop beating and leave the registry, so peers stop counting on us now."""
+        self._cancel_lapse()
         if not self._loop.running:
             return succeed(None)
         self._loop.stop()
@@ -76,13 +92,50 @@ class Registry:
             self._waiters.append(waiter)
             return waiter
         self._beating = d = self.backend.heartbeat(self.record(), self.ttl)
+        d.addCallback(self._beat)
         d.addCallback(lambda _: self.backend.nodes())
         d.addCallbacks(self._seen, self._failed)
         d.addBoth(self._done)
         return d
 
+    def _beat(self, continued: bool | None) -> None:
+        first, self._beaten = not self._beaten, True
+        if continued is False and not first:
+            self.log.warn("node registry: this node's record had lapsed; recording its state again")
+            if self.on_rejoin is not None:
+                self.on_rejoin()
+
+    def _lapsed(self) -> None:
+        """A peer's record lapsed just now: read the registry again (a beat under
+        way reads it anyway), so that its death is acted on at once."""
+        self._lapse = None
+        if self._beating is not None or not self._loop.running:
+            return
+        self._beating = d = self.backend.nodes()
+        d.addCallbacks(self._seen, self._failed)
+        d.addBoth(self._done)
+
+    def _cancel_lapse(self) -> None:
+        if self._lapse is not None and self._lapse.active():
+            self._lapse.cancel()
+        self._lapse = None
+
+    def _watch_lapses(self, nodes: list[dict[str, Any]]) -> None:
+        """Be told when the first peer's record lapses, unless it beats first."""
+        self._cancel_lapse()
+        me = self.backend.node_id
+        lapses = [
+            r["expires"]
+            for r in nodes
+            if r.get("id") != me and isinstance(r.get("expires"), (int, float))
+        ]
+        if lapses and self._loop.running:
+            delay = max(0.0, min(lapses) - self.clock.seconds()) + LAPSE_MARGIN
+            self._lapse = self.clock.callLater(delay, self._lapsed)
+
     def _seen(self, nodes: list[dict[str, Any]]) -> None:
         self.nodes = nodes
+        self._watch_lapses(nodes)
         if self.on_beat is not None:
             self.on_beat()
         if self._failing:

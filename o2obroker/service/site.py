@@ -10,7 +10,7 @@ from twisted.web.resource import Resource
 
 from o2obroker.transports.api import add_api
 from o2obroker.transports.common import OriginPolicy, TrustedProxies
-from o2obroker.transports.longpoll import Forwarder, LongPollResource
+from o2obroker.transports.longpoll import POOL_IDLE, Forwarder, LongPollResource
 from o2obroker.transports.web import WebSite, static_file
 from o2obroker.transports.websocket import websocket_resource
 
@@ -54,6 +54,8 @@ def build_site(node: Any, reactor: IReactorTime) -> WebSite:
             _registry_http(node),
             timeout=config.lp_timeout + FORWARD_MARGIN,
             counts=node.gateway.stats.lp_forwards,
+            # closed here before a peer (configured alike) would close it as idle
+            idle=min(POOL_IDLE, config.request_deadline / 2),
         ),
         trusted=TrustedProxies(config.trusted_proxies),
     )

@@ -309,6 +309,7 @@ def node_info(node: Any, where: dict[str, str], clock: IReactorTime) -> dict[str
     figures = node.figures()
     record = {
         "id": node.config.node,
+        "boot": node.backend.boot,  # this start of the node (doc/cluster.md)
         "cluster": node.config.cluster,
         "addresses": where,
         "connections": figures["connections"],

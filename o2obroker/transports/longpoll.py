@@ -29,7 +29,7 @@ from treq.client import HTTPClient
 from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.logger import Logger
-from twisted.web.client import Agent
+from twisted.web.client import Agent, HTTPConnectionPool
 from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET
 from zope.interface import implementer
@@ -62,6 +62,11 @@ def _frames(frames: list[dict[str, Any]]) -> bytes:
 
 #: set on a forwarded request: its receiver answers it itself, never forwards it again
 FORWARDED = b"x-o2o-forwarded"
+#: idle connections to one peer kept open for the next forward
+POOL_PER_PEER = 8
+#: seconds an idle pooled connection is kept: well under the peers' own
+#: ``request_deadline`` (30 s by default), after which they close an idle one
+POOL_IDLE = 10.0
 
 
 def make_sid(node: str) -> str:
@@ -90,6 +95,11 @@ class Forwarder:
     which URL. The answer is the owner's, code and body; an owner that does
     not answer within ``timeout`` gets the client a 404 ``unknown session``,
     on which it opens a new session with ``resume`` and loses nothing.
+
+    Requests go over one pool of persistent connections for the node: a
+    forward reuses an idle connection to its owner when there is one, and at
+    most ``per_peer`` idle ones are kept per peer, each for ``idle`` seconds
+    (each held poll takes a connection of its own while it is held).
     """
 
     log = Logger()
@@ -102,11 +112,16 @@ class Forwarder:
         timeout: float,
         connect_timeout: float = 5.0,
         counts: Counter[str] | None = None,
+        per_peer: int = POOL_PER_PEER,
+        idle: float = POOL_IDLE,
     ) -> None:
         self.clock = reactor
         self.address_of = address_of
         self.timeout = timeout
-        self.http = HTTPClient(Agent(reactor, connectTimeout=connect_timeout))
+        self.pool = HTTPConnectionPool(reactor, persistent=True)
+        self.pool.maxPersistentPerHost = per_peer
+        self.pool.cachedConnectionTimeout = idle
+        self.http = HTTPClient(Agent(reactor, connectTimeout=connect_timeout, pool=self.pool))
         #: requests handed to their owner node, by outcome: answered, failed
         self.counts: Counter[str] = Counter() if counts is None else counts
 
@@ -132,6 +147,10 @@ class Forwarder:
         )
         request.notifyFinish().addErrback(lambda _: d.cancel())
         return True
+
+    def stop(self) -> Deferred[None]:
+        """Close the idle connections (forwards under way end by themselves)."""
+        return self.pool.closeCachedConnections()
 
     def _answered(self, request: Any, code: int, body: bytes) -> None:
         self.counts["answered"] += 1
@@ -429,14 +448,16 @@ class LongPollResource(Resource):
         self.putChild(b"send", _Send(self))
         self.putChild(b"close", _Close(self))
 
-    def stop(self) -> None:
-        """The site stops: answer held polls and end every session."""
+    def stop(self) -> Deferred[None] | None:
+        """The site stops: answer held polls and end every session; fires once
+        the forwarder's idle connections are closed."""
         for conn in list(self.sessions.values()):
             conn.closed = True
             if conn._poll is not None:
                 conn.answer_poll()
             conn.expire()
         self._expiry.stop()
+        return self.forwarder.stop() if self.forwarder is not None else None
 
     # -- sessions ------------------------------------------------------------
 

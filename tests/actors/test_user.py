@@ -17,7 +17,7 @@ from zope.interface.verify import verifyObject
 from o2obroker.actors import ActorSystem
 from o2obroker.actors.presence import PresenceHub
 from o2obroker.actors.user import IDevice, SendOnlyDevice
-from o2obroker.backend import BackendUnavailable, MemoryBackend, TimeoutBackend
+from o2obroker.backend import BackendUnavailable, Location, MemoryBackend, TimeoutBackend
 from o2obroker.routing import IMailbox, Router
 from o2obroker.session.service import _Answer
 from o2obroker.wire import OutFrame, ProtocolError
@@ -378,6 +378,64 @@ class ResumeTests(ActorCase):
         self.assertEqual((tablet.welcomed, tablet.seqs()), ([(2, True)], [2]))
 
 
+class LocationTests(ActorCase):
+    """Where each device is live, kept in the backend from welcome to close."""
+
+    def here(self) -> Location:
+        return Location(self.memory.node_id, self.memory.boot)
+
+    def located(self, user: str) -> dict[str, Location]:
+        return self.successResultOf(self.memory.locations([user])).get(user, {})
+
+    def test_a_device_is_located_from_welcome_to_close(self) -> None:
+        bob = self.connect("bob")
+        laptop = self.connect("bob", "laptop")
+        self.assertEqual(self.located("bob"), {"phone": self.here(), "laptop": self.here()})
+        self.system.user("bob").detach(bob)
+        self.flush()
+        self.assertEqual(self.located("bob"), {"laptop": self.here()})
+        self.system.user("bob").detach(laptop, True)  # lost, in its grace period: gone too
+        self.flush()
+        self.assertEqual(self.located("bob"), {})
+
+    def test_only_a_device_located_elsewhere_is_replaced_there(self) -> None:
+        told: list[tuple[str, str]] = []
+        self.router.publisher.replace = lambda user, device: told.append((user, device))
+        self.connect("bob")
+        self.connect("bob")  # again on this node: replaced here, nobody else to tell
+        self.assertEqual(told, [])
+        self.memory._locations["bob"]["phone"] = Location("n9", "b0")
+        self.connect("bob")
+        self.assertEqual(told, [("bob", "phone")])
+        self.assertEqual(self.located("bob"), {"phone": self.here()})
+
+    def test_a_resync_replaces_a_device_that_moved_and_locates_a_forgotten_one(self) -> None:
+        phone = self.connect("bob")
+        laptop = self.connect("bob", "laptop")
+        tablet = self.connect("bob", "tablet")
+        self.memory._nodes["n9"] = (self.clock.seconds() + 10, {"id": "n9", "boot": "b0"})
+        # meanwhile (the channel's word lost): the phone said hello on n9, which
+        # is alive; the laptop's location was swept; the tablet's was taken by
+        # n8, which is dead
+        self.memory._locations["bob"] = {
+            "phone": Location("n9", "b0"),
+            "tablet": Location("n8", "b"),
+        }
+        self.system.user("bob").resync()
+        self.flush()
+        self.assertFalse(phone.live)
+        self.assertTrue(laptop.live and tablet.live)
+        self.assertEqual(sorted(self.system.user("bob").devices), ["laptop", "tablet"])
+        self.assertEqual(
+            self.located("bob"),
+            {"phone": Location("n9", "b0"), "laptop": self.here(), "tablet": self.here()},
+        )
+        # the phone's close does not take n9's location away
+        self.system.user("bob").detach(phone)
+        self.flush()
+        self.assertEqual(self.located("bob")["phone"], Location("n9", "b0"))
+
+
 class FailingBackendCase(ActorCase):
     """Each test breaks some backend calls with ``mode``; the hang subclass lets them time out."""
 
@@ -493,7 +551,7 @@ class FailingBackendCase(ActorCase):
 
     def test_attach_when_the_backend_fails(self) -> None:
         self.store("bob", 2)
-        for call in ("inbox_state", "cursor", "set_cursor", "read"):
+        for call in ("locate", "inbox_state", "cursor", "set_cursor", "read"):
             self.flaky.heal()
             self.broken(call)
             bob = FakeDevice("bob", "phone")
@@ -505,6 +563,26 @@ class FailingBackendCase(ActorCase):
         self.flaky.heal()
         bob = self.connect("bob")
         self.assertEqual((bob.welcomed, bob.seqs()), ([(2, True)], [1, 2]))
+
+    def test_a_hello_this_node_cannot_subscribe_for_is_sent_to_a_peer(self) -> None:
+        from twisted.internet.defer import fail
+
+        self.router.elsewhere = lambda: {"tcp": "tcp:n2:9100"}
+        track = self.router.publisher.track
+        self.router.publisher.track = lambda user: fail(BackendUnavailable("subscriber: down"))
+        bob = FakeDevice("bob", "phone")
+        self.system.user("bob").attach(bob, None)
+        self.wait()
+        self.assertEqual(bob.frames, [{**UNAVAILABLE, "redirect": {"tcp": "tcp:n2:9100"}}])
+        self.assertFalse(bob.live)
+        self.assertEqual(self.successResultOf(self.memory.locations(["bob"])), {})
+        # any other failure of the hello is the store's: no peer would do better
+        self.router.publisher.track = track
+        self.broken("inbox_state")
+        bob = FakeDevice("bob", "phone")
+        self.system.user("bob").attach(bob, None)
+        self.wait()
+        self.assertEqual(bob.frames, [UNAVAILABLE])
 
     def test_resume_when_the_backend_fails(self) -> None:
         self.store("bob", 2)

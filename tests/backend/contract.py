@@ -19,7 +19,7 @@ from zope.interface.interface import Method
 from zope.interface.verify import verifyObject
 
 from o2obroker.backend import IBackend, StoredMessage
-from o2obroker.backend.interface import OFFLINE, Presence, Receipt
+from o2obroker.backend.interface import OFFLINE, Location, Presence, Receipt
 
 
 def msg(i: int, ts: int = 0, size: int = 0) -> StoredMessage:
@@ -314,6 +314,67 @@ class BackendContract:
         self.assertEqual(await self.b.watching("ann"), {"a", "b", "c"})
         self.assertEqual(await self.b.watchers(["d"]), {})
 
+    async def test_registry_heartbeat_and_ttl(self) -> None:
+        self.assertEqual(await self.b.nodes(), [])
+        record = {"id": self.b.node_id, "addresses": {"tcp": "h:1"}, "occupancy": 12.5}
+        await self.b.heartbeat(record, 4.0)
+        # kept with this start's boot id and when it lapses (the node's clock)
+        kept = {**record, "boot": self.b.boot, "expires": 4.0}
+        self.assertEqual(await self.b.nodes(), [kept])
+        self.clock.advance(3.9)
+        self.assertEqual(await self.b.nodes(), [kept])
+        # beaten again: alive another ttl from now, with the new record
+        record = {**record, "occupancy": 50.0}
+        await self.b.heartbeat(record, 4.0)
+        self.clock.advance(3.9)
+        self.assertEqual(await self.b.nodes(), [{**kept, "occupancy": 50.0, "expires": 7.9}])
+        self.clock.advance(0.2)  # past the ttl of the last beat: dead
+        self.assertEqual(await self.b.nodes(), [])
+
+    async def test_a_beat_says_whether_the_record_was_alive(self) -> None:
+        record = {"id": self.b.node_id}
+        self.assertFalse(await self.b.heartbeat(record, 4.0))  # new
+        self.clock.advance(3.9)
+        self.assertTrue(await self.b.heartbeat(record, 4.0))
+        self.clock.advance(4.0)  # lapsed: peers may have swept this node
+        self.assertFalse(await self.b.heartbeat(record, 4.0))
+        self.assertTrue(await self.b.heartbeat(record, 4.0))
+
+    async def test_relocate(self) -> None:
+        b = self.b
+        here = Location(b.node_id, b.boot)
+        await b.heartbeat({"id": b.node_id}, 60.0)
+        self.assertEqual(await b.relocate("bob", []), {})
+        self.assertEqual(await b.relocate("bob", ["phone", "laptop"]), {})
+        self.assertEqual(await b.locations(["bob"]), {"bob": {"phone": here, "laptop": here}})
+        self.assertEqual(await b.relocate("bob", ["phone"]), {})  # here already
+
+    async def test_registry_depart(self) -> None:
+        await self.b.heartbeat({"id": self.b.node_id}, 60.0)
+        await self.b.depart()
+        self.assertEqual(await self.b.nodes(), [])
+
+    async def test_locations(self) -> None:
+        b = self.b
+        here = Location(b.node_id, b.boot)
+        await b.heartbeat({"id": b.node_id}, 60.0)
+        self.assertEqual(await b.locations(["bob"]), {})
+        # a device new here, or back here, was nowhere else
+        self.assertIsNone(await b.locate("bob", "phone"))
+        self.assertIsNone(await b.locate("bob", "phone"))
+        self.assertIsNone(await b.locate("bob", "laptop"))
+        self.assertIsNone(await b.locate("eve", "phone"))
+        self.assertEqual(
+            await b.locations(["bob", "eve", "zed"]),
+            {"bob": {"phone": here, "laptop": here}, "eve": {"phone": here}},
+        )
+        await b.unlocate("bob", "phone")
+        await b.unlocate("bob", "tablet")  # never here: nothing happens
+        self.assertEqual(await b.locations(["bob"]), {"bob": {"laptop": here}})
+        await b.unlocate("bob", "laptop")
+        self.assertEqual(await b.locations(["bob", "eve"]), {"eve": {"phone": here}})
+        self.assertEqual(await b.sweep_presence(10), {})  # this node is alive
+
 
 @implementer(IBackend)
 class LaterBackend:
@@ -324,6 +385,7 @@ class LaterBackend:
         self._backend = backend
         self._reactor = reactor
         self.node_id = backend.node_id
+        self.boot = backend.boot
 
     def _later(self, name: str, *args: Any) -> Deferred[Any]:
         d: Deferred[Any] = Deferred()
@@ -346,23 +408,3 @@ def _deferring(name: str) -> Any:
 for _name, _spec in IBackend.namesAndDescriptions():
     if isinstance(_spec, Method):
         setattr(LaterBackend, _name, _deferring(_name))
-
-    async def test_registry_heartbeat_and_ttl(self) -> None:
-        self.assertEqual(await self.b.nodes(), [])
-        record = {"id": self.b.node_id, "addresses": {"tcp": "h:1"}, "occupancy": 12.5}
-        await self.b.heartbeat(record, 4.0)
-        self.assertEqual(await self.b.nodes(), [record])
-        self.clock.advance(3.9)
-        self.assertEqual(await self.b.nodes(), [record])
-        # beaten again: alive another ttl from now, with the new record
-        record = {**record, "occupancy": 50.0}
-        await self.b.heartbeat(record, 4.0)
-        self.clock.advance(3.9)
-        self.assertEqual(await self.b.nodes(), [record])
-        self.clock.advance(0.2)  # past the ttl of the last beat: dead
-        self.assertEqual(await self.b.nodes(), [])
-
-    async def test_registry_depart(self) -> None:
-        await self.b.heartbeat({"id": self.b.node_id}, 60.0)
-        await self.b.depart()
-        self.assertEqual(await self.b.nodes(), [])

@@ -12,7 +12,7 @@ from twisted.internet.task import Clock
 from twisted.trial.unittest import TestCase
 
 from o2obroker.backend import MemoryBackend, StoredMessage
-from o2obroker.backend.interface import OFFLINE, Presence
+from o2obroker.backend.interface import OFFLINE, Location, Presence
 from o2obroker.backend.redis import RedisBackend, jump_hash, parse_urls, shard_of
 from tests.backend.contract import BackendContract, msg
 from tests.redis_server import shared, unique_prefix
@@ -228,13 +228,19 @@ class RegistryTests(RedisCase):
         await b.when_ready()
         await b.heartbeat({"id": "b", "draining": False}, 2.0)
         await a.heartbeat({"id": "a", "draining": True}, 2.0)
-        expected = [{"id": "a", "draining": True}, {"id": "b", "draining": False}]
+        # each record with its boot and when it lapses
+        expected = [
+            {"id": "a", "draining": True, "boot": a.boot, "expires": 2.0},
+            {"id": "b", "draining": False, "boot": b.boot, "expires": 2.0},
+        ]
         self.assertEqual(await a.nodes(), expected)
         self.assertEqual(await b.nodes(), expected)
         self.clock.advance(1.5)
         await a.heartbeat({"id": "a", "draining": True}, 2.0)
         self.clock.advance(1.0)  # b's last beat is 2.5 s old: dead for everyone
-        self.assertEqual(await b.nodes(), [{"id": "a", "draining": True}])
+        self.assertEqual(
+            await b.nodes(), [{"id": "a", "draining": True, "boot": a.boot, "expires": 3.5}]
+        )
         await a.depart()
         self.assertEqual(await b.nodes(), [])
 
@@ -326,6 +332,91 @@ class PresenceAcrossNodesTests(RedisCase):
         self.assertEqual(swept["dave"][1], Presence("busy", "", 1, t1))
         self.assertEqual(await a.sweep_presence(2), {})
         self.assertEqual(await a.presence(["bob"]), {"bob": gone})
+
+    async def test_a_node_started_again_does_not_count_its_previous_life(self) -> None:
+        for url in (None, f"{shared(0).url},{shared(1).url}"):
+            a, b = await self.nodes(url)
+            t0 = self.ms()
+            await b.merge_presence("bob", Presence("online", "", 1, t0))
+            await b.locate("bob", "phone")
+            # b is killed and started again under the same id, long before its
+            # record would lapse: a new boot, which beats at once
+            b2 = self.redisBackend(url, node_id="b", prefix=b._prefix)
+            await b2.when_ready()
+            self.assertNotEqual(b2.boot, b.boot)
+            await b2.heartbeat({"id": "b"}, 10.0)
+            self.assertEqual(await a.locations(["bob"]), {})  # the old boot's phone is gone
+            self.clock.advance(1)
+            t1 = self.ms()
+            # its parts count for no merge, and the first sweep takes them away
+            swept = await b2.sweep_presence(10)
+            gone = Presence("offline", "", 0, t1)
+            self.assertEqual(swept, {"bob": (Presence("online", "", 1, t0), gone)})
+            self.assertEqual(await a.presence(["bob"]), {"bob": gone})
+            self.assertEqual(await a.sweep_presence(10), {})
+            # the sweep dropped the old boot's location: the device is nowhere else
+            self.assertIsNone(await b2.locate("bob", "phone"))
+            self.assertEqual(await a.locations(["bob"]), {"bob": {"phone": Location("b", b2.boot)}})
+
+    async def test_locations_across_nodes(self) -> None:
+        for url in (None, f"{shared(0).url},{shared(1).url}"):
+            a, b = await self.nodes(url)
+            here_a, here_b = Location("a", a.boot), Location("b", b.boot)
+            self.assertIsNone(await a.locate("bob", "phone"))
+            await a.locate("bob", "laptop")
+            # the phone says hello on b: it was on a, which is to replace it
+            self.assertEqual(await b.locate("bob", "phone"), here_a)
+            self.assertEqual(
+                await a.locations(["bob"]), {"bob": {"phone": here_b, "laptop": here_a}}
+            )
+            # a closing the phone it lost leaves b's location alone
+            await a.unlocate("bob", "phone")
+            self.assertEqual(
+                await b.locations(["bob"]), {"bob": {"phone": here_b, "laptop": here_a}}
+            )
+
+    async def test_relocate_leaves_a_device_a_live_node_took(self) -> None:
+        for url in (None, f"{shared(0).url},{shared(1).url}"):
+            a, b = await self.nodes(url)
+            await a.locate("bob", "phone")
+            await a.locate("bob", "tablet")
+            await b.locate("bob", "phone")  # a later hello on b
+            # a's location of the tablet was swept; a puts back what is its own
+            await a._user_shard("bob").call("HDEL", a._key("bob", "loc"), "tablet")
+            on_a, on_b = Location("a", a.boot), Location("b", b.boot)
+            self.assertEqual(await a.relocate("bob", ["phone", "tablet"]), {"phone": on_b})
+            self.assertEqual(await a.locations(["bob"]), {"bob": {"phone": on_b, "tablet": on_a}})
+            # once b is dead, what it held is a's again
+            self.clock.advance(11)
+            await a.heartbeat({"id": "a"}, 10.0)
+            self.assertEqual(await a.relocate("bob", ["phone"]), {})
+            self.assertEqual(await a.locations(["bob"]), {"bob": {"phone": on_a, "tablet": on_a}})
+
+    async def test_a_sweep_drops_a_dead_nodes_locations(self) -> None:
+        a, b = await self.nodes()
+        await b.locate("bob", "phone")  # an invisible device: a location, no presence part
+        await b.locate("carol", "phone")
+        await b.merge_presence("carol", Presence("online", "", 1, self.ms()))
+        await a.locate("carol", "laptop")
+        self.clock.advance(5)
+        await a.heartbeat({"id": "a"}, 10.0)
+        self.clock.advance(5)
+        # b lapsed: its locations no longer show, and a sweep removes them
+        here_a = Location("a", a.boot)
+        self.assertEqual(await a.locations(["bob", "carol"]), {"carol": {"laptop": here_a}})
+        # carol's merge tells a change; bob, invisible, was offline and stays so
+        swept = await a.sweep_presence(10)
+        self.assertEqual(
+            {u: after.devices for u, (_, after) in swept.items()}, {"carol": 0, "bob": 0}
+        )
+        self.assertEqual(swept["bob"][0], swept["bob"][1])
+        self.assertEqual(swept["carol"][0].state, "online")
+        self.assertEqual(await a.sweep_presence(10), {})
+        for user in ("bob", "carol"):
+            kept = await a._user_shard(user).call("HGETALL", a._key(user, "loc"))
+            self.assertNotIn(b"b/" + b.boot.encode(), kept)
+        reg = a.shards[0]
+        self.assertEqual(await reg.call("SMEMBERS", a._parted()), [f"a/{a.boot}".encode()])
 
     async def test_a_record_of_an_older_release_is_read_and_replaced(self) -> None:
 

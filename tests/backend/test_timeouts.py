@@ -52,6 +52,7 @@ class TimeoutBackendTests(SynchronousTestCase):
 
         class Store:
             node_id = "n1"
+            boot = "b1"
 
             def append_publish(self, inboxes: object, skips: object, head: bytes) -> Deferred[None]:
                 return hanging
@@ -86,6 +87,10 @@ class TimeoutBackendTests(SynchronousTestCase):
             "set_presence": ("bob", None),
             "merge_presence": ("bob", None),
             "sweep_presence": (10,),
+            "locate": ("bob", "phone"),
+            "relocate": ("bob", ["phone"]),
+            "unlocate": ("bob", "phone"),
+            "locations": (["bob"],),
             "presence": (["bob"],),
             "watch": ("bob", ["eve"], 10),
             "unwatch": ("bob", ["eve"]),

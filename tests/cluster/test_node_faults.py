@@ -138,3 +138,86 @@ class NodeKillTests(TestCase):
             self.assertEqual(seqs, sorted(seqs), f"{u} got seqs out of order")
             mids = [mid for _, mid in devices[u].seen]
             self.assertEqual(len(mids), len(set(mids)), f"{u} got a message twice")
+
+
+class NodeDeathTests(TestCase):
+    """What watchers on a live node see of the users of a node killed with SIGKILL."""
+
+    timeout = 60
+
+    async def setUp(self) -> None:
+        self.redis = RedisServer()
+        self.redis.start()
+        self.addCleanup(self.redis.destroy)
+
+    async def node(self, name: str, heartbeat: float) -> BrokerProcess:
+        node = BrokerProcess(name, self.redis.url, heartbeat=heartbeat)
+        self.addCleanup(node.destroy)
+        await node.start()
+        return node
+
+    async def client(self, node: BrokerProcess, user: str) -> Any:
+        c = await connect(reactor, node.tcp, token=make_token(SECRET, user), device="phone")
+        self.addCleanup(lambda: c.transport and c.transport.abortConnection())
+        return c
+
+    async def records(self, node: BrokerProcess) -> dict[str, dict[str, Any]]:
+        r = await treq.get(
+            f"{node.http}/api/v1/nodes", headers={"Authorization": "Bearer k"}, persistent=False
+        )
+        return {n["id"]: n for n in json.loads(await r.content())["nodes"]}
+
+    async def bob_online_for(self, alice: Any, b: BrokerProcess) -> Any:
+        answer = alice.wait_for("presence")
+        alice.write_frame({"t": "watch", "users": ["bob"]})
+        self.assertEqual((await answer)["state"], "offline")
+        came = alice.wait_for("presence")
+        bob = await self.client(b, "bob")
+        self.assertEqual((await came)["state"], "online")
+        return bob
+
+    async def test_a_killed_nodes_users_go_offline_within_two_intervals(self) -> None:
+        interval = 1.0
+        # how late the watcher's frame may be: the sweep's and the watcher's round
+        # trips on loopback, on a machine shared with other test runs
+        tolerance = 0.3
+        # the watcher's node beats seldom: its own beats cannot be what notices
+        # (it reads b's record at its first beat, then follows b's lapses)
+        b = await self.node("b", interval)
+        a = await self.node("a", 30.0)
+        alice = await self.client(a, "alice")
+        await self.bob_online_for(alice, b)
+        went = alice.wait_for("presence")
+        went.addTimeout(2 * interval + tolerance + 1, reactor)
+        killed = reactor.seconds()
+        await b.kill()
+        f = await went
+        took = reactor.seconds() - killed
+        self.assertEqual((f["user"], f["state"], f["devices"]), ("bob", "offline", 0))
+        self.assertLessEqual(took, 2 * interval + tolerance)
+        self.assertEqual(list(await self.records(a)), ["a"])
+
+    async def test_a_node_started_again_does_not_count_its_previous_life(self) -> None:
+        # records live 20 s: whatever happens below happens long before b's lapses
+        a = await self.node("a", 10.0)
+        b = await self.node("b", 10.0)
+        alice = await self.client(a, "alice")
+        for _ in range(50):
+            if "b" in await self.records(a):
+                break
+            await deferLater(reactor, 0.1, lambda: None)
+        await self.bob_online_for(alice, b)
+        old = (await self.records(a))["b"]
+        went = alice.wait_for("presence")
+        went.addTimeout(15, reactor)
+        await b.kill()
+        await b.start()  # the same id, a new boot: bob is not back
+        f = await went
+        self.assertEqual((f["user"], f["state"], f["devices"]), ("bob", "offline", 0))
+        self.assertLess(reactor.seconds(), old["expires"])  # the old record had not lapsed
+        new = (await self.records(a))["b"]
+        self.assertNotEqual(new["boot"], old["boot"])
+        # bob back on the new boot counts again
+        came = alice.wait_for("presence")
+        await self.client(b, "bob")
+        self.assertEqual((await came)["state"], "online")

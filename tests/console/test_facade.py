@@ -64,6 +64,18 @@ class FacadeTests(unittest.TestCase):
         )
         self.assertIsNone(self.broker.user("nobody"))
 
+    def test_where_each_device_is_live(self) -> None:
+        self.h.login("alice", "phone")
+        self.h.login("alice", "tablet")
+        here = {"node": self.h.node.config.node, "boot": self.h.node.store.boot}
+        self.assertEqual(
+            self.successResultOf(self.broker.where("alice")),
+            {"user": "alice", "devices": {"phone": here, "tablet": here}},
+        )
+        self.assertEqual(
+            self.successResultOf(self.broker.where("nobody")), {"user": "nobody", "devices": {}}
+        )
+
     def test_kick_closes_the_users_connections_only(self) -> None:
         phone = self.h.login("alice", "phone")
         tablet = self.h.login("alice", "tablet")

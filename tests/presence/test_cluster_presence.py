@@ -8,6 +8,7 @@ from typing import Any
 from twisted.internet import reactor
 from twisted.internet.task import deferLater
 
+from o2obroker.backend import Location
 from tests.redis_nodes import RedisNodesCase
 
 SECRET = "cluster-node-secret-0123456789abcdef"
@@ -84,8 +85,22 @@ class ClusterPresenceTests(RedisNodesCase):
         went = alice.wait_for("presence")
         f = await went
         self.assertEqual((f["user"], f["state"], f["devices"]), ("bob", "offline", 0))
-        # its record lapses after two beats; a's next beat sweeps it
-        self.assertLess(reactor.seconds() - died, 3 * beat + 0.3)
+        # a reads the registry when b's record lapses, two beats after its last,
+        # and sweeps it (0.2 s for the round trips of the sweep and the frame)
+        self.assertLess(reactor.seconds() - died, 2 * beat + 0.2)
         probe = alice.wait_for("presence")
         alice.write_frame({"t": "probe", "users": ["bob"]})
         self.assertEqual((await probe)["state"], "offline")
+        # b was only frozen: beating again, it records its devices again
+        node_b = self.nodes["b"]
+        back = alice.wait_for("presence")
+        node_b.registry._loop.start(beat)
+        f = await back
+        self.assertEqual((f["user"], f["state"], f["devices"]), ("bob", "online", 1))
+        # and the phone's location, which a swept, is b's again
+        here = {"bob": {"phone": Location("b", node_b.store.boot)}}
+        for _ in range(40):
+            if await node_b.store.locations(["bob"]) == here:
+                break
+            await deferLater(reactor, 0.05)
+        self.assertEqual(await node_b.store.locations(["bob"]), here)

@@ -9,7 +9,7 @@ from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase
 
 from o2obroker.actors.presence import PresenceHub
-from o2obroker.backend.interface import Presence
+from o2obroker.backend.interface import OFFLINE, Presence
 from o2obroker.backend.memory import MemoryBackend
 from o2obroker.routing import Router
 from o2obroker.wire import encode_cbor, frame
@@ -460,6 +460,23 @@ class SweepTests(SynchronousTestCase):
         clock.advance(0.5)
         frames = sorted((m[1].frame["user"], m[1].frame["state"]) for m in told)
         self.assertEqual(frames, [("bob", "offline"), ("carol", "offline")])
+
+    def test_a_sweeps_changes_go_out_at_once_with_what_was_pending(self) -> None:
+        clock = Clock()
+        backend = _Swept(clock)
+        router = Router(backend)
+        hub = PresenceHub(backend, router, clock, window=0.5, merged=True)
+        told: list[Any] = []
+        router.actors["alice"] = _Actor(told)
+        backend.watch("alice", ["bob", "carol"], 10)
+        on, off = Presence("online", "", 1, 1), Presence("offline", "", 0, 9)
+        hub._merged((OFFLINE, on), "carol")  # held for the window
+        hub.sweep()
+        backend.calls[0].callback({"bob": (on, off)})
+        # no window: the dead node's devices are late news already
+        frames = sorted((m[1].frame["user"], m[1].frame["state"]) for m in told)
+        self.assertEqual(frames, [("bob", "offline"), ("carol", "online")])
+        self.assertEqual(clock.getDelayedCalls(), [])
 
     def test_one_node_never_sweeps(self) -> None:
         clock = Clock()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from twisted.internet import reactor
+from twisted.internet.task import deferLater
 from twisted.trial.unittest import TestCase
 
 from o2obroker.backend.redis import RedisBackend, parse_urls
@@ -80,6 +81,65 @@ class ClusterNodesTests(RedisNodesCase):
         await first.closed
         # node a has no device of dave left: it no longer listens for him
         await eventually(lambda: not self.nodes["a"].store.bus.has("dave"))
+
+    async def test_where_each_device_is_live_is_kept_from_hello_to_close(self) -> None:
+        from o2obroker.backend import Location
+
+        a, b = await self.node("a"), await self.node("b")
+        store_a, store_b = self.nodes["a"].store, self.nodes["b"].store
+        on_a, on_b = Location("a", store_a.boot), Location("b", store_b.boot)
+        phone = await self.client(a, "dave", "phone")
+        await self.client(b, "dave", "laptop")
+        self.assertEqual(
+            await store_a.locations(["dave"]), {"dave": {"phone": on_a, "laptop": on_b}}
+        )
+        await phone.bye()
+        # the close forgets the phone's location (not waited for by anyone)
+        for _ in range(50):
+            if await store_b.locations(["dave"]) == {"dave": {"laptop": on_b}}:
+                break
+            await deferLater(reactor, 0.02)
+        self.assertEqual(await store_b.locations(["dave"]), {"dave": {"laptop": on_b}})
+
+    async def test_a_replacement_lost_with_the_subscriber_still_closes_the_device(self) -> None:
+        a, b = await self.node("a"), await self.node("b")
+        first = await self.client(a, "dave", "phone")
+        replaced = first.wait_for("error")
+        sub = self.nodes["a"].store.bus.subscribers[0]
+        # a's subscriber drops (b's stays): what b publishes meanwhile never reaches a
+        sub._conn.transport.abortConnection()
+        await eventually(lambda: not sub.ready)
+        await self.client(b, "dave", "phone")
+        self.assertFalse(sub.ready)  # the hello's word went out while a was away
+        # once a is subscribed again, the device's location says it is on b now
+        error = await replaced
+        self.assertEqual((error["code"], error["reason"]), (409, "replaced"))
+        await first.closed
+        self.assertTrue(sub.ready)
+
+    async def test_a_hello_while_the_subscriber_is_away_is_sent_to_a_peer(self) -> None:
+        from o2obroker.client import ClientError
+
+        a, _ = await self.node("a"), await self.node("b")
+        node_a = self.nodes["a"]
+        await self.nodes["b"].registry.beat()
+        for _ in range(50):  # a knows b (a beat under way may have read before b's)
+            await node_a.registry.beat()
+            if any(r["id"] == "b" for r in node_a.registry.nodes):
+                break
+        sub = node_a.store.bus.subscribers[0]
+        sub._conn.transport.abortConnection()
+        await eventually(lambda: not sub.ready)
+        with self.assertRaises(ClientError) as e:
+            await self.client(a, "dave", "phone")
+        self.assertFalse(sub.ready)  # it was refused while a could not listen
+        error = e.exception.frame
+        self.assertEqual((error["code"], error["reason"]), (503, "backend unavailable"))
+        b_record = next(r for r in node_a.registry.nodes if r["id"] == "b")
+        self.assertEqual(error["redirect"]["tcp"], b_record["addresses"]["tcp"])
+        # once a listens again, it welcomes the device
+        await eventually(lambda: sub.ready)
+        await self.client(a, "dave", "phone")
 
     async def test_what_was_published_while_the_subscriber_was_down_arrives(self) -> None:
         a, b = await self.node("a"), await self.node("b")

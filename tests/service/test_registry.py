@@ -15,7 +15,7 @@ from o2obroker.backend import MemoryBackend
 from o2obroker.backend.redis import RedisBackend, parse_urls
 from o2obroker.config import Config
 from o2obroker.service.node import Node
-from o2obroker.service.registry import Registry
+from o2obroker.service.registry import LAPSE_MARGIN, Registry
 from o2obroker.service.site import build_site
 from tests.backend.test_redis_outage import eventually
 from tests.doubles import FlakyBackend
@@ -36,6 +36,11 @@ def record(node: str, **kw: Any) -> dict[str, Any]:
     }
 
 
+def bare(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Records without what the store adds (boot, expires)."""
+    return [{k: v for k, v in r.items() if k not in ("boot", "expires")} for r in records]
+
+
 class RegistryUnitTests(SynchronousTestCase):
     def setUp(self) -> None:
         self.clock = Clock()
@@ -45,7 +50,7 @@ class RegistryUnitTests(SynchronousTestCase):
 
     def test_beats_every_interval_with_a_ttl_of_two(self) -> None:
         self.registry.start()
-        self.assertEqual(self.registry.nodes, [self.me])
+        self.assertEqual(bare(self.registry.nodes), [self.me])
         self.assertEqual(self.backend.calls, ["heartbeat", "nodes"])
         self.clock.advance(2.0)
         self.assertEqual(self.backend.calls, ["heartbeat", "nodes"] * 2)
@@ -98,7 +103,7 @@ class RegistryUnitTests(SynchronousTestCase):
         self.assertEqual(self.registry.nodes, [])
         self.backend.heal()
         self.clock.advance(2.0)
-        self.assertEqual(self.registry.nodes, [self.me])
+        self.assertEqual(bare(self.registry.nodes), [self.me])
 
     def test_one_beat_at_a_time(self) -> None:
         self.backend.break_("hold", "heartbeat")
@@ -108,7 +113,93 @@ class RegistryUnitTests(SynchronousTestCase):
         self.assertEqual(self.backend.calls, ["heartbeat"])  # a slow backend: no pile-up
         self.backend.heal()
         self.backend.release()
-        self.assertEqual(self.registry.nodes, [self.me])
+        self.assertEqual(bare(self.registry.nodes), [self.me])
+
+
+class _WithPeers(MemoryBackend):
+    """One node's store, plus the records of peers whose lapses a test sets."""
+
+    def __init__(self, clock: Clock) -> None:
+        super().__init__(clock, "n1")
+        self.peers: dict[str, float] = {}  # peer id -> when its record lapses
+
+    def nodes(self) -> Any:
+        now = self._clock.seconds()
+        live = [record(p, expires=e) for p, e in sorted(self.peers.items()) if e > now]
+        return super().nodes().addCallback(lambda mine: mine + live)
+
+
+class LapseTests(SynchronousTestCase):
+    """A peer's death is read when its record lapses, not at this node's next beat."""
+
+    def setUp(self) -> None:
+        self.clock = Clock()
+        self.clock.advance(100)
+        self.store = _WithPeers(self.clock)
+        self.backend = FlakyBackend(self.store)
+        self.registry = Registry(self.backend, self.clock, lambda: record("n1"), interval=2.0)
+        self.swept: list[float] = []
+        self.registry.on_beat = lambda: self.swept.append(self.clock.seconds())
+
+    def ids(self) -> list[str]:
+        return [r["id"] for r in self.registry.nodes]
+
+    def test_a_peers_lapse_is_read_when_it_happens(self) -> None:
+        # n2 beat last at 99.0 with a ttl of 4 s: it lapses at 103.0, between
+        # this node's beats at 102 and 104
+        self.store.peers["n2"] = 103.0
+        self.registry.start()
+        self.clock.advance(2.0)
+        self.assertEqual(self.ids(), ["n1", "n2"])
+        self.clock.advance(0.999)
+        self.assertEqual(self.swept, [100.0, 102.0])
+        self.clock.advance(0.001 + LAPSE_MARGIN)
+        # read again at once, without a beat, and swept
+        self.assertEqual(self.ids(), ["n1"])
+        self.assertEqual(self.swept[-1], 103.0 + LAPSE_MARGIN)
+        self.assertEqual(self.backend.calls, ["heartbeat", "nodes"] * 2 + ["nodes"])
+        # nothing left to wait for until the next beat
+        self.assertEqual(len(self.clock.getDelayedCalls()), 1)
+
+    def test_a_peer_that_beat_again_is_watched_until_its_new_lapse(self) -> None:
+        self.store.peers["n2"] = 101.0
+        self.registry.start()
+        self.store.peers["n2"] = 104.5  # it beat at 100.5
+        self.clock.advance(1.0 + LAPSE_MARGIN)
+        self.assertEqual(self.ids(), ["n1", "n2"])
+        self.clock.advance(2.0)  # this node's own beat at 102
+        self.clock.advance(1.5)  # 104.5: n2 beat no more
+        self.assertEqual(self.ids(), ["n1"])
+        self.assertEqual(self.swept[-1], 104.5 + LAPSE_MARGIN)
+
+    def test_a_beat_that_finds_its_record_lapsed_records_the_nodes_state_again(self) -> None:
+        rejoined: list[float] = []
+        self.registry.on_rejoin = lambda: rejoined.append(self.clock.seconds())
+        self.registry.start()
+        self.clock.advance(2.0)
+        self.assertEqual(rejoined, [])  # a first beat is no rejoin, nor is a beat in time
+        self.backend.break_("fail", "heartbeat")
+        self.clock.advance(4.0)  # the beats of 104 and 106 fail: the record lapses at 106
+        self.assertEqual(rejoined, [])
+        self.backend.heal()
+        self.clock.advance(2.0)
+        self.assertEqual(rejoined, [108.0])
+        self.clock.advance(2.0)
+        self.assertEqual(rejoined, [108.0])
+
+    def test_no_read_while_a_beat_is_under_way_and_none_after_stop(self) -> None:
+        self.store.peers["n2"] = 101.0
+        self.registry.start()
+        self.backend.break_("hold", "heartbeat")
+        self.clock.advance(1.0 + LAPSE_MARGIN)  # lapsed: read
+        self.assertEqual(self.backend.calls[-1], "nodes")
+        self.store.peers["n2"] = 103.0
+        self.clock.advance(1.0)  # the beat at 102 hangs
+        self.clock.advance(1.0 + LAPSE_MARGIN)
+        self.assertEqual(self.backend.calls[-1], "heartbeat")  # the held beat reads after it
+        self.backend.heal()
+        self.successResultOf(self.registry.stop())
+        self.assertEqual(self.clock.getDelayedCalls(), [])
 
 
 class RegistryNodesTests(TestCase):

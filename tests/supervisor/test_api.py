@@ -42,6 +42,7 @@ class NodesTests(SynchronousTestCase):
             set(node),
             {
                 "id",
+                "boot",
                 "cluster",
                 "addresses",
                 "connections",
@@ -65,6 +66,7 @@ class NodesTests(SynchronousTestCase):
         self.assertIs(node["draining"], False)
         self.assertEqual((node["healthy"], node["full"]), (True, False))
         self.assertEqual(node["last_heartbeat"], self.h.clock.seconds())
+        self.assertEqual(node["boot"], self.h.node.store.boot)
 
     def test_before_the_first_sample_the_figures_are_null(self) -> None:
         [node] = self.nodes()

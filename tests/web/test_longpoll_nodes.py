@@ -11,6 +11,7 @@ from typing import Any
 
 import treq
 from twisted.internet import reactor
+from twisted.internet.defer import Deferred
 from twisted.internet.endpoints import TCP4ServerEndpoint
 from twisted.trial.unittest import TestCase
 
@@ -108,6 +109,57 @@ class LongPollOnAnyNodeTests(TestCase):
         self.assertNotIn(bob, self.sites["a"].longpoll.sessions)
         code, _ = await self.call("GET", b + f"/lp/poll?sid={bob}")
         self.assertEqual(code, 404)  # A forgot it: its answer, passed on
+
+    async def test_forwards_reuse_the_connections_of_one_pool(self) -> None:
+        a, b = await self.node("a"), await self.node("b")
+        await self.see_each_other()
+        bob, pos = await self.open(a, "bob")
+        alice, _ = await self.open(a, "alice")
+        accepted: list[Any] = []
+        owner = self.sites["a"]
+        build = owner.buildProtocol
+        owner.buildProtocol = lambda addr: accepted.append(addr) or build(addr)
+        n = 10
+        for i in range(n):
+            code, sent = await self.call(
+                "POST",
+                b + f"/lp/send?sid={alice}",
+                {"t": "send", "id": f"s{i}", "to": "bob", "body": i},
+            )
+            self.assertEqual(code, 200, sent)
+            code, polled = await self.call("GET", b + f"/lp/poll?sid={bob}&pos={pos}")
+            self.assertEqual(code, 200, polled)
+            pos = polled["pos"]
+        self.assertEqual(self.sites["b"].longpoll.forwarder.counts, {"answered": 2 * n})
+        # one connection from B to A carried all of them, one after the other
+        self.assertEqual(len(accepted), 1)
+        # while a poll is held on A, a send takes a second connection, and both stay
+        held = Deferred.fromCoroutine(self.call("GET", b + f"/lp/poll?sid={bob}&pos={pos}"))
+        await eventually(lambda: self.sites["a"].longpoll.sessions[bob]._poll is not None)
+        await self.call(
+            "POST", b + f"/lp/send?sid={alice}", {"t": "send", "id": "last", "to": "bob", "body": n}
+        )
+        code, polled = await held
+        self.assertEqual([f["body"] for f in polled["frames"]], [n])
+        self.assertEqual(len(accepted), 2)
+        idle = self.sites["b"].longpoll.forwarder.pool._connections
+        await eventually(lambda: sum(map(len, idle.values())) == 2)
+
+    async def test_the_pool_keeps_a_bounded_number_of_idle_connections_per_peer(self) -> None:
+        a, b = await self.node("a"), await self.node("b")
+        await self.see_each_other()
+        forwarder = self.sites["b"].longpoll.forwarder
+        forwarder.pool.maxPersistentPerHost = 1
+        bob, pos = await self.open(a, "bob")
+        alice, _ = await self.open(a, "alice")
+        # two at once: a held poll and a send, two connections
+        held = Deferred.fromCoroutine(self.call("GET", b + f"/lp/poll?sid={bob}&pos={pos}"))
+        await eventually(lambda: self.sites["a"].longpoll.sessions[bob]._poll is not None)
+        await self.call("POST", b + f"/lp/send?sid={alice}", {"t": "send", "to": "bob", "body": 1})
+        await held
+        idle = forwarder.pool._connections
+        await eventually(lambda: sum(map(len, idle.values())) == 1)  # one kept, one closed
+        self.assertEqual(sum(map(len, idle.values())), 1)
 
     async def test_after_the_owner_is_gone_a_resume_on_any_node_loses_nothing(self) -> None:
         a, b = await self.node("a"), await self.node("b")

@@ -97,6 +97,11 @@ class Admission:
         best = self.better
         return None if best is None else {k: best[k] for k in ("ws", "tcp", "lp") if best.get(k)}
 
+    def redirect_now(self) -> dict[str, Any] | None:
+        """``redirect`` from the peers as of now, not as of the last sample."""
+        self.find_better()
+        return self.redirect
+
     def refusal(self, incoming: int = 0) -> ProtocolError | None:
         """Called for every hello: a 503 to refuse it with, or None to let it in.
 

@@ -29,6 +29,7 @@ from o2obroker.backend.interface import (
     EncodedMessage,
     IBackend,
     InboxState,
+    Location,
     Presence,
     Receipt,
     StoredMessage,
@@ -159,7 +160,11 @@ class RedisBackend:
         if not targets:
             raise ValueError("RedisBackend needs at least one server")
         self.node_id = node_id
-        self._indexed = False  # this node is in the set of nodes with presence parts
+        #: this start of the node: what it leaves in Redis is judged by it, so
+        #: that a node started again under the same id does not count as its past
+        self.boot = uuid.uuid4().hex[:12]
+        self._here = f"{node_id}/{self.boot}"
+        self._indexed = False  # this boot is in the set of nodes with parts or locations
         self._clock = clock
         self._prefix = prefix
         self._inbox_cap = inbox_cap
@@ -415,39 +420,46 @@ class RedisBackend:
     def merge_presence(self, user: str, part: Presence) -> Deferred[tuple[Presence, Presence]]:
         # the live nodes come from the registry's shard, the merge runs on the
         # user's: two round trips, but one script, so two nodes never interleave
-        reg, keys = self._registry()
         now = self._clock.seconds()
-        d = reg.call("ZRANGEBYSCORE", keys[1], f"({int(now * 1000)}", "+inf")
-        d.addCallback(self._merge, user, part, now, self.node_id)
+        d = self._live(now)
+        d.addCallback(self._merge, user, part, now, self._here)
         # the index a sweeper reads when this node dies (a write of its own: the
         # registry's shard is not the user's)
-        if part.devices == 0 and part.state == "offline":
-            index = reg.call("SREM", self._parts_of(self.node_id), user)
-        else:
+        self._index("parts", user, part.devices > 0 or part.state != "offline")
+        return d
+
+    def _index(self, kind: str, user: str, add: bool) -> None:
+        """Add ``user`` to (or remove it from) this boot's ``kind`` index, which a
+        sweeper pops from when this node is dead."""
+        reg = self.shards[0]
+        key = f"{self._prefix}:{{nodes}}:{kind}:{self._here}"
+        if add:
             if not self._indexed:
                 self._indexed = True
-                reg.call("SADD", self._parted(), self.node_id).addErrback(self._unindexed)
-            index = reg.call("SADD", self._parts_of(self.node_id), user)
+                reg.call("SADD", self._parted(), self._here).addErrback(self._unindexed)
+            index = reg.call("SADD", key, user)
+        else:
+            index = reg.call("SREM", key, user)
         index.addErrback(self._unindexed)
-        return d
+
+    def _live(self, now: float) -> Deferred[set[str]]:
+        """``<node>/<boot>`` of every live node, this one's included (it is
+        running this code, heartbeat or not)."""
+        reg, keys = self._registry()
+        d = reg.evalsha(S.LIVE, keys[1:], [int(now * 1000)])
+        return d.addCallback(lambda live: {n.decode() for n in live} | {self._here})
 
     def _unindexed(self, f: Failure) -> None:
         self._indexed = False
         log.warn("indexing presence parts failed: {why}", why=f.getErrorMessage())
 
     def _parted(self) -> str:
-        """The set of nodes that have recorded presence parts."""
+        """The set of ``<node>/<boot>`` that have recorded presence parts or locations."""
         return f"{self._prefix}:{{nodes}}:parted"
 
-    def _parts_of(self, node: str) -> str:
-        """The set of users that ``node`` has recorded a presence part of."""
-        return f"{self._prefix}:{{nodes}}:parts:{node}"
-
     def _merge(
-        self, live: list[bytes], user: str, part: Presence, now: float, node: str
+        self, ids: set[str], user: str, part: Presence, now: float, node: str
     ) -> Deferred[tuple[Presence, Presence]]:
-        ids = {n.decode() for n in live}
-        ids.add(self.node_id)  # this node is running this code, heartbeat or not
         p = part
         args = [node, p.state, p.status, p.devices, p.ts, now]
         args += [now + self._offline_ttl, int((self._offline_ttl + KEY_TTL_MARGIN) * 1000)]
@@ -456,36 +468,112 @@ class RedisBackend:
         return d.addCallback(lambda pair: (_presence(pair[0], now), _presence(pair[1], now)))
 
     def sweep_presence(self, limit: int) -> Deferred[dict[str, tuple[Presence, Presence]]]:
-        reg, keys = self._registry()
+        """Pop up to ``limit`` users of the first dead ``<node>/<boot>`` that has
+        any left, from its presence parts and its located devices each; for each,
+        drop that node's locations of the user and merge its presence without
+        that node's part. A dead node with nothing left leaves the index, and
+        the next one is looked at in the same call."""
+        reg = self.shards[0]
         now = self._clock.seconds()
-        ms = int(now * 1000)
-        gone = Presence("offline", "", 0, ms)
+        gone = Presence("offline", "", 0, int(now * 1000))
+        head = f"{self._prefix}:{{nodes}}:"
 
         def nodes(found: list[Any]) -> Deferred[dict[str, tuple[Presence, Presence]]] | dict:
             parted, live = found
-            alive = {n.decode() for n in live} | {self.node_id}
-            dead = sorted(n.decode() for n in parted if n.decode() not in alive)
+            dead = sorted(n.decode() for n in parted if n.decode() not in live)
+            return next_node(dead, live)
+
+        def next_node(
+            dead: list[str], live: set[str]
+        ) -> Deferred[dict[str, tuple[Presence, Presence]]] | dict:
             if not dead:
                 return {}
             node = dead[0]
-            d = reg.call("SPOP", self._parts_of(node), limit)
-            d.addCallback(users, node, live)
+            d = gatherResults(
+                [
+                    reg.call("SPOP", head + "parts:" + node, limit),
+                    reg.call("SPOP", head + "located:" + node, limit),
+                ],
+                consumeErrors=True,
+            )
+            d.addCallbacks(users, _first_error, (node, dead, live))
             return d
 
         def users(
-            popped: list[bytes], node: str, live: list[bytes]
+            popped: list[list[bytes]], node: str, dead: list[str], live: set[str]
         ) -> Deferred[dict[str, tuple[Presence, Presence]]] | dict:
-            if not popped:
-                reg.call("SREM", self._parted(), node)
-                return {}
-            names = sorted(u.decode() for u in popped)
-            calls = [self._merge(live, u, gone, now, node) for u in names]
+            names = sorted({u.decode() for some in popped for u in some})
+            if not names:
+                reg.call("SREM", self._parted(), node).addErrback(self._unindexed)
+                return next_node(dead[1:], live)
+            calls = []
+            for u in names:
+                shard = self._user_shard(u)
+                shard.evalsha(S.DROP_LOCATIONS, [self._key(u, "loc")], [node]).addErrback(
+                    lambda f: None  # the merge right after it on the same connection fails too
+                )
+                calls.append(self._merge(live, u, gone, now, node))
             d = gatherResults(calls, consumeErrors=True)
             return d.addCallbacks(lambda pairs: dict(zip(names, pairs, strict=True)), _first_error)
 
-        live = reg.call("ZRANGEBYSCORE", keys[1], f"({ms}", "+inf")
         parted = reg.call("SMEMBERS", self._parted())
-        return gatherResults([parted, live], consumeErrors=True).addCallbacks(nodes, _first_error)
+        return gatherResults([parted, self._live(now)], consumeErrors=True).addCallbacks(
+            nodes, _first_error
+        )
+
+    # -- device locations ----------------------------------------------------
+
+    def locate(self, user: str, device: str) -> Deferred[Location | None]:
+        d = self._user_shard(user).evalsha(S.LOCATE, [self._key(user, "loc")], [device, self._here])
+        self._index("located", user, True)
+        return d.addCallback(lambda before: _location(before) if before else None)
+
+    def relocate(self, user: str, devices: list[str]) -> Deferred[dict[str, Location]]:
+        if not devices:
+            return succeed({})
+        key = self._key(user, "loc")
+
+        def located(live: set[str]) -> Deferred[dict[str, Location]]:
+            args = [self._here, len(devices), *devices, *sorted(live)]
+            d = self._user_shard(user).evalsha(S.RELOCATE, [key], args)
+            return d.addCallback(
+                lambda flat: {
+                    name.decode(): _location(at)
+                    for name, at in zip(flat[::2], flat[1::2], strict=True)
+                }
+            )
+
+        self._index("located", user, True)
+        return self._live(self._clock.seconds()).addCallback(located)
+
+    def unlocate(self, user: str, device: str) -> Deferred[None]:
+        d = self._user_shard(user).evalsha(
+            S.UNLOCATE, [self._key(user, "loc")], [device, self._here]
+        )
+
+        def left(n: int) -> None:
+            if not n:
+                self._index("located", user, False)
+
+        return d.addCallback(left)
+
+    def locations(self, users: list[str]) -> Deferred[dict[str, dict[str, Location]]]:
+        def got(found: list[Any]) -> dict[str, dict[str, Location]]:
+            live, flat = found
+            out: dict[str, dict[str, Location]] = {}
+            for user, all_ in zip(users, flat, strict=True):
+                devices = {
+                    d.decode(): _location(at)
+                    for d, at in zip(all_[::2], all_[1::2], strict=True)
+                    if at.decode() in live
+                }
+                if devices:
+                    out[user] = devices
+            return out
+
+        here = self._each_user(users, lambda u: ("HGETALL", self._key(u, "loc")))
+        d = gatherResults([self._live(self._clock.seconds()), here], consumeErrors=True)
+        return d.addCallbacks(got, _first_error)
 
     def presence(self, users: list[str]) -> Deferred[dict[str, Presence]]:
         now = self._clock.seconds()
@@ -550,16 +638,24 @@ class RedisBackend:
 
     def _registry(self) -> tuple[Shard, list[str]]:
         head = f"{self._prefix}:{{nodes}}:"
-        return self.shards[0], [head + "records", head + "expires"]
+        return self.shards[0], [head + "records", head + "expires", head + "boots"]
 
-    def heartbeat(self, record: dict[str, Any], ttl: float) -> Deferred[None]:
+    def heartbeat(self, record: dict[str, Any], ttl: float) -> Deferred[bool]:
         shard, keys = self._registry()
-        expires = int((self._clock.seconds() + ttl) * 1000)
+        now = self._clock.seconds()
+        expires = now + ttl
         # the keys themselves outlive every record, whoever wrote last
         key_ttl = int((ttl + KEY_TTL_MARGIN) * 1000)
-        blob = json.dumps(record, separators=(",", ":"))
-        args = [self.node_id, blob, expires, key_ttl]
-        return shard.evalsha(S.BEAT, keys, args).addCallback(lambda _: None)
+        blob = _json({**record, "boot": self.boot, "expires": expires})
+        args = [self.node_id, blob, int(expires * 1000), key_ttl, self.boot, int(now * 1000)]
+
+        def beaten(alive: int) -> bool:
+            if not alive:
+                # a sweeper may have taken this boot out of the index: in again
+                self._indexed = False
+            return bool(alive)
+
+        return shard.evalsha(S.BEAT, keys, args).addCallback(beaten)
 
     def nodes(self) -> Deferred[list[dict[str, Any]]]:
         shard, keys = self._registry()
@@ -574,7 +670,11 @@ class RedisBackend:
     def depart(self) -> Deferred[None]:
         shard, keys = self._registry()
         d = gatherResults(
-            [shard.call("HDEL", keys[0], self.node_id), shard.call("ZREM", keys[1], self.node_id)]
+            [
+                shard.call("HDEL", keys[0], self.node_id),
+                shard.call("ZREM", keys[1], self.node_id),
+                shard.call("HDEL", keys[2], self.node_id),
+            ]
         )
         return d.addCallback(lambda _: None)
 
@@ -615,6 +715,11 @@ def _receipt(r: Any) -> Receipt | None:
         return None
     mid, ts, status = r
     return Receipt(mid.decode(), int(ts), status.decode() or None)
+
+
+def _location(value: bytes) -> Location:
+    node, _, boot = value.decode().rpartition("/")
+    return Location(node, boot)
 
 
 def _json(value: Any) -> str:

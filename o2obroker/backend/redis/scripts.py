@@ -15,7 +15,8 @@ A user's keys (``P`` is the prefix, ``o2o`` by default):
 ``P:{u:<id>}:sidq``      list of send ids, oldest first (expiry and cap in order)
 ``P:{u:<id>}:sst``       hash send id -> final status
 ``P:{u:<id>}:pres``      string, the user-level presence watchers last heard of (JSON)
-``P:{u:<id>}:presn``     hash node id -> that node's part of the user's presence (JSON)
+``P:{u:<id>}:presn``     hash ``<node>/<boot>`` -> that node's part of the user's presence (JSON)
+``P:{u:<id>}:loc``       hash device -> ``<node>/<boot>`` where it is live
 ``P:{u:<id>}:watching``  set of users this user watches
 ``P:{u:<id>}:watchers``  set of users watching this user
 ``P:{r:<name>}:members`` set of member users of a room
@@ -27,6 +28,10 @@ The node registry, small and on the first shard:
 
 ``P:{nodes}:records``    hash node id -> its record (JSON)
 ``P:{nodes}:expires``    sorted set node id -> when its record lapses (ms)
+``P:{nodes}:boots``      hash node id -> the boot id of its last beat
+``P:{nodes}:parted``     set of ``<node>/<boot>`` that recorded presence parts or locations
+``P:{nodes}:parts:<nb>`` set of users ``<node>/<boot>`` has a presence part of
+``P:{nodes}:located:<nb>`` set of users ``<node>/<boot>`` has a live device of
 """
 
 from __future__ import annotations
@@ -351,20 +356,25 @@ return new
 """,
 )
 
-# KEYS: records, expires. ARGV: node id, record, expires (ms), key ttl (ms).
+# KEYS: records, expires, boots. ARGV: node id, record, expires (ms), key ttl
+# (ms), boot id, now (ms). A beat of a new boot replaces the old one's at once.
+# Returns 1 when this boot's record was alive until now, else 0.
 BEAT = Script(
     "beat",
     """
+local was = redis.call('ZSCORE', KEYS[2], ARGV[1])
+local boot = redis.call('HGET', KEYS[3], ARGV[1])
 redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
 redis.call('ZADD', KEYS[2], ARGV[3], ARGV[1])
-redis.call('PEXPIRE', KEYS[1], ARGV[4])
-redis.call('PEXPIRE', KEYS[2], ARGV[4])
+redis.call('HSET', KEYS[3], ARGV[1], ARGV[5])
+for i = 1, 3 do redis.call('PEXPIRE', KEYS[i], ARGV[4]) end
+if was and tonumber(was) > tonumber(ARGV[6]) and boot == ARGV[5] then return 1 end
 return 0
 """,
 )
 
-# KEYS: records, expires. ARGV: now (ms). Forgets the records that lapsed;
-# returns the others as id, record, id, record...
+# KEYS: records, expires, boots. ARGV: now (ms). Forgets the records that
+# lapsed; returns the others as id, record, id, record...
 NODES = Script(
     "nodes",
     """
@@ -373,6 +383,7 @@ local dead = redis.call('ZRANGEBYSCORE', KEYS[2], '-inf', now)
 if #dead > 0 then
   redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', now)
   redis.call('HDEL', KEYS[1], unpack(dead))
+  redis.call('HDEL', KEYS[3], unpack(dead))
 end
 local live = redis.call('ZRANGE', KEYS[2], 0, -1)
 if #live == 0 then return {} end
@@ -383,6 +394,22 @@ for i = 1, #live do
     out[#out + 1] = live[i]
     out[#out + 1] = records[i]
   end
+end
+return out
+""",
+)
+
+# KEYS: expires, boots. ARGV: now (ms). Returns ``<node>/<boot>`` of each live
+# node: what presence parts and locations are keyed by.
+LIVE = Script(
+    "live",
+    """
+local live = redis.call('ZRANGEBYSCORE', KEYS[1], '(' .. ARGV[1], '+inf')
+if #live == 0 then return {} end
+local boots = redis.call('HMGET', KEYS[2], unpack(live))
+local out = {}
+for i = 1, #live do
+  if boots[i] then out[#out + 1] = live[i] .. '/' .. boots[i] end
 end
 return out
 """,
@@ -401,8 +428,9 @@ return out
 """,
 )
 
-# KEYS: parts, pres. ARGV: node, state, status, devices, ts (ms), now (s),
-# offline expires (s), offline key ttl (ms), then the ids of the live nodes.
+# KEYS: parts, pres. ARGV: node (``<node>/<boot>``), state, status, devices, ts
+# (ms), now (s), offline expires (s), offline key ttl (ms), then the
+# ``<node>/<boot>`` of the live nodes.
 # Records this node's part of the user's presence and merges the parts of live
 # nodes by the rule of doc/protocol.md section 5 (the latest ts wins a status
 # text). Returns the user-level record before and after, as JSON
@@ -459,6 +487,69 @@ return {cjson.encode(before), cjson.encode(after)}
 """,
 )
 
+# KEYS: loc. ARGV: device, ``<node>/<boot>`` of this node. Returns where the
+# device was before when that was elsewhere, else false.
+LOCATE = Script(
+    "locate",
+    """
+local before = redis.call('HGET', KEYS[1], ARGV[1])
+redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
+if before == ARGV[2] then return false end
+return before
+""",
+)
+
+# KEYS: loc. ARGV: ``<node>/<boot>`` of this node, the number n of devices, the
+# n devices, then the ``<node>/<boot>`` of the live nodes. Locates each device
+# here unless a live node holds it; returns device, location of those.
+RELOCATE = Script(
+    "relocate",
+    """
+local here, n = ARGV[1], tonumber(ARGV[2])
+local live = {}
+for i = 3 + n, #ARGV do live[ARGV[i]] = true end
+local out = {}
+for i = 3, 2 + n do
+  local at = redis.call('HGET', KEYS[1], ARGV[i])
+  if at and at ~= here and live[at] then
+    out[#out + 1] = ARGV[i]
+    out[#out + 1] = at
+  elseif at ~= here then
+    redis.call('HSET', KEYS[1], ARGV[i], here)
+  end
+end
+return out
+""",
+)
+
+# KEYS: loc. ARGV: device, ``<node>/<boot>``. Forgets the device if it is still
+# there; returns how many devices of the user are left there.
+UNLOCATE = Script(
+    "unlocate",
+    """
+if redis.call('HGET', KEYS[1], ARGV[1]) == ARGV[2] then
+  redis.call('HDEL', KEYS[1], ARGV[1])
+end
+local left = 0
+for _, at in ipairs(redis.call('HVALS', KEYS[1])) do
+  if at == ARGV[2] then left = left + 1 end
+end
+return left
+""",
+)
+
+# KEYS: loc. ARGV: ``<node>/<boot>`` of a dead node. Forgets its devices.
+DROP_LOCATIONS = Script(
+    "drop_locations",
+    """
+local all = redis.call('HGETALL', KEYS[1])
+for i = 1, #all, 2 do
+  if all[i + 1] == ARGV[1] then redis.call('HDEL', KEYS[1], all[i]) end
+end
+return 0
+""",
+)
+
 ALL = (
     APPEND,
     READ,
@@ -471,6 +562,11 @@ ALL = (
     WATCH,
     BEAT,
     NODES,
+    LIVE,
     PUBLISH,
     MERGE_PRESENCE,
+    LOCATE,
+    RELOCATE,
+    UNLOCATE,
+    DROP_LOCATIONS,
 )
