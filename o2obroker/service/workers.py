@@ -393,7 +393,20 @@ def worker_config(config: Config, index: int) -> Config:
     return dataclasses.replace(config, **changes)
 
 
-class AdoptedPort(service.Service):
+class _Listening(service.Service):
+    """A service holding one listening port, which it closes when stopped."""
+
+    port: Any = None
+
+    def stopService(self) -> Deferred[None] | None:
+        super().stopService()
+        if self.port is not None:
+            port, self.port = self.port, None
+            return port.stopListening()
+        return None
+
+
+class AdoptedPort(_Listening):
     """A listening socket the parent made, adopted from fd ``fd``; ``on_port``
     is told the port once it listens."""
 
@@ -405,7 +418,6 @@ class AdoptedPort(service.Service):
         self.factory = factory
         self.reactor = reactor
         self.on_port = on_port
-        self.port: Any = None
         self.setName(key)
 
     def privilegedStartService(self) -> None:
@@ -421,15 +433,8 @@ class AdoptedPort(service.Service):
         self.on_port(self.port.getHost().port)
         super().privilegedStartService()
 
-    def stopService(self) -> Deferred[None] | None:
-        super().stopService()
-        if self.port is not None:
-            port, self.port = self.port, None
-            return port.stopListening()
-        return None
 
-
-class InternalPort(service.Service):
+class InternalPort(_Listening):
     """A worker's own HTTP port (an ephemeral one, on the interface of the
     shared HTTP port): the address other nodes forward its long-polls to."""
 
@@ -438,20 +443,12 @@ class InternalPort(service.Service):
         self.site = site
         self.reactor = reactor
         self.on_port = on_port
-        self.port: Any = None
         self.setName("http-internal")
 
     def privilegedStartService(self) -> None:
         self.port = self.reactor.listenTCP(0, self.site, interface=self.interface)
         self.on_port(self.port.getHost().port)
         super().privilegedStartService()
-
-    def stopService(self) -> Deferred[None] | None:
-        super().stopService()
-        if self.port is not None:
-            port, self.port = self.port, None
-            return port.stopListening()
-        return None
 
 
 @implementer(IReadDescriptor)
