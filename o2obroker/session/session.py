@@ -349,6 +349,10 @@ class Session:
             self.fail(ProtocolError(e.code if e.code == 401 else 400, e.reason, fatal=True))
             return
         apps = gw.apps
+        if not apps.loaded:
+            # a node just started: the shared registry comes within a moment; retry then
+            self.fail(ProtocolError(503, "app registry not read yet", fatal=True))
+            return
         if apps and not apps.admits(identity.app or hello.app or self.conn.url_app):
             # the token's claim wins, then the hello's, then the URL's (section 3)
             self.fail(ProtocolError(403, "unknown app", fatal=True))

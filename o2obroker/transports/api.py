@@ -415,6 +415,9 @@ class Route(_Lookup):
         if key is None or not valid_room(key, self.node.config.limits):
             return _answer(request, 400, {"error": "key is missing or not a valid name"})
         apps = self.node.gateway.apps
+        if not apps.loaded:
+            _unavailable(request, "the app registry has not been read yet")
+            return NOT_DONE_YET
         if apps:
             cluster = apps.cluster_of(app) if app is not None else None
             if cluster is None:

@@ -42,6 +42,16 @@ class TcpAppTests(SynchronousTestCase):
         self.assertRefused(*self.hello())
         self.assertEqual(self.h.node.gateway.connections["tcp"], 0)
 
+    def test_a_hello_before_the_shared_registry_is_read_may_come_back(self) -> None:
+        self.h.node.apps.loaded = False  # a node on Redis that has not read it yet
+        frames, closed = self.hello(app="shop")
+        self.assertEqual(
+            [(f["code"], f["reason"]) for f in frames], [(503, "app registry not read yet")]
+        )
+        self.assertTrue(closed)
+        self.h.node.apps.replace_shared({})
+        self.assertEqual(self.hello(app="shop")[0][0]["t"], "welcome")
+
     def test_the_tokens_claim_wins_over_the_hello(self) -> None:
         frames, _ = self.hello(app="nope", claims={"app": "pos"})
         self.assertEqual(frames[0]["t"], "welcome")
