@@ -118,7 +118,7 @@ class SharedAppsTests(RedisNodesCase):
             (["apps", "add", "shop", "--cluster", "c", "--set", "x"], b"NAME=VALUE"),
             (["apps", "remove", "nope"], b"no such app"),
         ]:
-            out, err, code = await self.admin(*argv)
+            _, err, code = await self.admin(*argv)
             self.assertEqual((code, err.count(b"\n")), (1, 1), err)
             self.assertIn(says, err)
         dead = ["-m", "o2obroker.admin", "--redis", "redis://127.0.0.1:1", "--timeout", "0.5"]
