@@ -490,6 +490,47 @@ scenarios.route = async (context) => {
 };
 
 /**
+ * Three real nodes on one Redis: a client with a key connects to the key's
+ * node over config.transport; the test (config.control /go) then streams
+ * messages to it and, mid-way, kills that node with SIGKILL or drains it (a
+ * 503 naming another node). The client moves to the standby or the
+ * redirect's target and resumes: every message that got a receipt is handed
+ * to the page once, in the order sent. Every long-poll request carries the
+ * route's parameters (a front proxy hashes each by key).
+ */
+scenarios.clusterRoute = async (context) => {
+  // the page of an application on its own origin; the nodes are elsewhere
+  const page = await open(context, config.control);
+  const lpUrls = [];
+  page.on("request", (r) => { if (r.url().includes("/lp/")) lpUrls.push(r.url()); });
+  const first = await page.evaluate(async ([base, key, token, transport]) => {
+    var c = (window.routed = new O2OBroker({ baseUrl: base, token: token, key: key, storage: null, backoffMs: 200, transports: [transport] }));
+    window.got = [];
+    window.located = [];
+    window.nodes = [];
+    c.on("located", function (w) { window.located.push(w); });
+    c.on("message", function (m) { window.got.push({ mid: m.mid, seq: m.seq }); });
+    c.on("state", function (s) { if (s === "open") window.nodes.push(c.welcome.node); });
+    var welcome = await c.connect();
+    return { node: welcome.node, transport: c.transport, route: window.located[0].route };
+  }, [config.base, config.key, config.token, config.transport]);
+  check(first.transport === config.transport, "on " + config.transport + ": " + first.transport);
+  const go = await fetch(config.control + "/go", { method: "POST" });
+  check(go.ok, "the test's traffic and " + config.action);
+  const { receipted } = await go.json();
+  await waitFor(page, (n) => window.got.length >= n, receipted.length, `${receipted.length} messages`, 30000);
+  const seen = await page.evaluate(() => ({ got: window.got, node: window.routed.welcome.node, nodes: window.nodes, last: window.located[window.located.length - 1] }));
+  await page.evaluate(() => window.routed.close());
+  check(same(seen.got.map((m) => m.mid), receipted), "each receipted message once, in order: " + JSON.stringify(seen.got.map((m) => m.mid)).slice(0, 300));
+  const seqs = seen.got.map((m) => m.seq);
+  check(same(seqs, [...seqs].sort((a, b) => a - b)), "in seq order");
+  const bare = lpUrls.filter((u) => !u.includes("key=" + encodeURIComponent(config.key)));
+  // a 503's redirect is followed as it is, without asking for the route again
+  const redirected = seen.last.route === undefined;
+  return { first: first.node, standby: first.route.standby.id, then: seen.node, nodes: seen.nodes, lp: lpUrls.length, bare, got: seen.got.length, redirected };
+};
+
+/**
  * history() and the demo against a broker that keeps an archive (nothing
  * stands in for it here): a conversation between a WebSocket page and a
  * long-poll page and a room, paged back by before from both sides; the room
