@@ -96,7 +96,7 @@ def registry_lists_all(lookup: str, want: int) -> None:
 
 def percentile(values: list[float], p: float) -> float:
     ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(round(p / 100 * (len(ordered) - 1))))]
+    return ordered[min(len(ordered) - 1, round(p / 100 * (len(ordered) - 1)))]
 
 
 def run_once(args: argparse.Namespace) -> dict[str, Any]:
@@ -134,8 +134,6 @@ def run_once(args: argparse.Namespace) -> dict[str, Any]:
         killed = time.time()
         victim["proc"].kill()
         victim["proc"].wait()
-        for worker in workers:
-            assert worker.stdin is None
         moved: list[dict[str, Any]] = []
         for worker in workers:
             assert worker.stdout is not None
@@ -256,7 +254,7 @@ async def _worker(reactor: Any, args: argparse.Namespace) -> None:
     for c in victims:
         at, node = c.welcomes[1] if len(c.welcomes) > 1 else (None, None)
         assert c.key is not None
-        standby = [n.id for n in rank(c.key, nodes) if n.id != VICTIM][0]
+        standby = next(n.id for n in rank(c.key, nodes) if n.id != VICTIM)
         moved.append({"at": at, "node": node, "standby": node == standby})
     print(json.dumps({"moved": moved}), flush=True)
     await gatherResults([c.stop() for c in clients], consumeErrors=True)
