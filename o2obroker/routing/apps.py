@@ -17,7 +17,7 @@ import json
 from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
-from twisted.internet.defer import Deferred
+from twisted.internet.defer import Deferred, succeed
 from twisted.internet.interfaces import IReactorTime
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
@@ -62,7 +62,7 @@ class AppRegistry:
     cluster is the one an operator set last).
     """
 
-    __slots__ = ("_clusters", "_configured", "_shared", "loaded", "sharing")
+    __slots__ = ("_clusters", "_configured", "_shared", "_waiting", "loaded", "sharing")
 
     def __init__(
         self, configured: Mapping[str, str] | None = None, *, shared: bool = False
@@ -73,8 +73,9 @@ class AppRegistry:
         #: whether there is a shared registry to read (the Redis backend)
         self.sharing = shared
         #: False until the shared registry has been read once: until then nobody
-        #: can tell a known app from an unknown one, and hellos wait (503)
+        #: can tell a known app from an unknown one, and hellos wait for it
         self.loaded = not shared
+        self._waiting: list[Deferred[None]] = []
 
     def __bool__(self) -> bool:
         return bool(self._clusters)
@@ -103,6 +104,18 @@ class AppRegistry:
         clusters.update((app, str(s["cluster"])) for app, s in self._shared.items())
         self._clusters = clusters
         self.loaded = True
+        waiting, self._waiting = self._waiting, []
+        for d in waiting:
+            if not d.called:  # not timed out meanwhile
+                d.callback(None)
+
+    def when_loaded(self) -> Deferred[None]:
+        """Fires once the shared registry has been read (at once when it has)."""
+        if self.loaded:
+            return succeed(None)
+        d: Deferred[None] = Deferred()
+        self._waiting.append(d)
+        return d
 
     def listing(self) -> dict[str, dict[str, Any]]:
         """Every app, its settings and where it comes from (``config`` or ``shared``)."""

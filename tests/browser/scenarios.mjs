@@ -336,11 +336,11 @@ scenarios.refuse = async (context) => {
   check(same(tries.rooms, { got: [403, 1, 403, 403, 1], errors: 0 }), "rooms: " + JSON.stringify(tries.rooms));
   // an unknown app (403, protocol.md section 3; this broker has no app registry, so the
   // routes answer the hello as one would): rejected at once, over either transport.
-  // The client names its app in the WebSocket URL too (?app=...), hence the query.
+  // The client names its app in the WebSocket and long-poll URLs too (?app=...), hence the query.
   const apps = await open(context, config.tokenBase);
   const unknownApp = { t: "error", code: 403, reason: "unknown app" };
   await apps.routeWebSocket(/\/ws(\?.*)?$/, (ws) => ws.onMessage(() => { ws.send(JSON.stringify([unknownApp])); ws.close(); }));
-  await apps.route("**/lp/open", (route) => route.fulfill({ status: 403, contentType: "application/json", body: JSON.stringify({ frames: [unknownApp] }) }));
+  await apps.route(/\/lp\/open\?app=nope$/, (route) => route.fulfill({ status: 403, contentType: "application/json", body: JSON.stringify({ frames: [unknownApp] }) }));
   for (const transports of [["ws", "lp"], ["lp"]]) {
     tries["app-" + transports[0]] = await apps.evaluate(async (transports) => {
       var t0 = Date.now();
