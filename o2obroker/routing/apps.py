@@ -57,12 +57,13 @@ def app_settings(app: str, cluster: str, **settings: Any) -> dict[str, Any]:
 class AppRegistry:
     """Business id → cluster. Empty: there is no registry, and nothing is checked.
 
-    ``configured`` are the config file's apps; ``replace_shared`` puts in the
+    ``configured`` are the config file's apps; ``shared``: there is also a
+    shared registry (the Redis backend), and ``replace_shared`` puts in the
     shared registry's, which win over a configured app of the same id (its
     cluster is the one an operator set last).
     """
 
-    __slots__ = ("_clusters", "_configured", "_shared", "_waiting", "loaded", "sharing")
+    __slots__ = ("_clusters", "_configured", "_shared", "_waiting", "loaded")
 
     def __init__(
         self, configured: Mapping[str, str] | None = None, *, shared: bool = False
@@ -70,8 +71,6 @@ class AppRegistry:
         self._configured = dict(configured or {})
         self._shared: dict[str, dict[str, Any]] = {}
         self._clusters = dict(self._configured)
-        #: whether there is a shared registry to read (the Redis backend)
-        self.sharing = shared
         #: False until the shared registry has been read once: until then nobody
         #: can tell a known app from an unknown one, and hellos wait for it
         self.loaded = not shared
