@@ -62,7 +62,9 @@ def start_broker(port: int, *extra: str) -> subprocess.Popen[bytes]:
         str(Path(PYTHON).parent / "twistd"),
         "--nodaemon",
         "--pidfile=",
-        "--logfile=/dev/null",
+        # stdout, which is discarded: a log file of /dev/null is rotated by twistd past
+        # 1 MB, and as root that renames the device itself
+        "--logfile=-",
         "o2obroker",
         "--auth",
         "none",

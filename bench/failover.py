@@ -48,7 +48,9 @@ def start_node(
         str(Path(PYTHON).parent / "twistd"),
         "--nodaemon",
         "--pidfile=",
-        "--logfile=/dev/null",
+        # stdout, which is discarded: a log file of /dev/null is rotated by twistd past
+        # 1 MB, and as root that renames the device itself
+        "--logfile=-",
         "o2obroker",
         "--config",
         config,
