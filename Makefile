@@ -9,7 +9,7 @@ STAMP := $(VENV)/.installed
 BROWSER := node_modules/.installed
 ARGS ?=
 
-.PHONY: run test lint bench clean redis-server js
+.PHONY: run test lint bench clean redis-server nginx js cluster
 
 $(STAMP): setup.cfg pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -28,6 +28,12 @@ redis-server:
 	command -v redis-server >/dev/null 2>&1 || { apt-get update -qq && \
 		DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends redis-server; }
 
+# the front proxy's tests (and make cluster) run their own nginx with Debian's njs module
+nginx:
+	command -v nginx >/dev/null 2>&1 && test -e /usr/lib/nginx/modules/ngx_http_js_module.so || \
+		{ apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
+		--no-install-recommends nginx libnginx-mod-http-js; }
+
 # the npm package of the browser client, built from o2obroker/web/static/o2obroker.js
 js: $(BROWSER)
 	node_modules/.bin/tsc -p js
@@ -36,12 +42,16 @@ js: $(BROWSER)
 run: $(STAMP)
 	$(BIN)/twistd --nodaemon --pidfile= o2obroker $(ARGS)
 
+# a local cluster to try: Redis, three nodes in two clusters, nginx in front; Ctrl-C stops all
+cluster: $(STAMP) redis-server nginx
+	BIN=$(BIN) etc/local-cluster.sh
+
 lint: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/lint-imports
 
-test: $(STAMP) $(BROWSER) redis-server lint
+test: $(STAMP) $(BROWSER) redis-server nginx lint
 	set -o pipefail; $(BIN)/python -m twisted.trial --jobs=2 tests 2>&1 | tee _trial.log
 	@# trial's own closing line, restated in the plain form CI tools read
 	@$(BIN)/python -c "$$TRIAL_SUMMARY" _trial.log

@@ -135,6 +135,9 @@ class Config:
     # HTTP port (doc/web.md): browser origins allowed, comma-separated, "*" for any;
     # empty: any with auth token, loopback pages only with auth none.
     allowed_origins: str = ""
+    # front proxies (addresses or networks, comma-separated) whose X-Forwarded-For
+    # names the client in the log; empty: the peer of the connection is the client
+    trusted_proxies: str = ""
     ws_max_frame: int = 0  # largest WebSocket frame payload; 0: max_frame
     ws_max_message: int = 0  # largest WebSocket message, after decompression; 0: max_frame
     ws_auto_ping: float = 0.0  # seconds between WebSocket-level pings; 0: off
@@ -261,6 +264,15 @@ class Config:
                     f"allowed_origins: {origin!r} is not an origin like https://shop.example"
                     " (scheme://host[:port]), null or *"
                 )
+        for item in self.trusted_proxies.replace(" ", ",").split(","):
+            try:
+                if item.strip():
+                    ipaddress.ip_network(item.strip(), strict=False)
+            except ValueError:
+                raise ConfigError(
+                    f"trusted_proxies: {item.strip()!r} is not an address or network"
+                    " like 10.0.0.0/8"
+                ) from None
         _check_supervisor(self)
         _check_console(self)
         _check_redis(self)

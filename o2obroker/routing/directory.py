@@ -157,8 +157,9 @@ class RegistryDirectory:
 
 def _score(key: bytes, node_id: str) -> bytes:
     # rendezvous (highest random weight): every node draws a number for the key;
-    # the highest wins. blake2b is fast, keyless and the same on every node.
-    return hashlib.blake2b(key + b"\0" + node_id.encode(), digest_size=8).digest()
+    # the highest wins. sha256, because the front proxy's njs script
+    # (service/proxy.js) has it too and must rank keys exactly alike.
+    return hashlib.sha256(key + b"\0" + node_id.encode()).digest()[:8]
 
 
 def rank(key: str, nodes: Iterable[NodeInfo]) -> list[NodeInfo]:

@@ -166,6 +166,7 @@ class Node:
             clock,
             lambda: node_info(self, public_addresses(self), clock),
             interval=config.node_heartbeat,
+            cluster=config.cluster,  # redirects go to peers of this node's cluster only
         )
         self.supervisor.peers = self.registry.peers
         if self.presence.merged:

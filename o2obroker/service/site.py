@@ -9,7 +9,7 @@ from twisted.internet.interfaces import IReactorTime
 from twisted.web.resource import Resource
 
 from o2obroker.transports.api import add_api
-from o2obroker.transports.common import OriginPolicy
+from o2obroker.transports.common import OriginPolicy, TrustedProxies
 from o2obroker.transports.longpoll import Forwarder, LongPollResource
 from o2obroker.transports.web import WebSite, static_file
 from o2obroker.transports.websocket import websocket_resource
@@ -55,6 +55,7 @@ def build_site(node: Any, reactor: IReactorTime) -> WebSite:
             timeout=config.lp_timeout + FORWARD_MARGIN,
             counts=node.gateway.stats.lp_forwards,
         ),
+        trusted=TrustedProxies(config.trusted_proxies),
     )
     root.putChild(b"lp", lp)
     add_api(root, node, reactor, origins)

@@ -15,6 +15,7 @@ started it.
 
 from __future__ import annotations
 
+import ipaddress
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -234,6 +235,48 @@ class OriginPolicy:
         if self.loopback_only:
             return parts.scheme in ("http", "https") and parts.hostname in _LOOPBACK_HOSTS
         return False
+
+
+class TrustedProxies:
+    """The front proxies whose ``X-Forwarded-For`` names the client (``trusted_proxies``).
+
+    ``spec`` is a comma-separated list of addresses and networks
+    (``10.0.0.0/8, 127.0.0.1``). Only a connection from one of them is
+    believed, and only as far back as the chain runs through them: the
+    client is the rightmost address of ``X-Forwarded-For`` that is not a
+    trusted proxy itself, so a client cannot pass itself off as another by
+    sending the header. Empty: nobody is believed.
+    """
+
+    def __init__(self, spec: str = "") -> None:
+        self.networks = [
+            ipaddress.ip_network(item.strip(), strict=False)
+            for item in spec.replace(" ", ",").split(",")
+            if item.strip()
+        ]
+
+    def __bool__(self) -> bool:
+        return bool(self.networks)
+
+    def trusts(self, host: str) -> bool:
+        try:
+            address = ipaddress.ip_address(host.strip().strip("[]"))
+        except ValueError:
+            return False
+        return any(address in network for network in self.networks)
+
+    def client(self, peer: str, forwarded: str | None) -> str | None:
+        """The client's address, when ``peer`` is a trusted proxy that names one; else None."""
+        if not forwarded or not self.networks or not self.trusts(peer):
+            return None
+        hops = [h.strip() for h in forwarded.split(",")]
+        for hop in reversed(hops):
+            if not self.trusts(hop):
+                try:
+                    return str(ipaddress.ip_address(hop.strip("[]")))
+                except ValueError:
+                    return None  # not an address: the proxy's own peer is all we know
+        return hops[0] if hops[0] else None
 
 
 def origin_of(request: Any) -> tuple[str | None, str | None]:

@@ -39,6 +39,7 @@ from o2obroker.session import Gateway, IConnection, Liveness, Session
 from o2obroker.transports.common import (
     Flusher,
     OriginPolicy,
+    TrustedProxies,
     error_frames,
     finish,
     json_answer,
@@ -407,9 +408,12 @@ class LongPollResource(Resource):
         timeout: int = 25,
         node: str = "",
         forwarder: Forwarder | None = None,
+        trusted: TrustedProxies | None = None,
     ) -> None:
         super().__init__()
         self.gateway = gateway
+        #: the front proxies whose X-Forwarded-For names the client in the log
+        self.trusted = trusted or TrustedProxies()
         self.node = node  # this node's id, in every sid it makes
         self.forwarder = forwarder
         self.traffic = traffic_of(gateway.stats, "lp")
@@ -567,9 +571,16 @@ class _Open(_Child):
             )
         conn = LongPollConnection(lp, make_sid(lp.node))
         address = request.getClientAddress()
-        conn.peer = (
-            f"{getattr(address, 'host', '-')}:{getattr(address, 'port', '-')}"  # for the log
-        )
+        # for the log: the client, behind a trusted proxy the one it names
+        conn.peer = f"{getattr(address, 'host', '-')}:{getattr(address, 'port', '-')}"
+        if lp.trusted:
+            forwarded = request.requestHeaders.getRawHeaders(b"x-forwarded-for")
+            client = lp.trusted.client(
+                str(getattr(address, "host", "")),
+                b",".join(forwarded).decode("latin-1") if forwarded else None,
+            )
+            if client is not None:
+                conn.peer = f"{client} via {conn.peer}"
         app = request.args.get(b"app")
         if app:
             conn.url_app = app[0].decode("utf-8", "replace")

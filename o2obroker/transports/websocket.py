@@ -29,6 +29,7 @@ from o2obroker.transports.common import (
     Flusher,
     OriginPolicy,
     SocketOutput,
+    TrustedProxies,
     socket_under,
 )
 from o2obroker.wire import (
@@ -73,6 +74,14 @@ class WebSocketConnection(SocketOutput, WebSocketServerProtocol):
         app = request.params.get("app")
         if app:
             self.url_app = app[0]
+        if factory.trusted:
+            # Autobahn's peer is "tcp:host:port"; the log shows the client behind a proxy
+            where = str(request.peer).partition(":")[2]
+            client = factory.trusted.client(
+                where.rpartition(":")[0], request.headers.get("x-forwarded-for")
+            )
+            if client is not None:
+                self.peer = f"{client} via {where}"
         if CBOR_SUBPROTOCOL in request.protocols:
             self.cbor = True
             return CBOR_SUBPROTOCOL
@@ -308,10 +317,12 @@ class WebSocketFactory(WebSocketServerFactory):
         auto_ping_timeout: float = 10.0,
         handshake_timeout: float = 10.0,
         compression: bool = False,
+        trusted: TrustedProxies | None = None,
     ) -> None:
         super().__init__(reactor=reactor, protocols=[CBOR_SUBPROTOCOL])
         self.gateway = gateway
         self.origins = origins
+        self.trusted = trusted or TrustedProxies()
         self.flusher = Flusher(reactor)
         self._batched_timer = _ClockTimer(reactor)
         self.refused_origins = 0
@@ -372,5 +383,6 @@ def websocket_resource(
         auto_ping_timeout=config.ws_auto_ping_timeout,
         handshake_timeout=config.ws_handshake_timeout,
         compression=config.ws_compression,
+        trusted=TrustedProxies(config.trusted_proxies),
     )
     return WebSocketPath(factory)

@@ -141,5 +141,17 @@ class SubscriberTests(SynchronousTestCase):
         self.clock.advance(10)  # no pong for the last one
         self.assertTrue(t.disconnecting)
 
+    def test_a_ping_answered_outside_subscribe_mode_keeps_the_connection(self) -> None:
+        # with no channel subscribed Redis answers a plain +PONG, not a pong push
+        self.sub._pinger.start(10.0, now=False)
+        self.addCleanup(self.sub._pinger.stop)
+        p, t = self.connect()
+        for _ in range(3):
+            self.clock.advance(10)
+            self.assertEqual(commands(t), [[b"PING"]])
+            p.dataReceived(b"+PONG\r\n")
+        self.clock.advance(10)
+        self.assertFalse(t.disconnecting)
+
     def test_command_encoding(self) -> None:
         self.assertEqual(command(b"PING"), b"*1\r\n$4\r\nPING\r\n")

@@ -222,3 +222,21 @@ class AppRegistryTests(SynchronousTestCase):
         self.assertFalse(apps.admits("other"))
         self.assertFalse(apps.admits(None))
         self.assertEqual((apps.cluster_of("shop"), apps.cluster_of("x")), ("c1", None))
+
+
+class ScoreTests(SynchronousTestCase):
+    """The front proxy's njs script ranks keys by the same score: sha256 of
+    ``key NUL node id``, its first 8 bytes, highest first. These vectors pin it,
+    so that a change of the score here is a change there too
+    (tests.cluster.test_front_proxy checks nginx against ``pick``)."""
+
+    def test_known_vectors(self) -> None:
+        nodes = [NodeInfo(n, "c1") for n in ("n1", "n2", "n3")]
+        # sha256("k1\0n3")[:8] = a6589897a9ab94a8 > "k1\0n2" 324fb3ba... > "k1\0n1" 1f75dcf0...
+        self.assertEqual([n.id for n in rank("k1", nodes)], ["n3", "n2", "n1"])
+        # non-ASCII keys are hashed as UTF-8: "ké\0n3" dff7d386... > "ké\0n2" bc3b5eb0...
+        node, standby = pick("ké", nodes, "c1")  # type: ignore[misc]
+        self.assertEqual((node.id, standby.id), ("n3", "n2"))
+        # a key whose order is not the reverse of the ids
+        node, standby = pick("shop-1", nodes, "c1")  # type: ignore[misc]
+        self.assertEqual((node.id, standby.id), ("n1", "n3"))

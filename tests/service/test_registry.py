@@ -84,6 +84,13 @@ class RegistryUnitTests(SynchronousTestCase):
             },
         )
 
+    def test_a_node_redirects_to_peers_of_its_own_cluster(self) -> None:
+        node = Node(Config(node="n1", cluster="eu"), Clock())
+        node.registry.nodes = [record("n1", cluster="eu"), record("n2", cluster="eu"), record("n3")]
+        self.assertEqual([p["node"] for p in node.registry.peers()], ["n2"])
+        node.supervisor.admission.find_better()
+        self.assertEqual(node.supervisor.better_node()["node"], "n2")
+
     def test_a_failed_beat_forgets_the_peers_and_the_next_one_recovers(self) -> None:
         self.registry.nodes = [self.me, record("n2")]
         self.backend.break_("fail", "heartbeat")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+import os
 
 from twisted.internet.defer import CancelledError
 from twisted.trial import unittest
@@ -20,6 +21,7 @@ from o2obroker.actors.supervisor import (
     PsutilSampler,
     SupervisorSettings,
     occupancy,
+    sampling,
 )
 from o2obroker.config import Config
 from tests.supervisor.helpers import Rig
@@ -322,6 +324,32 @@ class SamplingTests(unittest.TestCase):
         self.assertEqual(len(self.flushLoggedErrors(OSError)), 1)
         rig.clock.advance(5)
         self.assertEqual(rig.sampler.calls, 2)
+
+    def test_a_sampler_that_raises_does_not_stop_sampling(self) -> None:
+        rig = Rig(interval=5)
+
+        def raising() -> None:
+            rig.sampler.calls += 1
+            raise OSError("no /proc")
+
+        rig.sampler.sample = raising
+        rig.supervisor.start()
+        rig.clock.advance(5)
+        self.assertEqual(len(self.flushLoggedErrors(OSError)), 1)
+        rig.clock.advance(5)
+        self.assertEqual(rig.sampler.calls, 2)
+        self.assertEqual(len(self.flushLoggedErrors(OSError)), 1)
+        rig.supervisor.stop()
+
+    def test_a_sampler_made_before_a_fork_measures_the_process_it_runs_in(self) -> None:
+        # twistd makes the node, then daemonizes: the pid the sampler was made
+        # with is the parent's (alive here, gone from a daemon by the first sample)
+        patch = self.patch(sampling.os, "getpid", os.getppid)
+        sampler = PsutilSampler()
+        patch.restore()
+        resources = self.successResultOf(sampler.sample())
+        self.assertGreater(resources.rss, 0)
+        self.assertEqual(sampler._process.pid, os.getpid())
 
 
 class DrainTests(unittest.TestCase):

@@ -14,7 +14,7 @@ from collections.abc import Mapping
 from dataclasses import asdict
 from typing import Any, ClassVar
 
-from twisted.internet.defer import Deferred
+from twisted.internet.defer import Deferred, maybeDeferred
 from twisted.internet.interfaces import IReactorTime
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
@@ -113,7 +113,8 @@ class Supervisor(Actor):
         if self._sampling:
             return
         self._sampling = True
-        d = self.sampler.sample()
+        # a sampler that raises must not stop the LoopingCall: it fails this sample only
+        d = maybeDeferred(self.sampler.sample)
         d.addCallback(lambda resources: self.tell(("sample", resources)))
         d.addErrback(lambda f: self.log.failure("sampling failed", f))
         d.addBoth(self._sampled)

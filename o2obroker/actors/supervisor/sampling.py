@@ -106,11 +106,19 @@ class PsutilSampler:
         import psutil
 
         self._psutil = psutil
-        self._process = psutil.Process(os.getpid())
-        self._process.cpu_percent(None)  # the first reading only sets the origin
+        self._process = self._this_process()
+
+    def _this_process(self) -> Any:
+        process = self._psutil.Process(os.getpid())
+        process.cpu_percent(None)  # the first reading only sets the origin
+        return process
 
     def sample(self) -> Deferred[Resources]:
         p = self._process
+        if p.pid != os.getpid():
+            # made before a fork: twistd builds the node, then daemonizes (two forks),
+            # and the process measured would be the parent, long gone
+            p = self._process = self._this_process()
         return succeed(
             Resources(
                 cpu=p.cpu_percent(None),

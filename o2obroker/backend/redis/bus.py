@@ -286,6 +286,10 @@ class Subscriber:
             elif kind == b"pong":
                 self._pong = True
             return
+        if reply == b"PONG":
+            # subscribed to no channel, the link is not in subscribe mode: a plain +PONG
+            self._pong = True
+            return
         if self._auth_pending:
             self._auth_pending = False
             if isinstance(reply, Exception):
