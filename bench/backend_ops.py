@@ -47,7 +47,9 @@ def make_batches(messages: int, batch: int, users: int) -> list[dict[str, list[S
             user = f"user{(n // per_user) % users}"
             mid = f"m{n}"
             body = {"text": "hello there", "order": n, "raw": b"\x00\x01"}
-            m = StoredMessage(mid, now, {"t": "msg", "mid": mid, "from": "alice", "body": body})
+            # the fields an actor stores: its own mid and ts among them
+            fields = {"mid": mid, "from": "alice", "body": body, "ts": now}
+            m = StoredMessage(mid, now, fields)
             inboxes.setdefault(user, []).append(m)
             n += 1
             if n == messages or i == batch - 1:

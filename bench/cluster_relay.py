@@ -15,7 +15,10 @@ acknowledges). Latency is measured apart, unloaded: one send at a time, from
 writing it to the receiver getting its msg, ``--pings`` times. Redis round
 trips per message are the commands the nodes sent to Redis over the
 throughput run (``o2o_redis_commands_total`` of their /metrics; a script is
-one, heartbeats and pings count too), divided by the messages.
+one, heartbeats and pings count too), divided by the messages. CPU per
+message is each process's user and system time over the throughput run
+(psutil), divided by the messages: where the cost is, whatever else the
+machine runs meanwhile.
 """
 
 from __future__ import annotations
@@ -26,6 +29,7 @@ import sys
 import time
 import urllib.request
 
+import psutil
 from _common import ROOT, drive, free_port, start_broker, wait_port
 from tcp_relay import Counter, frame
 from twisted.internet import defer, reactor
@@ -130,22 +134,34 @@ async def main(args: argparse.Namespace) -> None:
     rates: dict[str, list[float]] = {c: [] for c in cases}
     lat: dict[str, list[float]] = {c: [] for c in cases}
     trips: dict[str, list[float]] = {c: [] for c in cases}
+    cpu: dict[str, list[list[float]]] = {c: [] for c in cases}
     try:
         for rnd in range(args.rounds):
             for case in cases:
                 send_port, recv_port, http, procs = start_case(case, redis)
+                # sender's node, receiver's node (the same one but on redis-2), Redis
+                watched = [psutil.Process(p.pid) for p in procs]
+                if case != "memory":
+                    watched.append(psutil.Process(redis.process.pid))
                 try:
                     before = redis_calls(http)
+                    cpu_before = [cpu_seconds(p) for p in watched]
                     rate = await throughput(
                         send_port, recv_port, f"{case}-r{rnd}-", n_batches, args.batch, args.window
                     )
+                    cpu_used = [
+                        cpu_seconds(p) - c for p, c in zip(watched, cpu_before, strict=True)
+                    ]
                     used = redis_calls(http) - before
-                    trips[case].append(used / (n_batches * args.batch))
+                    n = n_batches * args.batch
+                    trips[case].append(used / n)
                     rates[case].append(rate)
+                    cpu[case].append([c / n * 1e6 for c in cpu_used])
                     lat[case] += await latency(send_port, recv_port, f"{case}-r{rnd}-", args.pings)
                     print(
                         f"round {rnd + 1} {case:8s} {rate:10,.0f} msgs/s",
                         f" {trips[case][-1]:.4f} redis round trips/msg",
+                        " CPU us/msg " + " + ".join(f"{c:.1f}" for c in cpu[case][-1]),
                         flush=True,
                     )
                 finally:
@@ -158,14 +174,22 @@ async def main(args: argparse.Namespace) -> None:
     print(
         f"{'case':8s} {'msgs/s':>10s} {'x memory':>9s}",
         f"{'p50 ms':>7s} {'p99 ms':>7s} {'trips/msg':>9s}",
+        " CPU us/msg (nodes + redis)",
     )
     for case in cases:
         rate = statistics.median(rates[case])
         q = statistics.quantiles(lat[case], n=100)
+        per = [statistics.median(c) for c in zip(*cpu[case], strict=True)]
         print(
             f"{case:8s} {rate:10,.0f} {rate / base:9.2f} {q[49]:7.2f} {q[98]:7.2f}"
-            f" {statistics.median(trips[case]):9.4f}"
+            f" {statistics.median(trips[case]):9.4f}",
+            f" {' + '.join(f'{c:.1f}' for c in per)} = {sum(per):.1f}",
         )
+
+
+def cpu_seconds(process: psutil.Process) -> float:
+    times = process.cpu_times()
+    return float(times.user + times.system)
 
 
 if __name__ == "__main__":

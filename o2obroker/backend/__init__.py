@@ -2,6 +2,7 @@
 
 from o2obroker.backend.interface import (
     BackendUnavailable,
+    EncodedMessage,
     IBackend,
     InboxState,
     StoredMessage,
@@ -12,6 +13,7 @@ from o2obroker.backend.timeouts import TimeoutBackend
 
 __all__ = [
     "BackendUnavailable",
+    "EncodedMessage",
     "IBackend",
     "InboxState",
     "MemoryBackend",

@@ -16,6 +16,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, NamedTuple
 
+import cbor2
 from zope.interface import Attribute, Interface
 
 from o2obroker.wire import MessageTemplate
@@ -82,6 +83,37 @@ class StoredMessage(MessageTemplate):
 
     def __repr__(self) -> str:
         return f"StoredMessage({self.mid!r}, {self.ts!r}, {self.fields!r})"
+
+
+class EncodedMessage(StoredMessage):
+    """A stored message as a store or another node hands it over: the CBOR
+    map of its fields (``cbor_map()``), decoded only when something reads
+    them (a JSON device, a hook, a resume that skips a device's own room
+    messages). A binary device is written the bytes as they came.
+    """
+
+    __slots__ = ()
+
+    def __init__(self, blob: bytes) -> None:
+        # fields, mid and ts stay unset until read: see __getattr__
+        self.adopt_cbor_map(blob)
+        self._json_rest = None
+        self.size = len(blob)
+
+    def __getattr__(self, name: str) -> Any:
+        # only reached for a slot not set yet: the decoded fields
+        if name not in _DECODED:
+            raise AttributeError(name)
+        fields = cbor2.loads(self.cbor_map())
+        if not isinstance(fields, dict):
+            raise ValueError("a stored message is not a map")
+        self.fields = self._rest = fields
+        self.mid = fields.get("mid", "")
+        self.ts = fields.get("ts", 0)
+        return getattr(self, name)
+
+
+_DECODED = frozenset({"fields", "_rest", "mid", "ts"})
 
 
 @dataclass(frozen=True, slots=True)

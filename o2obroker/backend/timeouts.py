@@ -71,6 +71,8 @@ class TimeoutBackend:
         return getattr(self.inner, name)
 
     append_many = _timed("append_many")
+    # a cluster store's append that also publishes (RedisBackend)
+    append_publish = _timed("append_publish")
     append = _timed("append")
     read = _timed("read")
     inbox_state = _timed("inbox_state")

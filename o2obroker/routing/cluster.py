@@ -2,21 +2,26 @@
 
 Each node subscribes to the channel of every user it has a live device of
 (the actor tracks its user on a device's attach, untracks it when the last
-one goes). Publishing a batch hands each user's stored messages to the local
-actor at once, as on one node, and publishes them on the user's channel, one
-script per Redis server for the whole batch, so the other nodes with devices
-of that user write them too; a node skips what it published itself. The
-receiver counts decide ``delivered`` (some node with a live device took it)
-or ``stored``. A device's hello also goes on its user's channel, so that the
-same device on another node is replaced there (409).
+one goes). Storing a batch publishes it in the same step: the backend's
+append script also publishes each user's stored messages on the user's
+channel, one publish per user per batch, the bytes of the inbox as they are,
+so a message is encoded once, by the node that took the send. The local
+actors get their messages at once, as on one node; the other nodes with
+devices of a user write them to those devices without decoding them (a
+binary device) or decoding them once (JSON); a node skips what it stored
+itself. The receiver counts of the publishes decide ``delivered`` (some node
+with a live device took it) or ``stored``. A device's hello also goes on its
+user's channel, so that the same device on another node is replaced there
+(409).
 
 A user-level presence change goes on the channels of the user's watchers,
 so it reaches every node where a watcher has a live device; the frame is
 encoded once for all of them.
 
-A payload is bytes: a kind (``m`` messages, ``r`` a device replaced, ``p``
-a presence frame), the origin node, then the entries, each message encoded
-once for all its recipients.
+A payload is bytes: a kind (``M`` messages, ``r`` a device replaced, ``p``
+a presence frame), the origin node, then what it carries; for messages the
+first seq (a big-endian double) and the messages as the store packs them
+(o2obroker/backend/redis/backend.py, ``pack_messages``), seqs following on.
 """
 
 from __future__ import annotations
@@ -26,13 +31,13 @@ from collections import deque
 from typing import Any
 
 import cbor2
-from twisted.internet.defer import Deferred
+from twisted.internet.defer import Deferred, succeed
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.logger import Logger
-from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from o2obroker.backend.interface import StoredMessage
+from o2obroker.backend.redis.backend import ENTRY, decode_blob, pack_messages
 from o2obroker.routing.messages import Delivery, Settlement
 from o2obroker.routing.router import IPublisher
 from o2obroker.wire import OutFrame
@@ -40,20 +45,17 @@ from o2obroker.wire import OutFrame
 #: actors told to read their inboxes again per reactor turn, after a resubscribe
 RESYNC_SLICE = 500
 
-_ENTRY = struct.Struct(">QBI")  # seq, length of the skipped device, length of the message
+_FIRST = struct.Struct(">d")
 
 
-def encode_messages(origin: bytes, items: list[Delivery], blobs: dict[int, bytes]) -> bytes:
-    """A user's deliveries as a payload; ``blobs`` caches each message's encoding
-    by identity, so a room message is encoded once for all its members."""
-    out = [b"m", bytes((len(origin),)), origin]
-    for seq, message, skip in items:
-        blob = blobs.get(id(message))
-        if blob is None:
-            blob = blobs[id(message)] = cbor2.dumps([message.mid, message.ts, message.fields])
-        device = skip.encode() if skip is not None else b""
-        out += (_ENTRY.pack(seq, len(device), len(blob)), device, blob)
-    return b"".join(out)
+def messages_head(origin: bytes) -> bytes:
+    """What a payload of messages from ``origin`` starts with."""
+    return b"M" + bytes((len(origin),)) + origin
+
+
+def encode_messages(origin: bytes, first: int, messages: list[StoredMessage]) -> bytes:
+    """The payload the store publishes for messages stored from seq ``first`` on."""
+    return messages_head(origin) + _FIRST.pack(first) + pack_messages(messages)
 
 
 def encode_replace(origin: bytes, device: str) -> bytes:
@@ -68,7 +70,7 @@ def decode(payload: bytes) -> tuple[bytes, bytes, Any]:
     """(kind, origin, deliveries or the replaced device's name); ValueError
     for bytes that are not a whole payload."""
     kind = payload[:1]
-    if kind not in (b"m", b"r", b"p") or len(payload) < 2 or len(payload) < 2 + payload[1]:
+    if kind not in (b"M", b"r", b"p") or len(payload) < 2 or len(payload) < 2 + payload[1]:
         raise ValueError("not a payload")
     n = payload[1]
     origin = payload[2 : 2 + n]
@@ -77,28 +79,41 @@ def decode(payload: bytes) -> tuple[bytes, bytes, Any]:
         return kind, origin, payload[at:].decode()
     if kind == b"p":
         return kind, origin, OutFrame(cbor2.loads(payload[at:]))
+    return kind, origin, decode_messages(payload, at)
+
+
+def decode_messages(payload: bytes, at: int) -> list[Delivery]:
+    """The deliveries of a messages payload from ``at`` (its first seq) on."""
+    if len(payload) < at + _FIRST.size:
+        raise ValueError("a truncated payload")
+    (first,) = _FIRST.unpack_from(payload, at)
+    seq = int(first)
+    at += _FIRST.size
     items: list[Delivery] = []
-    size = _ENTRY.size
-    while at < len(payload):
-        seq, dlen, blen = _ENTRY.unpack_from(payload, at)
+    size, unpack, end = ENTRY.size, ENTRY.unpack_from, len(payload)
+    while at < end:
+        if at + size > end:
+            raise ValueError("a truncated payload")
+        _, dlen, blen = unpack(payload, at)
         at += size
-        if at + dlen + blen > len(payload):
+        if at + dlen + blen > end:
             raise ValueError("a truncated payload")
         skip = payload[at : at + dlen].decode() if dlen else None
         at += dlen
-        mid, ts, fields = cbor2.loads(payload[at : at + blen])
+        items.append((seq, decode_blob(payload[at : at + blen]), skip))
         at += blen
-        items.append((seq, StoredMessage(mid, ts, fields, blen), skip))
-    return kind, origin, items
+        seq += 1
+    return items
 
 
 @implementer(IPublisher)
 class ClusterPublisher:
     """Delivery to this node's actors at once, and to the other nodes by publish.
 
-    ``backend`` has ``publish_many({user: payload})`` (firing with receiver
-    counts) and ``bus`` (``subscribe``, ``unsubscribe``, ``has``, and the
-    ``on_message`` and ``on_ready`` seams), as RedisBackend does.
+    ``backend`` has ``append_publish`` (storing and publishing a batch),
+    ``publish_many({user: payload})`` (firing with receiver counts) and
+    ``bus`` (``subscribe``, ``unsubscribe``, ``has``, and the ``on_message``
+    and ``on_ready`` seams), as RedisBackend does.
     """
 
     log = Logger()
@@ -114,6 +129,7 @@ class ClusterPublisher:
         self._backend = backend
         self._bus = bus = backend.bus
         self._origin = node_id.encode()
+        self._head = messages_head(self._origin)
         # the last presence payload and its frame: a change is published once
         # per watcher, and a node with many of them decodes it once
         self._last_presence: tuple[bytes, OutFrame] | None = None
@@ -122,36 +138,31 @@ class ClusterPublisher:
 
     # -- IPublisher ------------------------------------------------------------
 
+    def store(
+        self, inboxes: dict[str, list[StoredMessage]], skips: dict[str, list[str | None]]
+    ) -> Deferred[tuple[dict[str, list[int]], set[str]]]:
+        d = self._backend.append_publish(inboxes, skips, self._head)
+
+        def counted(stored: tuple[dict[str, list[int]], dict[str, int]]) -> Any:
+            seqs, counts = stored
+            has = self._bus.has
+            # this node's own subscription is counted too: its actor answers in publish
+            elsewhere = {u for u, n in counts.items() if n > 1 or (n == 1 and not has(u))}
+            return seqs, elsewhere
+
+        return d.addCallback(counted)
+
     def publish(self, deliveries: dict[str, list[Delivery]]) -> Deferred[set[str]]:
+        # the other nodes had theirs from the store: this node's actors now
         reached = set()
         actors = self._actors
-        payloads = {}
-        blobs: dict[int, bytes] = {}
-        origin = self._origin
         for user, items in deliveries.items():
             actor = actors.get(user)
             if actor is not None:
                 actor.deliver(items)
                 if actor.reachable():
                     reached.add(user)
-            payloads[user] = encode_messages(origin, items, blobs)
-        d = self._backend.publish_many(payloads)
-
-        def counted(counts: dict[str, int]) -> set[str]:
-            has = self._bus.has
-            for user, n in counts.items():
-                # this node's own subscription is counted too: its actor answered above
-                if n > 1 or (n == 1 and not has(user)):
-                    reached.add(user)
-            return reached
-
-        def failed(f: Failure) -> set[str]:
-            # stored is stored: the other nodes' devices get these at their next
-            # resume, or when a later message shows them the gap
-            self.log.warn("publishing to other nodes failed: {why}", why=f.getErrorMessage())
-            return reached
-
-        return d.addCallbacks(counted, failed)
+        return succeed(reached)
 
     def settle(self, user: str, settlement: Settlement) -> None:
         # the sender's actor routed the batch: it is on this node
@@ -209,7 +220,7 @@ class ClusterPublisher:
         actor = self._actors.get(user)
         if actor is None:
             return
-        if kind == b"m":
+        if kind == b"M":
             if what:
                 actor.deliver(what)
         elif kind == b"r":

@@ -53,11 +53,21 @@ class IMailbox(Interface):
 class IPublisher(Interface):
     """Where stored messages go next: to the nodes where their users are live."""
 
+    def store(
+        inboxes: dict[str, list[StoredMessage]], skips: dict[str, list[str | None]]
+    ) -> Deferred[tuple[dict[str, list[int]], set[str]]]:
+        """Store each user's messages (``IBackend.append_many``) and hand them
+        to the other nodes with a live device of the user in the same step;
+        ``skips`` names, per message of a user, the device not to write it to
+        (users without one are left out). Fire with ({user: seqs}, the users
+        a live device on another node took them for). Fails as append_many."""
+
     def publish(deliveries: dict[str, list[Delivery]]) -> Deferred[set[str]]:
-        """Hand each user's stored messages to its live devices, wherever they
-        are. Fire with the users that have a live device to take them (their
-        sends are ``delivered``; the others' ``stored``). Never fails: what is
-        stored reaches a device at its next resume anyway."""
+        """Hand each user's stored messages to its live devices on this node.
+        Fire with the users that have a live device here to take them (with
+        those of ``store``, their sends are ``delivered``; the others'
+        ``stored``). Never fails: what is stored reaches a device at its next
+        resume anyway."""
 
     def settle(user: str, settlement: Settlement) -> None:
         """Tell the actor of ``user``, wherever it is, how its sends ended."""
@@ -85,8 +95,14 @@ class LocalPublisher:
     its messages wait in its inbox.
     """
 
-    def __init__(self, actors: dict[str, Any]) -> None:
+    def __init__(self, actors: dict[str, Any], backend: IBackend) -> None:
         self._actors = actors
+        self._backend = backend
+
+    def store(
+        self, inboxes: dict[str, list[StoredMessage]], skips: dict[str, list[str | None]]
+    ) -> Deferred[tuple[dict[str, list[int]], set[str]]]:
+        return self._backend.append_many(inboxes).addCallback(_nowhere_else)
 
     def publish(self, deliveries: dict[str, list[Delivery]]) -> Deferred[set[str]]:
         reached = set()
@@ -138,7 +154,7 @@ class Router:
     ) -> None:
         self.backend = backend
         self.actors: dict[str, Any] = {}
-        self.publisher: IPublisher = publisher or LocalPublisher(self.actors)
+        self.publisher: IPublisher = publisher or LocalPublisher(self.actors, backend)
         self.policy = policy
         #: business hooks, None when off: ``offline(user, messages)`` for what was
         #: stored for a user with no live device (the application's push), and
@@ -241,7 +257,12 @@ class Router:
             self._settle(sender, items, set())
             return succeed(None)
         inboxes = {user: [item.message for item in its] for user, its in routed.items()}
-        d = self.backend.append_many(inboxes)
+        own = routed.get(sender)
+        skips = {}
+        if own is not None and any(item.room is not None for item in own):
+            # the sender's own user: a room message skips the device that sent it
+            skips[sender] = [item.device if item.room is not None else None for item in own]
+        d = self.publisher.store(inboxes, skips)
         return d.addCallbacks(
             self._publish,
             self._store_failed,
@@ -269,15 +290,16 @@ class Router:
         self.stats.store_refused += refused
         # what was stored is delivered; a room send refused for one member is
         # answered 503, and its retry comes again under the same mid
-        return self._publish(full.stored, sender, items, routed)
+        return self._publish((full.stored, set()), sender, items, routed)
 
     def _publish(
         self,
-        seqs: dict[str, list[int]],
+        stored: tuple[dict[str, list[int]], set[str]],
         sender: str,
         items: list[Outgoing],
         routed: dict[str, list[Outgoing]],
     ) -> Deferred[None]:
+        seqs, elsewhere = stored
         deliveries: dict[str, list[Delivery]] = {}
         for user, user_items in routed.items():
             if user != sender:
@@ -293,7 +315,7 @@ class Router:
                 ]
         d = self.publisher.publish(deliveries)
         d.addErrback(self._publish_failed)
-        return d.addCallback(self._published, sender, items, deliveries)
+        return d.addCallback(self._published, sender, items, deliveries, elsewhere)
 
     def _published(
         self,
@@ -301,7 +323,10 @@ class Router:
         sender: str,
         items: list[Outgoing],
         deliveries: dict[str, list[Delivery]],
+        elsewhere: set[str],
     ) -> None:
+        if elsewhere:
+            reached |= elsewhere
         offline = self.offline
         if offline is not None:
             for user, stored in deliveries.items():
@@ -348,3 +373,7 @@ class Router:
             else:
                 statuses[item.id] = "stored"
         self.publisher.settle(sender, Settlement(statuses, errors))
+
+
+def _nowhere_else(seqs: dict[str, list[int]]) -> tuple[dict[str, list[int]], set[str]]:
+    return seqs, set()

@@ -54,8 +54,11 @@ class Node:
         self.backend = TimeoutBackend(store, clock, config.backend_timeout)
         self.router = Router(self.backend, stats=self.metrics.stats)
         if isinstance(store, RedisBackend):
-            # many nodes: what is stored goes to the other nodes by publish too
-            self.router.publisher = ClusterPublisher(self.router.actors, store, config.node, clock)
+            # many nodes: what is stored goes to the other nodes by publish too,
+            # in the same time-limited call
+            self.router.publisher = ClusterPublisher(
+                self.router.actors, self.backend, config.node, clock
+            )
         self.presence = PresenceHub(
             self.backend,
             self.router,

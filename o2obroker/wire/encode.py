@@ -44,6 +44,21 @@ def _map_head(n: int) -> bytes:
     return _MAP_HEADS[n] if n < 32 else _head(5, n)
 
 
+def _map_size(data: bytes) -> tuple[int, int]:
+    """(entries, length of the head) of the CBOR map ``data`` starts with."""
+    if not data or data[0] >> 5 != 5:
+        raise ValueError("not a CBOR map")
+    info = data[0] & 0x1F
+    if info < 24:
+        return info, 1
+    if info > 27:
+        raise ValueError("not a CBOR map of known size")
+    width = 1 << (info - 24)
+    if len(data) < 1 + width:
+        raise ValueError("a truncated CBOR map head")
+    return int.from_bytes(data[1 : 1 + width], "big"), 1 + width
+
+
 def _cbor_uint(n: int) -> bytes:
     """The CBOR encoding of a seq, as cbor2 writes it."""
     if n < 24:
@@ -121,14 +136,48 @@ class MessageTemplate:
         """The CBOR ``msg`` frame for one recipient's ``seq``."""
         head = self._cbor_head
         if head is None:
-            rest = self._rest
-            encoded = encode_cbor(rest)
-            # Drop the map head cbor2 wrote for len(rest) entries; ours has 2 more.
-            self._cbor_rest = encoded[len(_map_head(len(rest))) :]
-            head = self._cbor_head = _map_head(len(rest) + 2) + _CBOR_T_MSG_SEQ
+            head = self._cut()
         if seq.__class__ is not int:
             raise TypeError("seq must be an int")
         return b"".join((head, _cbor_uint(seq), self._cbor_rest))
+
+    def _cut(self) -> bytes:
+        """Make the head frames start with, and keep the map's entries after
+        it. Until then ``_cbor_rest`` holds the whole map (encoded for a store,
+        or adopted), if anything: a template only stored is never cut."""
+        encoded = self._cbor_rest
+        if encoded:
+            n, at = _map_size(encoded)
+        else:  # the common case: encoded here, for frames only
+            rest = self._rest
+            encoded = encode_cbor(rest)
+            n = len(rest)
+            at = len(_map_head(n))
+        self._cbor_rest = encoded[at:]
+        # the map head cbor2 wrote counts the fields; a frame has 2 more
+        head = self._cbor_head = _map_head(n + 2) + _CBOR_T_MSG_SEQ
+        return head
+
+    def cbor_map(self) -> bytes:
+        """The fields (without ``t``) as one CBOR map, from the encoding the
+        frames are spliced from: what a store keeps and another node gets, so
+        a message is encoded once for its store, its channel and its devices."""
+        head = self._cbor_head
+        if head is None:
+            encoded = self._cbor_rest
+            if not encoded:
+                encoded = self._cbor_rest = encode_cbor(self._rest)
+            return encoded
+        n, _ = _map_size(head)
+        return _map_head(n - 2) + self._cbor_rest
+
+    def adopt_cbor_map(self, blob: bytes) -> None:
+        """Take ``blob``, what ``cbor_map()`` gave, as this template's CBOR
+        encoding: its frames are then spliced from these bytes, never encoded
+        again. ValueError when ``blob`` does not start with a map head."""
+        _map_size(blob)
+        self._cbor_rest = blob
+        self._cbor_head = None
 
     def json(self, seq: int) -> str:
         """The JSON ``msg`` frame for one recipient's ``seq``."""

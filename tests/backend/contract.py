@@ -23,7 +23,8 @@ from o2obroker.backend.interface import OFFLINE, Presence, Receipt
 
 
 def msg(i: int, ts: int = 0, size: int = 0) -> StoredMessage:
-    return StoredMessage(f"m{i}", ts, {"t": "msg", "mid": f"m{i}", "body": i}, size)
+    # the fields a broker stores: they hold the message's own mid and ts
+    return StoredMessage(f"m{i}", ts, {"mid": f"m{i}", "body": i, "ts": ts}, size)
 
 
 def seqs(entries: list[tuple[int, StoredMessage]]) -> list[int]:

@@ -6,6 +6,7 @@ import random
 from collections.abc import Callable
 from typing import Any
 
+import cbor2
 from twisted.internet import reactor
 from twisted.internet.task import Clock
 from twisted.trial.unittest import TestCase
@@ -327,7 +328,6 @@ class PresenceAcrossNodesTests(RedisCase):
         self.assertEqual(await a.presence(["bob"]), {"bob": gone})
 
     async def test_a_record_of_an_older_release_is_read_and_replaced(self) -> None:
-        import cbor2
 
         a, _ = await self.nodes()
         old = Presence("busy", "x", 1, 5)

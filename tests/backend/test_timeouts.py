@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from twisted.internet.defer import Deferred
 from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase
 from zope.interface.verify import verifyObject
@@ -44,6 +45,21 @@ class TimeoutBackendTests(SynchronousTestCase):
         # the call itself was cancelled (it is the same Deferred), not left to fire later
         self.assertIs(self.flaky.hung[0], d)
         self.assertEqual(self.clock.getDelayedCalls(), [])
+
+    def test_a_cluster_store_that_never_answers_fails_after_the_timeout(self) -> None:
+        # the append that also publishes (RedisBackend's) is held to the same limit
+        hanging: Deferred[None] = Deferred()
+
+        class Store:
+            node_id = "n1"
+
+            def append_publish(self, inboxes: object, skips: object, head: bytes) -> Deferred[None]:
+                return hanging
+
+        d = TimeoutBackend(Store(), self.clock, 5.0).append_publish({}, {}, b"M")
+        self.assertNoResult(d)
+        self.clock.advance(5.0)
+        self.failureResultOf(d, BackendUnavailable)
 
     def test_a_late_answer_cancels_the_timer(self) -> None:
         self.flaky.break_("hold", "inbox_state")

@@ -113,14 +113,14 @@ class ClusterNodesTests(RedisNodesCase):
         )
         self.assertEqual(await store.append_many({"bob": [m1, m2]}), {"bob": [1, 2]})
         # only seq 2's publish arrives (seq 1's was lost or is late)
-        await store.publish_many({"bob": encode_messages(b"a", [(2, m2, None)], {})})
+        await store.publish_many({"bob": encode_messages(b"a", 2, [m2])})
         got = [await bob.messages.get() for _ in range(2)]
         self.assertEqual([(m["seq"], m["body"]) for m in got], [(1, 1), (2, 2)])
         # the late publish of seq 1 is not written again
-        await store.publish_many({"bob": encode_messages(b"a", [(1, m1, None)], {})})
+        await store.publish_many({"bob": encode_messages(b"a", 1, [m1])})
         m3 = StoredMessage("m3", now, {**m2.fields, "mid": "m3", "body": 3})
         self.assertEqual(await store.append_many({"bob": [m3]}), {"bob": [3]})
-        await store.publish_many({"bob": encode_messages(b"a", [(3, m3, None)], {})})
+        await store.publish_many({"bob": encode_messages(b"a", 3, [m3])})
         got = await bob.messages.get()
         self.assertEqual((got["seq"], got["body"]), (3, 3))  # seq 1 came before it: not again
         self.assertEqual(len(bob.messages.pending), 0)

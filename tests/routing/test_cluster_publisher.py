@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import struct
 from typing import Any
 
 from twisted.internet.defer import Deferred, fail, succeed
@@ -10,7 +11,8 @@ from twisted.trial.unittest import SynchronousTestCase
 from zope.interface import implementer
 from zope.interface.verify import verifyObject
 
-from o2obroker.backend import BackendUnavailable, StoredMessage
+from o2obroker.backend import BackendUnavailable, EncodedMessage, StoredMessage
+from o2obroker.backend.redis.backend import pack_messages
 from o2obroker.routing import IMailbox, IPublisher
 from o2obroker.routing.cluster import (
     RESYNC_SLICE,
@@ -19,6 +21,7 @@ from o2obroker.routing.cluster import (
     encode_messages,
     encode_presence,
     encode_replace,
+    messages_head,
 )
 
 
@@ -44,6 +47,7 @@ class FakeBackend:
         self.bus = FakeBus()
         self.counts: dict[str, int] = {}
         self.published: list[dict[str, bytes]] = []
+        self.stored: list[Any] = []
         self.broken = False
 
     def publish_many(self, payloads: dict[str, bytes]) -> Deferred[dict[str, int]]:
@@ -51,6 +55,15 @@ class FakeBackend:
             return fail(BackendUnavailable("down"))
         self.published.append(payloads)
         return succeed({u: self.counts.get(u, 0) for u in payloads})
+
+    def append_publish(
+        self, inboxes: dict[str, list[StoredMessage]], skips: dict[str, Any], head: bytes
+    ) -> Deferred[Any]:
+        if self.broken:
+            return fail(BackendUnavailable("down"))
+        self.stored.append((inboxes, skips, head))
+        seqs = {u: list(range(1, len(ms) + 1)) for u, ms in inboxes.items()}
+        return succeed((seqs, {u: self.counts.get(u, 0) for u in inboxes}))
 
 
 @implementer(IMailbox)
@@ -96,56 +109,76 @@ class ClusterPublisherTests(SynchronousTestCase):
         self.assertTrue(verifyObject(IPublisher, self.pub))
         self.assertTrue(verifyObject(IMailbox, FakeActor()))
 
-    def test_payload_round_trip_and_one_encoding_per_message(self) -> None:
-        m = message("m1")
-        blobs: dict[int, bytes] = {}
-        p1 = encode_messages(b"n1", [(7, m, "phone")], blobs)
-        p2 = encode_messages(b"n1", [(3, m, None)], blobs)
-        self.assertEqual(len(blobs), 1)  # a room message: encoded once for every member
-        kind, origin, items = decode(p1)
-        self.assertEqual((kind, origin), (b"m", b"n1"))
-        [(seq, got, skip)] = items
-        self.assertEqual((seq, got, skip), (7, m, "phone"))
-        self.assertEqual(decode(p2)[2][0][2], None)
+    def test_payload_round_trip_without_decoding(self) -> None:
+        m1, m2 = message("m1"), message("m2")
+        payload = encode_messages(b"n1", 7, [m1, m2])
+        kind, origin, items = decode(payload)
+        self.assertEqual((kind, origin), (b"M", b"n1"))
+        self.assertEqual(
+            [(seq, got, skip) for seq, got, skip in items], [(7, m1, None), (8, m2, None)]
+        )
+        got = items[0][1]
+        self.assertIsInstance(got, EncodedMessage)
+        # a binary device's frame is spliced from the bytes as they came, and
+        # equals the one the sender's node writes
+        self.assertEqual(got.cbor(7), m1.cbor(7))
+        self.assertEqual(got.json(7), m1.json(7))
+        self.assertEqual((got.mid, got.ts, got.size), ("m1", 5, len(m1.cbor_map())))
         self.assertEqual(decode(encode_replace(b"n2", "tab")), (b"r", b"n2", "tab"))
 
-    def test_delivered_when_another_node_listens_or_a_local_device_took_it(self) -> None:
+    def test_a_skipped_device_travels_with_its_message(self) -> None:
+        m = message("m1")
+        payload = (
+            messages_head(b"n1") + struct.pack(">d", 3) + pack_messages([m, m], ["phone", None])
+        )
+        [(s1, _, k1), (s2, _, k2)] = decode(payload)[2]
+        self.assertEqual([(s1, k1), (s2, k2)], [(3, "phone"), (4, None)])
+
+    def test_stored_and_published_in_one_call(self) -> None:
         self.actors["local"] = FakeActor(reachable=True)
         self.actors["attaching"] = FakeActor(reachable=False)
         self.backend.bus.subscribed |= {"local", "attaching"}
         self.backend.counts = {"local": 1, "attaching": 1, "remote": 1, "nobody": 0}
-        items = {u: [(1, message("m"), None)] for u in ("local", "attaching", "remote", "nobody")}
-        reached = self.successResultOf(self.pub.publish(items))
-        # "attaching" counts only this node's own subscription: not delivered
-        self.assertEqual(reached, {"local", "remote"})
+        inboxes = {u: [message("m")] for u in ("local", "attaching", "remote", "nobody")}
+        skips = {"local": ["phone"]}
+        seqs, elsewhere = self.successResultOf(self.pub.store(inboxes, skips))
+        self.assertEqual(self.backend.stored, [(inboxes, skips, b"M\x02n1")])
+        self.assertEqual(self.backend.published, [])  # no publish of its own
+        self.assertEqual(seqs["remote"], [1])
+        # counted only this node's own subscription: that is no other node
+        self.assertEqual(elsewhere, {"remote"})
+        # then this node's actors get theirs; those with a live device count
+        deliveries = {u: [(1, message("m"), None)] for u in inboxes}
+        reached = self.successResultOf(self.pub.publish(deliveries))
+        self.assertEqual(reached, {"local"})
         self.assertEqual(len(self.actors["local"].delivered), 1)
-        self.assertEqual(len(self.backend.published), 1)  # one call for the batch
+        self.assertEqual(len(self.actors["attaching"].delivered), 1)
 
-    def test_a_failed_publish_keeps_the_local_deliveries(self) -> None:
-        self.actors["local"] = FakeActor()
+    def test_a_failed_store_fails(self) -> None:
         self.backend.broken = True
-        items = {u: [(1, message("m"), None)] for u in ("local", "remote")}
-        self.assertEqual(self.successResultOf(self.pub.publish(items)), {"local"})
+        self.failureResultOf(self.pub.store({"bob": [message("m")]}, {}), BackendUnavailable)
 
     def test_received_from_others_only(self) -> None:
         bob = self.actors["bob"] = FakeActor()
         m = message("m1")
-        self.backend.bus.on_message("bob", encode_messages(b"n1", [(1, m, None)], {}))
-        self.assertEqual(bob.delivered, [])  # its own publish: delivered when published
-        self.backend.bus.on_message("bob", encode_messages(b"n2", [(1, m, None)], {}))
+        self.backend.bus.on_message("bob", encode_messages(b"n1", 1, [m]))
+        self.assertEqual(bob.delivered, [])  # its own publish: delivered when stored
+        self.backend.bus.on_message("bob", encode_messages(b"n2", 1, [m]))
         self.assertEqual(bob.delivered, [[(1, m, None)]])
         self.backend.bus.on_message("bob", encode_replace(b"n2", "phone"))
         self.assertEqual(bob.displaced_devices, ["phone"])
         # for a user with no actor here, and a payload that is not one: nothing
         self.backend.bus.on_message("carol", encode_replace(b"n2", "phone"))
         for bad in (
-            b"m\x09garbage",
+            b"M\x09garbage",
             b"x\x00",
             b"",
-            encode_messages(b"n2", [(2, m, None)], {})[:-3],
+            b"M\x02n2\x00",
+            encode_messages(b"n2", 2, [m])[:-3],
+            encode_messages(b"n2", 2, [m])[:16],
         ):
             self.backend.bus.on_message("bob", bad)
-        self.assertEqual(len(self.flushLoggedErrors(ValueError)), 4)
+        self.assertEqual(len(self.flushLoggedErrors(ValueError)), 6)
         self.assertEqual(len(bob.delivered), 1)
 
     def test_presence_goes_on_the_watchers_channels_and_is_decoded_once(self) -> None:

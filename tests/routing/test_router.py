@@ -88,7 +88,7 @@ class RouterCase(SynchronousTestCase):
 
 class RoutingTests(RouterCase):
     def test_interfaces(self) -> None:
-        self.assertTrue(verifyObject(IPublisher, LocalPublisher({})))
+        self.assertTrue(verifyObject(IPublisher, LocalPublisher({}, self.memory)))
         self.assertTrue(verifyObject(IMailbox, Mailbox()))
 
     def test_a_batch_is_stored_in_one_call_and_settled_by_user_id(self) -> None:
@@ -136,6 +136,29 @@ class RoutingTests(RouterCase):
         self.assertEqual(self.settled(), [("c-1", "accepted", 0, "")])
         self.assertEqual(self.flaky.calls, ["members", "append_many"])
 
+    def test_the_store_is_told_the_device_a_room_message_skips(self) -> None:
+        # with the batch it stores, so that another node does not write a
+        # room message to the device of the sender's that sent it
+        stored = []
+        local = self.router.publisher
+
+        @implementer(IPublisher)
+        class Spy:
+            def store(self, inboxes: dict[str, Any], skips: dict[str, Any]) -> Deferred[Any]:
+                stored.append(skips)
+                return local.store(inboxes, skips)
+
+            def __getattr__(self, name: str) -> Any:
+                return getattr(local, name)
+
+        self.router.publisher = Spy()
+        self.memory.join("r", "alice")
+        self.memory.join("r", "bob")
+        self.route([outgoing("alice", 1, "carol"), outgoing("alice", 2, room="r")])
+        self.route([outgoing("alice", 3, "bob")])
+        self.assertEqual(stored, [{"alice": ["phone"]}, {}])
+        self.assertEqual(self.alice.delivered, [(1, "m2", "phone")])
+
     def test_room_errors(self) -> None:
         self.memory.join("r", "bob")
         self.route(
@@ -167,6 +190,11 @@ class RoutingTests(RouterCase):
                 self.published: list[dict[str, Any]] = []
                 self.settled: list[tuple[str, Any]] = []
 
+            def store(self, inboxes: dict[str, Any], skips: dict[str, Any]) -> Deferred[Any]:
+                # stored, and taken by a device of eve's on another node
+                d = self.backend.append_many(inboxes)
+                return d.addCallback(lambda seqs: (seqs, {"eve"}))
+
             def publish(self, deliveries: dict[str, Any]) -> Deferred[set[str]]:
                 self.published.append({u: [s for s, _, _ in i] for u, i in deliveries.items()})
                 return succeed({"bob"})
@@ -175,6 +203,7 @@ class RoutingTests(RouterCase):
                 self.settled.append((user, flat(settlement)))
 
         remote = Remote()
+        remote.backend = self.memory
         router = Router(self.memory, remote)
         self.successResultOf(
             router.route("alice", [outgoing("alice", 1, "bob"), outgoing("alice", 2, "eve")])
@@ -182,7 +211,7 @@ class RoutingTests(RouterCase):
         self.assertEqual(remote.published, [{"bob": [1], "eve": [1]}])
         self.assertEqual(
             remote.settled,
-            [("alice", [("c-1", "delivered", 0, ""), ("c-2", "stored", 0, "")])],
+            [("alice", [("c-1", "delivered", 0, ""), ("c-2", "delivered", 0, "")])],
         )
 
 

@@ -128,6 +128,33 @@ class MessageTemplateTests(SynchronousTestCase):
         with self.assertRaises(ValueError):
             MessageTemplate({"t": "msg", "seq": 1, "body": 1})
 
+    def test_cbor_map_is_the_fields_and_another_template_splices_from_it(self) -> None:
+        calls: list[object] = []
+        real = encode_module.encode_cbor
+        self.patch(encode_module, "encode_cbor", lambda o: calls.append(o) or real(o))
+        for n in (0, 1, 21, 22, 23, 253, 254, 70000):
+            fields = {f"k{i}": i for i in range(n)}
+            template = MessageTemplate(fields)
+            blob = template.cbor_map()
+            self.assertEqual(blob, cbor2.dumps(fields), n)
+            other = MessageTemplate({})
+            other.adopt_cbor_map(blob)
+            for seq in (0, 24, 2**40):
+                self.assertEqual(other.cbor(seq), cbor2.dumps(plain(seq, fields)), (n, seq))
+                self.assertEqual(template.cbor(seq), other.cbor(seq), (n, seq))
+            self.assertEqual(template.cbor_map(), blob)
+        # one encoding per template, the adopted ones none
+        self.assertEqual(len(calls), 8)
+        # what is stored is what the frames are spliced from: without the t
+        rest = {k: v for k, v in FIELDS.items() if k != "t"}
+        self.assertEqual(cbor2.loads(MessageTemplate(FIELDS).cbor_map()), rest)
+
+    def test_adopting_what_is_not_a_map_fails(self) -> None:
+        template = MessageTemplate({})
+        for bad in (b"", cbor2.dumps([1, 2]), b"\xbf", b"\xb9\x01", cbor2.dumps("x")):
+            with self.assertRaises(ValueError, msg=bad):
+                template.adopt_cbor_map(bad)
+
     def test_fields_kept(self) -> None:
         template = MessageTemplate(FIELDS)
         self.assertIs(template.fields, FIELDS)

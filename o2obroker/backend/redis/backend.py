@@ -26,6 +26,7 @@ from zope.interface import implementer
 
 from o2obroker.backend.interface import (
     OFFLINE,
+    EncodedMessage,
     IBackend,
     InboxState,
     Presence,
@@ -62,13 +63,37 @@ def shard_of(tag: str, buckets: int) -> int:
     return jump_hash(int.from_bytes(digest, "big"), buckets)
 
 
-_HEAD = struct.Struct(">dI")
+#: a packed message's head: ts, length of the skipped device, length of the CBOR
+ENTRY = struct.Struct(">dBI")
 
 
-def _packed(message: StoredMessage) -> bytes:
-    """A message as the append script reads it: ts, length, CBOR."""
-    blob = cbor2.dumps([message.mid, message.ts, message.fields])
-    return _HEAD.pack(message.ts, len(blob)) + blob
+def message_blob(message: StoredMessage) -> bytes:
+    """What the inbox keeps of a message: the CBOR map of its fields, the very
+    bytes its devices' frames are spliced from; [mid, ts, fields] for fields
+    that do not hold the message's own mid and ts (or hold a ``t``)."""
+    if message.__class__ is EncodedMessage:
+        return message.cbor_map()
+    fields = message.fields
+    if fields.get("mid") == message.mid and fields.get("ts") == message.ts and "t" not in fields:
+        return message.cbor_map()
+    return cbor2.dumps([message.mid, message.ts, fields])
+
+
+def pack_messages(messages: list[StoredMessage], skips: list[str | None] | None = None) -> bytes:
+    """A user's messages as the append script reads them (and publishes them):
+    per message its head (``ENTRY``), the device not to write it to, its blob."""
+    out = []
+    pack = ENTRY.pack
+    if skips is None:
+        for message in messages:
+            blob = message_blob(message)
+            out += (pack(message.ts, 0, len(blob)), blob)
+    else:
+        for message, skip in zip(messages, skips, strict=True):
+            blob = message_blob(message)
+            device = skip.encode() if skip is not None else b""
+            out += (pack(message.ts, len(device), len(blob)), device, blob)
+    return b"".join(out)
 
 
 _PAIR = struct.Struct(">II")
@@ -83,7 +108,10 @@ def _pairs(pairs: Iterable[tuple[str, str]]) -> bytes:
     return b"".join(out)
 
 
-def _decode(blob: bytes) -> StoredMessage:
+def decode_blob(blob: bytes) -> StoredMessage:
+    """A message from what the inbox keeps (``message_blob``)."""
+    if blob[:1] and blob[0] >> 5 == 5:  # a map: its fields, decoded when read
+        return EncodedMessage(blob)
     mid, ts, fields = cbor2.loads(blob)
     # its stored length as its size: what a resume backlog slices by
     return StoredMessage(mid, ts, fields, len(blob))
@@ -247,8 +275,32 @@ class RedisBackend:
     ) -> Deferred[dict[str, list[int]]]:
         """One script per shard for the whole batch, or per ``APPEND_CHUNK``
         messages of it: Redis runs nothing else while a script runs."""
-        head = [self._horizon(), self._inbox_cap, self._inbox_key_ttl, uuid.uuid4().hex[:12]]
+        return self._append(inboxes, None, b"").addCallback(lambda stored: stored[0])
+
+    def append_publish(
+        self,
+        inboxes: dict[str, list[StoredMessage]],
+        skips: dict[str, list[str | None]],
+        head: bytes,
+    ) -> Deferred[tuple[dict[str, list[int]], dict[str, int]]]:
+        """``append_many``, and in the same scripts publish each user's stored
+        messages on its channel: ``head``, the user's first seq (a big-endian
+        double) and its packed messages (``pack_messages``), one publish per
+        user per batch. ``skips`` names, per message of a user, the device not
+        to write it to. Fire with ({user: seqs}, {user: subscribers that got
+        the publish}); fail as append_many does."""
+        return self._append(inboxes, skips, head)
+
+    def _append(
+        self,
+        inboxes: dict[str, list[StoredMessage]],
+        skips: dict[str, list[str | None]] | None,
+        head: bytes,
+    ) -> Deferred[tuple[dict[str, list[int]], dict[str, int]]]:
+        top = [self._horizon(), self._inbox_cap, self._inbox_key_ttl, uuid.uuid4().hex[:12], head]
         calls = []
+        channel = self.channel if head else lambda user: b""
+        skip = skips.get if skips else lambda user: None
 
         def send(shard: Shard, users: list[str], keys: list[str], args: list[Any]) -> None:
             d = shard.evalsha(S.APPEND, keys, args)
@@ -256,34 +308,38 @@ class RedisBackend:
 
         for shard, users in self._by_shard(list(inboxes)).items():
             keys: list[str] = []
-            args: list[Any] = list(head)
+            args: list[Any] = list(top)
             chunk: list[str] = []
             size = 0
             for user in users:
                 messages = inboxes[user]
                 if size and size + len(messages) > APPEND_CHUNK:
                     send(shard, chunk, keys, args)
-                    keys, args, chunk, size = [], list(head), [], 0
+                    keys, args, chunk, size = [], list(top), [], 0
                 chunk.append(user)
                 size += len(messages)
                 keys += self._keys(user, "meta", "inbox")
-                args += (len(messages), b"".join(map(_packed, messages)))
+                args += (len(messages), channel(user), pack_messages(messages, skip(user)))
             send(shard, chunk, keys, args)
-        return _merged(calls)
+        if len(calls) == 1:
+            return calls[0]
+        return gatherResults(calls, consumeErrors=True).addCallbacks(_merged_pairs, _first_error)
 
     @staticmethod
     def _seqs(
-        firsts: list[int], users: list[str], inboxes: dict[str, list[StoredMessage]]
-    ) -> dict[str, list[int]]:
-        return {
-            u: list(range(first, first + len(inboxes[u])))
-            for u, first in zip(users, firsts, strict=True)
-        }
+        out: list[int], users: list[str], inboxes: dict[str, list[StoredMessage]]
+    ) -> tuple[dict[str, list[int]], dict[str, int]]:
+        # out: first seq and subscriber count per user, in the order of users
+        seqs, counts = {}, {}
+        for user, first, got in zip(users, out[::2], out[1::2], strict=True):
+            seqs[user] = list(range(first, first + len(inboxes[user])))
+            counts[user] = got
+        return seqs, counts
 
     def read(self, user: str, after: int, limit: int) -> Deferred[list[tuple[int, StoredMessage]]]:
         keys = self._keys(user, "meta", "inbox")
         d = self._user_shard(user).evalsha(S.READ, keys, [self._horizon(), after, limit])
-        return d.addCallback(lambda entries: [(_seq(i), _decode(f[3])) for i, f in entries])
+        return d.addCallback(lambda entries: [(_seq(i), decode_blob(f[3])) for i, f in entries])
 
     def inbox_state(self, user: str) -> Deferred[InboxState]:
         keys = self._keys(user, "meta", "inbox")
@@ -583,6 +639,17 @@ def _merged(calls: list[Deferred[dict[Any, Any]]]) -> Deferred[dict[Any, Any]]:
         return out
 
     return gatherResults(calls, consumeErrors=True).addCallbacks(merge, _first_error)
+
+
+def _merged_pairs(
+    parts: list[tuple[dict[str, list[int]], dict[str, int]]],
+) -> tuple[dict[str, list[int]], dict[str, int]]:
+    seqs: dict[str, list[int]] = {}
+    counts: dict[str, int] = {}
+    for s, c in parts:
+        seqs.update(s)
+        counts.update(c)
+    return seqs, counts
 
 
 def _receipt(r: Any) -> Receipt | None:

@@ -68,44 +68,54 @@ local function expire_front(inbox, horizon)
 end
 """
 
-# KEYS: meta, inbox per user. ARGV: horizon, cap, key ttl (ms), epoch, then per
-# user: n, and the n messages packed in one string, each a big-endian double
-# (ts) and 4-byte length before its CBOR (one argument per user, not two per
-# message: building a command costs the client per argument). Returns the
-# first seq given to each user.
+# KEYS: meta, inbox per user. ARGV: horizon, cap, key ttl (ms), epoch, the
+# head of a channel payload (empty: publish nothing), then per user: n, its
+# channel, and the n messages packed in one string, each a big-endian double
+# (ts), a 1-byte and a 4-byte length, the device not to write it to and its
+# CBOR (one argument per user, not several per message: building a command
+# costs the client per argument). The inbox keeps the CBOR; with a head, the
+# channel gets head, the first seq (a double) and the packed string as it
+# came, so the bytes stored and published are encoded once, by the sender.
+# Returns per user its first seq and how many subscribers got the publish.
 APPEND = Script(
     "append",
     _EXPIRE_FRONT
     + """
 local horizon, cap, ttl, epoch = tonumber(ARGV[1]), tonumber(ARGV[2]), ARGV[3], ARGV[4]
+local head = ARGV[5]
 local out = {}
-local a = 5
+local a = 6
 for k = 1, #KEYS, 2 do
   local meta, inbox = KEYS[k], KEYS[k + 1]
-  local n = tonumber(ARGV[a])
-  a = a + 1
+  local n, channel, data = tonumber(ARGV[a]), ARGV[a + 1], ARGV[a + 2]
+  a = a + 3
   if redis.call('HSETNX', meta, 'epoch', epoch) == 1 then
     -- a new epoch: whatever an inbox holds without its meta belongs to no seq
     redis.call('DEL', inbox)
   end
   local last = redis.call('HINCRBY', meta, 'last', n)
-  local seq = last - n
-  local data, pos = ARGV[a], 1
-  a = a + 1
+  local first = last - n + 1
+  local seq, pos = first - 1, 1
   for i = 1, n do
-    local ts, len
-    ts, len, pos = struct.unpack('>dI4', data, pos)
+    local ts, skip, len
+    ts, skip, len, pos = struct.unpack('>dBI4', data, pos)
+    pos = pos + skip
     seq = seq + 1
     redis.call('XADD', inbox, seq .. '-0', 't', string.format('%.0f', ts),
                'm', string.sub(data, pos, pos + len - 1))
     pos = pos + len
   end
-  out[#out + 1] = last - n + 1
+  local got = 0
   if n > 0 then
     redis.call('XTRIM', inbox, 'MAXLEN', cap)
     expire_front(inbox, horizon)
     redis.call('PEXPIRE', inbox, ttl)
+    if head ~= '' then
+      got = redis.call('PUBLISH', channel, head .. struct.pack('>d', first) .. data)
+    end
   end
+  out[#out + 1] = first
+  out[#out + 1] = got
 end
 return out
 """,
@@ -215,11 +225,22 @@ local function pairs_of(data)
 end
 """
 
+# Commands that take many fields get them CHUNK at a time: one command per
+# chunk, not per send id (a script's own calls cost Redis per call), and never
+# more arguments than Lua's stack holds.
+_CHUNKS = """
+local CHUNK = 1000
+local function each_chunk(n, f)
+  for first = 1, n, CHUNK do f(first, math.min(first + CHUNK - 1, n)) end
+end
+"""
+
 # KEYS: sid, sidq, sst. ARGV: now, expires, cap, ts, key ttl (ms), packed pairs
 # (send id, mid). Returns per pair 0 (new) or {mid, ts, status or ''}.
 CLAIM = Script(
     "claim",
     _PAIRS
+    + _CHUNKS
     + """
 local sid, sidq, sst = KEYS[1], KEYS[2], KEYS[3]
 local now, expires, cap, ts = tonumber(ARGV[1]), ARGV[2], tonumber(ARGV[3]), ARGV[4]
@@ -236,19 +257,33 @@ local function expire()
   end
 end
 expire()
-local out = {}
-for _, pair in ipairs(pairs_of(ARGV[6])) do
-  local id = pair[1]
-  local v = redis.call('HGET', sid, id)
-  if v then
-    local _, _, t, mid = string.find(v, '^[^\\n]*\\n([^\\n]*)\\n(.*)$')
-    out[#out + 1] = {mid, t, redis.call('HGET', sst, id) or ''}
-  else
-    redis.call('HSET', sid, id, expires .. '\\n' .. ts .. '\\n' .. pair[2])
-    redis.call('RPUSH', sidq, id)
-    out[#out + 1] = 0
+local claims = pairs_of(ARGV[6])
+local ids = {}
+for i = 1, #claims do ids[i] = claims[i][1] end
+local out, fresh, records, queue = {}, {}, {}, {}
+each_chunk(#ids, function(first, last)
+  local kept = redis.call('HMGET', sid, unpack(ids, first, last))
+  for i = first, last do
+    local id, v = ids[i], kept[i - first + 1]
+    if v then
+      local _, _, t, mid = string.find(v, '^[^\\n]*\\n([^\\n]*)\\n(.*)$')
+      out[i] = {mid, t, redis.call('HGET', sst, id) or ''}
+    elseif fresh[id] then
+      -- the same id twice in one batch: the second is a repeat of the first
+      out[i] = {fresh[id], ts, ''}
+    else
+      fresh[id] = claims[i][2]
+      records[#records + 1] = id
+      records[#records + 1] = expires .. '\\n' .. ts .. '\\n' .. claims[i][2]
+      queue[#queue + 1] = id
+      out[i] = 0
+    end
   end
-end
+end)
+each_chunk(#queue, function(first, last)
+  redis.call('HSET', sid, unpack(records, 2 * first - 1, 2 * last))
+  redis.call('RPUSH', sidq, unpack(queue, first, last))
+end)
 if redis.call('LLEN', sidq) > cap then expire() end
 redis.call('PEXPIRE', sid, ARGV[5])
 redis.call('PEXPIRE', sidq, ARGV[5])
@@ -261,12 +296,22 @@ return out
 SETTLE = Script(
     "settle",
     _PAIRS
+    + _CHUNKS
     + """
-for _, pair in ipairs(pairs_of(ARGV[1])) do
-  if redis.call('HEXISTS', KEYS[1], pair[1]) == 1 then
-    redis.call('HSET', KEYS[2], pair[1], pair[2])
+local settled = pairs_of(ARGV[1])
+each_chunk(#settled, function(first, last)
+  local ids = {}
+  for i = first, last do ids[#ids + 1] = settled[i][1] end
+  local kept = redis.call('HMGET', KEYS[1], unpack(ids))
+  local statuses = {}
+  for i = first, last do
+    if kept[i - first + 1] then
+      statuses[#statuses + 1] = settled[i][1]
+      statuses[#statuses + 1] = settled[i][2]
+    end
   end
-end
+  if #statuses > 0 then redis.call('HSET', KEYS[2], unpack(statuses)) end
+end)
 local ttl = redis.call('PTTL', KEYS[1])
 if ttl > 0 then redis.call('PEXPIRE', KEYS[2], ttl) end
 return 0
