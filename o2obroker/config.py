@@ -113,6 +113,8 @@ class Config:
     # the node registry (doc/cluster.md): seconds between heartbeats (a node is
     # dead after two without one), and the host clients and peers reach it by
     node_heartbeat: float = 2.0
+    # the shared app registry (doc/configuration.md): seconds between two reads of it
+    app_refresh: float = 2.0
     public_host: str = "127.0.0.1"
     # worker processes of this node sharing its ports (doc/operations.md); more than
     # one needs the Redis backend, where they meet
@@ -290,6 +292,8 @@ def _name(s: str) -> bool:
 def _check_redis(c: Config) -> None:
     if not 0.1 <= c.node_heartbeat <= 3600:
         raise ConfigError(f"node_heartbeat: must be 0.1 to 3600 seconds, not {c.node_heartbeat}")
+    if not 0.1 <= c.app_refresh <= 3600:
+        raise ConfigError(f"app_refresh: must be 0.1 to 3600 seconds, not {c.app_refresh}")
     if not c.public_host.strip():
         raise ConfigError("public_host: must not be empty")
     if c.redis_timeout <= 0:

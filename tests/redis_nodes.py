@@ -40,6 +40,7 @@ class RedisNodesCase(TestCase):
         self.addCleanup(eventually, lambda: not sum(node.gateway.connections.values()))
         await backend.when_ready()
         await eventually(lambda: backend.bus.ready)
+        await eventually(lambda: node.apps.loaded)  # hellos get 503 until then
         port = await TCP4ServerEndpoint(reactor, 0, interface="127.0.0.1").listen(
             BinaryFactory(node.gateway)
         )

@@ -15,6 +15,7 @@ from typing import Any
 
 from twisted.internet.defer import Deferred
 
+from o2obroker.routing.apps import app_settings, valid_name
 from o2obroker.wire import ProtocolError
 
 MAX_PAGE = 1000
@@ -41,6 +42,9 @@ class Broker:
     broker.drain()                  stop taking clients and send them away (Deferred: empty)
     broker.resume()                 take clients again after a drain
     broker.reload_filters()         read the keyword lists again (Deferred), like SIGHUP
+    broker.apps()                   the app registry: business id -> cluster, and the source
+    broker.add_app("shop", "c1")    add or change an app of the shared registry (Deferred)
+    broker.remove_app("shop")       remove an app from the shared registry (Deferred)
     """
 
     def __init__(self, node: Any) -> None:
@@ -184,3 +188,39 @@ class Broker:
     def resume(self) -> None:
         """Take clients again after a drain."""
         self._node.supervisor.resume()
+
+    # -- the app registry -----------------------------------------------------------
+
+    def apps(self) -> dict[str, dict[str, Any]]:
+        """Every app this node admits: its cluster, settings, and source (config or shared)."""
+        return self._node.apps.listing()
+
+    def add_app(self, app: str, cluster: str, **settings: Any) -> Deferred[str]:
+        """Add ``app`` to the registry every node shares, or change it; every node
+        admits it within its ``app_refresh`` (this one at once)."""
+        record = app_settings(app, cluster, **settings)
+        return self._edit(lambda store: store.put_app(app, record), app, "added")
+
+    def remove_app(self, app: str) -> Deferred[str]:
+        """Remove ``app`` from the shared registry: new hellos naming it get 403
+        within ``app_refresh``; connected clients stay until they leave."""
+        if not valid_name(app):
+            raise ValueError(f"{app!r} is not a valid business id")
+        return self._edit(lambda store: store.remove_app(app), app, "removed")
+
+    def _edit(self, edit: Any, app: str, done: str) -> Deferred[str]:
+        node = self._node
+        shared = getattr(node, "shared_apps", None)
+        if shared is None:
+            raise RuntimeError(
+                "the embedded backend has no shared app registry: use [app:ID] config sections"
+            )
+
+        def edited(changed: bool) -> Deferred[str]:
+            d = shared.refresh()
+            note = "" if changed else " (no change)"
+            if app in node.config.apps and done == "removed":
+                note += f"; still admitted here by this node's [app:{app}] section"
+            return d.addCallback(lambda _: f"{app} {done}{note}")
+
+        return edit(node.store).addCallback(edited)

@@ -25,6 +25,7 @@ from o2obroker.config import Config
 from o2obroker.metrics import Metrics
 from o2obroker.policy.build import build_business
 from o2obroker.routing import AppRegistry, INodeDirectory, LocalDirectory, Router
+from o2obroker.routing.apps import SharedApps
 from o2obroker.routing.cluster import ClusterPublisher
 from o2obroker.routing.directory import RegistryDirectory
 from o2obroker.service.registry import Registry
@@ -84,6 +85,12 @@ class Node:
                 max_messages=config.archive.max_messages,
                 max_age=config.archive.max_age,
             )
+        #: the app registry (doc/configuration.md): the config's apps, and on Redis
+        #: the shared ones, read every ``app_refresh`` seconds (never per hello)
+        self.apps = AppRegistry(config.app_clusters(), shared=isinstance(store, RedisBackend))
+        self.shared_apps: SharedApps | None = None
+        if isinstance(store, RedisBackend):
+            self.shared_apps = SharedApps(self.apps, store.apps, clock, config.app_refresh)
         self.business = build_business(config, clock, agent=agent, archive=archive)
         if self.business.presence is not None:
             self.presence.on_edge = self.business.presence_changed
@@ -106,7 +113,7 @@ class Node:
             rate_limit=config.rate_limit,
             rate_burst=config.rate_burst,
             naive_presence=config.presence_naive,
-            apps=AppRegistry(config.app_clusters()),
+            apps=self.apps,
         )
         self.gateway.connect_hook = self.business.connect
         gauges = self.metrics.collector
@@ -241,9 +248,14 @@ class Node:
         self.supervisor.start()
         if isinstance(self.store, RedisBackend):
             # the first heartbeat once Redis is there, not a failure logged before it
-            self.store.when_ready().addCallback(lambda _: self._stopped or self.registry.start())
+            self.store.when_ready().addCallback(lambda _: self._stopped or self._ready())
         else:
             self.registry.start()
+
+    def _ready(self) -> None:
+        self.registry.start()
+        if self.shared_apps is not None:
+            self.shared_apps.start()
 
     def reload_filters(self) -> Deferred[Any]:
         """Read the keyword lists again without a restart (SIGHUP, the console)."""
@@ -258,6 +270,8 @@ class Node:
         self.gateway.stop()
         self.presence.stop()
         self.supervisor.stop()
+        if self.shared_apps is not None:
+            self.shared_apps.stop()
         left = self.registry.stop()  # before the backend closes: peers forget us now
         if isinstance(self.store, RedisBackend):
             store = self.store

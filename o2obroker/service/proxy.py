@@ -25,7 +25,7 @@ import os
 import shlex
 import sys
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -243,10 +243,11 @@ class RegistryReader:
     as a node reads them (the same script), over one connection of its own."""
 
     def __init__(self, target: RedisTarget, reactor: Any, *, timeout: float = 5.0) -> None:
-        self.shard = Shard(target, reactor, [S.NODES], timeout=timeout)
+        self.shard = Shard(target, reactor, [S.NODES, S.APPS], timeout=timeout)
         self.clock: IReactorTime = reactor
         head = f"{PREFIX}:{{nodes}}:"
         self.keys = [head + "records", head + "expires"]
+        self.app_keys = [f"{PREFIX}:{{apps}}:registry", f"{PREFIX}:{{apps}}:version"]
 
     def start(self, timeout: float) -> Deferred[None]:
         """Connect; fails with TimeoutError when Redis cannot be reached in ``timeout`` s."""
@@ -275,6 +276,28 @@ class RegistryReader:
 
         return self.shard.evalsha(S.NODES, self.keys, [now]).addCallback(got)
 
+    def apps(self) -> Deferred[dict[str, str]]:
+        """The shared app registry the nodes read (business id -> cluster), by the
+        nodes' own script; a record without a cluster is left out."""
+
+        def got(answer: list[Any]) -> dict[str, str]:
+            flat = answer[1] if len(answer) > 1 else []
+            out = {}
+            for app, blob in zip(flat[::2], flat[1::2], strict=True):
+                try:
+                    out[app.decode()] = str(json.loads(blob)["cluster"])
+                except (ValueError, KeyError, TypeError):
+                    log.warn("app record left out: {app!r}", app=app)
+            return out
+
+        return self.shard.evalsha(S.APPS, self.app_keys, [""]).addCallback(got)
+
+
+def with_shared_apps(settings: ProxySettings, shared: Mapping[str, str]) -> ProxySettings:
+    """The settings with the shared registry's apps merged in, as a node merges
+    them: the config file's apps, and the shared ones winning on the same id."""
+    return replace(settings, apps={**settings.apps, **shared}) if shared else settings
+
 
 def write_file(path: str, text: str) -> None:
     """Write ``text`` to ``path`` whole: nginx never reads half a file."""
@@ -302,8 +325,11 @@ class Watcher:
         clock: IReactorTime,
         *,
         interval: float = 2.0,
+        apps: Callable[[], Deferred[dict[str, str]]] | None = None,
     ) -> None:
         self.records = records
+        #: the shared app registry, read with the records every round (None: config only)
+        self.apps = apps
         self.settings = settings
         self.path = path
         self.run = run
@@ -333,6 +359,9 @@ class Watcher:
         is logged and tried again at the next: the loop never stops by itself.
         """
         d = self.records()
+        apps = self.apps
+        if apps is not None:
+            d.addCallback(lambda records: apps().addCallback(lambda shared: (records, shared)))
         d.addCallbacks(self._render, self._unread)
         d.addErrback(lambda f: log.failure("front proxy: configuration not applied", f))
         return d
@@ -345,11 +374,12 @@ class Watcher:
                 why=failure.getErrorMessage(),
             )
 
-    def _render(self, records: list[dict[str, Any]]) -> Deferred[None] | None:
+    def _render(self, found: Any) -> Deferred[None] | None:
         if self._failing:
             self._failing = False
             log.info("node registry readable again")
-        text = render(proxied(records), self.settings)
+        records, shared = found if isinstance(found, tuple) else (found, {})
+        text = render(proxied(records), with_shared_apps(self.settings, shared))
         if text == self.rendered:
             return None
         return self.apply(text)
@@ -424,8 +454,8 @@ def _parser() -> argparse.ArgumentParser:
         cmd.add_argument("--default-cluster", default="default", help="for requests naming none")
         cmd.add_argument(
             "--config",
-            help="the nodes' config file: its [app:ID] sections are the app registry"
-            " (the URL's app then picks the cluster)",
+            help="the nodes' config file: its [app:ID] sections join the shared app registry"
+            " read from Redis (the URL's app then picks the cluster)",
         )
         cmd.add_argument("--standalone", action="store_true", help="a whole nginx.conf")
         cmd.add_argument("--njs-module", default=NJS_MODULE, help="load_module path (standalone)")
@@ -472,6 +502,7 @@ async def _main(reactor: Any, args: argparse.Namespace) -> None:
     try:
         await reader.start(args.timeout)
         if args.command == "render":
+            settings = with_shared_apps(settings, await reader.apps())
             text = render(proxied(await reader.records()), settings)
             if args.out:
                 write_file(args.out, text)
@@ -480,7 +511,13 @@ async def _main(reactor: Any, args: argparse.Namespace) -> None:
             return
         runner = process_runner(reactor, shlex.split(args.nginx))
         watcher = Watcher(
-            reader.records, settings, args.out, runner, reactor, interval=args.interval
+            reader.records,
+            settings,
+            args.out,
+            runner,
+            reactor,
+            interval=args.interval,
+            apps=reader.apps,
         )
         stopped: Deferred[None] = Deferred()
         reactor.addSystemEventTrigger("before", "shutdown", watcher.stop)

@@ -155,7 +155,7 @@ class Gateway:
         # the application's connect hook (o2obroker/policy/hooks.py), or None
         self.connect_hook: Any = None
         # business ids every hello must name one of; empty: not checked
-        self.apps = apps or AppRegistry()
+        self.apps = apps if apps is not None else AppRegistry()
 
     def connect(self, conn: Any) -> Session:
         """A transport has a new connection: give it a session."""

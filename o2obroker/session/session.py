@@ -10,8 +10,9 @@ from __future__ import annotations
 import os
 from typing import TYPE_CHECKING, Any
 
-from twisted.internet.defer import Deferred
+from twisted.internet.defer import Deferred, TimeoutError
 from twisted.logger import Logger
+from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from o2obroker.actors.user import IDevice
@@ -40,8 +41,12 @@ if TYPE_CHECKING:
     from o2obroker.session.gateway import Gateway
 
 # The states of a session, and which frames each one takes (h11-style: as data).
-# CONNECTING: the hello passed, the application's connect hook has not answered yet.
+# CONNECTING: the hello passed, the application's connect hook has not answered yet
+# (or the node's shared app registry has not been read yet).
 HELLO, CONNECTING, OPEN, CLOSED = "hello", "connecting", "open", "closed"
+#: seconds a hello waits for a node's first read of the shared app registry (at most half
+#: of hello_timeout, so that a 503 says why, not a 401 that the hello came too late)
+APPS_WAIT = 5.0
 #: frames a device may send before its welcome (while the connect hook decides, or
 #: the actor reads its inbox state); past this, 429 and closed
 MAX_HELD = 64
@@ -349,6 +354,31 @@ class Session:
             self.fail(ProtocolError(e.code if e.code == 401 else 400, e.reason, fatal=True))
             return
         apps = gw.apps
+        if not apps.loaded:
+            # a node just started: the shared registry is one round trip away; the
+            # hello waits for it (frames after it are held), a while at most
+            self.state = CONNECTING
+            self._early = []
+            d = apps.when_loaded().addTimeout(min(APPS_WAIT, gw.hello_timeout / 2), gw.clock)
+            d.addCallbacks(self._apps_loaded, self._apps_unread, callbackArgs=(identity, hello))
+            d.addErrback(lambda f: self.log.failure("hello", f))
+            return
+        self._admit(identity, hello)
+
+    def _apps_loaded(self, _: object, identity: Identity, hello: Hello) -> None:
+        if self.state is CONNECTING:  # else the connection went away meanwhile
+            self._admit(identity, hello)
+
+    def _apps_unread(self, f: Failure) -> None:
+        f.trap(TimeoutError)
+        if self.state is CONNECTING:
+            self.fail(ProtocolError(503, "app registry not read yet", fatal=True))
+
+    def _admit(self, identity: Identity, hello: Hello) -> None:
+        """The hello is authenticated: check its app, the node's admission, the
+        application's connect hook, then open the session."""
+        gw = self._gateway
+        apps = gw.apps
         if apps and not apps.admits(identity.app or hello.app or self.conn.url_app):
             # the token's claim wins, then the hello's, then the URL's (section 3)
             self.fail(ProtocolError(403, "unknown app", fatal=True))
@@ -362,7 +392,8 @@ class Session:
         if connect is not None:
             # business: the application's connect hook may refuse or rename (o2obroker/policy)
             self.state = CONNECTING
-            self._early = []
+            if self._early is None:  # frames held while the app registry was read stay
+                self._early = []
             d = connect.check(identity.user, device, self.conn.transport_name)
             d.addCallback(self._connect_answered, identity, hello, device)
             d.addErrback(lambda f: self.log.failure("connect hook", f))

@@ -445,6 +445,9 @@ class Route(_Lookup):
         if key is None or not valid_room(key, self.node.config.limits):
             return _answer(request, 400, {"error": "key is missing or not a valid name"})
         apps = self.node.gateway.apps
+        if not apps.loaded:
+            _unavailable(request, "the app registry has not been read yet")
+            return NOT_DONE_YET
         if apps:
             cluster = apps.cluster_of(app) if app is not None else None
             if cluster is None:
@@ -490,9 +493,9 @@ class Drain(_Endpoint):
 
 
 class Health(_Endpoint):
-    """``GET /healthz``: 200 while the node takes clients, 503 while it drains
-    or while its backend is unreachable (a load balancer then sends clients
-    to a node whose sends can succeed)."""
+    """``GET /healthz``: 200 while the node takes clients, 503 while it drains,
+    while its backend is unreachable (a load balancer then sends clients to a
+    node whose sends can succeed), or before it has read the shared app registry."""
 
     public = True
 
@@ -503,6 +506,9 @@ class Health(_Endpoint):
         )
         if draining:
             return _answer(request, 503, {"status": "draining", "node": self.node.config.node})
+        if not self.node.gateway.apps.loaded:
+            # hellos would get 503 until the shared app registry is read: not ready yet
+            return _answer(request, 503, {"status": "starting", "node": self.node.config.node})
         if not getattr(self.node.backend, "available", True):
             return _answer(
                 request, 503, {"status": "backend unavailable", "node": self.node.config.node}

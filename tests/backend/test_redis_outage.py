@@ -60,6 +60,7 @@ class OutageTests(RedisCase):
 
     def health(self, backend: RedisBackend) -> int:
         node = Node(Config(), self.clock, backend=backend)
+        node.apps.replace_shared({})  # never started: as if it had read the app registry
         request = DummyRequest([b""])
         Health(node, self.clock).render_GET(request)
         return int(request.responseCode or 200)

@@ -336,11 +336,11 @@ scenarios.refuse = async (context) => {
   check(same(tries.rooms, { got: [403, 1, 403, 403, 1], errors: 0 }), "rooms: " + JSON.stringify(tries.rooms));
   // an unknown app (403, protocol.md section 3; this broker has no app registry, so the
   // routes answer the hello as one would): rejected at once, over either transport.
-  // The client names its app in the WebSocket URL too (?app=...), hence the query.
+  // The client names its app in the WebSocket and long-poll URLs too (?app=...), hence the query.
   const apps = await open(context, config.tokenBase);
   const unknownApp = { t: "error", code: 403, reason: "unknown app" };
   await apps.routeWebSocket(/\/ws(\?.*)?$/, (ws) => ws.onMessage(() => { ws.send(JSON.stringify([unknownApp])); ws.close(); }));
-  await apps.route("**/lp/open", (route) => route.fulfill({ status: 403, contentType: "application/json", body: JSON.stringify({ frames: [unknownApp] }) }));
+  await apps.route(/\/lp\/open\?app=nope$/, (route) => route.fulfill({ status: 403, contentType: "application/json", body: JSON.stringify({ frames: [unknownApp] }) }));
   for (const transports of [["ws", "lp"], ["lp"]]) {
     tries["app-" + transports[0]] = await apps.evaluate(async (transports) => {
       var t0 = Date.now();
@@ -487,6 +487,47 @@ scenarios.route = async (context) => {
   await waitFor(page, () => window.got.length === 1, null, "the message on the standby");
   await page.evaluate(() => window.routed.close());
   return { first: first.node, ws: first.ws, standby: first.route.standby.id, then: then.node, got: await page.evaluate(() => window.got) };
+};
+
+/**
+ * Three real nodes on one Redis: a client with a key connects to the key's
+ * node over config.transport; the test (config.control /go) then streams
+ * messages to it and, mid-way, kills that node with SIGKILL or drains it (a
+ * 503 naming another node). The client moves to the standby or the
+ * redirect's target and resumes: every message that got a receipt is handed
+ * to the page once, in the order sent. Every long-poll request carries the
+ * route's parameters (a front proxy hashes each by key).
+ */
+scenarios.clusterRoute = async (context) => {
+  // the page of an application on its own origin; the nodes are elsewhere
+  const page = await open(context, config.control);
+  const lpUrls = [];
+  page.on("request", (r) => { if (r.url().includes("/lp/")) lpUrls.push(r.url()); });
+  const first = await page.evaluate(async ([base, key, token, transport]) => {
+    var c = (window.routed = new O2OBroker({ baseUrl: base, token: token, key: key, storage: null, backoffMs: 200, transports: [transport] }));
+    window.got = [];
+    window.located = [];
+    window.nodes = [];
+    c.on("located", function (w) { window.located.push(w); });
+    c.on("message", function (m) { window.got.push({ mid: m.mid, seq: m.seq }); });
+    c.on("state", function (s) { if (s === "open") window.nodes.push(c.welcome.node); });
+    var welcome = await c.connect();
+    return { node: welcome.node, transport: c.transport, route: window.located[0].route };
+  }, [config.base, config.key, config.token, config.transport]);
+  check(first.transport === config.transport, "on " + config.transport + ": " + first.transport);
+  const go = await fetch(config.control + "/go", { method: "POST" });
+  check(go.ok, "the test's traffic and " + config.action);
+  const { receipted } = await go.json();
+  await waitFor(page, (n) => window.got.length >= n, receipted.length, `${receipted.length} messages`, 30000);
+  const seen = await page.evaluate(() => ({ got: window.got, node: window.routed.welcome.node, nodes: window.nodes, last: window.located[window.located.length - 1] }));
+  await page.evaluate(() => window.routed.close());
+  check(same(seen.got.map((m) => m.mid), receipted), "each receipted message once, in order: " + JSON.stringify(seen.got.map((m) => m.mid)).slice(0, 300));
+  const seqs = seen.got.map((m) => m.seq);
+  check(same(seqs, [...seqs].sort((a, b) => a - b)), "in seq order");
+  const bare = lpUrls.filter((u) => !u.includes("key=" + encodeURIComponent(config.key)));
+  // a 503's redirect is followed as it is, without asking for the route again
+  const redirected = seen.last.route === undefined;
+  return { first: first.node, standby: first.route.standby.id, then: seen.node, nodes: seen.nodes, lp: lpUrls.length, bare, got: seen.got.length, redirected };
 };
 
 /**

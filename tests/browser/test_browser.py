@@ -7,7 +7,8 @@ WebSocket, over long-poll, and through a WebSocket that fails mid-way.
 tests/browser/scenarios.mjs tries the client as an application uses it:
 order, refusals, a stalled WebSocket (through a proxy here that can stall
 its connections), reloads, a key routed to another node and then to its
-standby. The screenshots of the demo page are kept in
+standby; and on three real node processes sharing one Redis, a routed page
+whose node is killed or drained mid-traffic. The screenshots of the demo page are kept in
 var/browser/.
 """
 
@@ -21,7 +22,9 @@ from pathlib import Path
 from typing import Any
 
 import jwt
+import treq
 from twisted.internet import reactor
+from twisted.internet.defer import Deferred
 from twisted.internet.endpoints import TCP4ClientEndpoint, connectProtocol
 from twisted.internet.protocol import ServerFactory
 from twisted.internet.task import deferLater
@@ -30,7 +33,7 @@ from twisted.protocols import portforward
 from twisted.python import log
 from twisted.trial.unittest import SkipTest, TestCase
 from twisted.web.resource import Resource
-from twisted.web.server import Site
+from twisted.web.server import NOT_DONE_YET, Site
 from twisted.web.static import Data
 
 from o2obroker import __version__
@@ -39,7 +42,11 @@ from o2obroker.config import ArchiveSettings, Config
 from o2obroker.routing import NodeInfo, StaticDirectory, pick
 from o2obroker.service.node import Node
 from o2obroker.service.site import build_site
+from o2obroker.session.auth import make_token
 from o2obroker.transports.tcp import BinaryFactory
+from o2obroker.transports.web import static_file
+from tests.cluster.nodes import SECRET
+from tests.cluster.test_routed_failover import BEFORE, MESSAGES, Sender, key_on, three_nodes
 
 ROOT = Path(__file__).resolve().parent.parent.parent
 SCRIPT = ROOT / "tests" / "browser" / "chat.mjs"
@@ -400,3 +407,89 @@ class PackageTests(BrowserTestCase):
         self.assertEqual(
             files, ["README.md", "index.d.ts", "index.js", "o2obroker.cjs", "package.json"]
         )
+
+
+class _Go(Resource):
+    """``POST /go``: stream messages to the page's user from a node that stays up and,
+    mid-way, kill or drain the key's node; answers with the receipted mids in order."""
+
+    isLeaf = True
+
+    def __init__(self, case: ClusterRouteTests, action: str, key_node: Any) -> None:
+        super().__init__()
+        self.case, self.action, self.key_node = case, action, key_node
+
+    def render_POST(self, request: Any) -> Any:
+        d = Deferred.fromCoroutine(self.go())
+        d.addCallback(lambda answer: (request.write(json.dumps(answer).encode()), request.finish()))
+        d.addErrback(lambda f: (log.err(f), request.setResponseCode(500), request.finish()))
+        return NOT_DONE_YET
+
+    async def go(self) -> dict[str, Any]:
+        sender = Sender("alice")
+        sending = Deferred.fromCoroutine(sender.run(self.case.nodes[0].tcp, MESSAGES))
+        while len(sender.receipted) < BEFORE:
+            await deferLater(reactor, 0.01)
+        if self.action == "kill":
+            await self.key_node.kill()
+        else:
+            r = await treq.post(
+                f"{self.key_node.http}/api/v1/drain",
+                headers={"Authorization": "Bearer k"},
+                persistent=False,
+            )
+            await r.content()
+        await sending
+        return {"receipted": sender.receipted}
+
+
+class ClusterRouteTests(BrowserTestCase):
+    """The browser client on three real nodes sharing one Redis (not the in-process one)."""
+
+    async def setUp(self) -> None:  # type: ignore[override]
+        super().setUp()
+        self.nodes = await three_nodes(self)
+        self.base = self.nodes[0].http  # the page's origin, and where it asks for the route
+
+    async def run_route(self, transport: str, action: str) -> dict[str, Any]:
+        key, answer = await key_on(self.base, "n3")
+        # the application's page, on an origin of its own, and the test's control
+        page = Resource()
+        page.putChild(b"go", _Go(self, action, self.nodes[2]))
+        page.putChild(b"harness.html", Data(HARNESS.read_bytes(), "text/html; charset=utf-8"))
+        page.putChild(b"o2obroker.js", static_file("o2obroker.js"))
+        control = reactor.listenTCP(0, Site(page), interface="127.0.0.1")
+        self.addCleanup(control.stopListening)
+        result = await self.scenario(
+            "clusterRoute",
+            key=key,
+            token=make_token(SECRET, "alice"),
+            transport=transport,
+            action=action,
+            control=f"http://127.0.0.1:{control.getHost().port}",
+        )
+        self.assertEqual((result["first"], result["standby"]), ("n3", answer["standby"]["id"]))
+        self.assertEqual(result["got"], MESSAGES)
+        self.assertEqual(result["bare"], [])  # every long-poll request named its route
+        if transport == "lp":
+            self.assertGreater(result["lp"], 3)
+        return result
+
+    async def test_websocket_kill_9_of_the_keys_node_mid_traffic(self) -> None:
+        result = await self.run_route("ws", "kill")
+        self.assertEqual(result["then"], result["standby"])
+        self.assertEqual(result["nodes"], ["n3", result["standby"]])
+
+    async def test_long_poll_kill_9_of_the_keys_node_mid_traffic(self) -> None:
+        result = await self.run_route("lp", "kill")
+        self.assertEqual(result["then"], result["standby"])
+
+    async def test_websocket_drain_sends_the_page_where_the_503_says(self) -> None:
+        result = await self.run_route("ws", "drain")
+        self.assertNotEqual(result["then"], "n3")
+        self.assertTrue(result["redirected"], result)
+
+    async def test_long_poll_drain_sends_the_page_where_the_503_says(self) -> None:
+        result = await self.run_route("lp", "drain")
+        self.assertNotEqual(result["then"], "n3")
+        self.assertTrue(result["redirected"], result)

@@ -91,9 +91,13 @@ class BrokerProcess:
     def start(self) -> Deferred[None]:
         """Fires once the node has connected to Redis and listens."""
         self.output = b""
-        # the command connection and the subscriber, each says so once
+        # the command connection, the subscriber and the app registry, each says so once
         ready = gatherResults(
-            [self.wait_for(b"/0: connected"), self.wait_for(b"subscriber: subscribed to")]
+            [
+                self.wait_for(b"/0: connected"),
+                self.wait_for(b"subscriber: subscribed to"),
+                self.wait_for(b"app registry version"),  # hellos get 503 until then
+            ]
         )
         self._proto = _Output(self)
         env = {**os.environ, "PYTHONUNBUFFERED": "1"}

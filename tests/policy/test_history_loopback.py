@@ -15,6 +15,7 @@ from o2obroker.backend.redis.archive import RedisArchive
 from o2obroker.client.binary import BinaryClient, ClientError, connect
 from o2obroker.config import ArchiveSettings, Config
 from o2obroker.service.node import Node
+from tests.backend.test_redis_outage import eventually
 from tests.redis_server import shared, unique_prefix
 from tests.web import test_loopback
 
@@ -155,6 +156,8 @@ class RedisHistoryLoopbackTests(HistoryLoopbackTests):
     async def setUp(self) -> None:  # type: ignore[override]
         super().setUp()
         await self.node.store.when_ready()
+        # a hello tracks its user on the bus: its subscriber must be up too
+        await eventually(lambda: self.node.store.bus.ready)
 
     async def test_another_node_reads_the_same_history(self) -> None:
         await self._conversation()

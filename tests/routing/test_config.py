@@ -39,6 +39,7 @@ class AppConfigTests(SynchronousTestCase):
             ("[app:a/b]\n", "[app:a/b]: not a valid business id"),
             ("[broker]\ncluster = \n", "cluster: '' is not a valid cluster name"),
             ("[broker]\napps = shop\n", "[broker] apps: unknown key"),
+            ("[broker]\napp_refresh = 0\n", "app_refresh: must be 0.1 to 3600 seconds, not 0.0"),
         ):
             with self.assertRaises(ConfigError) as e:
                 load(self.ini(text))

@@ -212,6 +212,27 @@ class WatcherTests(SynchronousTestCase):
         self.assertNotIn("10.0.0.1:8082", self.file())
         self.assertEqual(self.watcher.reloads, 2)
 
+    def test_an_app_added_to_or_removed_from_the_shared_registry_is_a_change(self) -> None:
+        shared: dict[str, str] = {}
+        watcher = Watcher(
+            self.read,
+            ProxySettings(apps={"shop": "c1"}),
+            self.path,
+            self.nginx,
+            self.clock,
+            interval=2,
+            apps=lambda: succeed(dict(shared)),
+        )
+        watcher.start()
+        self.assertEqual(registry_of(self.file())["apps"], {"shop": "c1"})
+        shared.update(kiosk="c2", shop="c3")  # the shared record wins over the config's
+        self.clock.advance(2)
+        self.assertEqual(registry_of(self.file())["apps"], {"kiosk": "c2", "shop": "c3"})
+        shared.clear()
+        self.clock.advance(2)
+        self.assertEqual(registry_of(self.file())["apps"], {"shop": "c1"})
+        self.assertEqual(watcher.reloads, 3)
+
     def test_a_node_turning_unhealthy_is_a_change(self) -> None:
         self.watcher.start()
         self.records = [record("n1"), record("n2", port=8082, healthy=False)]
@@ -326,6 +347,28 @@ class CommandLineTests(TestCase):
         self.assertEqual(code, 0, err)
         self.assertIn("# no routable node", out)
         self.assertEqual(registry_of(out)["apps"], {"kiosk": "east", "shop": "west"})
+
+    async def test_renders_the_shared_app_registry_of_a_real_redis(self) -> None:
+        redis = RedisServer()
+        redis.start()
+        self.addCleanup(redis.destroy)
+        for app, cluster in (("pos", "east"), ("shop", "north")):
+            add = ["apps", "add", app, "--cluster", cluster]
+            _, err, code = await getProcessOutputAndValue(
+                sys.executable,
+                ["-m", "o2obroker.admin", "--redis", redis.url, *add],
+                env=os.environ,
+                reactor=reactor,
+            )
+            self.assertEqual(code, 0, err)
+        path = self.mktemp()
+        with open(path, "w") as f:
+            f.write("[broker]\ncluster = east\n[app:shop]\ncluster = west\n[app:kiosk]\n")
+        code, out, err = await self.run_proxy("render", "--redis", redis.url, "--config", path)
+        self.assertEqual(code, 0, err)
+        self.assertEqual(
+            registry_of(out)["apps"], {"kiosk": "east", "pos": "east", "shop": "north"}
+        )
 
 
 class NginxAcceptsTests(TestCase):

@@ -42,6 +42,36 @@ class TcpAppTests(SynchronousTestCase):
         self.assertRefused(*self.hello())
         self.assertEqual(self.h.node.gateway.connections["tcp"], 0)
 
+    def test_a_hello_before_the_shared_registry_is_read_waits_for_it(self) -> None:
+        apps = self.h.node.apps
+        apps.loaded = False  # a node on Redis that has not read it yet
+        device = self.h.login("alice", app="kiosk")
+        device.write({"t": "ping"})  # held until the welcome, then answered
+        self.h.clock.advance(1.0)
+        self.assertEqual(device.read(), [])
+        apps.replace_shared({"kiosk": {"cluster": "c1"}})
+        self.h.flush()
+        self.assertEqual(device.read_types()[:2], ["welcome", "pong"])
+
+    def test_an_unknown_app_waits_for_the_registry_too_and_is_refused(self) -> None:
+        self.h.node.apps.loaded = False
+        device = self.h.login("alice", app="nope")
+        self.h.node.apps.replace_shared({})
+        self.assertRefused(device.read(), device.closed)
+
+    def test_a_registry_that_cannot_be_read_in_time_is_a_503(self) -> None:
+        self.h.node.apps.loaded = False
+        device = self.h.login("alice", app="shop")
+        self.h.clock.advance(4.9)
+        self.assertFalse(device.closed)
+        self.h.clock.advance(0.1)
+        frames = device.read()
+        self.assertEqual(
+            [(f["code"], f["reason"]) for f in frames], [(503, "app registry not read yet")]
+        )
+        self.assertTrue(device.closed)
+        self.h.node.apps.replace_shared({})  # comes too late for it: nothing happens
+
     def test_the_tokens_claim_wins_over_the_hello(self) -> None:
         frames, _ = self.hello(app="nope", claims={"app": "pos"})
         self.assertEqual(frames[0]["t"], "welcome")

@@ -169,6 +169,14 @@ class ApiTests(SynchronousTestCase):
         self.assertEqual(answer["lp"], "http://127.0.0.1:8080/lp")
         self.assertEqual(answer["tcp"], "127.0.0.1:9100")
 
+    def test_health_is_503_until_the_shared_app_registry_is_read(self) -> None:
+        self.h.node.apps.loaded = False  # a node on Redis that has not read it yet
+        self.assertEqual(
+            self.h.call("GET", "/healthz").json(), (503, {"status": "starting", "node": "n1"})
+        )
+        self.h.node.apps.replace_shared({})
+        self.assertEqual(self.h.call("GET", "/healthz").json()[0], 200)
+
     def test_health_and_drain(self) -> None:
         self.assertEqual(
             self.h.call("GET", "/healthz").json(), (200, {"status": "ok", "node": "n1"})

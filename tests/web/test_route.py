@@ -53,6 +53,14 @@ class RouteTests(SynchronousTestCase):
             },
         )
 
+    def test_before_the_shared_registry_is_read_the_answer_is_503(self) -> None:
+        self.h.node.apps.loaded = False  # a node on Redis that has not read it yet
+        code, head, answer = self.route("app=shop&key=store-42")
+        self.assertEqual((code, answer["error"]), (503, "the app registry has not been read yet"))
+        self.assertIn("retry-after", head)
+        self.h.node.apps.replace_shared({})
+        self.assertEqual(self.route("app=shop&key=store-42")[0], 200)
+
     def test_the_app_picks_the_cluster(self) -> None:
         _, _, answer = self.route("app=pos&key=k")  # no cluster given: the node's own
         self.assertEqual(

@@ -678,6 +678,48 @@ class RedisBackend:
         )
         return d.addCallback(lambda _: None)
 
+    # -- app registry ----------------------------------------------------------
+
+    def _apps(self) -> tuple[Shard, list[str]]:
+        head = f"{self._prefix}:{{apps}}:"
+        return self.shards[0], [head + "registry", head + "version"]
+
+    def apps(self, version: str | None = None) -> Deferred[tuple[str, dict[str, Any] | None]]:
+        """The shared app registry: (its version, business id → settings), the
+        settings None when ``version`` is still current. A record that is not
+        a JSON object with a ``cluster`` is left out and logged."""
+        shard, keys = self._apps()
+
+        def got(answer: list[Any]) -> tuple[str, dict[str, Any] | None]:
+            current = _text(answer[0])
+            if len(answer) == 1:
+                return current, None
+            flat = answer[1]
+            records: dict[str, Any] = {}
+            for app, blob in zip(flat[::2], flat[1::2], strict=True):
+                try:
+                    record = json.loads(blob)
+                    if not isinstance(record, dict) or not isinstance(record.get("cluster"), str):
+                        raise ValueError("no cluster")
+                except ValueError as e:
+                    log.warn("app {app!r} left out: {why}", app=app, why=e)
+                    continue
+                records[_text(app)] = record
+            return current, records
+
+        return shard.evalsha(S.APPS, keys, [version or ""]).addCallback(got)
+
+    def put_app(self, app: str, record: dict[str, Any]) -> Deferred[bool]:
+        """Add ``app`` or replace its record; whether the registry changed."""
+        shard, keys = self._apps()
+        blob = json.dumps(record, separators=(",", ":"), sort_keys=True)
+        return shard.evalsha(S.APP_EDIT, keys, ["put", app, blob]).addCallback(bool)
+
+    def remove_app(self, app: str) -> Deferred[bool]:
+        """Remove ``app``; whether it was there."""
+        shard, keys = self._apps()
+        return shard.evalsha(S.APP_EDIT, keys, ["remove", app]).addCallback(bool)
+
 
 def _first_error(f: Failure) -> Failure:
     # gatherResults wraps the first failure; callers want BackendUnavailable itself

@@ -550,6 +550,37 @@ return 0
 """,
 )
 
+# KEYS: apps, version. ARGV: the version the caller holds. The version alone
+# when it is current, else the version and every app, id, record, id, record...
+APPS = Script(
+    "apps",
+    """
+local v = redis.call('GET', KEYS[2]) or '0'
+if v == ARGV[1] then return {v} end
+return {v, redis.call('HGETALL', KEYS[1])}
+""",
+)
+
+# KEYS: apps, version. ARGV: 'put', id, record | 'remove', id. 1 when the
+# registry changed (a record put, or one removed), else 0; the version grows on a change.
+APP_EDIT = Script(
+    "app_edit",
+    """
+local changed
+if ARGV[1] == 'put' then
+  changed = redis.call('HGET', KEYS[1], ARGV[2]) ~= ARGV[3]
+  redis.call('HSET', KEYS[1], ARGV[2], ARGV[3])
+else
+  changed = redis.call('HDEL', KEYS[1], ARGV[2]) == 1
+end
+if changed then
+  redis.call('INCR', KEYS[2])
+  return 1
+end
+return 0
+""",
+)
+
 ALL = (
     APPEND,
     READ,
@@ -569,4 +600,6 @@ ALL = (
     RELOCATE,
     UNLOCATE,
     DROP_LOCATIONS,
+    APPS,
+    APP_EDIT,
 )

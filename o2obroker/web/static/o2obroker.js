@@ -29,6 +29,8 @@
   "use strict";
 
   var DEDUPE_KEEP = 5000;
+  // polls in a row that got no answer before a long-poll session counts as lost
+  var LP_FAILED_POLLS = 3;
   // errors that a retry cannot fix: bad frame, bad token, unknown app, replaced
   var FATAL = { 400: true, 401: true, 403: true, 409: true };
   var OPEN = 1; // WebSocket.OPEN
@@ -252,7 +254,7 @@
     this._conn = null;
     if (conn.kind === "lp" && conn.sid && root.navigator && root.navigator.sendBeacon) {
       // a beacon outlives the page: the device goes offline now, not after the poll timeout
-      root.navigator.sendBeacon(conn.url + "/close?sid=" + encodeURIComponent(conn.sid), "");
+      root.navigator.sendBeacon(this._lpUrl(conn, "close", { sid: conn.sid }), "");
     }
     this._drop(conn, true);
     this._dropProbe();
@@ -329,10 +331,29 @@
     return parts.length ? "?" + parts.join("&") : "";
   }
 
+  /** app, cluster and key as URL parameters: front proxies pick a cluster and node by them. */
+  P._routeQuery = function () {
+    return query({ app: this.app, cluster: this.cluster, key: this.key });
+  };
+
+  /**
+   * A long-poll URL: path, then its own parameters (kept even when 0, as pos), then the
+   * route's, on every request, so that a proxy hashing `key` sends each to the same node.
+   */
+  P._lpUrl = function (lp, path, params) {
+    var parts = [];
+    Object.keys(params || {}).forEach(function (k) {
+      parts.push(k + "=" + encodeURIComponent(params[k]));
+    });
+    var route = this._routeQuery().slice(1);
+    if (route) parts.push(route);
+    return lp.url + "/" + path + (parts.length ? "?" + parts.join("&") : "");
+  };
+
   /**
    * Ask the broker which node to use; falls back to baseUrl itself. With a key,
-   * /api/v1/route names the key's node and its standby: after a failed attempt
-   * the standby is tried, as the node may be dead before the registry says so.
+   * /api/v1/route names the key's node and its standby: after a failed attempt on
+   * that node the standby is tried, as the node may be dead before the registry says so.
    * A 503's redirect goes first, once.
    */
   P._locate = function () {
@@ -359,15 +380,20 @@
         .then(function (answer) { return answer.standby === undefined ? answer : self._routed(answer); });
     }
     return found.then(function (where) {
-      if (self.key || self.app) where.ws = where.ws + query({ app: self.app, cluster: self.cluster, key: self.key });
+      where.ws = where.ws + self._routeQuery();
       self._emit("located", where);
       return where;
     });
   };
 
-  /** A route answer as a place to connect: the key's node, or its standby after a failure. */
+  /**
+   * A route answer as a place to connect: the key's node, or its standby when that node
+   * is the one the last attempt failed on (the registry has not seen it die yet). Once
+   * the registry drops it, the answer's node is the key's new node, the old standby.
+   */
   P._routed = function (answer) {
-    var target = this._failures > 0 && answer.standby ? answer.standby : answer.node;
+    var failed = this._failures > 0 && this.where && this.where.node === answer.node.id;
+    var target = failed && answer.standby ? answer.standby : answer.node;
     return { node: target.id, ws: target.ws, lp: target.lp, tcp: target.tcp, transport: "ws", route: answer };
   };
 
@@ -583,7 +609,7 @@
     var self = this;
     var lp = { kind: "lp", sid: null, pos: 0, url: this.where.lp, out: [], inflight: null, welcomed: false };
     this._pendingLp = lp;
-    this._post(lp.url + "/open", JSON.stringify(this._hello())).then(function (answer) {
+    this._post(this._lpUrl(lp, "open"), JSON.stringify(this._hello())).then(function (answer) {
       if (lp.dead || self._closed) return;
       self._pendingLp = null;
       var frames = (answer.body && answer.body.frames) || [];
@@ -608,9 +634,10 @@
   P._poll = function (lp) {
     var self = this;
     if (lp.dead) return;
-    var url = lp.url + "/poll?sid=" + encodeURIComponent(lp.sid) + "&pos=" + lp.pos;
     var ack = this.lastSeq;
-    if (ack > this._ackedSeq) url += "&ack=" + ack;
+    var params = { sid: lp.sid, pos: lp.pos };
+    if (ack > this._ackedSeq) params.ack = ack;
+    var url = this._lpUrl(lp, "poll", params);
     lp.abort = typeof root.AbortController === "function" ? new root.AbortController() : null;
     root.fetch(url, { cache: "no-store", signal: lp.abort ? lp.abort.signal : undefined }).then(function (r) {
       return r.json().then(function (body) { return { status: r.status, body: body }; });
@@ -630,6 +657,12 @@
       // the response was lost: the same pos asks for the same frames again
       if (lp.dead) return;
       lp.failures = (lp.failures || 0) + 1;
+      if (lp.failures >= LP_FAILED_POLLS) {
+        // the node does not answer (killed, cut off): a new session, on the standby or
+        // wherever the route says now, resumes after the last message handed over
+        if (!self._handingOver(lp)) self._lost(lp);
+        return;
+      }
       setTimeout(function () { self._poll(lp); }, Math.min(5000, 250 * Math.pow(2, lp.failures)));
     });
   };
@@ -657,7 +690,7 @@
       }
       lp.inflight = batch;
       var body = "[" + batch.map(function (i) { return i.text; }).join(",") + "]";
-      self._post(lp.url + "/send?sid=" + encodeURIComponent(lp.sid), body).then(function (answer) {
+      self._post(self._lpUrl(lp, "send", { sid: lp.sid }), body).then(function (answer) {
         if (lp.dead) return;
         if (answer.status === 404 || answer.status === 403) {
           // the session is gone: the outbox still holds these for the next one
@@ -804,6 +837,9 @@
       this._fail(errorOf(f)); // token expired, or this device connected elsewhere
       return true;
     }
+    // a node that drains (or is overloaded) closes the session next, naming a better
+    // node: the next attempt goes there first
+    if (f.code === 503 && f.redirect) this._redirect = f.redirect;
     if (!answered) this._emit("error", f);
     return false;
   };
@@ -1012,7 +1048,7 @@
     this._conn = this._pendingLp = null;
     if (conn) {
       if (bye && conn.kind === "lp" && conn.sid) {
-        this._post(conn.url + "/close?sid=" + encodeURIComponent(conn.sid), "").catch(function () {});
+        this._post(this._lpUrl(conn, "close", { sid: conn.sid }), "").catch(function () {});
       }
       this._drop(conn, bye);
     }
