@@ -55,13 +55,19 @@ def settle(pid: int, tries: int = 40) -> int:
     return last
 
 
-def start_broker(port: int, *extra: str) -> subprocess.Popen[bytes]:
-    """A real broker, as `twistd -n o2obroker` runs it, on the embedded backend.
+def start_broker(
+    port: int, *extra: str, http: int | None = None, backlog: int | None = None
+) -> subprocess.Popen[bytes]:
+    """A real broker, as `twistd -n o2obroker` runs it (the embedded backend
+    unless ``extra`` says otherwise), binary TCP on ``port`` (with a listen
+    ``backlog`` if given), HTTP on ``http`` (a free port if not given); back
+    once both listen.
 
     Its log goes to stdout, thrown away here: ``--logfile=/dev/null`` would
     make twistd rotate /dev/null itself (rename it, create a plain file) once
     a megabyte of log was written to it."""
     env = dict(os.environ, PYTHONPATH=str(ROOT))
+    http = http or free_port()
     cmd = [
         str(Path(PYTHON).parent / "twistd"),
         "--nodaemon",
@@ -70,9 +76,9 @@ def start_broker(port: int, *extra: str) -> subprocess.Popen[bytes]:
         "--auth",
         "none",
         "--tcp",
-        f"tcp:{port}:interface=127.0.0.1",
+        f"tcp:{port}:interface=127.0.0.1" + (f":backlog={backlog}" if backlog else ""),
         "--http",
-        f"tcp:{free_port()}:interface=127.0.0.1",
+        f"tcp:{http}:interface=127.0.0.1",
         *extra,
     ]
     proc = subprocess.Popen(
@@ -84,6 +90,7 @@ def start_broker(port: int, *extra: str) -> subprocess.Popen[bytes]:
         preexec_fn=lambda: raise_nofile(),
     )
     wait_port(port)
+    wait_port(http)
     return proc
 
 

@@ -30,7 +30,7 @@ import time
 import urllib.request
 
 import psutil
-from _common import ROOT, drive, free_port, start_broker, wait_port
+from _common import ROOT, drive, free_port, start_broker
 from tcp_relay import Counter, frame
 from twisted.internet import defer, reactor
 from twisted.internet.endpoints import TCP4ClientEndpoint, connectProtocol
@@ -107,21 +107,17 @@ async def latency(send_port: int, recv_port: int, prefix: str, pings: int) -> li
 def start_case(case: str, redis: RedisServer) -> tuple[int, int, list[int], list]:
     """The case's node processes: (sender's port, receiver's port, HTTP ports, processes)."""
     http = [free_port()]
-    web = ("--http", f"tcp:{http[0]}:interface=127.0.0.1")
     if case == "memory":
         port = free_port()
-        return port, port, http, [start_broker(port, *web)]
+        return port, port, http, [start_broker(port, http=http[0])]
     extra = ("--redis", redis.url)
     a = free_port()
-    procs = [start_broker(a, *extra, *web, "--node", "a")]
+    procs = [start_broker(a, *extra, "--node", "a", http=http[0])]
     b = a
     if case == "redis-2":
         b = free_port()
         http.append(free_port())
-        web = ("--http", f"tcp:{http[1]}:interface=127.0.0.1")
-        procs.append(start_broker(b, *extra, *web, "--node", "b"))
-    for p in (a, b, *http):
-        wait_port(p)
+        procs.append(start_broker(b, *extra, "--node", "b", http=http[1]))
     time.sleep(1.0)  # set-up: the nodes' subscriber connections come up
     return a, b, http, procs
 

@@ -26,10 +26,9 @@ import subprocess
 import sys
 import tempfile
 import time
-from pathlib import Path
 from typing import Any
 
-from _common import PYTHON, ROOT, free_port, raise_nofile, wait_port
+from _common import PYTHON, ROOT, free_port, raise_nofile, start_broker
 
 sys.path.insert(0, str(ROOT))
 
@@ -44,37 +43,12 @@ def start_node(
     config = os.path.join(workdir, f"{name}.ini")
     with open(config, "w") as f:
         f.write(f"[broker]\nnode_heartbeat = {heartbeat}\n")
-    cmd = [
-        str(Path(PYTHON).parent / "twistd"),
-        "--nodaemon",
-        "--pidfile=",
-        # stdout, which is discarded: a log file of /dev/null is rotated by twistd past
-        # 1 MB, and as root that renames the device itself
-        "--logfile=-",
-        "o2obroker",
-        "--config",
-        config,
-        "--auth",
-        "none",
-        "--node",
-        name,
-        "--redis",
-        redis_url,
-        "--tcp",
-        f"tcp:{tcp}:interface=127.0.0.1" + (f":backlog={backlog}" if backlog else ""),
-        "--http",
-        f"tcp:{http}:interface=127.0.0.1",
-    ]
-    proc = subprocess.Popen(
-        cmd,
-        cwd=ROOT,
-        env=dict(os.environ, PYTHONPATH=str(ROOT)),
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-        preexec_fn=lambda: raise_nofile(),
+    proc = start_broker(
+        tcp,
+        *("--config", config, "--node", name, "--redis", redis_url),
+        http=http,
+        backlog=backlog,
     )
-    wait_port(tcp)
-    wait_port(http)
     return {"name": name, "proc": proc, "tcp": tcp, "http": f"http://127.0.0.1:{http}"}
 
 

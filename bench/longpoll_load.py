@@ -22,7 +22,7 @@ import struct
 import time
 
 import cbor2
-from _common import free_port, raise_nofile, start_broker, wait_port
+from _common import free_port, raise_nofile, start_broker
 from twisted.internet import defer, reactor
 from twisted.internet.endpoints import TCP4ClientEndpoint, connectProtocol
 from twisted.internet.protocol import Protocol
@@ -169,8 +169,7 @@ def main() -> None:
     args = p.parse_args()
     raise_nofile(20_000)
     tcp, http = free_port(), free_port()
-    proc = start_broker(tcp, "--http", f"tcp:{http}:interface=127.0.0.1")
-    wait_port(http)
+    proc = start_broker(tcp, http=http)
     try:
         d = defer.ensureDeferred(run(args, http, tcp))
         d.addErrback(lambda f: print(f.getTraceback()))

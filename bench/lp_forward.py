@@ -52,9 +52,7 @@ async def main(args: argparse.Namespace) -> None:
     redis.start()
     ports = {name: (free_port(), free_port()) for name in ("a", "b")}
     procs = [
-        start_broker(
-            tcp, "--redis", redis.url, "--node", name, "--http", f"tcp:{http}:interface=127.0.0.1"
-        )
+        start_broker(tcp, "--redis", redis.url, "--node", name, http=http)
         for name, (tcp, http) in ports.items()
     ]
     try:

@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import struct
 import subprocess
 import sys
@@ -31,7 +30,7 @@ import time
 import urllib.request
 
 import psutil
-from _common import PYTHON, ROOT, free_port, raise_nofile, settle, wait_port
+from _common import PYTHON, ROOT, free_port, raise_nofile, settle, start_broker
 
 sys.path.insert(0, str(ROOT))
 
@@ -127,34 +126,12 @@ def client(port: int, source: str, count: int, prefix: str) -> None:
 
 def start_node(redis_url: str, workers: int) -> tuple[subprocess.Popen[bytes], int, int]:
     tcp, http = free_port(), free_port()
-    cmd = [
-        str(ROOT / ".venv" / "bin" / "twistd"),
-        "--nodaemon",
-        "--pidfile=",
-        "o2obroker",
-        "--auth",
-        "none",
-        "--redis",
-        redis_url,
-        "--hb",
-        "600",
-        "--workers",
-        str(workers),
-        "--tcp",
-        f"tcp:{tcp}:interface=127.0.0.1:backlog=4096",
-        "--http",
-        f"tcp:{http}:interface=127.0.0.1",
-    ]
-    proc = subprocess.Popen(
-        cmd,
-        cwd=ROOT,
-        env=dict(os.environ, PYTHONPATH=str(ROOT)),
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-        preexec_fn=lambda: raise_nofile(),
+    proc = start_broker(
+        tcp,
+        *("--redis", redis_url, "--hb", "600", "--workers", str(workers)),
+        http=http,
+        backlog=4096,
     )
-    wait_port(tcp)
-    wait_port(http)
     return proc, tcp, http
 
 

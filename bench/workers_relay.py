@@ -24,7 +24,7 @@ import time
 import urllib.request
 
 import cbor2
-from _common import ROOT, drive, free_port, start_broker, wait_port
+from _common import ROOT, drive, free_port, start_broker
 from tcp_relay import Counter, frame
 from twisted.internet import defer, reactor
 from twisted.internet.endpoints import TCP4ClientEndpoint, connectProtocol
@@ -43,16 +43,7 @@ def listed(http: int) -> int:
 
 def start(redis: RedisServer, workers: int) -> tuple[int, object]:
     port, http = free_port(), free_port()
-    proc = start_broker(
-        port,
-        "--http",
-        f"tcp:{http}:interface=127.0.0.1",
-        "--redis",
-        redis.url,
-        "--workers",
-        str(workers),
-    )
-    wait_port(http)
+    proc = start_broker(port, "--redis", redis.url, "--workers", str(workers), http=http)
     for _ in range(300):  # every worker connected and in the registry
         if listed(http) == workers:
             break

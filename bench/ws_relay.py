@@ -132,7 +132,7 @@ def start(kind: str) -> tuple[object, int]:
     if kind == "bare":
         proc = start_script("bare_ws_relay.py", str(port))
     else:
-        proc = start_broker(free_port(), "--http", f"tcp:{port}:interface=127.0.0.1")
+        proc = start_broker(free_port(), http=port)
     wait_port(port)
     return proc, port
 
