@@ -151,7 +151,8 @@ def main() -> None:
         "--backlog",
         type=int,
         default=0,
-        help="listen backlog of the nodes' binary port (default: Twisted's, 50)",
+        help="listen backlog of the nodes' binary port (default: a node's own, 1024;"
+        " 50 is Twisted's)",
     )
     p.add_argument("--wait", type=float, default=60.0, help="seconds a client may take to move")
     p.add_argument("--worker", type=int, help=argparse.SUPPRESS)
@@ -166,7 +167,7 @@ def main() -> None:
     print(
         f"{args.clients} routed binary clients in {args.procs} processes, nodes {', '.join(NODES)}"
         f" on one Redis, node_heartbeat {args.heartbeat} s (registry TTL"
-        f" {2 * args.heartbeat:g} s), binary port backlog {args.backlog or 50};"
+        f" {2 * args.heartbeat:g} s), binary port backlog {args.backlog or 1024};"
         f" {VICTIM} killed with SIGKILL"
     )
     for run in range(args.runs):

@@ -30,6 +30,22 @@ def check_endpoint(key: str, description: str, reactor: Any) -> None:
         raise ConfigError(f"{key}: {description!r} is not a server endpoint ({e})") from None
 
 
+#: the listen backlog of a TCP or TLS port whose description names none.
+#: Twisted's 50 is too small for a broker: when a node dies its clients all
+#: say hello to their standby at once, and connections past the backlog wait
+#: for TCP's one-second retry. The kernel caps it at net.core.somaxconn.
+LISTEN_BACKLOG = 1024
+
+
+def with_backlog(description: str) -> str:
+    """``description`` with ``backlog=LISTEN_BACKLOG`` added to a ``tcp``,
+    ``tcp6`` or ``ssl`` endpoint that names no backlog of its own."""
+    kind = description.split(":", 1)[0].strip().lower()
+    if kind not in ("tcp", "tcp6", "ssl") or "backlog=" in description:
+        return description
+    return f"{description}:backlog={LISTEN_BACKLOG}"
+
+
 class Listener(internet.StreamServerEndpointService):
     """A listening port named after its config key; a failed bind raises StartupError."""
 
@@ -40,7 +56,7 @@ class Listener(internet.StreamServerEndpointService):
     ) -> None:
         if reactor is None:
             from twisted.internet import reactor
-        super().__init__(serverFromString(reactor, description), factory)
+        super().__init__(serverFromString(reactor, with_backlog(description)), factory)
         self.key = key
         self.description = description
         self.setName(name or key)

@@ -45,7 +45,7 @@ from twisted.runner.procmon import ProcessMonitor
 from zope.interface import implementer
 
 from o2obroker.config import Config
-from o2obroker.service.listen import StartupError
+from o2obroker.service.listen import LISTEN_BACKLOG, StartupError
 
 #: where a worker finds its listening sockets; its fd 0 is the pipe from the parent
 TCP_FD = 3
@@ -71,11 +71,11 @@ def _split(description: str) -> list[str]:
 
 def tcp_address(description: str) -> tuple[socket.AddressFamily, str, int, int]:
     """``tcp:PORT[:interface=H][:backlog=B]`` (or ``tcp6:``) as (family, host, port, backlog),
-    with Twisted's defaults: every interface, backlog 50."""
+    with a node's defaults: every interface, backlog ``LISTEN_BACKLOG``."""
     parts = _split(description)
     family = socket.AF_INET6 if parts[0].lower() == "tcp6" else socket.AF_INET
     host = "::" if family == socket.AF_INET6 else "0.0.0.0"
-    port, backlog = None, 50
+    port, backlog = None, LISTEN_BACKLOG
     for part in parts[1:]:
         key, eq, value = part.partition("=")
         if not eq:

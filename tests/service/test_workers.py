@@ -239,9 +239,10 @@ class BindGroupTests(TestCase):
             tcp_address("tcp:9100:interface=127.0.0.1:backlog=500"),
             (socket.AF_INET, "127.0.0.1", 9100, 500),
         )
-        self.assertEqual(tcp_address("tcp:port=80"), (socket.AF_INET, "0.0.0.0", 80, 50))
+        # a node's default backlog, not Twisted's 50, as for a single process's ports
+        self.assertEqual(tcp_address("tcp:port=80"), (socket.AF_INET, "0.0.0.0", 80, 1024))
         self.assertEqual(
-            tcp_address("tcp6:8080:interface=\\:\\:1"), (socket.AF_INET6, "::1", 8080, 50)
+            tcp_address("tcp6:8080:interface=\\:\\:1"), (socket.AF_INET6, "::1", 8080, 1024)
         )
         self.assertEqual(
             shift_port("tcp:2222:interface=127.0.0.1", 3), "tcp:2225:interface=127.0.0.1"
