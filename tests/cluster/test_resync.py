@@ -63,6 +63,14 @@ class ResyncCostTests(RedisNodesCase):
         # what a sweep leaves of a node taken for dead: no presence part, no
         # location; and messages whose publishes were lost
         shard = store.shards[0]
+        hub = node.presence
+        # every attach's presence merge has run, and its change has gone out
+        for _ in range(200):
+            found = await store.presence(users)
+            if all(p.state == "online" for p in found.values()):
+                break
+            await deferLater(reactor, 0.05, lambda: None)
+        await eventually(lambda: hub._timer is None and not hub._pending)
         for i in range(0, n, 200):
             keys = [store._key(u, k) for u in users[i : i + 200] for k in ("presn", "pres", "loc")]
             await shard.call("DEL", *keys)
@@ -79,10 +87,13 @@ class ResyncCostTests(RedisNodesCase):
         node.cluster_publisher.rejoined(users)
         await eventually(lambda: len(done) == n)
         await eventually(lambda: all(devices[u].msgs for u in users[:behind]))
+        # and the resync's: each user came back online for its watchers
+        await eventually(lambda: hub._timer is None and not hub._pending)
         sent = commands(store) - before
 
         self.assertEqual(told, dict.fromkeys(users, 1))
-        # a few commands a slice of 500 users and one read per device behind,
+        # a few commands a slice of 500 users (their watchers' look-up included)
+        # and one read per device behind,
         # where it was some per user (1000 users: 5000 and more)
         self.assertLessEqual(sent, n // 50 + behind + 10)
         # and the work was done: parts, locations, the lost messages

@@ -694,14 +694,23 @@ class RedisBackend:
         return d.addCallback(lambda ms: frozenset(map(_text, ms)))
 
     def watchers(self, users: list[str]) -> Deferred[dict[str, frozenset[str]]]:
-        def got(members: list[list[bytes]]) -> dict[str, frozenset[str]]:
+        """One script per shard per ``RESYNC_CHUNK`` users: a presence flush
+        after a resync looks up every user of the node at once."""
+
+        def got(members: list[list[bytes]], group: list[str]) -> dict[str, frozenset[str]]:
             return {
-                u: frozenset(map(_text, ms)) for u, ms in zip(users, members, strict=False) if ms
+                u: frozenset(map(_text, ms)) for u, ms in zip(group, members, strict=True) if ms
             }
 
-        return self._each_user(users, lambda u: ("SMEMBERS", self._key(u, "watchers"))).addCallback(
-            got
-        )
+        calls = []
+        for shard, some in self._by_shard(users).items():
+            for i in range(0, len(some), RESYNC_CHUNK):
+                group = some[i : i + RESYNC_CHUNK]
+                keys = [self._key(u, "watchers") for u in group]
+                calls.append(shard.evalsha(S.MEMBERS, keys, []).addCallback(got, group))
+        if not calls:
+            return succeed({})
+        return _merged(calls)
 
     def _each_user(
         self, users: list[str], command: Callable[[str], tuple[Any, ...]]

@@ -336,6 +336,16 @@ return redis.call('SCARD', KEYS[1])
 """,
 )
 
+# KEYS: sets. Returns the members of each (a look-up of many users' watchers).
+MEMBERS = Script(
+    "members",
+    """
+local out = {}
+for i = 1, #KEYS do out[i] = redis.call('SMEMBERS', KEYS[i]) end
+return out
+""",
+)
+
 # KEYS: watching. ARGV: cap, users. Returns the users newly added, or nil (and
 # no change) when the list would pass cap.
 WATCH = Script(
@@ -610,6 +620,7 @@ ALL = (
     CLAIM,
     SETTLE,
     MEMBERSHIP,
+    MEMBERS,
     WATCH,
     BEAT,
     NODES,
