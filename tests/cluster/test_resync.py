@@ -115,6 +115,8 @@ def _counting(method: Any, done: list[Any]) -> Any:
 class RedisRestartTests(RedisNodesCase):
     """A node on a Redis server of its own, which the test restarts empty."""
 
+    timeout = 90
+
     async def test_a_redis_restart_resyncs_each_user_once(self) -> None:
         server = RedisServer()
         server.start()
@@ -151,17 +153,15 @@ class RedisRestartTests(RedisNodesCase):
         async def restored() -> bool:
             return await store.locations(users) == here
 
-        for _ in range(250):
-            if store.available and len(told) == len(users):
-                try:
-                    if await restored():
-                        break
-                except Exception:
-                    pass  # not connected yet: try again
-            await deferLater(reactor, 0.02, lambda: None)
-        # both triggers came: the record lapsed, and the channels were lost
+        # both triggers come: the record lapsed, and the channels were lost
+        await eventually(lambda: bool(rejoins and resubscribes), within=30)
         self.assertEqual(len(rejoins), 1)
         self.assertEqual(resubscribes, [len(users)])
+        await eventually(lambda: len(told) == len(users), within=10)
+        for _ in range(500):
+            if await restored():
+                break
+            await deferLater(reactor, 0.02, lambda: None)
         # a few beats more: no second pass comes
         await deferLater(reactor, 4 * beat, lambda: None)
         self.assertEqual(told, dict.fromkeys(users, 1))
