@@ -145,10 +145,11 @@ class UserPresence:
         del self.entries[device]
         self._update()
 
-    def reassert(self) -> None:
-        """Record the user's state again as it is (what the backend held of it
-        may have been swept); watchers hear of it only if that is news."""
-        self.hub.record(self.user, self.published, self.published, False)
+    def resynced(self, change: tuple[Presence, Presence]) -> None:
+        """This node's part was recorded again (what the backend held of it may
+        have been swept) and merged into ``change``: watchers hear of it only
+        if that is news."""
+        self.hub.merged_change(self.user, change)
 
     def _expired(self) -> None:
         self._call = None
@@ -304,6 +305,10 @@ class PresenceHub:
         self._sweeping = False
         if more is True and self.running:
             self.clock.callLater(0, self.sweep)
+
+    def merged_change(self, user: str, change: tuple[Presence, Presence]) -> None:
+        """A user-level (before, after) that the backend merged (a resync's)."""
+        self._merged(change, user)
 
     def _merged(self, change: tuple[Presence, Presence], user: str) -> None:
         before, after = change

@@ -22,6 +22,7 @@ from o2obroker.backend.interface import (
     InboxState,
     Location,
     Receipt,
+    Resynced,
     StoredMessage,
 )
 from o2obroker.policy.pipeline import REJECTED_STATUS
@@ -338,27 +339,36 @@ class UserActor(Actor):
         backend may have been swept. A device that said hello on another node
         meanwhile is replaced here (its location says so; the channel's word
         of it was lost), the others are located here again, the user's part
-        of presence is recorded again, and each device is sent its inbox from
-        what it was written."""
+        of presence is recorded again, and each device behind the inbox is
+        sent it from what it was written. One backend call, which the backend
+        gathers with the other users' of this turn."""
         if not self.devices:
             return None
-        self.presence.reassert()
-        d = self.backend.relocate(self.user, list(self.devices))
-        d.addCallbacks(self._relocated, self._unlocated)
-        return d.addCallback(lambda _: self._resync_backlogs())
+        d = self.backend.resync(self.user, self.presence.published, list(self.devices))
+        return d.addCallbacks(self._resynced, self._unresynced)
 
-    def _relocated(self, elsewhere: dict[str, Location]) -> None:
-        for name in elsewhere:
+    def _resynced(self, found: Resynced) -> Deferred[None] | None:
+        self.presence.resynced(found.presence)
+        for name in found.elsewhere:
             self._displace(name)
+        return self._resync_backlogs(found.last)
 
     def _unlocated(self, failure: Failure) -> None:
         self.log.warn(
             "device locations of {user}: {error}", user=self.user, error=failure.getErrorMessage()
         )
 
-    def _resync_backlogs(self) -> Deferred[None] | None:
+    def _unresynced(self, failure: Failure) -> Deferred[None] | None:
+        self.log.warn("resyncing {user}: {error}", user=self.user, error=failure.getErrorMessage())
+        return self._resync_backlogs(None)
+
+    def _resync_backlogs(self, last: int | None) -> Deferred[None] | None:
+        """The inbox of each live device that is behind ``last`` (every one
+        when it is not known)."""
         written = self._written or {}
         devices = [(d, written.get(n, 0)) for n, d in self.devices.items() if d.live]
+        if last is not None:
+            devices = [(d, after) for d, after in devices if after < last]
         return self._backlogs(devices) if devices else None
 
     def _on_displaced(self, message: Message) -> None:

@@ -6,6 +6,7 @@ from o2obroker.backend.interface import (
     IBackend,
     InboxState,
     Location,
+    Resynced,
     StoredMessage,
     StoreFull,
 )
@@ -19,6 +20,7 @@ __all__ = [
     "InboxState",
     "Location",
     "MemoryBackend",
+    "Resynced",
     "StoreFull",
     "StoredMessage",
     "TimeoutBackend",

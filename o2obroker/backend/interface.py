@@ -163,6 +163,17 @@ class Location(NamedTuple):
     boot: str
 
 
+class Resynced(NamedTuple):
+    """What ``IBackend.resync`` found for one user."""
+
+    #: the user-level presence (before, after), as ``merge_presence`` gives it
+    presence: tuple[Presence, Presence]
+    #: the devices a live node located since, which this node is to replace
+    elsewhere: dict[str, Location]
+    #: the highest seq of the user's inbox: a device written up to it missed nothing
+    last: int
+
+
 class IBackend(Interface):
     """Cluster-wide state. Every method returns a Deferred."""
 
@@ -272,6 +283,14 @@ class IBackend(Interface):
         lost (swept, or left by a dead node), but not where a live node located
         one since (a later hello there wins): fire with {device: Location} of
         those, which this node is to replace. Fails with BackendUnavailable."""
+
+    def resync(user: str, part: Presence, devices: list[str]) -> Any:
+        """After a resubscribe or a rejoin: ``merge_presence(user, part)`` and
+        ``relocate(user, devices)`` in one step, and the inbox's highest seq;
+        fire with a Resynced. A networked backend gathers the calls of a
+        reactor turn into a few round trips for all their users, so a node
+        resyncing many users does not pay several per user. Fails with
+        BackendUnavailable."""
 
     def locations(users: list[str]) -> Any:
         """Fire with {user: {device: Location}} of the devices live on live

@@ -18,6 +18,7 @@ from o2obroker.backend.interface import (
     Location,
     Presence,
     Receipt,
+    Resynced,
     StoredMessage,
     StoreFull,
 )
@@ -352,6 +353,9 @@ class MemoryBackend:
         return succeed(None)
 
     def merge_presence(self, user: str, part: Presence) -> Deferred[tuple[Presence, Presence]]:
+        return succeed(self._merge(user, part))
+
+    def _merge(self, user: str, part: Presence) -> tuple[Presence, Presence]:
         parts = self._parts.get(user)
         if part.devices == 0 and part.state == "offline":
             if parts is not None:
@@ -380,7 +384,7 @@ class MemoryBackend:
         ts = part.ts if state != before.state or status != before.status else before.ts
         after = Presence(state, status, count, ts)
         self.set_presence(user, after)
-        return succeed((before, after))
+        return before, after
 
     def sweep_presence(self, limit: int) -> Deferred[dict[str, tuple[Presence, Presence]]]:
         return succeed({})  # one process, one node: no part of another node to sweep
@@ -392,6 +396,9 @@ class MemoryBackend:
         return succeed(before if before is not None and before != here else None)
 
     def relocate(self, user: str, devices: list[str]) -> Deferred[dict[str, Location]]:
+        return succeed(self._relocate(user, devices))
+
+    def _relocate(self, user: str, devices: list[str]) -> dict[str, Location]:
         here = Location(self.node_id, self.boot)
         now = self._clock.seconds()
         live = {Location(n, r.get("boot", "")) for n, (e, r) in self._nodes.items() if e > now}
@@ -403,7 +410,13 @@ class MemoryBackend:
                 elsewhere[device] = at
             else:
                 located[device] = here
-        return succeed(elsewhere)
+        return elsewhere
+
+    def resync(self, user: str, part: Presence, devices: list[str]) -> Deferred[Resynced]:
+        # one process: nothing to gather, every call is answered at once
+        change, elsewhere = self._merge(user, part), self._relocate(user, devices)
+        box = self._inboxes.get(user)
+        return succeed(Resynced(change, elsewhere, box.last if box is not None else 0))
 
     def unlocate(self, user: str, device: str) -> Deferred[None]:
         devices = self._locations.get(user)

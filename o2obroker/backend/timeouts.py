@@ -90,6 +90,7 @@ class TimeoutBackend:
     sweep_presence = _timed("sweep_presence")
     locate = _timed("locate")
     relocate = _timed("relocate")
+    resync = _timed("resync")
     unlocate = _timed("unlocate")
     locations = _timed("locations")
     presence = _timed("presence")

@@ -28,10 +28,11 @@ from __future__ import annotations
 
 import struct
 from collections import deque
+from collections.abc import Callable
 from typing import Any
 
 import cbor2
-from twisted.internet.defer import Deferred, succeed
+from twisted.internet.defer import Deferred, maybeDeferred, succeed
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.logger import Logger
 from zope.interface import implementer
@@ -42,7 +43,7 @@ from o2obroker.routing.messages import Delivery, Settlement
 from o2obroker.routing.router import IPublisher
 from o2obroker.wire import OutFrame
 
-#: actors told to read their inboxes again per reactor turn, after a resubscribe
+#: actors told to resync per reactor turn, after a resubscribe or a rejoin
 RESYNC_SLICE = 500
 
 _FIRST = struct.Struct(">d")
@@ -123,9 +124,16 @@ class ClusterPublisher:
     ) -> None:
         self._actors = actors
         self._clock = clock
-        # users whose actors are still to be told to read their inboxes again
+        # users whose actors are still to be told to resync, each once
         self._resync: deque[str] = deque()
+        self._queued: set[str] = set()
         self._resyncing: IDelayedCall | None = None
+        # what a pass waits for before it starts, while it waits
+        self._gate: Deferred[object] | None = None
+        #: called before a pass starts; the pass waits for its Deferred. The
+        #: node beats here, so that a record lapsed with the same outage (a
+        #: Redis restart) is found now and its rejoin joins this pass
+        self.before_resync: Callable[[], Deferred[object]] | None = None
         self._backend = backend
         self._bus = bus = backend.bus
         self._origin = node_id.encode()
@@ -231,18 +239,49 @@ class ClusterPublisher:
 
     def resubscribed(self, users: list[str]) -> None:
         """Channels subscribed again after a reconnect: what was published in
-        between is lost, so each actor reads its inbox from what it wrote;
-        ``RESYNC_SLICE`` actors a reactor turn, not every user at once."""
-        self._resync.extend(users)
-        if self._resyncing is None:
+        between is lost, so each actor reads its inbox from what it wrote."""
+        self.resync(users)
+
+    def rejoined(self, users: list[str]) -> None:
+        """This node's registry record had lapsed: peers may have swept its
+        presence parts and device locations, so each actor records them again."""
+        self.resync(users)
+
+    def resync(self, users: list[str]) -> None:
+        """Tell the actors of ``users`` to resync, ``RESYNC_SLICE`` a reactor
+        turn, not every user at once. Both triggers want the same pass (an
+        actor's resync records its state again and reads its inbox), so a
+        user already waiting for one is not queued again: after a Redis
+        restart, which brings both, each user is resynced once."""
+        queue, queued = self._resync, self._queued
+        for user in users:
+            if user not in queued:
+                queued.add(user)
+                queue.append(user)
+        if not queue or self._resyncing is not None or self._gate is not None:
+            return
+        if self.before_resync is None:
             self._resyncing = self._clock.callLater(0, self._resync_some)
+            return
+        self._gate = gate = maybeDeferred(self.before_resync)
+        gate.addErrback(lambda f: self.log.warn("before a resync: {why}", why=f.getErrorMessage()))
+        gate.addBoth(self._gate_open)
+
+    def _gate_open(self, _: object) -> None:
+        self._gate = None
+        if self._resync and self._resyncing is None:
+            self._resync_some()
 
     def _resync_some(self) -> None:
         self._resyncing = None
-        queue, actors = self._resync, self._actors
+        queue, queued, actors = self._resync, self._queued, self._actors
+        ready_for = self._bus.ready_for
         for _ in range(min(RESYNC_SLICE, len(queue))):
-            actor = actors.get(queue.popleft())
-            if actor is not None:
+            user = queue.popleft()
+            queued.discard(user)
+            actor = actors.get(user)
+            # a user whose subscriber is away now is named again when it is back
+            if actor is not None and ready_for(user):
                 actor.resync()
         if queue:
             self._resyncing = self._clock.callLater(0, self._resync_some)

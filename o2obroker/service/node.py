@@ -181,6 +181,8 @@ class Node:
             self.registry.on_beat = self.presence.sweep
             # peers took this node for dead: its devices' state and places again
             self.registry.on_rejoin = self._rejoined
+        if self.cluster_publisher is not None:
+            self.cluster_publisher.before_resync = self._before_resync
         gauges.add_counter(
             "o2o_business_events",
             "Business layer: sends rejected and rewritten, hook calls by outcome, events.",
@@ -213,9 +215,23 @@ class Node:
     def _rejoined(self) -> None:
         """Each local user's presence part and device locations are recorded
         again (and its devices sent what they may have missed), a slice of
-        users a reactor turn, as after a resubscribe."""
+        users a reactor turn, in the same pass as after a resubscribe."""
         if self.cluster_publisher is not None:
-            self.cluster_publisher.resubscribed(list(self.router.actors))
+            self.cluster_publisher.rejoined(list(self.router.actors))
+
+    def _before_resync(self) -> Deferred[object]:
+        """Before a pass of resyncs: once the store is back, a beat of its own.
+        An outage that cost the subscriber its channels (a Redis restart) may
+        have cost this node its record too; the beat finds that now, and the
+        rejoin joins the pass about to start instead of making a second one.
+        Recorded again first, the node is not swept while its users are."""
+        registry = self.registry
+        if not registry.running:
+            return succeed(None)
+        d = self.store.when_ready()
+        d.addTimeout(registry.ttl, self.clock)
+        d.addCallback(lambda _: registry.beat_anew())
+        return d
 
     def _registry_records(self) -> Deferred[list[dict[str, Any]]]:
         """The registry's live records, this node's own made now rather than

@@ -84,6 +84,17 @@ class Registry:
         d = self.backend.depart()
         return d.addErrback(lambda f: None)  # then the record lapses by itself
 
+    @property
+    def running(self) -> bool:
+        return bool(self._loop.running)
+
+    def beat_anew(self) -> Deferred[None]:
+        """A beat that starts now, or after the one under way (which may have
+        been sent before what the caller knows of happened)."""
+        if self._beating is None:
+            return self.beat()
+        return self.beat().addCallback(lambda _: self.beat())
+
     def beat(self) -> Deferred[None]:
         """Publish this node's record, then read the live ones; one beat at a
         time: while one is under way, fire when it is done instead."""

@@ -17,7 +17,13 @@ from zope.interface.verify import verifyObject
 from o2obroker.actors import ActorSystem
 from o2obroker.actors.presence import PresenceHub
 from o2obroker.actors.user import IDevice, SendOnlyDevice
-from o2obroker.backend import BackendUnavailable, Location, MemoryBackend, TimeoutBackend
+from o2obroker.backend import (
+    BackendUnavailable,
+    Location,
+    MemoryBackend,
+    StoredMessage,
+    TimeoutBackend,
+)
 from o2obroker.routing import IMailbox, Router
 from o2obroker.session.service import _Answer
 from o2obroker.wire import OutFrame, ProtocolError
@@ -434,6 +440,37 @@ class LocationTests(ActorCase):
         self.system.user("bob").detach(phone)
         self.flush()
         self.assertEqual(self.located("bob")["phone"], Location("n9", "b0"))
+
+    def test_a_resync_reads_the_inbox_only_for_a_device_behind_it(self) -> None:
+        phone = self.connect("bob")
+        laptop = self.connect("bob", "laptop")
+        self.store("bob", 2)
+        self.assertEqual(phone.seqs(), [1, 2])
+        self.flaky.calls.clear()
+        self.system.user("bob").resync()
+        self.flush()
+        # one backend call, and no read: every device has the inbox's top
+        self.assertEqual(self.flaky.calls, ["resync"])
+        # a message whose delivery was lost: the inbox is read for the devices
+        self.successResultOf(self.memory.append("bob", [self.memory_message("lost")]))
+        self.flaky.calls.clear()
+        self.system.user("bob").resync()
+        self.flush()
+        self.assertEqual(self.flaky.calls, ["resync", "read", "read"])
+        self.assertEqual((phone.seqs(), laptop.seqs()), ([1, 2, 3], [1, 2, 3]))
+
+    def test_a_failed_resync_still_reads_every_device_its_inbox(self) -> None:
+        phone = self.connect("bob")
+        self.successResultOf(self.memory.append("bob", [self.memory_message("lost")]))
+        self.flaky.break_("fail", "resync")
+        self.system.user("bob").resync()
+        self.flush()
+        self.assertEqual(phone.seqs(), [1])
+        self.assertEqual(len(self.flushLoggedErrors()), 0)
+
+    def memory_message(self, mid: str) -> StoredMessage:
+        ts = int(self.clock.seconds() * 1000)
+        return StoredMessage(mid, ts, {"mid": mid, "from": "x", "to": "bob", "body": 1, "ts": ts})
 
 
 class FailingBackendCase(ActorCase):

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from twisted.internet.defer import Deferred
+from twisted.internet.defer import Deferred, gatherResults
 from twisted.internet.interfaces import IReactorTime
 from twisted.internet.task import Clock
 from zope.interface import implementer
@@ -19,7 +19,7 @@ from zope.interface.interface import Method
 from zope.interface.verify import verifyObject
 
 from o2obroker.backend import IBackend, StoredMessage
-from o2obroker.backend.interface import OFFLINE, Location, Presence, Receipt
+from o2obroker.backend.interface import OFFLINE, Location, Presence, Receipt, Resynced
 
 
 def msg(i: int, ts: int = 0, size: int = 0) -> StoredMessage:
@@ -348,6 +348,38 @@ class BackendContract:
         self.assertEqual(await b.relocate("bob", ["phone", "laptop"]), {})
         self.assertEqual(await b.locations(["bob"]), {"bob": {"phone": here, "laptop": here}})
         self.assertEqual(await b.relocate("bob", ["phone"]), {})  # here already
+
+    async def test_resync_merges_relocates_and_tells_the_inbox_top(self) -> None:
+        b = self.b
+        here = Location(b.node_id, b.boot)
+        await b.heartbeat({"id": b.node_id}, 60.0)
+        await b.append("bob", [msg(1), msg(2)])
+        self.clock.advance(5)
+        t1 = self.now_ms()
+        await b.merge_presence("eve", Presence("away", "", 1, t1))
+        # calls of one turn (a networked backend sends them together)
+        bob, eve, zed = await gatherResults(
+            [
+                b.resync("bob", Presence("busy", "call", 2, t1), ["phone", "laptop"]),
+                # its devices went invisible meanwhile
+                b.resync("eve", Presence("offline", "", 0, t1 + 1), ["phone"]),
+                b.resync("zed", Presence("online", "", 1, t1), []),
+            ]
+        )
+        busy = Presence("busy", "call", 2, t1)
+        self.assertEqual(bob, Resynced((OFFLINE, busy), {}, 2))
+        self.assertEqual(
+            eve, Resynced((Presence("away", "", 1, t1), Presence("offline", "", 0, t1 + 1)), {}, 0)
+        )
+        self.assertEqual(zed.last, 0)
+        self.assertEqual(await b.presence(["bob"]), {"bob": busy})
+        self.assertEqual(
+            await b.locations(["bob", "eve"]),
+            {"bob": {"phone": here, "laptop": here}, "eve": {"phone": here}},
+        )
+        # again: nothing new, everything where it was
+        (again,) = await gatherResults([b.resync("bob", busy, ["phone"])])
+        self.assertEqual(again, Resynced((busy, busy), {}, 2))
 
     async def test_registry_depart(self) -> None:
         await self.b.heartbeat({"id": self.b.node_id}, 60.0)

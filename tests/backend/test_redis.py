@@ -8,10 +8,11 @@ from typing import Any
 
 import cbor2
 from twisted.internet import reactor
+from twisted.internet.defer import gatherResults
 from twisted.internet.task import Clock
 from twisted.trial.unittest import TestCase
 
-from o2obroker.backend import MemoryBackend, StoredMessage
+from o2obroker.backend import BackendUnavailable, MemoryBackend, StoredMessage
 from o2obroker.backend.interface import OFFLINE, Location, Presence
 from o2obroker.backend.redis import RedisBackend, jump_hash, parse_urls, shard_of
 from tests.backend.contract import BackendContract, msg
@@ -93,6 +94,37 @@ class ShardingTests(RedisCase):
         self.assertEqual(set().union(*placed.values()), {0, 1})
         for u in users:
             self.assertEqual(placed[u], {shard_of("u:" + u, 2)})
+
+    async def test_a_resync_of_many_users_costs_a_script_per_shard(self) -> None:
+        b = self.redisBackend(f"{shared(0).url},{shared(1).url}", prefix=unique_prefix())
+        await b.when_ready()
+        await b.heartbeat({"id": b.node_id}, 60.0)
+        users = [f"user{i}" for i in range(40)]
+        await b.append_many({u: [msg(1)] for u in users[:3]})
+        part = Presence("online", "", 1, 5)
+        before = [s.calls for s in b.shards]
+        found = await gatherResults([b.resync(u, part, ["phone"]) for u in users])
+        sent = [s.calls - n for s, n in zip(b.shards, before, strict=True)]
+        # each shard one script for its users; the registry's shard also the
+        # live nodes, this boot into the set of indexed ones, and an index write
+        # for each of the two indexes, all users in one
+        self.assertEqual(sent, [5, 1])
+        self.assertEqual([r.last for r in found], [1, 1, 1] + [0] * 37)
+        self.assertEqual({r.presence for r in found}, {(OFFLINE, part)})
+        here = Location(b.node_id, b.boot)
+        self.assertEqual(await b.locations(users), {u: {"phone": here} for u in users})
+        # in the indexes a sweeper reads if this node dies
+        head = f"{b._prefix}:{{nodes}}:"
+        for kind in ("parts", "located"):
+            indexed = await b.shards[0].call("SMEMBERS", f"{head}{kind}:{b._here}")
+            self.assertEqual({u.decode() for u in indexed}, set(users))
+
+    async def test_a_resync_that_cannot_be_sent_fails_every_caller(self) -> None:
+        b = RedisBackend(parse_urls(shared(0).url), Clock(), reactor)  # never started
+        calls = [b.resync(u, Presence("online", "", 1, 5), ["phone"]) for u in ("ann", "bob")]
+        for d in calls:
+            with self.assertRaises(BackendUnavailable):
+                await d
 
 
 def _calls(info: bytes) -> dict[str, int]:

@@ -89,6 +89,7 @@ class TimeoutBackendTests(SynchronousTestCase):
             "sweep_presence": (10,),
             "locate": ("bob", "phone"),
             "relocate": ("bob", ["phone"]),
+            "resync": ("bob", None, ["phone"]),
             "unlocate": ("bob", "phone"),
             "locations": (["bob"],),
             "presence": (["bob"],),

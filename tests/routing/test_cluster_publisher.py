@@ -28,6 +28,7 @@ from o2obroker.routing.cluster import (
 class FakeBus:
     def __init__(self) -> None:
         self.subscribed: set[str] = set()
+        self.away: set[str] = set()  # users whose subscriber is down
         self.on_message: Any = None
         self.on_ready: Any = None
 
@@ -40,6 +41,9 @@ class FakeBus:
 
     def has(self, user: str) -> bool:
         return user in self.subscribed
+
+    def ready_for(self, user: str) -> bool:
+        return user not in self.away
 
 
 class FakeBackend:
@@ -216,6 +220,67 @@ class ClusterPublisherTests(SynchronousTestCase):
         self.assertEqual(told(), len(users))
         turns.run()
         self.assertEqual(turns.calls, [])
+
+    def test_a_rejoin_while_a_resync_waits_adds_no_second_pass(self) -> None:
+        turns = Turns()
+        self.pub._clock = turns
+        users = [f"u{i}" for i in range(RESYNC_SLICE + 1)]
+        for u in users:
+            self.actors[u] = FakeActor()
+        self.backend.bus.on_ready(users)
+        self.pub.rejoined([*users, "u-new"])
+        self.actors["u-new"] = FakeActor()
+        self.backend.bus.on_ready(users[:3])  # and a subscriber of some again
+        while turns.calls:
+            turns.run()
+        self.assertEqual(
+            {u: a.resynced for u, a in self.actors.items()}, dict.fromkeys(self.actors, 1)
+        )
+        # a later trigger is a new pass
+        self.pub.rejoined(users[:2])
+        turns.run()
+        self.assertEqual([self.actors[u].resynced for u in users[:3]], [2, 2, 1])
+
+    def test_a_pass_waits_for_its_gate_and_what_comes_meanwhile_joins_it(self) -> None:
+        gate: Deferred[object] = Deferred()
+        opened = []
+
+        def before() -> Deferred[object]:
+            opened.append(True)
+            return gate
+
+        self.pub.before_resync = before
+        self.actors["bob"] = FakeActor()
+        self.actors["carol"] = FakeActor()
+        self.backend.bus.on_ready(["bob"])
+        self.clock.advance(0)
+        self.assertEqual(self.actors["bob"].resynced, 0)  # the gate is closed
+        # the beat behind the gate finds the record lapsed: the rejoin joins this pass
+        self.pub.rejoined(["bob", "carol"])
+        self.assertEqual(len(opened), 1)
+        gate.callback(None)
+        self.clock.advance(0)
+        self.assertEqual([self.actors[u].resynced for u in ("bob", "carol")], [1, 1])
+
+    def test_a_failed_gate_still_lets_the_pass_run(self) -> None:
+        self.pub.before_resync = lambda: fail(BackendUnavailable("down"))
+        self.actors["bob"] = FakeActor()
+        self.pub.rejoined(["bob"])
+        self.clock.advance(0)
+        self.assertEqual(self.actors["bob"].resynced, 1)
+        self.assertEqual(len(self.flushLoggedErrors()), 0)
+
+    def test_a_user_whose_subscriber_is_away_waits_for_its_resubscribe(self) -> None:
+        self.actors["bob"] = FakeActor()
+        self.actors["carol"] = FakeActor()
+        self.backend.bus.away.add("bob")
+        self.pub.rejoined(["bob", "carol"])
+        self.clock.advance(0)
+        self.assertEqual([self.actors[u].resynced for u in ("bob", "carol")], [0, 1])
+        self.backend.bus.away.clear()
+        self.backend.bus.on_ready(["bob"])  # bob's subscriber is back: now
+        self.clock.advance(0)
+        self.assertEqual([self.actors[u].resynced for u in ("bob", "carol")], [1, 1])
 
 
 class Turns:

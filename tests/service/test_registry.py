@@ -115,6 +115,20 @@ class RegistryUnitTests(SynchronousTestCase):
         self.backend.release()
         self.assertEqual(bare(self.registry.nodes), [self.me])
 
+    def test_a_beat_anew_follows_the_one_under_way(self) -> None:
+        self.backend.break_("hold", "heartbeat")
+        self.registry.start()
+        done = self.registry.beat_anew()
+        self.assertNoResult(done)
+        self.backend.heal()
+        self.backend.release()
+        # the beat under way may have gone out before what the caller knows of:
+        # another one was made after it
+        self.successResultOf(done)
+        self.assertEqual(self.backend.calls, ["heartbeat", "nodes"] * 2)
+        self.successResultOf(self.registry.beat_anew())  # none under way: one beat
+        self.assertEqual(self.backend.calls, ["heartbeat", "nodes"] * 3)
+
 
 class _WithPeers(MemoryBackend):
     """One node's store, plus the records of peers whose lapses a test sets."""

@@ -32,6 +32,7 @@ from o2obroker.backend.interface import (
     Location,
     Presence,
     Receipt,
+    Resynced,
     StoredMessage,
 )
 from o2obroker.backend.redis import scripts as S
@@ -44,6 +45,8 @@ DAY = 24 * 3600.0
 KEY_TTL_MARGIN = 60.0
 # messages one append script takes at most (one user's messages are never split)
 APPEND_CHUNK = 1000
+# users one resync script takes at most: Redis runs nothing else while it runs
+RESYNC_CHUNK = 500
 
 
 def jump_hash(key: int, buckets: int) -> int:
@@ -178,6 +181,10 @@ class RedisBackend:
         self._device_key_ttl = int((device_ttl + KEY_TTL_MARGIN) * 1000)
         self._dedupe_key_ttl = int((dedupe_ttl + KEY_TTL_MARGIN) * 1000)
         self.shards = [Shard(t, reactor, S.ALL, timeout=timeout, ca=ca) for t in targets]
+        self._reactor = reactor
+        # resync calls of this reactor turn, sent together at its end
+        self._resyncs: list[tuple[str, Presence, list[str], Deferred[Resynced]]] = []
+        self._resyncing: Any = None
         self._pinger = LoopingCall(self._ping)
         self._pinger.clock = reactor
         self._ping_interval = ping_interval
@@ -442,6 +449,17 @@ class RedisBackend:
             index = reg.call("SREM", key, user)
         index.addErrback(self._unindexed)
 
+    def _index_many(self, kind: str, users: list[str], add: bool) -> None:
+        """``_index`` for many users, one command for all of them."""
+        if not users:
+            return
+        reg = self.shards[0]
+        key = f"{self._prefix}:{{nodes}}:{kind}:{self._here}"
+        if add and not self._indexed:
+            self._indexed = True
+            reg.call("SADD", self._parted(), self._here).addErrback(self._unindexed)
+        reg.call("SADD" if add else "SREM", key, *users).addErrback(self._unindexed)
+
     def _live(self, now: float) -> Deferred[set[str]]:
         """``<node>/<boot>`` of every live node, this one's included (it is
         running this code, heartbeat or not)."""
@@ -546,6 +564,66 @@ class RedisBackend:
         self._index("located", user, True)
         return self._live(self._clock.seconds()).addCallback(located)
 
+    def resync(self, user: str, part: Presence, devices: list[str]) -> Deferred[Resynced]:
+        """Gathered with the other calls of this reactor turn: one read of the
+        live nodes, one script per shard per ``RESYNC_CHUNK`` users, and one
+        command per index for all of them."""
+        d: Deferred[Resynced] = Deferred()
+        self._resyncs.append((user, part, devices, d))
+        if self._resyncing is None:
+            self._resyncing = self._reactor.callLater(0, self._resync_batch)
+        return d
+
+    def _resync_batch(self) -> None:
+        self._resyncing = None
+        batch, self._resyncs = self._resyncs, []
+        now = self._clock.seconds()
+        users = [u for u, _, _, _ in batch]
+        self._index_many("located", users, True)
+        present = [u for u, p, _, _ in batch if p.devices > 0 or p.state != "offline"]
+        self._index_many("parts", present, True)
+        if len(present) < len(users):
+            self._index_many("parts", sorted(set(users) - set(present)), False)
+
+        def fail_all(f: Failure, items: list[Any]) -> None:
+            for item in items:
+                item[3].errback(f)
+
+        def run(live: set[str]) -> None:
+            top = [
+                self._here,
+                now,
+                now + self._offline_ttl,
+                int((self._offline_ttl + KEY_TTL_MARGIN) * 1000),
+                len(live),
+                *sorted(live),
+            ]
+            by_shard: dict[Shard, list[Any]] = {}
+            for item in batch:
+                by_shard.setdefault(self._user_shard(item[0]), []).append(item)
+            for shard, items in by_shard.items():
+                for i in range(0, len(items), RESYNC_CHUNK):
+                    chunk = items[i : i + RESYNC_CHUNK]
+                    keys: list[str] = []
+                    args: list[Any] = list(top)
+                    for user, p, devices, _ in chunk:
+                        keys += self._keys(user, "presn", "pres", "loc", "meta")
+                        args += (p.state, p.status, p.devices, p.ts, len(devices), *devices)
+                    d = shard.evalsha(S.RESYNC, keys, args)
+                    d.addCallbacks(answer, fail_all, (chunk,), errbackArgs=(chunk,))
+
+        def answer(out: list[Any], items: list[Any]) -> None:
+            for k, item in enumerate(items):
+                before, after, flat, last = out[4 * k : 4 * k + 4]
+                elsewhere = {
+                    name.decode(): _location(at)
+                    for name, at in zip(flat[::2], flat[1::2], strict=True)
+                }
+                change = (_presence(before, now), _presence(after, now))
+                item[3].callback(Resynced(change, elsewhere, int(last)))
+
+        self._live(now).addCallbacks(run, fail_all, errbackArgs=(batch,))
+
     def unlocate(self, user: str, device: str) -> Deferred[None]:
         d = self._user_shard(user).evalsha(
             S.UNLOCATE, [self._key(user, "loc")], [device, self._here]
@@ -616,14 +694,23 @@ class RedisBackend:
         return d.addCallback(lambda ms: frozenset(map(_text, ms)))
 
     def watchers(self, users: list[str]) -> Deferred[dict[str, frozenset[str]]]:
-        def got(members: list[list[bytes]]) -> dict[str, frozenset[str]]:
+        """One script per shard per ``RESYNC_CHUNK`` users: a presence flush
+        after a resync looks up every user of the node at once."""
+
+        def got(members: list[list[bytes]], group: list[str]) -> dict[str, frozenset[str]]:
             return {
-                u: frozenset(map(_text, ms)) for u, ms in zip(users, members, strict=False) if ms
+                u: frozenset(map(_text, ms)) for u, ms in zip(group, members, strict=True) if ms
             }
 
-        return self._each_user(users, lambda u: ("SMEMBERS", self._key(u, "watchers"))).addCallback(
-            got
-        )
+        calls = []
+        for shard, some in self._by_shard(users).items():
+            for i in range(0, len(some), RESYNC_CHUNK):
+                group = some[i : i + RESYNC_CHUNK]
+                keys = [self._key(u, "watchers") for u in group]
+                calls.append(shard.evalsha(S.MEMBERS, keys, []).addCallback(got, group))
+        if not calls:
+            return succeed({})
+        return _merged(calls)
 
     def _each_user(
         self, users: list[str], command: Callable[[str], tuple[Any, ...]]

@@ -385,3 +385,8 @@ class Bus:
 
     def has(self, user: str) -> bool:
         return self.subscribers[self._place(user)].has(self._channel(user))
+
+    def ready_for(self, user: str) -> bool:
+        """Whether the subscriber of ``user``'s channel is subscribed to all it
+        wants (when it is not, its ``on_ready`` names the user later)."""
+        return self.subscribers[self._place(user)].ready

@@ -336,6 +336,16 @@ return redis.call('SCARD', KEYS[1])
 """,
 )
 
+# KEYS: sets. Returns the members of each (a look-up of many users' watchers).
+MEMBERS = Script(
+    "members",
+    """
+local out = {}
+for i = 1, #KEYS do out[i] = redis.call('SMEMBERS', KEYS[i]) end
+return out
+""",
+)
+
 # KEYS: watching. ARGV: cap, users. Returns the users newly added, or nil (and
 # no change) when the list would pass cap.
 WATCH = Script(
@@ -428,62 +438,122 @@ return out
 """,
 )
 
-# KEYS: parts, pres. ARGV: node (``<node>/<boot>``), state, status, devices, ts
-# (ms), now (s), offline expires (s), offline key ttl (ms), then the
-# ``<node>/<boot>`` of the live nodes.
-# Records this node's part of the user's presence and merges the parts of live
-# nodes by the rule of doc/protocol.md section 5 (the latest ts wins a status
-# text). Returns the user-level record before and after, as JSON
-# [state, status, devices, ts]; ts moves only when state or status changed.
-MERGE_PRESENCE = Script(
-    "merge_presence",
-    """
-local parts, pres = KEYS[1], KEYS[2]
-local node, devices, now = ARGV[1], tonumber(ARGV[4]), tonumber(ARGV[6])
+# Records ``node``'s part of a user's presence and merges the parts of live
+# nodes (``live``: a set of ``<node>/<boot>``) by the rule of doc/protocol.md
+# section 5 (the latest ts wins a status text). Returns the user-level record
+# before and after, as JSON [state, status, devices, ts]; ts moves only when
+# state or status changed.
+_MERGE = """
 local rank = {online = 3, busy = 2, away = 1, offline = 0}
-if devices == 0 and ARGV[2] == 'offline' then
-  redis.call('HDEL', parts, node)
-else
-  redis.call('HSET', parts, node, cjson.encode({ARGV[2], ARGV[3], devices, tonumber(ARGV[5])}))
-end
-local live = {}
-for i = 9, #ARGV do live[ARGV[i]] = true end
-local best, status, bts, count = 'offline', '', -1, 0
-local all = redis.call('HGETALL', parts)
-for i = 1, #all, 2 do
-  if live[all[i]] then
-    local p = cjson.decode(all[i + 1])
-    local r = rank[p[1]]
-    if r > 0 then
-      count = count + p[3]
-      if r > rank[best] or (r == rank[best] and p[4] > bts) then
-        best, status, bts = p[1], p[2], p[4]
+local function merge(parts, pres, node, state, status, devices, ts, now, expires, ttl, live)
+  if devices == 0 and state == 'offline' then
+    redis.call('HDEL', parts, node)
+  else
+    redis.call('HSET', parts, node, cjson.encode({state, status, devices, ts}))
+  end
+  local best, text, bts, count = 'offline', '', -1, 0
+  local all = redis.call('HGETALL', parts)
+  for i = 1, #all, 2 do
+    if live[all[i]] then
+      local p = cjson.decode(all[i + 1])
+      local r = rank[p[1]]
+      if r > 0 then
+        count = count + p[3]
+        if r > rank[best] or (r == rank[best] and p[4] > bts) then
+          best, text, bts = p[1], p[2], p[4]
+        end
       end
     end
   end
-end
-local before = {'offline', '', 0, 0}
-local raw = redis.call('GET', pres)
-if raw then
-  -- a record of an older release (CBOR) reads as offline: it is rewritten below
-  local ok, old = pcall(cjson.decode, raw)
-  if ok and type(old) == 'table' and (not old[5] or old[5] > now) then
-    before = {old[1], old[2], old[3], old[4]}
+  local before = {'offline', '', 0, 0}
+  local raw = redis.call('GET', pres)
+  if raw then
+    -- a record of an older release (CBOR) reads as offline: it is rewritten below
+    local ok, old = pcall(cjson.decode, raw)
+    if ok and type(old) == 'table' and (not old[5] or old[5] > now) then
+      before = {old[1], old[2], old[3], old[4]}
+    end
   end
-end
-local ts = before[4]
-if best ~= before[1] or status ~= before[2] then ts = tonumber(ARGV[5]) end
-local after = {best, status, count, ts}
-if count == 0 and best == 'offline' then
-  if ts == 0 then
-    redis.call('DEL', pres)
+  local at = before[4]
+  if best ~= before[1] or text ~= before[2] then at = ts end
+  local after = {best, text, count, at}
+  if count == 0 and best == 'offline' then
+    if at == 0 then
+      redis.call('DEL', pres)
+    else
+      redis.call('SET', pres, cjson.encode({best, text, 0, at, expires}), 'PX', ttl)
+    end
   else
-    redis.call('SET', pres, cjson.encode({best, status, 0, ts, tonumber(ARGV[7])}), 'PX', ARGV[8])
+    redis.call('SET', pres, cjson.encode(after))
   end
-else
-  redis.call('SET', pres, cjson.encode(after))
+  return {cjson.encode(before), cjson.encode(after)}
 end
-return {cjson.encode(before), cjson.encode(after)}
+"""
+
+# Locates each of ``devices`` (a Lua list) here unless a live node holds it;
+# returns device, location of those, flat.
+_RELOCATE = """
+local function relocate(loc, here, devices, live)
+  local out = {}
+  for _, device in ipairs(devices) do
+    local at = redis.call('HGET', loc, device)
+    if at and at ~= here and live[at] then
+      out[#out + 1] = device
+      out[#out + 1] = at
+    elseif at ~= here then
+      redis.call('HSET', loc, device, here)
+    end
+  end
+  return out
+end
+"""
+
+# KEYS: parts, pres. ARGV: node (``<node>/<boot>``), state, status, devices, ts
+# (ms), now (s), offline expires (s), offline key ttl (ms), then the
+# ``<node>/<boot>`` of the live nodes. ``merge`` above, for one user.
+MERGE_PRESENCE = Script(
+    "merge_presence",
+    _MERGE
+    + """
+local live = {}
+for i = 9, #ARGV do live[ARGV[i]] = true end
+return merge(KEYS[1], KEYS[2], ARGV[1], ARGV[2], ARGV[3], tonumber(ARGV[4]),
+             tonumber(ARGV[5]), tonumber(ARGV[6]), tonumber(ARGV[7]), ARGV[8], live)
+""",
+)
+
+# KEYS: parts, pres, loc, meta per user. ARGV: ``<node>/<boot>`` of this node,
+# now (s), offline expires (s), offline key ttl (ms), the number l of live
+# nodes and their ``<node>/<boot>``, then per user its part (state, status,
+# devices, ts (ms)), the number n of its devices and the n devices.
+# A node's resync of many users after a resubscribe or a rejoin: per user
+# ``merge`` its part, ``relocate`` its devices and read its inbox's highest
+# seq. Returns per user: before, after (as merge), the flat list of devices
+# located elsewhere (as relocate), the highest seq.
+RESYNC = Script(
+    "resync",
+    _MERGE
+    + _RELOCATE
+    + """
+local here, now, expires, ttl = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3]), ARGV[4]
+local l = tonumber(ARGV[5])
+local live = {}
+for i = 6, 5 + l do live[ARGV[i]] = true end
+local a = 6 + l
+local out = {}
+for k = 1, #KEYS, 4 do
+  local pair = merge(KEYS[k], KEYS[k + 1], here, ARGV[a], ARGV[a + 1], tonumber(ARGV[a + 2]),
+                     tonumber(ARGV[a + 3]), now, expires, ttl, live)
+  local n = tonumber(ARGV[a + 4])
+  local devices = {}
+  for i = 1, n do devices[i] = ARGV[a + 4 + i] end
+  a = a + 5 + n
+  out[#out + 1] = pair[1]
+  out[#out + 1] = pair[2]
+  out[#out + 1] = relocate(KEYS[k + 2], here, devices, live)
+  out[#out + 1] = tonumber(redis.call('HGET', KEYS[k + 3], 'last') or '0')
+end
+return out
 """,
 )
 
@@ -500,25 +570,16 @@ return before
 )
 
 # KEYS: loc. ARGV: ``<node>/<boot>`` of this node, the number n of devices, the
-# n devices, then the ``<node>/<boot>`` of the live nodes. Locates each device
-# here unless a live node holds it; returns device, location of those.
+# n devices, then the ``<node>/<boot>`` of the live nodes. ``relocate`` above.
 RELOCATE = Script(
     "relocate",
-    """
-local here, n = ARGV[1], tonumber(ARGV[2])
-local live = {}
+    _RELOCATE
+    + """
+local n = tonumber(ARGV[2])
+local devices, live = {}, {}
+for i = 3, 2 + n do devices[#devices + 1] = ARGV[i] end
 for i = 3 + n, #ARGV do live[ARGV[i]] = true end
-local out = {}
-for i = 3, 2 + n do
-  local at = redis.call('HGET', KEYS[1], ARGV[i])
-  if at and at ~= here and live[at] then
-    out[#out + 1] = ARGV[i]
-    out[#out + 1] = at
-  elseif at ~= here then
-    redis.call('HSET', KEYS[1], ARGV[i], here)
-  end
-end
-return out
+return relocate(KEYS[1], ARGV[1], devices, live)
 """,
 )
 
@@ -590,6 +651,7 @@ ALL = (
     CLAIM,
     SETTLE,
     MEMBERSHIP,
+    MEMBERS,
     WATCH,
     BEAT,
     NODES,
@@ -598,6 +660,7 @@ ALL = (
     MERGE_PRESENCE,
     LOCATE,
     RELOCATE,
+    RESYNC,
     UNLOCATE,
     DROP_LOCATIONS,
     APPS,
