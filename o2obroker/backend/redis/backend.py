@@ -745,12 +745,19 @@ class RedisBackend:
         return shard.evalsha(S.BEAT, keys, args).addCallback(beaten)
 
     def nodes(self) -> Deferred[list[dict[str, Any]]]:
+        """The live records, by id; one that is not JSON is left out and logged
+        (it must not cost every reader the registry, and with it the sweep)."""
         shard, keys = self._registry()
         now = int(self._clock.seconds() * 1000)
 
         def got(flat: list[bytes]) -> list[dict[str, Any]]:
-            pairs = sorted(zip(flat[::2], flat[1::2], strict=True))
-            return [json.loads(record) for _, record in pairs]
+            out = []
+            for node, blob in sorted(zip(flat[::2], flat[1::2], strict=True)):
+                try:
+                    out.append(json.loads(blob))
+                except ValueError:
+                    log.warn("node record of {node!r} left out: not JSON", node=node)
+            return out
 
         return shard.evalsha(S.NODES, keys, [now]).addCallback(got)
 
