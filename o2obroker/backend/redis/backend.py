@@ -26,6 +26,7 @@ from zope.interface import implementer
 
 from o2obroker.backend.interface import (
     OFFLINE,
+    BackendUnavailable,
     EncodedMessage,
     IBackend,
     InboxState,
@@ -220,6 +221,14 @@ class RedisBackend:
     def stop(self) -> Deferred[Any]:
         if self._pinger.running:
             self._pinger.stop()
+        # resyncs gathered for this turn's end are not sent: they fail now,
+        # and no timer outlives the backend
+        if self._resyncing is not None:
+            self._resyncing.cancel()
+            self._resyncing = None
+        gathered, self._resyncs = self._resyncs, []
+        for *_, d in gathered:
+            d.errback(BackendUnavailable("redis: the backend stopped"))
         return DeferredList([self.bus.stop(), *[s.stop() for s in self.shards]])
 
     def _ping(self) -> None:
