@@ -105,16 +105,22 @@ class AppRegistry:
         self.loaded = True
         waiting, self._waiting = self._waiting, []
         for d in waiting:
-            if not d.called:  # not timed out meanwhile
+            if not d.called:  # not cancelled by an earlier one's callback
                 d.callback(None)
 
     def when_loaded(self) -> Deferred[None]:
-        """Fires once the shared registry has been read (at once when it has)."""
+        """Fires once the shared registry has been read (at once when it has).
+        Cancelled (a hello that timed out), it is forgotten: while Redis stays
+        away, hellos that gave up must not pile up here."""
         if self.loaded:
             return succeed(None)
-        d: Deferred[None] = Deferred()
+        d: Deferred[None] = Deferred(self._forget)
         self._waiting.append(d)
         return d
+
+    def _forget(self, d: Deferred[None]) -> None:
+        if d in self._waiting:
+            self._waiting.remove(d)
 
     def listing(self) -> dict[str, dict[str, Any]]:
         """Every app, its settings and where it comes from (``config`` or ``shared``)."""

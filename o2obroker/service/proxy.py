@@ -37,8 +37,7 @@ from twisted.internet.task import LoopingCall
 from twisted.internet.utils import getProcessOutputAndValue
 from twisted.logger import Logger, globalLogBeginner, textFileLogObserver
 
-from o2obroker.backend.redis import scripts as S
-from o2obroker.backend.redis.shard import Shard
+from o2obroker.backend.redis import RedisBackend
 from o2obroker.backend.redis.url import RedisTarget, parse_urls
 from o2obroker.config import ConfigError, load
 from o2obroker.routing import NodeInfo
@@ -239,15 +238,18 @@ def _standalone(http: str, s: ProxySettings) -> str:
 
 
 class RegistryReader:
-    """The live records of the node registry on the first Redis server, read
-    as a node reads them (the same script), over one connection of its own."""
+    """The node registry and the shared app registry on the first Redis
+    server, read by the nodes' own calls (same keys, same scripts) over one
+    connection of its own."""
 
-    def __init__(self, target: RedisTarget, reactor: Any, *, timeout: float = 5.0) -> None:
-        self.shard = Shard(target, reactor, [S.NODES, S.APPS], timeout=timeout)
+    def __init__(
+        self, target: RedisTarget, reactor: Any, *, timeout: float = 5.0, prefix: str = PREFIX
+    ) -> None:
+        self.backend = RedisBackend(
+            [target], reactor, reactor, "proxy", prefix=prefix, timeout=timeout
+        )
+        self.shard = self.backend.shards[0]
         self.clock: IReactorTime = reactor
-        head = f"{PREFIX}:{{nodes}}:"
-        self.keys = [head + "records", head + "expires"]
-        self.app_keys = [f"{PREFIX}:{{apps}}:registry", f"{PREFIX}:{{apps}}:version"]
 
     def start(self, timeout: float) -> Deferred[None]:
         """Connect; fails with TimeoutError when Redis cannot be reached in ``timeout`` s."""
@@ -263,34 +265,15 @@ class RegistryReader:
         return self.shard.stop()
 
     def records(self) -> Deferred[list[dict[str, Any]]]:
-        now = int(self.clock.seconds() * 1000)
-
-        def got(flat: list[bytes]) -> list[dict[str, Any]]:
-            out = []
-            for blob in flat[1::2]:
-                try:
-                    out.append(json.loads(blob))
-                except ValueError:
-                    log.warn("node record left out: not JSON")
-            return out
-
-        return self.shard.evalsha(S.NODES, self.keys, [now]).addCallback(got)
+        return self.backend.nodes()
 
     def apps(self) -> Deferred[dict[str, str]]:
-        """The shared app registry the nodes read (business id -> cluster), by the
-        nodes' own script; a record without a cluster is left out."""
+        """The shared app registry as the nodes read it: business id -> cluster."""
 
-        def got(answer: list[Any]) -> dict[str, str]:
-            flat = answer[1] if len(answer) > 1 else []
-            out = {}
-            for app, blob in zip(flat[::2], flat[1::2], strict=True):
-                try:
-                    out[app.decode()] = str(json.loads(blob)["cluster"])
-                except (ValueError, KeyError, TypeError):
-                    log.warn("app record left out: {app!r}", app=app)
-            return out
+        def clusters(answer: tuple[str, dict[str, Any] | None]) -> dict[str, str]:
+            return {app: record["cluster"] for app, record in (answer[1] or {}).items()}
 
-        return self.shard.evalsha(S.APPS, self.app_keys, [""]).addCallback(got)
+        return self.backend.apps().addCallback(clusters)
 
 
 def with_shared_apps(settings: ProxySettings, shared: Mapping[str, str]) -> ProxySettings:

@@ -54,6 +54,10 @@ class Registry:
         #: the live records read at the last beat, this node's included
         self.nodes: list[dict[str, Any]] = []
         self._beating: Deferred[None] | None = None
+        #: what is under way is a lapse's read, not a beat: a beat asked for
+        #: meanwhile is still owed (``_beat_owed``), this node's record unwritten
+        self._reading = False
+        self._beat_owed = False
         self._waiters: list[Deferred[None]] = []
         self._failing = False
         #: called after every beat that read the registry: the presence sweeper
@@ -91,16 +95,19 @@ class Registry:
     def beat_anew(self) -> Deferred[None]:
         """A beat that starts now, or after the one under way (which may have
         been sent before what the caller knows of happened)."""
-        if self._beating is None:
-            return self.beat()
+        if self._beating is None or self._reading:
+            return self.beat()  # a read under way writes nothing: the beat owed is new
         return self.beat().addCallback(lambda _: self.beat())
 
     def beat(self) -> Deferred[None]:
         """Publish this node's record, then read the live ones; one beat at a
-        time: while one is under way, fire when it is done instead."""
+        time: while one is under way, fire when it is done instead. While a
+        lapse's read is under way, the beat follows it: a read writes nothing,
+        and a beat missed would bring this node's own lapse a beat closer."""
         if self._beating is not None:
             waiter: Deferred[None] = Deferred()
             self._waiters.append(waiter)
+            self._beat_owed = self._beat_owed or self._reading
             return waiter
         self._beating = d = self.backend.heartbeat(self.record(), self.ttl)
         d.addCallback(self._beat)
@@ -122,6 +129,7 @@ class Registry:
         self._lapse = None
         if self._beating is not None or not self._loop.running:
             return
+        self._reading = True
         self._beating = d = self.backend.nodes()
         d.addCallbacks(self._seen, self._failed)
         d.addBoth(self._done)
@@ -162,6 +170,12 @@ class Registry:
 
     def _done(self, _: object) -> None:
         self._beating = None
+        self._reading = False
+        if self._beat_owed:
+            self._beat_owed = False
+            if self._loop.running:
+                self.beat()  # the waiters fire when it is done
+                return
         waiters, self._waiters = self._waiters, []
         for waiter in waiters:
             waiter.callback(None)

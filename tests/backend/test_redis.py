@@ -126,6 +126,17 @@ class ShardingTests(RedisCase):
             with self.assertRaises(BackendUnavailable):
                 await d
 
+    async def test_a_resync_gathered_when_the_backend_stops_fails_then(self) -> None:
+        b = RedisBackend(parse_urls(shared(0).url), Clock(), reactor)
+        b.start()
+        await b.when_ready()
+        d = b.resync("ann", Presence("online", "", 1, 5), ["phone"])
+        stopped = b.stop()
+        # at once, not in a later turn against closed connections
+        self.failureResultOf(d, BackendUnavailable)
+        self.assertEqual([c for c in reactor.getDelayedCalls() if c.func == b._resync_batch], [])
+        await stopped
+
 
 def _calls(info: bytes) -> dict[str, int]:
     out = {}

@@ -58,6 +58,20 @@ class MergeTests(SynchronousTestCase):
         self.assertRaises(ValueError, app_settings, "shop", "eu", when=object())
 
 
+class WhenLoadedTests(SynchronousTestCase):
+    def test_a_wait_that_timed_out_is_forgotten(self) -> None:
+        apps, clock = AppRegistry(shared=True), Clock()
+        gave_up = [apps.when_loaded().addTimeout(5, clock) for _ in range(100)]
+        for d in gave_up:
+            d.addErrback(lambda f: None)
+        waiting = apps.when_loaded()
+        clock.advance(5)
+        # the hellos that gave up hold nothing: only the one still waiting is kept
+        self.assertEqual(apps._waiting, [waiting])
+        apps.replace_shared({})
+        self.assertIsNone(self.successResultOf(waiting))
+
+
 class FakeStore:
     """A shared registry with a version, answering ``read`` as the Redis script does."""
 

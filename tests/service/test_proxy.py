@@ -8,6 +8,7 @@ import re
 import shutil
 import sys
 import tempfile
+import time
 from collections.abc import Sequence
 from typing import Any
 
@@ -15,18 +16,20 @@ from twisted.internet import reactor
 from twisted.internet.defer import Deferred, fail, succeed
 from twisted.internet.task import Clock
 from twisted.internet.utils import getProcessOutputAndValue
-from twisted.logger import capturedLogs
+from twisted.logger import capturedLogs, formatEvent
 from twisted.trial.unittest import SkipTest, SynchronousTestCase, TestCase
 
+from o2obroker.backend.redis import RedisBackend, parse_urls
 from o2obroker.service.proxy import (
     NJS_MODULE,
     ProxyNode,
     ProxySettings,
+    RegistryReader,
     Watcher,
     proxied,
     render,
 )
-from tests.redis_server import RedisServer, free_port
+from tests.redis_server import RedisServer, free_port, shared, unique_prefix
 
 
 def record(id: str, cluster: str = "c1", port: int = 8081, **fields: Any) -> dict[str, Any]:
@@ -369,6 +372,50 @@ class CommandLineTests(TestCase):
         self.assertEqual(
             registry_of(out)["apps"], {"kiosk": "east", "pos": "east", "shop": "north"}
         )
+
+
+class RegistryReaderTests(TestCase):
+    """The proxy reads the registries of a real Redis as a node does."""
+
+    timeout = 30
+
+    async def setUp(self) -> None:
+        self.prefix = unique_prefix()
+        self.clock = Clock()  # the node's: its record lapsed long ago in real time
+        self.node = RedisBackend(parse_urls(shared().url), self.clock, reactor, prefix=self.prefix)
+        self.node.start()
+        self.addCleanup(self.node.stop)
+        await self.node.when_ready()
+        self.reader = RegistryReader(parse_urls(shared().url)[0], reactor, prefix=self.prefix)
+        await self.reader.start(5.0)
+        self.addCleanup(self.reader.stop)
+
+    async def test_a_lapsed_record_is_swept_whole(self) -> None:
+        self.clock.advance(1)
+        await self.node.heartbeat(record("n1"), 2.0)
+        boots = f"{self.prefix}:{{nodes}}:boots"
+        self.assertEqual(await self.node.shards[0].call("HKEYS", boots), [b"n1"])
+        self.assertEqual(await self.reader.records(), [])
+        # the record, its expiry and its boot go together, as when a node sweeps it
+        self.assertEqual(await self.node.shards[0].call("HKEYS", boots), [])
+
+    async def test_a_record_that_is_not_json_is_left_out(self) -> None:
+        self.clock.advance(time.time())
+        await self.node.heartbeat(record("n1"), 60.0)
+        head = f"{self.prefix}:{{nodes}}:"
+        expires = int(time.time() * 1000) + 60_000
+        await self.node.shards[0].call("HSET", head + "records", "n0", "{not json")
+        await self.node.shards[0].call("ZADD", head + "expires", expires, "n0")
+        with capturedLogs() as logs:
+            found = await self.reader.records()
+        self.assertEqual([r["id"] for r in found], ["n1"])
+        # a node reads the same, and a record nobody can read costs it nothing else
+        self.assertEqual(await self.node.nodes(), found)
+        self.assertIn("node record of b'n0' left out: not JSON", [formatEvent(e) for e in logs])
+
+    async def test_the_shared_apps_by_cluster(self) -> None:
+        await self.node.put_app("shop", {"cluster": "east", "tier": "gold"})
+        self.assertEqual(await self.reader.apps(), {"shop": "east"})
 
 
 class NginxAcceptsTests(TestCase):

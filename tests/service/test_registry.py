@@ -201,6 +201,21 @@ class LapseTests(SynchronousTestCase):
         self.clock.advance(2.0)
         self.assertEqual(rejoined, [108.0])
 
+    def test_a_beat_due_during_a_lapses_read_is_made_after_it(self) -> None:
+        self.store.peers["n2"] = 101.0
+        self.registry.start()
+        self.backend.break_("hold", "nodes")
+        self.clock.advance(1.0 + LAPSE_MARGIN)  # lapsed: read, and the read hangs
+        self.clock.advance(1.0)  # the beat of 102 comes while it is under way
+        beat = self.registry.beat()
+        self.assertNoResult(beat)
+        self.backend.heal()
+        self.backend.release()
+        # this node's record is written all the same, once the read is done
+        self.assertEqual(self.backend.calls, ["heartbeat", "nodes", "nodes", "heartbeat", "nodes"])
+        self.successResultOf(beat)
+        self.assertEqual(self.store._nodes["n1"][0], self.clock.seconds() + self.registry.ttl)
+
     def test_no_read_while_a_beat_is_under_way_and_none_after_stop(self) -> None:
         self.store.peers["n2"] = 101.0
         self.registry.start()

@@ -26,6 +26,7 @@ from zope.interface import implementer
 
 from o2obroker.backend.interface import (
     OFFLINE,
+    BackendUnavailable,
     EncodedMessage,
     IBackend,
     InboxState,
@@ -220,6 +221,14 @@ class RedisBackend:
     def stop(self) -> Deferred[Any]:
         if self._pinger.running:
             self._pinger.stop()
+        # resyncs gathered for this turn's end are not sent: they fail now,
+        # and no timer outlives the backend
+        if self._resyncing is not None:
+            self._resyncing.cancel()
+            self._resyncing = None
+        gathered, self._resyncs = self._resyncs, []
+        for *_, d in gathered:
+            d.errback(BackendUnavailable("redis: the backend stopped"))
         return DeferredList([self.bus.stop(), *[s.stop() for s in self.shards]])
 
     def _ping(self) -> None:
@@ -745,12 +754,19 @@ class RedisBackend:
         return shard.evalsha(S.BEAT, keys, args).addCallback(beaten)
 
     def nodes(self) -> Deferred[list[dict[str, Any]]]:
+        """The live records, by id; one that is not JSON is left out and logged
+        (it must not cost every reader the registry, and with it the sweep)."""
         shard, keys = self._registry()
         now = int(self._clock.seconds() * 1000)
 
         def got(flat: list[bytes]) -> list[dict[str, Any]]:
-            pairs = sorted(zip(flat[::2], flat[1::2], strict=True))
-            return [json.loads(record) for _, record in pairs]
+            out = []
+            for node, blob in sorted(zip(flat[::2], flat[1::2], strict=True)):
+                try:
+                    out.append(json.loads(blob))
+                except ValueError:
+                    log.warn("node record of {node!r} left out: not JSON", node=node)
+            return out
 
         return shard.evalsha(S.NODES, keys, [now]).addCallback(got)
 
