@@ -278,6 +278,12 @@ class TrustedProxies:
                     return None  # not an address: the proxy's own peer is all we know
         return hops[0] if hops[0] else None
 
+    def via(self, host: str, peer: str, forwarded: str | None) -> str | None:
+        """``"CLIENT via PEER"`` for the log, when ``host`` (the address of
+        ``peer``) is a trusted proxy that names the client; else None."""
+        client = self.client(host, forwarded)
+        return None if client is None else f"{client} via {peer}"
+
 
 def origin_of(request: Any) -> tuple[str | None, str | None]:
     """The Origin and Host headers of a twisted.web request, as text."""

@@ -596,12 +596,14 @@ class _Open(_Child):
         conn.peer = f"{getattr(address, 'host', '-')}:{getattr(address, 'port', '-')}"
         if lp.trusted:
             forwarded = request.requestHeaders.getRawHeaders(b"x-forwarded-for")
-            client = lp.trusted.client(
-                str(getattr(address, "host", "")),
-                b",".join(forwarded).decode("latin-1") if forwarded else None,
+            conn.peer = (
+                lp.trusted.via(
+                    str(getattr(address, "host", "")),
+                    conn.peer,
+                    b",".join(forwarded).decode("latin-1") if forwarded else None,
+                )
+                or conn.peer
             )
-            if client is not None:
-                conn.peer = f"{client} via {conn.peer}"
         app = request.args.get(b"app")
         if app:
             conn.url_app = app[0].decode("utf-8", "replace")

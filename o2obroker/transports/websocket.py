@@ -77,11 +77,11 @@ class WebSocketConnection(SocketOutput, WebSocketServerProtocol):
         if factory.trusted:
             # Autobahn's peer is "tcp:host:port"; the log shows the client behind a proxy
             where = str(request.peer).partition(":")[2]
-            client = factory.trusted.client(
-                where.rpartition(":")[0], request.headers.get("x-forwarded-for")
+            via = factory.trusted.via(
+                where.rpartition(":")[0], where, request.headers.get("x-forwarded-for")
             )
-            if client is not None:
-                self.peer = f"{client} via {where}"
+            if via is not None:
+                self.peer = via
         if CBOR_SUBPROTOCOL in request.protocols:
             self.cbor = True
             return CBOR_SUBPROTOCOL
