@@ -94,7 +94,7 @@ def tcp_address(description: str) -> tuple[socket.AddressFamily, str, int, int]:
 def shift_port(description: str, offset: int) -> str:
     """The endpoint ``description`` with its port moved up by ``offset`` (a worker's
     console); a ``unix:`` socket's path gets ``.w<offset>`` instead, from 1 up."""
-    parts = description.split(":")
+    parts = re.split(r"(?<!\\):", description)  # a ``\:`` inside a value stays put
     if parts[0].lower() == "unix" and len(parts) > 1 and offset:
         path = parts[1]
         key, eq, value = path.partition("=")
@@ -225,9 +225,9 @@ class _Spawner:
 
 def _why(reason: Failure) -> str:
     value = reason.value
-    signal = getattr(value, "signal", None)
-    if signal is not None:
-        return f"killed by signal {signal}"
+    signum = getattr(value, "signal", None)
+    if signum is not None:
+        return f"killed by signal {signum}"
     return f"exit status {getattr(value, 'exitCode', '?')}"
 
 

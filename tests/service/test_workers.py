@@ -247,6 +247,11 @@ class BindGroupTests(TestCase):
         self.assertEqual(
             shift_port("tcp:2222:interface=127.0.0.1", 3), "tcp:2225:interface=127.0.0.1"
         )
+        # an escaped colon of an IPv6 interface is not a part: its "1" is no port
+        self.assertEqual(
+            shift_port("tcp6:interface=\\:\\:1:port=2222", 2),
+            "tcp6:interface=\\:\\:1:port=2224",
+        )
         self.assertEqual(
             shift_port("tcp:port=2222:interface=::1", 1), "tcp:port=2223:interface=::1"
         )
