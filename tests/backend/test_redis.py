@@ -138,6 +138,93 @@ class ShardingTests(RedisCase):
         await stopped
 
 
+class TurnBatchTests(RedisCase):
+    """The everyday presence path: the calls of one reactor turn share a read
+    of the live nodes and a script per shard, whatever the number of users."""
+
+    def setUp(self) -> None:
+        self.clock = Clock()
+
+    async def twoShards(self) -> RedisBackend:
+        b = self.redisBackend(f"{shared(0).url},{shared(1).url}", prefix=unique_prefix())
+        await b.when_ready()
+        await b.heartbeat({"id": b.node_id}, 60.0)
+        return b
+
+    async def test_a_turn_of_hellos_costs_a_script_per_shard(self) -> None:
+        b = await self.twoShards()
+        users = [f"user{i}" for i in range(200)]
+        part = Presence("online", "", 1, 5)
+        before = [s.calls for s in b.shards]
+        located = [b.locate(u, "phone") for u in users]
+        merged = [b.merge_presence(u, part) for u in users]
+        self.assertEqual(await gatherResults(located), [None] * 200)
+        self.assertEqual(await gatherResults(merged), [(OFFLINE, part)] * 200)
+        sent = [s.calls - n for s, n in zip(b.shards, before, strict=True)]
+        # each shard a locate and a merge script for its users; the registry's
+        # shard also the live nodes, this boot into the set of indexed ones and
+        # one write for each of the two indexes (one command a user before)
+        self.assertEqual(sent, [6, 2])
+        here = Location(b.node_id, b.boot)
+        self.assertEqual(await b.locations(users), {u: {"phone": here} for u in users})
+        self.assertEqual(await b.presence(users), {u: part for u in users})
+        head = f"{b._prefix}:{{nodes}}:"
+        for kind in ("parts", "located"):
+            indexed = await b.shards[0].call("SMEMBERS", f"{head}{kind}:{b._here}")
+            self.assertEqual({u.decode() for u in indexed}, set(users))
+
+    async def test_calls_of_one_turn_keep_their_order(self) -> None:
+        b = await self.twoShards()
+        urls = f"{shared(0).url},{shared(1).url}"
+        other = self.redisBackend(urls, prefix=b._prefix, node_id="n2")
+        await other.when_ready()
+        await other.heartbeat({"id": "n2"}, 60.0)
+        self.assertIsNone(await other.locate("ann", "phone"))
+        online, away = Presence("online", "", 1, 5), Presence("away", "", 1, 6)
+        first = b.locate("ann", "phone")
+        gone = b.unlocate("ann", "phone")
+        again = b.locate("ann", "tablet")
+        merges = [b.merge_presence("ann", online), b.merge_presence("ann", away)]
+        # the phone was the other node's: it is told to replace it there
+        self.assertEqual(await first, Location("n2", other.boot))
+        await gone
+        self.assertIsNone(await again)
+        self.assertEqual(await gatherResults(merges), [(OFFLINE, online), (online, away)])
+        here = Location(b.node_id, b.boot)
+        self.assertEqual(await b.locations(["ann"]), {"ann": {"tablet": here}})
+        self.assertEqual(await b.presence(["ann"]), {"ann": away})
+        # the index writes of the turn: the last word on a user counts
+        await b.merge_presence("bob", online)
+        await gatherResults([b.merge_presence("bob", OFFLINE), b.merge_presence("ann", online)])
+        indexed = await b.shards[0].call("SMEMBERS", f"{b._prefix}:{{nodes}}:parts:{b._here}")
+        self.assertEqual({u.decode() for u in indexed}, {"ann"})
+
+    async def test_a_turn_that_cannot_be_sent_fails_every_caller(self) -> None:
+        b = RedisBackend(parse_urls(shared(0).url), Clock(), reactor)  # never started
+        calls = [b.locate(u, "phone") for u in ("ann", "bob")]
+        calls += [b.merge_presence(u, Presence("online", "", 1, 5)) for u in ("ann", "bob")]
+        for d in calls:
+            with self.assertRaises(BackendUnavailable):
+                await d
+
+    async def test_a_watch_of_many_users_costs_a_script_per_shard(self) -> None:
+        b = await self.twoShards()
+        users = [f"user{i}" for i in range(500)]
+        before = [s.calls for s in b.shards]
+        self.assertTrue(await b.watch("ann", users, 1000))
+        sent = [s.calls - n for s, n in zip(b.shards, before, strict=True)]
+        # the watch list on ann's shard, then a reverse index script per shard
+        # and per 500 users (one command a user before)
+        self.assertLessEqual(sum(sent), 4)
+        self.assertEqual(await b.watching("ann"), frozenset(users))
+        self.assertEqual(await b.watchers(users), {u: frozenset({"ann"}) for u in users})
+        before = [s.calls for s in b.shards]
+        await b.unwatch("ann", users[:300])
+        self.assertLessEqual(sum(s.calls for s in b.shards) - sum(before), 3)
+        found = await b.watchers(users)
+        self.assertEqual(found, {u: frozenset({"ann"}) for u in users[300:]})
+
+
 def _calls(info: bytes) -> dict[str, int]:
     out = {}
     for line in info.decode().splitlines():

@@ -186,6 +186,13 @@ class RedisBackend:
         # resync calls of this reactor turn, sent together at its end
         self._resyncs: list[tuple[str, Presence, list[str], Deferred[Resynced]]] = []
         self._resyncing: Any = None
+        # merge_presence and locate calls of this reactor turn, and this turn's
+        # changes to this boot's indexes: sent together at its end, so that a
+        # turn of hellos costs one read of the live nodes and a script per shard
+        self._merges: list[tuple[str, Presence, Deferred[tuple[Presence, Presence]]]] = []
+        self._locates: list[tuple[str, str, Deferred[Location | None]]] = []
+        self._indexing: dict[str, dict[str, bool]] = {}
+        self._turn: Any = None
         self._pinger = LoopingCall(self._ping)
         self._pinger.clock = reactor
         self._ping_interval = ping_interval
@@ -229,6 +236,10 @@ class RedisBackend:
         gathered, self._resyncs = self._resyncs, []
         for *_, d in gathered:
             d.errback(BackendUnavailable("redis: the backend stopped"))
+        if self._turn is not None:
+            # what this turn asked for still goes out before the connections close
+            self._turn.cancel()
+            self._end_turn()
         return DeferredList([self.bus.stop(), *[s.stop() for s in self.shards]])
 
     def _ping(self) -> None:
@@ -434,40 +445,124 @@ class RedisBackend:
         return d.addCallback(lambda _: None)
 
     def merge_presence(self, user: str, part: Presence) -> Deferred[tuple[Presence, Presence]]:
-        # the live nodes come from the registry's shard, the merge runs on the
-        # user's: two round trips, but one script, so two nodes never interleave
-        now = self._clock.seconds()
-        d = self._live(now)
-        d.addCallback(self._merge, user, part, now, self._here)
-        # the index a sweeper reads when this node dies (a write of its own: the
-        # registry's shard is not the user's)
+        """Gathered with the other merges of this reactor turn: one read of the
+        live nodes (on the registry's shard), then one script per shard per
+        ``RESYNC_CHUNK`` calls (so two nodes never interleave), in call order."""
+        if self._resyncing is not None:
+            # a resync asked for earlier in this turn goes out first
+            self._resyncing.cancel()
+            self._resync_batch()
+        d: Deferred[tuple[Presence, Presence]] = Deferred()
+        self._merges.append((user, part, d))
+        # the index a sweeper reads when this node dies
         self._index("parts", user, part.devices > 0 or part.state != "offline")
         return d
 
+    def _end_turn(self) -> None:
+        self._turn = None
+        self._send_locates()
+        self._send_merges()
+        self._send_index()
+
+    def _send_merges(self) -> None:
+        batch, self._merges = self._merges, []
+        if not batch:
+            return
+        now = self._clock.seconds()
+
+        def fail_all(f: Failure, items: list[Any]) -> None:
+            for item in items:
+                item[2].errback(f)
+
+        def run(live: set[str]) -> None:
+            top = [
+                self._here,
+                now,
+                now + self._offline_ttl,
+                int((self._offline_ttl + KEY_TTL_MARGIN) * 1000),
+                len(live),
+                *sorted(live),
+            ]
+            by_shard: dict[Shard, list[Any]] = {}
+            for item in batch:
+                by_shard.setdefault(self._user_shard(item[0]), []).append(item)
+            for shard, items in by_shard.items():
+                for i in range(0, len(items), RESYNC_CHUNK):
+                    chunk = items[i : i + RESYNC_CHUNK]
+                    keys: list[str] = []
+                    args: list[Any] = list(top)
+                    for user, p, _ in chunk:
+                        keys += self._keys(user, "presn", "pres")
+                        args += (p.state, p.status, p.devices, p.ts)
+                    d = shard.evalsha(S.MERGE_MANY, keys, args)
+                    d.addCallbacks(answer, fail_all, (chunk,), errbackArgs=(chunk,))
+
+        def answer(out: list[bytes], items: list[Any]) -> None:
+            for k, item in enumerate(items):
+                item[2].callback((_presence(out[2 * k], now), _presence(out[2 * k + 1], now)))
+
+        self._live(now).addCallbacks(run, fail_all, errbackArgs=(batch,))
+
+    def _send_locates(self) -> None:
+        """The locate calls asked for so far: one script per shard per
+        ``RESYNC_CHUNK`` calls. Sent at once by whatever else touches
+        locations, so that nothing overtakes them."""
+        batch, self._locates = self._locates, []
+        if not batch:
+            return
+
+        def fail_all(f: Failure, items: list[Any]) -> None:
+            for item in items:
+                item[2].errback(f)
+
+        def answer(out: list[bytes], items: list[Any]) -> None:
+            for before, item in zip(out, items, strict=True):
+                item[2].callback(_location(before) if before else None)
+
+        by_shard: dict[Shard, list[Any]] = {}
+        for item in batch:
+            by_shard.setdefault(self._user_shard(item[0]), []).append(item)
+        for shard, items in by_shard.items():
+            for i in range(0, len(items), RESYNC_CHUNK):
+                chunk = items[i : i + RESYNC_CHUNK]
+                keys = [self._key(user, "loc") for user, _, _ in chunk]
+                args = [self._here, *[device for _, device, _ in chunk]]
+                d = shard.evalsha(S.LOCATE_MANY, keys, args)
+                d.addCallbacks(answer, fail_all, (chunk,), errbackArgs=(chunk,))
+
     def _index(self, kind: str, user: str, add: bool) -> None:
         """Add ``user`` to (or remove it from) this boot's ``kind`` index, which a
-        sweeper pops from when this node is dead."""
-        reg = self.shards[0]
-        key = f"{self._prefix}:{{nodes}}:{kind}:{self._here}"
-        if add:
-            if not self._indexed:
-                self._indexed = True
-                reg.call("SADD", self._parted(), self._here).addErrback(self._unindexed)
-            index = reg.call("SADD", key, user)
-        else:
-            index = reg.call("SREM", key, user)
-        index.addErrback(self._unindexed)
+        sweeper pops from when this node is dead: at the end of this reactor
+        turn, one command for all the users of the turn."""
+        self._indexing.setdefault(kind, {})[user] = add
+        if self._turn is None:
+            self._turn = self._reactor.callLater(0, self._end_turn)
 
     def _index_many(self, kind: str, users: list[str], add: bool) -> None:
-        """``_index`` for many users, one command for all of them."""
+        """``_index`` for many users."""
         if not users:
             return
+        ops = self._indexing.setdefault(kind, {})
+        for user in users:
+            ops[user] = add
+        if self._turn is None:
+            self._turn = self._reactor.callLater(0, self._end_turn)
+
+    def _send_index(self) -> None:
+        # the last word of the turn on each user counts: users commute
+        indexing, self._indexing = self._indexing, {}
         reg = self.shards[0]
-        key = f"{self._prefix}:{{nodes}}:{kind}:{self._here}"
-        if add and not self._indexed:
-            self._indexed = True
-            reg.call("SADD", self._parted(), self._here).addErrback(self._unindexed)
-        reg.call("SADD" if add else "SREM", key, *users).addErrback(self._unindexed)
+        for kind, ops in indexing.items():
+            key = f"{self._prefix}:{{nodes}}:{kind}:{self._here}"
+            adds = [user for user, add in ops.items() if add]
+            removes = [user for user, add in ops.items() if not add]
+            if adds:
+                if not self._indexed:
+                    self._indexed = True
+                    reg.call("SADD", self._parted(), self._here).addErrback(self._unindexed)
+                reg.call("SADD", key, *adds).addErrback(self._unindexed)
+            if removes:
+                reg.call("SREM", key, *removes).addErrback(self._unindexed)
 
     def _live(self, now: float) -> Deferred[set[str]]:
         """``<node>/<boot>`` of every live node, this one's included (it is
@@ -551,13 +646,16 @@ class RedisBackend:
     # -- device locations ----------------------------------------------------
 
     def locate(self, user: str, device: str) -> Deferred[Location | None]:
-        d = self._user_shard(user).evalsha(S.LOCATE, [self._key(user, "loc")], [device, self._here])
+        """Gathered with the other locates of this reactor turn: one script per shard."""
+        d: Deferred[Location | None] = Deferred()
+        self._locates.append((user, device, d))
         self._index("located", user, True)
-        return d.addCallback(lambda before: _location(before) if before else None)
+        return d
 
     def relocate(self, user: str, devices: list[str]) -> Deferred[dict[str, Location]]:
         if not devices:
             return succeed({})
+        self._send_locates()
         key = self._key(user, "loc")
 
         def located(live: set[str]) -> Deferred[dict[str, Location]]:
@@ -577,6 +675,8 @@ class RedisBackend:
         """Gathered with the other calls of this reactor turn: one read of the
         live nodes, one script per shard per ``RESYNC_CHUNK`` users, and one
         command per index for all of them."""
+        # merges asked for earlier in this turn go out first
+        self._send_merges()
         d: Deferred[Resynced] = Deferred()
         self._resyncs.append((user, part, devices, d))
         if self._resyncing is None:
@@ -585,6 +685,7 @@ class RedisBackend:
 
     def _resync_batch(self) -> None:
         self._resyncing = None
+        self._send_locates()
         batch, self._resyncs = self._resyncs, []
         now = self._clock.seconds()
         users = [u for u, _, _, _ in batch]
@@ -634,6 +735,7 @@ class RedisBackend:
         self._live(now).addCallbacks(run, fail_all, errbackArgs=(batch,))
 
     def unlocate(self, user: str, device: str) -> Deferred[None]:
+        self._send_locates()
         d = self._user_shard(user).evalsha(
             S.UNLOCATE, [self._key(user, "loc")], [device, self._here]
         )
@@ -658,6 +760,7 @@ class RedisBackend:
                     out[user] = devices
             return out
 
+        self._send_locates()
         here = self._each_user(users, lambda u: ("HGETALL", self._key(u, "loc")))
         d = gatherResults([self._live(self._clock.seconds()), here], consumeErrors=True)
         return d.addCallbacks(got, _first_error)
@@ -682,9 +785,9 @@ class RedisBackend:
             if new is None:
                 return False
             # then the reverse index, on each watched user's own shard
-            return self._each_user(
-                [u.decode() for u in new], lambda u: ("SADD", self._key(u, "watchers"), watcher)
-            ).addCallback(lambda _: True)
+            return self._each_set([u.decode() for u in new], "add", watcher).addCallback(
+                lambda _: True
+            )
 
         return shard.evalsha(S.WATCH, [key], [cap, *users]).addCallback(added)
 
@@ -693,10 +796,20 @@ class RedisBackend:
             return succeed(None)
         d = self._user_shard(watcher).call("SREM", self._key(watcher, "watching"), *users)
         return d.addCallback(
-            lambda _: self._each_user(
-                users, lambda u: ("SREM", self._key(u, "watchers"), watcher)
-            ).addCallback(lambda _: None)
+            lambda _: self._each_set(users, "remove", watcher).addCallback(lambda _: None)
         )
+
+    def _each_set(self, users: list[str], op: str, watcher: str) -> Deferred[Any]:
+        """Add ``watcher`` to (or remove it from) the watchers of each of ``users``:
+        one script per shard per ``RESYNC_CHUNK`` users, not a command per user."""
+        calls = []
+        for shard, some in self._by_shard(users).items():
+            for i in range(0, len(some), RESYNC_CHUNK):
+                keys = [self._key(u, "watchers") for u in some[i : i + RESYNC_CHUNK]]
+                calls.append(shard.evalsha(S.EACH_SET, keys, [op, watcher]))
+        if not calls:
+            return succeed(None)
+        return gatherResults(calls, consumeErrors=True).addErrback(_first_error)
 
     def watching(self, watcher: str) -> Deferred[frozenset[str]]:
         d = self._user_shard(watcher).call("SMEMBERS", self._key(watcher, "watching"))

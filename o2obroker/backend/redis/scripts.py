@@ -346,6 +346,18 @@ return out
 """,
 )
 
+# KEYS: sets. ARGV: 'add' or 'remove', a member. Adds the member to (or
+# removes it from) each set: a watch list's reverse index, one script per
+# shard for all the watched users there, not one command each.
+EACH_SET = Script(
+    "each_set",
+    """
+local op = ARGV[1] == 'add' and 'SADD' or 'SREM'
+for i = 1, #KEYS do redis.call(op, KEYS[i], ARGV[2]) end
+return 0
+""",
+)
+
 # KEYS: watching. ARGV: cap, users. Returns the users newly added, or nil (and
 # no change) when the list would pass cap.
 WATCH = Script(
@@ -522,6 +534,32 @@ return merge(KEYS[1], KEYS[2], ARGV[1], ARGV[2], ARGV[3], tonumber(ARGV[4]),
 """,
 )
 
+# KEYS: parts, pres per call. ARGV: ``<node>/<boot>`` of this node, now (s),
+# offline expires (s), offline key ttl (ms), the number l of live nodes and
+# their ``<node>/<boot>``, then per call its part (state, status, devices, ts
+# (ms)). ``merge`` for each call of a reactor turn, in their order; returns
+# before and after of each, flat.
+MERGE_MANY = Script(
+    "merge_many",
+    _MERGE
+    + """
+local here, now, expires, ttl = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3]), ARGV[4]
+local l = tonumber(ARGV[5])
+local live = {}
+for i = 6, 5 + l do live[ARGV[i]] = true end
+local a = 6 + l
+local out = {}
+for k = 1, #KEYS, 2 do
+  local pair = merge(KEYS[k], KEYS[k + 1], here, ARGV[a], ARGV[a + 1], tonumber(ARGV[a + 2]),
+                     tonumber(ARGV[a + 3]), now, expires, ttl, live)
+  a = a + 4
+  out[#out + 1] = pair[1]
+  out[#out + 1] = pair[2]
+end
+return out
+""",
+)
+
 # KEYS: parts, pres, loc, meta per user. ARGV: ``<node>/<boot>`` of this node,
 # now (s), offline expires (s), offline key ttl (ms), the number l of live
 # nodes and their ``<node>/<boot>``, then per user its part (state, status,
@@ -557,15 +595,21 @@ return out
 """,
 )
 
-# KEYS: loc. ARGV: device, ``<node>/<boot>`` of this node. Returns where the
-# device was before when that was elsewhere, else false.
-LOCATE = Script(
-    "locate",
+# KEYS: loc per call. ARGV: ``<node>/<boot>`` of this node, then the device of
+# each call. ``locate`` for each call of a reactor turn, in their order;
+# returns per call where the device was before when that was elsewhere, else ''.
+LOCATE_MANY = Script(
+    "locate_many",
     """
-local before = redis.call('HGET', KEYS[1], ARGV[1])
-redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
-if before == ARGV[2] then return false end
-return before
+local here = ARGV[1]
+local out = {}
+for k = 1, #KEYS do
+  local before = redis.call('HGET', KEYS[k], ARGV[k + 1])
+  redis.call('HSET', KEYS[k], ARGV[k + 1], here)
+  if before == here or not before then before = '' end
+  out[k] = before
+end
+return out
 """,
 )
 
@@ -652,13 +696,15 @@ ALL = (
     SETTLE,
     MEMBERSHIP,
     MEMBERS,
+    EACH_SET,
     WATCH,
     BEAT,
     NODES,
     LIVE,
     PUBLISH,
     MERGE_PRESENCE,
-    LOCATE,
+    MERGE_MANY,
+    LOCATE_MANY,
     RELOCATE,
     RESYNC,
     UNLOCATE,
