@@ -46,6 +46,7 @@ from zope.interface import implementer
 
 from o2obroker.config import Config
 from o2obroker.service.listen import LISTEN_BACKLOG, StartupError
+from o2obroker.service.stop import KILL_TIME
 
 #: where a worker finds its listening sockets; its fd 0 is the pipe from the parent
 TCP_FD = 3
@@ -245,7 +246,7 @@ class Workers(ProcessMonitor):
     minRestartDelay = 1
     maxRestartDelay = 60
     #: seconds a worker has after SIGTERM before SIGKILL
-    killTime = 15
+    killTime = KILL_TIME
 
     def __init__(
         self,
