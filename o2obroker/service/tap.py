@@ -200,6 +200,7 @@ def makeService(options: dict[str, Any], reactor: Any = None) -> service.MultiSe
         )
         # each worker drains on the SIGTERM passed on: no SIGKILL before its bound
         workers.killTime = kill_time(config.stop_drain)
+        workers.stop_drain = config.stop_drain
         workers.setServiceParent(top)
         return top
     if index is not None:

@@ -172,6 +172,7 @@ class MakeServiceTests(SynchronousTestCase):
         path = self.config("stop_drain = 30")
         top, _ = self.make(*redis, "--workers", "2", "--config", path)
         self.assertEqual(top.getServiceNamed("workers").killTime, 40)
+        self.assertEqual(top.getServiceNamed("workers").stop_drain, 30)
         self.assertGreater(kill_time(KILL_TIME), KILL_TIME)
 
 
