@@ -17,11 +17,14 @@ from __future__ import annotations
 
 import signal
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
+
+if TYPE_CHECKING:
+    from o2obroker.service.node import Node
 
 #: the signals that stop a node, and stop its drain when they come again
 STOP_SIGNALS = tuple(
@@ -54,7 +57,7 @@ class DrainOnStop:
 
     def __init__(
         self,
-        node: Any,
+        node: Node,
         seconds: float,
         clock: IReactorTime,
         call_from_signal: Callable[..., Any] | None = None,
@@ -74,8 +77,7 @@ class DrainOnStop:
             seconds=self.seconds,
             n=gateway.open_connections(),
         )
-        supervisor = getattr(node, "supervisor", None)
-        drained = supervisor.drain() if supervisor is not None else gateway.drain()
+        drained = node.supervisor.drain()  # as POST /api/v1/drain: the 503 names a peer
         waiting: Deferred[None] = Deferred()
         timer = self.clock.callLater(self.seconds, self._end, waiting, "the bound passed")
         drained.addCallbacks(
