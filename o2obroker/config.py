@@ -11,6 +11,9 @@ from typing import Any
 
 from o2obroker.wire.limits import Limits
 
+#: the longest graceful stop: a node that needs more has a client problem, not a drain
+MAX_STOP_DRAIN = 3600
+
 
 class ConfigError(ValueError):
     """A configuration value is missing, unknown or out of range."""
@@ -171,6 +174,8 @@ class Config:
     advice_duplex_below: float = 50.0
     advice_min_connections: int = 1000
     drain_rate: float = 200.0
+    # seconds a node drains on SIGTERM/SIGINT before it stops; 0: it stops at once
+    stop_drain: float = 0.0
     # admin console (doc/operations.md): off unless an endpoint is given, loopback only
     manhole: str | None = None
     manhole_keys: str | None = None
@@ -377,6 +382,10 @@ def _check_supervisor(c: Config) -> None:
     for name in ("sample_interval", "hook_timeout", "drain_rate"):
         if getattr(c, name) <= 0:
             raise ConfigError(f"{name}: must be positive")
+    if not 0 <= c.stop_drain <= MAX_STOP_DRAIN:
+        raise ConfigError(
+            f"stop_drain: must be 0 (stop at once) to {MAX_STOP_DRAIN} seconds, not {c.stop_drain}"
+        )
     for name in (
         "alert_connections",
         "alert_cpu",

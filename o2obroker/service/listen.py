@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import os
 import sys
+from collections.abc import Callable
 from typing import Any, NoReturn
 
 from twisted.application import internet, service
+from twisted.internet.defer import Deferred, maybeDeferred
 from twisted.internet.endpoints import serverFromString
 from twisted.internet.error import CannotListenError
 from twisted.logger import ILogObserver, Logger
@@ -88,13 +90,23 @@ class NodeTree(service.MultiService):
     removed on that exit (twistd removes it only after a reactor run), and a
     daemon's failure goes to twistd, which tells the waiting parent process.
     ``log_observer``, when set, becomes the application's log observer (twistd's
-    ``--log-format``).
+    ``--log-format``). ``before_stop``, when set, runs first when the tree stops,
+    its services still running (the node's graceful stop drains there).
     """
 
     def __init__(self, twistd: Any = None) -> None:
         super().__init__()
         self.twistd = twistd
         self.log_observer: ILogObserver | None = None
+        self.before_stop: Callable[[], Deferred[object]] | None = None
+
+    def stopService(self) -> Deferred[object]:
+        before, self.before_stop = self.before_stop, None
+        if before is None or not self.running:
+            return super().stopService()
+        d = maybeDeferred(before)
+        d.addErrback(lambda f: log.failure("before the stop", f))
+        return d.addCallback(lambda _: super(NodeTree, self).stopService())
 
     def setServiceParent(self, parent: Any) -> None:
         # twistd makes the application after makeService and logs to the ILogObserver

@@ -19,6 +19,7 @@ from o2obroker.service.console import check_console_files, console_service, name
 from o2obroker.service.listen import Listener, NodeTree, check_endpoint, exit_with
 from o2obroker.service.node import Node
 from o2obroker.service.site import build_site
+from o2obroker.service.stop import DrainOnStop, kill_time
 from o2obroker.service.workers import Workers, add_worker_ports, worker_argv, worker_config
 from o2obroker.transports.tcp import BinaryFactory
 
@@ -190,13 +191,17 @@ def makeService(options: dict[str, Any], reactor: Any = None) -> service.MultiSe
     index = options.get("worker")
     if index is None and config.workers > 1:
         names = [p[0] for p in Options.optParameters]
-        Workers(
+        workers = Workers(
             config.node,
             config.workers,
             lambda i: worker_argv(options, names, i),
             {"tcp": config.tcp, "http": config.http},
             reactor,
-        ).setServiceParent(top)
+        )
+        # each worker drains on the SIGTERM passed on: no SIGKILL before its bound
+        workers.killTime = kill_time(config.stop_drain)
+        workers.stop_drain = config.stop_drain
+        workers.setServiceParent(top)
         return top
     if index is not None:
         node_id, config = config.node, worker_config(config, int(index))
@@ -212,6 +217,8 @@ def makeService(options: dict[str, Any], reactor: Any = None) -> service.MultiSe
         Listener("http", config.http, site, reactor).setServiceParent(top)
     else:
         add_worker_ports(top, node, binary, site, reactor)
+    if config.stop_drain > 0:
+        top.before_stop = DrainOnStop(node, config.stop_drain, reactor, reactor.callFromThread)
     console = console_service(config, namespace(node, top), reactor)
     if console is not None:
         console.setServiceParent(top)

@@ -46,6 +46,7 @@ from zope.interface import implementer
 
 from o2obroker.config import Config
 from o2obroker.service.listen import LISTEN_BACKLOG, StartupError
+from o2obroker.service.stop import KILL_TIME, STOP_SIGNALS
 
 #: where a worker finds its listening sockets; its fd 0 is the pipe from the parent
 TCP_FD = 3
@@ -245,7 +246,10 @@ class Workers(ProcessMonitor):
     minRestartDelay = 1
     maxRestartDelay = 60
     #: seconds a worker has after SIGTERM before SIGKILL
-    killTime = 15
+    killTime = KILL_TIME
+    #: the workers' graceful stop (``stop_drain``): while they drain, a second
+    #: SIGTERM or SIGINT to the parent is passed on, and stops them at once
+    stop_drain: float = 0
 
     def __init__(
         self,
@@ -297,9 +301,17 @@ class Workers(ProcessMonitor):
 
     def hangup(self) -> None:
         """SIGHUP: pass it on to every worker, which reads its keyword lists again."""
+        self._signal_all("HUP")
+
+    def terminate_again(self) -> None:
+        """A second stop signal while the workers drain: they stop at once."""
+        self.log.warn("node {node}: stop signal again, passed on", node=self.node)
+        self._signal_all("TERM")
+
+    def _signal_all(self, name: str) -> None:
         for proto in list(self.protocols.values()):
             with contextlib.suppress(ProcessExitedAlready):
-                proto.transport.signalProcess("HUP")
+                proto.transport.signalProcess(name)
 
     def _fds(self, name: str) -> dict[int, int]:
         i = self._index[name]
@@ -329,8 +341,17 @@ class Workers(ProcessMonitor):
         ended = [self._waiting.setdefault(name, Deferred()) for name in running]
         super().stopService()
         d: Deferred[Any] = DeferredList(ended) if ended else succeed(None)
+        old: dict[int, Any] = {}
+        if self.signals and self.stop_drain > 0 and not d.called:
+            # Twisted would only log ReactorNotRunning on a second signal
+            for signum in STOP_SIGNALS:
+                old[signum] = signal.signal(
+                    signum, lambda *_: self.reactor.callFromThread(self.terminate_again)
+                )
 
         def close(_: object) -> None:
+            for signum, handler in old.items():
+                signal.signal(signum, handler)
             for group in self.sockets.values():
                 for s in group:
                     s.close()

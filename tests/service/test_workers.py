@@ -8,6 +8,7 @@ real processes are in tests/cluster/test_workers.py.
 from __future__ import annotations
 
 import os
+import signal
 import socket
 import sys
 from pathlib import Path
@@ -170,6 +171,24 @@ class WorkersTests(TestCase):
         clock.advance(1000)
         self.assertEqual(len(clock.processes), 2)
         self.assertTrue(all(s.fileno() == -1 for s in sockets))
+
+    def test_a_second_stop_signal_goes_on_to_draining_workers(self) -> None:
+        clock = ProcessReactor()
+        clock.callFromThread = lambda f, *a: f(*a)  # type: ignore[attr-defined]
+        workers = Workers("n1", 2, lambda i: ["python", f"w{i}"], FREE, clock, env={})
+        workers.stop_drain = 5
+        before = signal.getsignal(signal.SIGTERM), signal.getsignal(signal.SIGINT)
+        self.start(workers)
+        d = workers.stopService()
+        self.assertEqual([p.signals for p in clock.processes], [["TERM"], ["TERM"]])
+        clock.processes[0].end(ProcessDone(0))
+        signal.getsignal(signal.SIGTERM)(signal.SIGTERM, None)
+        self.assertEqual([p.signals for p in clock.processes], [["TERM"], ["TERM", "TERM"]])
+        clock.processes[1].end(ProcessDone(0))
+        self.successResultOf(d)
+        self.assertEqual(
+            (signal.getsignal(signal.SIGTERM), signal.getsignal(signal.SIGINT)), before
+        )
 
     def test_sighup_goes_on_to_every_live_worker(self) -> None:
         workers, clock = self.make(2)
