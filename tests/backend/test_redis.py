@@ -208,7 +208,7 @@ class TurnBatchTests(RedisCase):
         calls.append(b.relocate("cat", ["phone", "web"]))
         calls.append(b.locations(["ann", "cat"]))
         calls.append(b.relocate("dan", ["phone"]))
-        merged, bob, cat, found, dan = await gatherResults(calls)
+        merged, bob, cat, _, dan = await gatherResults(calls)
         self.assertEqual(len(reads), 1)
         self.assertEqual((merged, bob, cat, dan), ((OFFLINE, part), (OFFLINE, part), {}, {}))
         here = Location(b.node_id, b.boot)

@@ -140,10 +140,11 @@ return redis.call('XRANGE', KEYS[2], start .. '-0', '+', 'COUNT', limit)
 )
 
 # KEYS: meta, inbox per call. ARGV: horizon, the epoch for a user without one
-# (as in ``APPEND``, one for all the users of a call). For each ``inbox_state`` call of a reactor turn, in
-# their order: expire the inbox's front, give a new user its epoch (whatever an
-# inbox holds without its meta belongs to no seq) and read its highest seq, its
-# lowest kept and its epoch. Returns last, first, epoch of each, flat.
+# (as in ``APPEND``, one for all the users of a call). For each ``inbox_state``
+# call of a reactor turn, in their order: expire the inbox's front, give a new
+# user its epoch (whatever an inbox holds without its meta belongs to no seq)
+# and read its highest seq, its lowest kept and its epoch. Returns last,
+# first, epoch of each, flat.
 STATE_MANY = Script(
     "state_many",
     _EXPIRE_FRONT
