@@ -16,8 +16,8 @@ key prefix; the figures are Redis commands the backend sent (what
 ``o2o_redis_commands_total`` counts), CPU of redis-server's main thread and
 wall time from a turn's calls to their last answer, per user (with a turn of
 1, the latency of a lone call). With ``--rounds N`` the two trees take turns
-N times and each figure is the best of its N (a shared machine's noise only
-ever adds).
+N times, first one then the other, and each figure is the best of its N (a
+shared machine's noise only ever adds).
 """
 
 from __future__ import annotations
@@ -156,9 +156,14 @@ def main() -> None:
         redis = start_redis(port, tmp)
         try:
             befores, afters = [], []
-            for _ in range(max(1, args.rounds)):
-                befores.append(run_tree(base, port, args))
-                afters.append(run_tree(str(ROOT), port, args))
+            for r in range(max(1, args.rounds)):
+                # every other round the work tree goes first: neither gains from its place
+                if r % 2:
+                    afters.append(run_tree(str(ROOT), port, args))
+                    befores.append(run_tree(base, port, args))
+                else:
+                    befores.append(run_tree(base, port, args))
+                    afters.append(run_tree(str(ROOT), port, args))
             before, after = best(befores), best(afters)
         finally:
             redis.terminate()
