@@ -173,6 +173,62 @@ class TurnBatchTests(RedisCase):
             indexed = await b.shards[0].call("SMEMBERS", f"{head}{kind}:{b._here}")
             self.assertEqual({u.decode() for u in indexed}, set(users))
 
+    async def test_a_turn_of_hellos_with_their_inbox_reads_costs_a_script_per_shard(
+        self,
+    ) -> None:
+        b = await self.twoShards()
+        users = [f"user{i}" for i in range(200)]
+        await b.append_many({u: [msg(1), msg(2)] for u in users[:50]})
+        part = Presence("online", "", 1, 5)
+        before = [s.calls for s in b.shards]
+        # what a hello asks of the backend (UserActor._on_attach and the presence hub)
+        located = [b.locate(u, "phone") for u in users]
+        states = [b.inbox_state(u) for u in users]
+        merged = [b.merge_presence(u, part) for u in users]
+        self.assertEqual(await gatherResults(located), [None] * 200)
+        got = await gatherResults(states)
+        self.assertEqual(await gatherResults(merged), [(OFFLINE, part)] * 200)
+        sent = [s.calls - n for s, n in zip(b.shards, before, strict=True)]
+        # the turn without its inbox reads (above), and one inbox script per
+        # shard: one command a hello before
+        self.assertEqual(sent, [7, 3])
+        self.assertEqual([(s.last, s.first) for s in got[:50]], [(2, 1)] * 50)
+        self.assertEqual([(s.last, s.first) for s in got[50:]], [(0, 1)] * 150)
+        # a user keeps the epoch it was given first
+        again = await gatherResults([b.inbox_state(u) for u in users])
+        self.assertEqual([s.epoch for s in again], [s.epoch for s in got])
+
+    async def test_a_turn_shares_one_read_of_the_live_nodes(self) -> None:
+        b = await self.twoShards()
+        reads = []
+        live = b._live
+        b._live = lambda now: reads.append(now) or live(now)
+        part = Presence("online", "", 1, 5)
+        calls = [b.merge_presence(u, part) for u in ("ann", "bob")]
+        calls.append(b.relocate("cat", ["phone", "web"]))
+        calls.append(b.locations(["ann", "cat"]))
+        calls.append(b.relocate("dan", ["phone"]))
+        merged, bob, cat, _, dan = await gatherResults(calls)
+        self.assertEqual(len(reads), 1)
+        self.assertEqual((merged, bob, cat, dan), ((OFFLINE, part), (OFFLINE, part), {}, {}))
+        here = Location(b.node_id, b.boot)
+        self.assertEqual(await b.locations(["cat"]), {"cat": {"phone": here, "web": here}})
+        # alone in its turn, a look-up still reads the live nodes once
+        self.assertEqual(await b.locations(["dan"]), {"dan": {"phone": here}})
+        self.assertEqual(len(reads), 3)
+
+    async def test_an_inbox_read_of_a_turn_does_not_see_a_later_write(self) -> None:
+        b = await self.twoShards()
+        await b.append("ann", [msg(1)])
+        state = b.inbox_state("ann")
+        appended = b.append("ann", [msg(2)])
+        self.assertEqual((await state).last, 1)
+        self.assertEqual(await appended, [2])
+        state = b.inbox_state("ann")
+        acked = b.ack("ann", "phone", 2)
+        self.assertEqual((await state).last, 2)
+        await acked
+
     async def test_calls_of_one_turn_keep_their_order(self) -> None:
         b = await self.twoShards()
         urls = f"{shared(0).url},{shared(1).url}"
@@ -203,6 +259,8 @@ class TurnBatchTests(RedisCase):
         b = RedisBackend(parse_urls(shared(0).url), Clock(), reactor)  # never started
         calls = [b.locate(u, "phone") for u in ("ann", "bob")]
         calls += [b.merge_presence(u, Presence("online", "", 1, 5)) for u in ("ann", "bob")]
+        calls += [b.inbox_state(u) for u in ("ann", "bob")]
+        calls += [b.relocate("ann", ["phone"]), b.locations(["ann", "bob"])]
         for d in calls:
             with self.assertRaises(BackendUnavailable):
                 await d

@@ -191,6 +191,9 @@ class RedisBackend:
         # turn of hellos costs one read of the live nodes and a script per shard
         self._merges: list[tuple[str, Presence, Deferred[tuple[Presence, Presence]]]] = []
         self._locates: list[tuple[str, str, Deferred[Location | None]]] = []
+        self._states: list[tuple[str, Deferred[InboxState]]] = []
+        # callers of this turn's one read of the live nodes
+        self._live_waiters: list[Deferred[set[str]]] = []
         self._indexing: dict[str, dict[str, bool]] = {}
         self._turn: Any = None
         self._pinger = LoopingCall(self._ping)
@@ -329,6 +332,9 @@ class RedisBackend:
         skips: dict[str, list[str | None]] | None,
         head: bytes,
     ) -> Deferred[tuple[dict[str, list[int]], dict[str, int]]]:
+        if self._states:
+            # an inbox state asked for earlier in this turn does not see these
+            self._send_states()
         top = [self._horizon(), self._inbox_cap, self._inbox_key_ttl, uuid.uuid4().hex[:12], head]
         calls = []
         channel = self.channel if head else lambda user: b""
@@ -374,9 +380,42 @@ class RedisBackend:
         return d.addCallback(lambda entries: [(_seq(i), decode_blob(f[3])) for i, f in entries])
 
     def inbox_state(self, user: str) -> Deferred[InboxState]:
-        keys = self._keys(user, "meta", "inbox")
-        d = self._user_shard(user).evalsha(S.STATE, keys, [self._horizon(), uuid.uuid4().hex[:12]])
-        return d.addCallback(lambda r: InboxState(last=r[0], first=r[1], epoch=r[2].decode()))
+        """Gathered with the other inbox reads of this reactor turn (every hello
+        asks one): one script per shard per ``RESYNC_CHUNK`` calls, in call order."""
+        d: Deferred[InboxState] = Deferred()
+        self._states.append((user, d))
+        if self._turn is None:
+            self._turn = self._reactor.callLater(0, self._end_turn)
+        return d
+
+    def _send_states(self) -> None:
+        """The inbox_state calls asked for so far. Sent at once by whatever else
+        writes an inbox, so that a state asked before a write does not see it."""
+        batch, self._states = self._states, []
+        if not batch:
+            return
+        top = [self._horizon(), uuid.uuid4().hex[:12]]
+
+        def fail_all(f: Failure, items: list[Any]) -> None:
+            for item in items:
+                item[1].errback(f)
+
+        def answer(out: list[Any], items: list[Any]) -> None:
+            for k, item in enumerate(items):
+                last, first, epoch = out[3 * k : 3 * k + 3]
+                item[1].callback(InboxState(last=last, first=first, epoch=epoch.decode()))
+
+        by_shard: dict[Shard, list[Any]] = {}
+        for item in batch:
+            by_shard.setdefault(self._user_shard(item[0]), []).append(item)
+        for shard, items in by_shard.items():
+            for i in range(0, len(items), RESYNC_CHUNK):
+                chunk = items[i : i + RESYNC_CHUNK]
+                keys: list[str] = []
+                for user, _ in chunk:
+                    keys += self._keys(user, "meta", "inbox")
+                d = shard.evalsha(S.STATE_MANY, keys, top)
+                d.addCallbacks(answer, fail_all, (chunk,), errbackArgs=(chunk,))
 
     def cursor(self, user: str, device: str) -> Deferred[int]:
         return self._user_shard(user).evalsha(S.CURSOR, self._keys(user, "cur"), [device])
@@ -388,6 +427,7 @@ class RedisBackend:
         return self._move(user, device, seq, "set")
 
     def _move(self, user: str, device: str, seq: int, mode: str) -> Deferred[int]:
+        self._send_states()
         now = self._clock.seconds()
         keys = self._keys(user, "meta", "inbox", "cur", "seen")
         args = [device, seq, now, now - self._device_ttl, mode, self._device_key_ttl]
@@ -461,8 +501,34 @@ class RedisBackend:
     def _end_turn(self) -> None:
         self._turn = None
         self._send_locates()
+        self._send_states()
         self._send_merges()
+        self._read_live()
         self._send_index()
+
+    def _turn_live(self) -> Deferred[set[str]]:
+        """The live nodes, from the one read of this reactor turn's end that all
+        of the turn's merges, relocates and location look-ups share."""
+        d: Deferred[set[str]] = Deferred()
+        self._live_waiters.append(d)
+        if self._turn is None:
+            self._turn = self._reactor.callLater(0, self._end_turn)
+        return d
+
+    def _read_live(self) -> None:
+        """Read the live nodes now for whoever waits on this turn's read."""
+        waiters, self._live_waiters = self._live_waiters, []
+        if not waiters:
+            return
+
+        def tell(result: set[str] | Failure) -> None:
+            for d in waiters:
+                if isinstance(result, Failure):
+                    d.errback(result)
+                else:
+                    d.callback(result)
+
+        self._live(self._clock.seconds()).addBoth(tell)
 
     def _send_merges(self) -> None:
         batch, self._merges = self._merges, []
@@ -501,7 +567,11 @@ class RedisBackend:
             for k, item in enumerate(items):
                 item[2].callback((_presence(out[2 * k], now), _presence(out[2 * k + 1], now)))
 
-        self._live(now).addCallbacks(run, fail_all, errbackArgs=(batch,))
+        live: Deferred[set[str]] = Deferred()
+        self._live_waiters.append(live)
+        live.addCallbacks(run, fail_all, errbackArgs=(batch,))
+        # now: the merges asked for so far go out before whatever called this
+        self._read_live()
 
     def _send_locates(self) -> None:
         """The locate calls asked for so far: one script per shard per
@@ -669,7 +739,7 @@ class RedisBackend:
             )
 
         self._index("located", user, True)
-        return self._live(self._clock.seconds()).addCallback(located)
+        return self._turn_live().addCallback(located)
 
     def resync(self, user: str, part: Presence, devices: list[str]) -> Deferred[Resynced]:
         """Gathered with the other calls of this reactor turn: one read of the
@@ -762,7 +832,7 @@ class RedisBackend:
 
         self._send_locates()
         here = self._each_user(users, lambda u: ("HGETALL", self._key(u, "loc")))
-        d = gatherResults([self._live(self._clock.seconds()), here], consumeErrors=True)
+        d = gatherResults([self._turn_live(), here], consumeErrors=True)
         return d.addCallbacks(got, _first_error)
 
     def presence(self, users: list[str]) -> Deferred[dict[str, Presence]]:

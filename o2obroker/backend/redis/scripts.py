@@ -139,20 +139,33 @@ return redis.call('XRANGE', KEYS[2], start .. '-0', '+', 'COUNT', limit)
 """,
 )
 
-# KEYS: meta, inbox. ARGV: horizon, epoch. Returns {last, first, epoch}.
-STATE = Script(
-    "state",
+# KEYS: meta, inbox per call. ARGV: horizon, the epoch for a user without one
+# (as in ``APPEND``, one for all the users of a call). For each ``inbox_state``
+# call of a reactor turn, in their order: expire the inbox's front, give a new
+# user its epoch (whatever an inbox holds without its meta belongs to no seq)
+# and read its highest seq, its lowest kept and its epoch. Returns last,
+# first, epoch of each, flat.
+STATE_MANY = Script(
+    "state_many",
     _EXPIRE_FRONT
     + """
-expire_front(KEYS[2], tonumber(ARGV[1]))
-if redis.call('HSETNX', KEYS[1], 'epoch', ARGV[2]) == 1 then
-  redis.call('DEL', KEYS[2])
+local horizon, epoch = tonumber(ARGV[1]), ARGV[2]
+local out = {}
+for k = 1, #KEYS, 2 do
+  local meta, inbox = KEYS[k], KEYS[k + 1]
+  expire_front(inbox, horizon)
+  if redis.call('HSETNX', meta, 'epoch', epoch) == 1 then
+    redis.call('DEL', inbox)
+  end
+  local last = tonumber(redis.call('HGET', meta, 'last') or '0')
+  local first = last + 1
+  local head = redis.call('XRANGE', inbox, '-', '+', 'COUNT', 1)
+  if #head > 0 then first = seq_of(head[1][1]) end
+  out[#out + 1] = last
+  out[#out + 1] = first
+  out[#out + 1] = redis.call('HGET', meta, 'epoch')
 end
-local last = tonumber(redis.call('HGET', KEYS[1], 'last') or '0')
-local first = last + 1
-local head = redis.call('XRANGE', KEYS[2], '-', '+', 'COUNT', 1)
-if #head > 0 then first = seq_of(head[1][1]) end
-return {last, first, redis.call('HGET', KEYS[1], 'epoch')}
+return out
 """,
 )
 
@@ -689,7 +702,7 @@ return 0
 ALL = (
     APPEND,
     READ,
-    STATE,
+    STATE_MANY,
     CURSOR,
     MOVE,
     CLAIM,
