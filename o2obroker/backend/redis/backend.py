@@ -13,8 +13,9 @@ import hashlib
 import json
 import struct
 import uuid
-from collections.abc import Callable, Iterable, Sequence
-from typing import Any
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from operator import itemgetter
+from typing import Any, TypeVar
 
 import cbor2
 from twisted.internet.defer import Deferred, DeferredList, FirstError, gatherResults, succeed
@@ -131,6 +132,13 @@ def _seq(entry_id: bytes) -> int:
 
 def _text(value: bytes) -> str:
     return value.decode()
+
+
+_T = TypeVar("_T")
+
+
+def _same(user: str) -> str:
+    return user
 
 
 @implementer(IBackend)
@@ -300,6 +308,30 @@ class RedisBackend:
             groups.setdefault(self._user_shard(user), []).append(user)
         return groups
 
+    def _chunks(
+        self, items: Sequence[_T], user: Callable[[_T], str] = itemgetter(0)
+    ) -> Iterator[tuple[Shard, list[_T]]]:
+        """``items`` grouped by the shard of their ``user``, in call order, in
+        pieces of at most ``RESYNC_CHUNK``: one script each."""
+        groups: dict[Shard, list[_T]] = {}
+        for item in items:
+            groups.setdefault(self._user_shard(user(item)), []).append(item)
+        for shard, group in groups.items():
+            for i in range(0, len(group), RESYNC_CHUNK):
+                yield shard, group[i : i + RESYNC_CHUNK]
+
+    def _presence_top(self, now: float, live: set[str]) -> list[Any]:
+        """The arguments every presence merge of a script shares: this boot,
+        the time, the offline record's lifetime and the live boots."""
+        return [
+            self._here,
+            now,
+            now + self._offline_ttl,
+            int((self._offline_ttl + KEY_TTL_MARGIN) * 1000),
+            len(live),
+            *sorted(live),
+        ]
+
     # -- inbox ---------------------------------------------------------------
 
     def append(self, user: str, messages: list[StoredMessage]) -> Deferred[list[int]]:
@@ -405,17 +437,12 @@ class RedisBackend:
                 last, first, epoch = out[3 * k : 3 * k + 3]
                 item[1].callback(InboxState(last=last, first=first, epoch=epoch.decode()))
 
-        by_shard: dict[Shard, list[Any]] = {}
-        for item in batch:
-            by_shard.setdefault(self._user_shard(item[0]), []).append(item)
-        for shard, items in by_shard.items():
-            for i in range(0, len(items), RESYNC_CHUNK):
-                chunk = items[i : i + RESYNC_CHUNK]
-                keys: list[str] = []
-                for user, _ in chunk:
-                    keys += self._keys(user, "meta", "inbox")
-                d = shard.evalsha(S.STATE_MANY, keys, top)
-                d.addCallbacks(answer, fail_all, (chunk,), errbackArgs=(chunk,))
+        for shard, chunk in self._chunks(batch):
+            keys: list[str] = []
+            for user, _ in chunk:
+                keys += self._keys(user, "meta", "inbox")
+            d = shard.evalsha(S.STATE_MANY, keys, top)
+            d.addCallbacks(answer, fail_all, (chunk,), errbackArgs=(chunk,))
 
     def cursor(self, user: str, device: str) -> Deferred[int]:
         return self._user_shard(user).evalsha(S.CURSOR, self._keys(user, "cur"), [device])
@@ -541,27 +568,15 @@ class RedisBackend:
                 item[2].errback(f)
 
         def run(live: set[str]) -> None:
-            top = [
-                self._here,
-                now,
-                now + self._offline_ttl,
-                int((self._offline_ttl + KEY_TTL_MARGIN) * 1000),
-                len(live),
-                *sorted(live),
-            ]
-            by_shard: dict[Shard, list[Any]] = {}
-            for item in batch:
-                by_shard.setdefault(self._user_shard(item[0]), []).append(item)
-            for shard, items in by_shard.items():
-                for i in range(0, len(items), RESYNC_CHUNK):
-                    chunk = items[i : i + RESYNC_CHUNK]
-                    keys: list[str] = []
-                    args: list[Any] = list(top)
-                    for user, p, _ in chunk:
-                        keys += self._keys(user, "presn", "pres")
-                        args += (p.state, p.status, p.devices, p.ts)
-                    d = shard.evalsha(S.MERGE_MANY, keys, args)
-                    d.addCallbacks(answer, fail_all, (chunk,), errbackArgs=(chunk,))
+            top = self._presence_top(now, live)
+            for shard, chunk in self._chunks(batch):
+                keys: list[str] = []
+                args: list[Any] = list(top)
+                for user, p, _ in chunk:
+                    keys += self._keys(user, "presn", "pres")
+                    args += (p.state, p.status, p.devices, p.ts)
+                d = shard.evalsha(S.MERGE_MANY, keys, args)
+                d.addCallbacks(answer, fail_all, (chunk,), errbackArgs=(chunk,))
 
         def answer(out: list[bytes], items: list[Any]) -> None:
             for k, item in enumerate(items):
@@ -589,16 +604,11 @@ class RedisBackend:
             for before, item in zip(out, items, strict=True):
                 item[2].callback(_location(before) if before else None)
 
-        by_shard: dict[Shard, list[Any]] = {}
-        for item in batch:
-            by_shard.setdefault(self._user_shard(item[0]), []).append(item)
-        for shard, items in by_shard.items():
-            for i in range(0, len(items), RESYNC_CHUNK):
-                chunk = items[i : i + RESYNC_CHUNK]
-                keys = [self._key(user, "loc") for user, _, _ in chunk]
-                args = [self._here, *[device for _, device, _ in chunk]]
-                d = shard.evalsha(S.LOCATE_MANY, keys, args)
-                d.addCallbacks(answer, fail_all, (chunk,), errbackArgs=(chunk,))
+        for shard, chunk in self._chunks(batch):
+            keys = [self._key(user, "loc") for user, _, _ in chunk]
+            args = [self._here, *[device for _, device, _ in chunk]]
+            d = shard.evalsha(S.LOCATE_MANY, keys, args)
+            d.addCallbacks(answer, fail_all, (chunk,), errbackArgs=(chunk,))
 
     def _index(self, kind: str, user: str, add: bool) -> None:
         """Add ``user`` to (or remove it from) this boot's ``kind`` index, which a
@@ -770,27 +780,15 @@ class RedisBackend:
                 item[3].errback(f)
 
         def run(live: set[str]) -> None:
-            top = [
-                self._here,
-                now,
-                now + self._offline_ttl,
-                int((self._offline_ttl + KEY_TTL_MARGIN) * 1000),
-                len(live),
-                *sorted(live),
-            ]
-            by_shard: dict[Shard, list[Any]] = {}
-            for item in batch:
-                by_shard.setdefault(self._user_shard(item[0]), []).append(item)
-            for shard, items in by_shard.items():
-                for i in range(0, len(items), RESYNC_CHUNK):
-                    chunk = items[i : i + RESYNC_CHUNK]
-                    keys: list[str] = []
-                    args: list[Any] = list(top)
-                    for user, p, devices, _ in chunk:
-                        keys += self._keys(user, "presn", "pres", "loc", "meta")
-                        args += (p.state, p.status, p.devices, p.ts, len(devices), *devices)
-                    d = shard.evalsha(S.RESYNC, keys, args)
-                    d.addCallbacks(answer, fail_all, (chunk,), errbackArgs=(chunk,))
+            top = self._presence_top(now, live)
+            for shard, chunk in self._chunks(batch):
+                keys: list[str] = []
+                args: list[Any] = list(top)
+                for user, p, devices, _ in chunk:
+                    keys += self._keys(user, "presn", "pres", "loc", "meta")
+                    args += (p.state, p.status, p.devices, p.ts, len(devices), *devices)
+                d = shard.evalsha(S.RESYNC, keys, args)
+                d.addCallbacks(answer, fail_all, (chunk,), errbackArgs=(chunk,))
 
         def answer(out: list[Any], items: list[Any]) -> None:
             for k, item in enumerate(items):
@@ -872,11 +870,10 @@ class RedisBackend:
     def _each_set(self, users: list[str], op: str, watcher: str) -> Deferred[Any]:
         """Add ``watcher`` to (or remove it from) the watchers of each of ``users``:
         one script per shard per ``RESYNC_CHUNK`` users, not a command per user."""
-        calls = []
-        for shard, some in self._by_shard(users).items():
-            for i in range(0, len(some), RESYNC_CHUNK):
-                keys = [self._key(u, "watchers") for u in some[i : i + RESYNC_CHUNK]]
-                calls.append(shard.evalsha(S.EACH_SET, keys, [op, watcher]))
+        calls = [
+            shard.evalsha(S.EACH_SET, [self._key(u, "watchers") for u in group], [op, watcher])
+            for shard, group in self._chunks(users, _same)
+        ]
         if not calls:
             return succeed(None)
         return gatherResults(calls, consumeErrors=True).addErrback(_first_error)
@@ -894,12 +891,12 @@ class RedisBackend:
                 u: frozenset(map(_text, ms)) for u, ms in zip(group, members, strict=True) if ms
             }
 
-        calls = []
-        for shard, some in self._by_shard(users).items():
-            for i in range(0, len(some), RESYNC_CHUNK):
-                group = some[i : i + RESYNC_CHUNK]
-                keys = [self._key(u, "watchers") for u in group]
-                calls.append(shard.evalsha(S.MEMBERS, keys, []).addCallback(got, group))
+        calls = [
+            shard.evalsha(S.MEMBERS, [self._key(u, "watchers") for u in group], []).addCallback(
+                got, group
+            )
+            for shard, group in self._chunks(users, _same)
+        ]
         if not calls:
             return succeed({})
         return _merged(calls)
