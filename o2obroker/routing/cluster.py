@@ -32,15 +32,15 @@ from collections.abc import Callable
 from typing import Any
 
 import cbor2
-from twisted.internet.defer import Deferred, maybeDeferred, succeed
+from twisted.internet.defer import Deferred, maybeDeferred
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.logger import Logger
 from zope.interface import implementer
 
 from o2obroker.backend.interface import StoredMessage
 from o2obroker.backend.redis.backend import ENTRY, decode_blob, pack_messages
-from o2obroker.routing.messages import Delivery, Settlement
-from o2obroker.routing.router import IPublisher
+from o2obroker.routing.messages import Delivery
+from o2obroker.routing.router import IPublisher, LocalPublisher
 from o2obroker.wire import OutFrame
 
 #: actors told to resync per reactor turn, after a resubscribe or a rejoin
@@ -108,8 +108,12 @@ def decode_messages(payload: bytes, at: int) -> list[Delivery]:
 
 
 @implementer(IPublisher)
-class ClusterPublisher:
+class ClusterPublisher(LocalPublisher):
     """Delivery to this node's actors at once, and to the other nodes by publish.
+
+    The store publishes what it stores, so the other nodes have their part by
+    then: ``publish`` and ``settle`` are the local publisher's, for this
+    node's actors (the sender's actor routed the batch: it is on this node).
 
     ``backend`` has ``append_publish`` (storing and publishing a batch),
     ``publish_many({user: payload})`` (firing with receiver counts) and
@@ -122,7 +126,7 @@ class ClusterPublisher:
     def __init__(
         self, actors: dict[str, Any], backend: Any, node_id: str, clock: IReactorTime
     ) -> None:
-        self._actors = actors
+        super().__init__(actors, backend)
         self._clock = clock
         # users whose actors are still to be told to resync, each once
         self._resync: deque[str] = deque()
@@ -134,7 +138,6 @@ class ClusterPublisher:
         #: node beats here, so that a record lapsed with the same outage (a
         #: Redis restart) is found now and its rejoin joins this pass
         self.before_resync: Callable[[], Deferred[object]] | None = None
-        self._backend = backend
         self._bus = bus = backend.bus
         self._origin = node_id.encode()
         self._head = messages_head(self._origin)
@@ -159,24 +162,6 @@ class ClusterPublisher:
             return seqs, elsewhere
 
         return d.addCallback(counted)
-
-    def publish(self, deliveries: dict[str, list[Delivery]]) -> Deferred[set[str]]:
-        # the other nodes had theirs from the store: this node's actors now
-        reached = set()
-        actors = self._actors
-        for user, items in deliveries.items():
-            actor = actors.get(user)
-            if actor is not None:
-                actor.deliver(items)
-                if actor.reachable():
-                    reached.add(user)
-        return succeed(reached)
-
-    def settle(self, user: str, settlement: Settlement) -> None:
-        # the sender's actor routed the batch: it is on this node
-        actor = self._actors.get(user)
-        if actor is not None:
-            actor.settled(settlement)
 
     def track(self, user: str) -> Deferred[None]:
         return self._bus.subscribe(user)
