@@ -547,6 +547,17 @@ return merge(KEYS[1], KEYS[2], ARGV[1], ARGV[2], ARGV[3], tonumber(ARGV[4]),
 """,
 )
 
+# The arguments every presence merge of a batch shares (RedisBackend._presence_top):
+# this boot, now, the offline record's expiry and key ttl, the live boots; ``a``
+# is the index of the first call's own arguments.
+_PRESENCE_TOP = """
+local here, now, expires, ttl = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3]), ARGV[4]
+local l = tonumber(ARGV[5])
+local live = {}
+for i = 6, 5 + l do live[ARGV[i]] = true end
+local a = 6 + l
+"""
+
 # KEYS: parts, pres per call. ARGV: ``<node>/<boot>`` of this node, now (s),
 # offline expires (s), offline key ttl (ms), the number l of live nodes and
 # their ``<node>/<boot>``, then per call its part (state, status, devices, ts
@@ -555,12 +566,8 @@ return merge(KEYS[1], KEYS[2], ARGV[1], ARGV[2], ARGV[3], tonumber(ARGV[4]),
 MERGE_MANY = Script(
     "merge_many",
     _MERGE
+    + _PRESENCE_TOP
     + """
-local here, now, expires, ttl = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3]), ARGV[4]
-local l = tonumber(ARGV[5])
-local live = {}
-for i = 6, 5 + l do live[ARGV[i]] = true end
-local a = 6 + l
 local out = {}
 for k = 1, #KEYS, 2 do
   local pair = merge(KEYS[k], KEYS[k + 1], here, ARGV[a], ARGV[a + 1], tonumber(ARGV[a + 2]),
@@ -585,12 +592,8 @@ RESYNC = Script(
     "resync",
     _MERGE
     + _RELOCATE
+    + _PRESENCE_TOP
     + """
-local here, now, expires, ttl = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3]), ARGV[4]
-local l = tonumber(ARGV[5])
-local live = {}
-for i = 6, 5 + l do live[ARGV[i]] = true end
-local a = 6 + l
 local out = {}
 for k = 1, #KEYS, 4 do
   local pair = merge(KEYS[k], KEYS[k + 1], here, ARGV[a], ARGV[a + 1], tonumber(ARGV[a + 2]),
