@@ -31,7 +31,7 @@ import urllib.request
 
 import psutil
 from _common import ROOT, drive, free_port, start_broker
-from tcp_relay import Counter, frame
+from tcp_relay import Counter, frame, send_batches
 from twisted.internet import defer, reactor
 from twisted.internet.endpoints import TCP4ClientEndpoint, connectProtocol
 
@@ -71,13 +71,7 @@ async def throughput(
 ) -> float:
     sender, receiver = await pair(send_port, recv_port, prefix)
     bob = f"{prefix}bob"
-    batches = [
-        b"".join(
-            frame({"t": "send", "id": f"{b}-{i}", "to": bob, "body": {"n": i}})
-            for i in range(batch)
-        )
-        for b in range(n_batches)
-    ]
+    batches = send_batches(bob, n_batches, batch)
     return await drive(sender, receiver, batches, batch, window, n_batches * batch)
 
 

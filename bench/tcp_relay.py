@@ -33,6 +33,17 @@ def frame(obj: dict) -> bytes:
     return _len.pack(len(payload)) + payload
 
 
+def send_batches(to: str, n_batches: int, batch: int, prefix: str = "") -> list[bytes]:
+    """``n_batches`` pre-encoded runs of ``batch`` sends to ``to``, ids unique per prefix."""
+    return [
+        b"".join(
+            frame({"t": "send", "id": f"{prefix}{b}-{i}", "to": to, "body": {"n": i}})
+            for i in range(batch)
+        )
+        for b in range(n_batches)
+    ]
+
+
 class Counter(Protocol):
     """Counts whole frames; optionally acknowledges them cumulatively."""
 
@@ -100,15 +111,7 @@ async def main(args: argparse.Namespace) -> None:
 
                 wait_port(port)
                 prefix = f"r{rnd}-"
-                batches = [
-                    b"".join(
-                        frame(
-                            {"t": "send", "id": f"{prefix}{b}-{i}", "to": "bob", "body": {"n": i}}
-                        )
-                        for i in range(args.batch)
-                    )
-                    for b in range(n_batches)
-                ]
+                batches = send_batches("bob", n_batches, args.batch, prefix)
                 rate = await run_once(port, kind == "broker", batches, args.batch, args.window)
                 results[kind].append(rate)
                 print(f"round {rnd + 1} {kind:6s} {rate:10,.0f} msgs/s", flush=True)

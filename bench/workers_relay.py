@@ -25,7 +25,7 @@ import urllib.request
 
 import cbor2
 from _common import ROOT, drive, free_port, start_broker
-from tcp_relay import Counter, frame
+from tcp_relay import Counter, frame, send_batches
 from twisted.internet import defer, reactor
 from twisted.internet.endpoints import TCP4ClientEndpoint, connectProtocol
 
@@ -67,13 +67,7 @@ async def one_pair(
     sender.transport.write(frame({"t": "hello", "user": f"{prefix}alice", "device": "s"}))
     nodes = [cbor2.loads(await c.first)["node"] for c in (receiver, sender)]
     crossed.append(nodes[0] != nodes[1])
-    batches = [
-        b"".join(
-            frame({"t": "send", "id": f"{b}-{i}", "to": bob, "body": {"n": i}})
-            for i in range(batch)
-        )
-        for b in range(n_batches)
-    ]
+    batches = send_batches(bob, n_batches, batch)
     return await drive(sender, receiver, batches, batch, window, n_batches * batch)
 
 
