@@ -43,7 +43,12 @@ async def attach(node: Node, users: list[str]) -> dict[str, FakeDevice]:
     for user in users:
         device = devices[user] = FakeDevice(user, "phone")
         node.router.actor(user).attach(device, None)
-    await eventually(lambda: all(d.welcomed for d in devices.values()))
+    # attached, not only welcomed: a backlog read after the welcome may still
+    # be under way, and a Redis restart then would fail the attach (a 503)
+    actors = node.router.actors
+    await eventually(
+        lambda: all(d.welcomed and actors[u].devices.get("phone") is d for u, d in devices.items())
+    )
     return devices
 
 
