@@ -25,10 +25,20 @@ REDIS_SERVER = shutil.which("redis-server") or "/usr/bin/redis-server"
 _prefixes = count()
 
 
+_given: set[int] = set()
+
+
 def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+    """A loopback port free now, and never handed out before in this process:
+    the kernel may offer a port again once its probe socket is closed, and two
+    listeners of one node (tcp and http) were once given the same one."""
+    while True:
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = int(s.getsockname()[1])
+        if port not in _given:
+            _given.add(port)
+            return port
 
 
 def unique_prefix() -> str:
