@@ -232,17 +232,21 @@ class OfflineQueueTests(HookTestCase):
 class NodeWithHooksTests(HookTestCase):
     """A whole node on loopback: the publish and connect hooks in the real message path."""
 
-    async def test_publish_hook_in_the_message_path(self) -> None:
-        config = Config(
-            policies={"": PolicySettings(publish_hook="app", connect_hook="app")},
-            hooks={"app": HookSettings(url=self.url, timeout=2)},
-        )
+    def node(self, config: Config) -> tuple[Node, str]:
+        """A node of ``config`` started for this test, and the endpoint of its binary port."""
         node = Node(config, reactor)
         node.start()
         self.addCleanup(node.stop)
         listener = reactor.listenTCP(0, BinaryFactory(node.gateway), interface="127.0.0.1")
         self.addCleanup(listener.stopListening)
-        endpoint = f"tcp:127.0.0.1:{listener.getHost().port}"
+        return node, f"tcp:127.0.0.1:{listener.getHost().port}"
+
+    async def test_publish_hook_in_the_message_path(self) -> None:
+        config = Config(
+            policies={"": PolicySettings(publish_hook="app", connect_hook="app")},
+            hooks={"app": HookSettings(url=self.url, timeout=2)},
+        )
+        _, endpoint = self.node(config)
         alice = await connect(reactor, endpoint, user="alice", device="p")
         bob = await connect(reactor, endpoint, user="bob", device="p")
         for c in (alice, bob):
@@ -279,12 +283,7 @@ class NodeWithHooksTests(HookTestCase):
             policies={"": PolicySettings(offline_hook="app", presence_hook="app")},
             hooks={"app": hook},
         )
-        node = Node(config, reactor)
-        node.start()
-        self.addCleanup(node.stop)
-        listener = reactor.listenTCP(0, BinaryFactory(node.gateway), interface="127.0.0.1")
-        self.addCleanup(listener.stopListening)
-        endpoint = f"tcp:127.0.0.1:{listener.getHost().port}"
+        node, endpoint = self.node(config)
         alice = await connect(reactor, endpoint, user="alice", device="p")
         carol = await connect(reactor, endpoint, user="carol", device="p")
         for c in (alice, carol):
